@@ -1,0 +1,15 @@
+# The two set-up commands of the README, as make targets.
+PY ?= python3
+
+install:
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[test]'
+
+# Main job: segment the bundled PH2 samples with the bundled default model.
+demo: install
+	$(PY) -m dsd_fast.cli segment dsd_fast/samples -o out/demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+.PHONY: install demo test

@@ -1,0 +1,163 @@
+"""`segment()`: images in, masks at the original size out.
+
+Pipeline per call:
+    images -> (3, H, W) in [0, 1] -> resize to model size, min-max per image   (images.py)
+    each image repeated `ensemble` times -> ONE batched sampler run            (diffusion.py)
+    samples in [-1, 1] -> foreground probability p = (mean + 1) / 2, std of (x + 1) / 2
+    p and std upsampled bilinearly to the original size; mask = p > 0.5
+The published rule "mean of samples > 0" is the same threshold as p > 0.5.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .diffusion import DDIMSampler, ddpm_sample
+from .images import ImageInputError, as_image_list, to_chw, to_model_input
+
+DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "default.safetensors"
+
+
+@dataclass
+class SegmentationResult:
+    mask: np.ndarray              # (H, W) bool, at the image's original size
+    probability: np.ndarray       # (H, W) float32 in [0, 1]: ensemble mean mapped to [0, 1]
+    std: np.ndarray               # (H, W) float32: per-pixel std across the ensemble, in [0, 1] units
+    samples: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) bool when asked
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape
+
+
+def default_model():
+    """The bundled default model (trained on PH2; see MODEL_CARD.md)."""
+    from .checkpoint import load_model
+    if not DEFAULT_MODEL_PATH.exists():
+        raise FileNotFoundError(
+            f"no bundled default model at {DEFAULT_MODEL_PATH}. Pass a checkpoint instead: "
+            "segment(images, model='path/to/model.safetensors' or a published .pt/.pth file), "
+            "or on the command line --checkpoint PATH.")
+    return load_model(DEFAULT_MODEL_PATH)
+
+
+def resolve_model(model):
+    from .checkpoint import load_model
+    if model is None:
+        return default_model()
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if isinstance(model, torch.nn.Module):
+        return model
+    raise TypeError(f"model must be None, a checkpoint path or a loaded model, "
+                    f"got {type(model).__name__}")
+
+
+def _check_args(model, steps: int, ensemble: int, sampler: str):
+    T = model.schedule.T
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise ValueError(f"ensemble must be an integer >= 1, got {ensemble!r}")
+
+
+def initial_noise(n_images: int, ensemble: int, size: int, seed: int, first_index: int = 0):
+    """x_T for each image from its own generator (seed, index): a mask does not depend on
+    which other images share its batch."""
+    noise = torch.empty(n_images * ensemble, 1, size, size)
+    for i in range(n_images):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_index + i)
+        noise[i * ensemble:(i + 1) * ensemble].normal_(generator=gen)
+    return noise
+
+
+@torch.no_grad()
+def sample_ensemble(model, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
+                    sampler: str = "ddim", eta: float = 0.0, first_index: int = 0,
+                    progress=None, eps_model=None) -> torch.Tensor:
+    """(N, 3, S, S) normalised images -> (N, ensemble, S, S) samples in mask space [-1, 1].
+
+    All N * ensemble chains run as one batch through the network at every step.
+    `eps_model` replaces the network call (the fast path passes its own).
+    """
+    n, _, s, _ = model_input.shape
+    eps_model = eps_model or model
+    image = model_input.repeat_interleave(ensemble, dim=0)        # (N*E, 3, S, S)
+    x_init = initial_noise(n, ensemble, s, seed, first_index).to(image)
+    gen = torch.Generator(device=image.device).manual_seed(seed)
+    if sampler == "ddpm":
+        x = ddpm_sample(eps_model, image, model.schedule, gen, progress=progress, x_init=x_init)
+    else:
+        x = DDIMSampler(model.schedule, steps, eta).sample(eps_model, image, gen,
+                                                           progress=progress, x_init=x_init)
+    return x.view(n, ensemble, s, s)
+
+
+def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
+                      return_samples: bool = False) -> SegmentationResult:
+    """(E, S, S) samples in [-1, 1] of one image -> result at the original (H, W)."""
+    fg = ((samples.float() + 1) / 2).clamp(0, 1)                  # each sample in [0, 1]
+    prob = fg.mean(dim=0)
+    std = fg.std(dim=0, unbiased=False)
+    maps = torch.stack((prob, std))[None]                          # (1, 2, S, S)
+    up = F.interpolate(maps, size=size_hw, mode="bilinear", align_corners=False)[0]
+    prob_up = up[0].clamp(0, 1)
+    res = SegmentationResult(mask=(prob_up > 0.5).numpy(),
+                             probability=prob_up.numpy().astype(np.float32),
+                             std=up[1].clamp_min(0).numpy().astype(np.float32))
+    if return_samples:
+        s_up = F.interpolate(fg[None], size=size_hw, mode="bilinear", align_corners=False)[0]
+        res.samples = (s_up > 0.5).numpy()
+    return res
+
+
+def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 0,
+            sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
+            return_samples: bool = False, progress: bool = False) -> list[SegmentationResult]:
+    """Segment skin lesions.
+
+    images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
+        [0, 1]), tensor (3 x H x W or B x 3 x H x W), or a list of these.
+    steps: DDIM steps (1..T); ensemble: chains per image, averaged; model: None (bundled
+        default), a checkpoint path, or a loaded model; seed: same seed, same masks;
+    sampler: "ddim" (default) or "ddpm" (the published 250-step sampler; ignores steps);
+    batch_size: images per network batch (each brings `ensemble` chains).
+    Returns one SegmentationResult per image, in order.
+    """
+    items = as_image_list(images)
+    model = resolve_model(model)
+    _check_args(model, steps, ensemble, sampler)
+    chws = [to_chw(item, i) for i, item in enumerate(items)]   # validates every image first
+    size = model.preprocessing.image_size
+    device = next(model.parameters()).device
+    results: list[SegmentationResult] = []
+    bar = _progress_bar(len(chws), progress)
+    for start in range(0, len(chws), batch_size):
+        chunk = chws[start:start + batch_size]
+        inp = to_model_input(chunk, size).to(device)
+        samples = sample_ensemble(model, inp, steps, ensemble, seed, sampler, eta,
+                                  first_index=start).cpu()
+        for k, chw in enumerate(chunk):
+            results.append(samples_to_result(samples[k], tuple(chw.shape[1:]), return_samples))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="img", desc="segment")
+
+
+__all__ = ["segment", "SegmentationResult", "ImageInputError", "default_model"]

@@ -1,0 +1,255 @@
+"""DermoSegDiff training: eps-prediction MSE + boundary-aware loss, Adam, EMA, resumable.
+
+A run lives in one folder:
+    last.pt              everything needed to resume (model, EMA, optimizer, step, RNG),
+                         torch.save of tensors/numbers/dicts only: loads with weights_only=True
+    best.safetensors     the EMA weights with the best validation Dice so far (own format)
+    log.jsonl            one JSON line per log/validation event
+Every file is written to a temporary name and renamed, so a run killed at any moment leaves
+the previous good checkpoint in place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_model
+from .config import ModelConfig, Preprocessing, get_config
+from .data import PairBatches, load_pairs, match_pairs, read_id_list
+from .diffusion import Schedule
+from .images import minmax_normalise
+from .losses import GAMMA_PH2, dermosegdiff_loss
+from .model import DermoSegDiff
+from .segment import sample_ensemble
+
+
+@dataclass
+class TrainOptions:
+    image_dir: str
+    mask_dir: str
+    out_dir: str
+    train_ids: str | None = None        # file with one stem per line; None = every pair
+    val_ids: str | None = None
+    config: str = "default"
+    total_steps: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-4                   # published; the default model used more (MODEL_CARD.md)
+    betas: tuple[float, float] = (0.7, 0.99)
+    ema_beta: float = 0.9999
+    ema_update_after: int = 500
+    ema_power: float = 0.9             # published for PH2
+    gamma: float = GAMMA_PH2
+    boundary_loss: bool = True
+    val_every: int = 500
+    val_steps: int = 10                # DDIM steps during validation
+    val_ensemble: int = 3
+    checkpoint_every: int = 100
+    seed: int = 0
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+class EMA:
+    """Exponential moving average of the weights with a warm-up (ema_pytorch's schedule):
+
+        decay(k) = min(beta, 1 - (1 + k) ** -power),  k = step - update_after - 1
+    Before `update_after` steps the EMA copies the online weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, beta: float, update_after: int, power: float):
+        self.beta, self.update_after, self.power = beta, update_after, power
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def decay(self, step: int) -> float:
+        k = step - self.update_after - 1
+        if k < 0:
+            return 0.0
+        return min(self.beta, 1 - (1 + k) ** -self.power)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = self.decay(step)
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v, 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def dice_score(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """Binary Dice, empty-vs-empty = 1 (ISIC convention)."""
+    pred, gt = pred.bool(), gt.bool()
+    denom = pred.sum().item() + gt.sum().item()
+    return 1.0 if denom == 0 else 2.0 * (pred & gt).sum().item() / denom
+
+
+@torch.no_grad()
+def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
+             batch_images: int = 10) -> float:
+    """Mean per-image Dice at each image's original size (DDIM, ensemble mean > 0)."""
+    from .segment import samples_to_result
+    model.eval()
+    dices = []
+    for start in range(0, len(samples), batch_images):
+        chunk = samples[start:start + batch_images]
+        inp = minmax_normalise(torch.stack([s.image for s in chunk]))
+        out = sample_ensemble(model, inp, steps, ensemble, seed, first_index=start)
+        for s, smp in zip(chunk, out):
+            res = samples_to_result(smp, s.original_size)
+            dices.append(dice_score(torch.from_numpy(res.mask), s.original_mask))
+    return sum(dices) / len(dices)
+
+
+class Trainer:
+    def __init__(self, opts: TrainOptions, log=print):
+        self.opts, self.log = opts, log
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        self.out = Path(opts.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.config: ModelConfig = get_config(opts.config)
+        self.schedule = Schedule.published()
+        size = self.config.image_size
+        train_ids = read_id_list(opts.train_ids) if opts.train_ids else None
+        self.train_samples = load_pairs(match_pairs(opts.image_dir, opts.mask_dir, train_ids), size)
+        self.val_samples = (load_pairs(match_pairs(opts.image_dir, opts.mask_dir,
+                                                   read_id_list(opts.val_ids)), size)
+                            if opts.val_ids else [])
+        torch.manual_seed(opts.seed)
+        self.model = DermoSegDiff(self.config)
+        self.model.schedule = self.schedule
+        self.model.preprocessing = Preprocessing(size)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=tuple(opts.betas))
+        self.ema = EMA(self.model, opts.ema_beta, opts.ema_update_after, opts.ema_power)
+        self.ema_model = DermoSegDiff(self.config)
+        self.ema_model.schedule, self.ema_model.preprocessing = self.schedule, self.model.preprocessing
+        self.gen = torch.Generator().manual_seed(opts.seed)
+        self.batches = PairBatches(self.train_samples, opts.batch_size, self.gen)
+        self.step = 0
+        self.best_dice = -1.0
+        self.last_path = self.out / "last.pt"
+        if self.last_path.exists():
+            self._resume()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.shadow,
+                "optimizer": self.opt.state_dict(), "step": self.step,
+                "best_dice": self.best_dice, "rng": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "options": json.dumps(self.opts.to_dict()),
+                "config": self.config.to_json()}
+
+    def save(self) -> None:
+        _atomic_torch_save(self._state(), self.last_path)
+
+    def _resume(self) -> None:
+        st = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        if st["config"] != self.config.to_json():
+            raise ValueError(f"{self.last_path} was trained with config {st['config']}, "
+                             f"not {self.config.to_json()}; use another --out folder")
+        self.model.load_state_dict(st["model"])
+        self.ema.shadow = st["ema"]
+        self.opt.load_state_dict(st["optimizer"])
+        self.step, self.best_dice = int(st["step"]), float(st["best_dice"])
+        self.gen.set_state(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.log(f"resumed from {self.last_path} at step {self.step} "
+                 f"(best val Dice {self.best_dice:.4f})")
+
+    def _log_event(self, **event) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "time": time.time(), **event}) + "\n")
+
+    # ------------------------------------------------------------------ training
+    def train_step(self) -> dict:
+        o = self.opts
+        self.model.train()
+        image, x0 = self.batches.next()
+        b = x0.shape[0]
+        # Published: t ~ randint(1, T); t = 0 is never trained.
+        t = torch.randint(1, self.schedule.T, (b,), generator=self.gen)
+        noise = torch.randn(x0.shape, generator=self.gen)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        eps_hat = self.model(x_t, image, t)
+        loss, parts = dermosegdiff_loss(eps_hat, noise, x0, t, self.schedule.T, o.gamma,
+                                        o.boundary_loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        return parts
+
+    def validate_ema(self) -> float:
+        self.ema.copy_to(self.ema_model)
+        return validate(self.ema_model, self.val_samples, self.opts.val_steps,
+                        self.opts.val_ensemble, seed=self.opts.seed)
+
+    def run(self, progress: bool = True) -> float:
+        o = self.opts
+        from tqdm.auto import tqdm
+        bar = tqdm(total=o.total_steps, initial=self.step, disable=not progress,
+                   desc="train", unit="step", mininterval=5)
+        running = None
+        while self.step < o.total_steps:
+            parts = self.train_step()
+            loss = parts.get("loss", parts["l2"])
+            running = loss if running is None else 0.98 * running + 0.02 * loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+            if self.step % 50 == 0:
+                self._log_event(loss=running, **parts)
+            if self.val_samples and self.step % o.val_every == 0:
+                self._validate_and_keep_best()
+            if self.step % o.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        if self.val_samples and (self.step % o.val_every) != 0:
+            self._validate_and_keep_best()
+        if not self.val_samples:      # nothing to select on: export the final EMA weights
+            self.ema.copy_to(self.ema_model)
+            save_model(self.ema_model, self.out / "best.safetensors", self.schedule)
+        return self.best_dice
+
+    def _validate_and_keep_best(self) -> None:
+        t0 = time.time()
+        dice = self.validate_ema()
+        self._log_event(val_dice=dice, val_seconds=time.time() - t0)
+        self.log(f"step {self.step}: val Dice (EMA, {self.opts.val_steps} DDIM steps, "
+                 f"ensemble {self.opts.val_ensemble}) = {dice:.4f}")
+        if dice > self.best_dice:
+            self.best_dice = dice
+            save_model(self.ema_model, self.out / "best.safetensors", self.schedule,
+                       extra_metadata={"val_dice": dice, "step": self.step})
+        self.save()
+
+
+def train(opts: TrainOptions, progress: bool = True) -> float:
+    return Trainer(opts).run(progress)
