@@ -34,7 +34,7 @@ def cmd_segment(args) -> int:
     from PIL import Image
 
     from .images import ImageInputError
-    from .segment import resolve_model, segment
+    from .segmentation import resolve_model, segment
 
     inputs = _expand_inputs(args.images)
     if not inputs:

@@ -27,7 +27,7 @@ from .diffusion import Schedule
 from .images import minmax_normalise
 from .losses import GAMMA_PH2, dermosegdiff_loss
 from .model import DermoSegDiff
-from .segment import sample_ensemble
+from .segmentation import sample_ensemble
 
 
 @dataclass
@@ -51,6 +51,7 @@ class TrainOptions:
     val_steps: int = 10                # DDIM steps during validation
     val_ensemble: int = 3
     checkpoint_every: int = 100
+    log_every: int = 50
     seed: int = 0
     threads: int | None = None
 
@@ -112,7 +113,7 @@ def dice_score(pred: torch.Tensor, gt: torch.Tensor) -> float:
 def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
              batch_images: int = 10) -> float:
     """Mean per-image Dice at each image's original size (DDIM, ensemble mean > 0)."""
-    from .segment import samples_to_result
+    from .segmentation import samples_to_result
     model.eval()
     dices = []
     for start in range(0, len(samples), batch_images):
@@ -223,8 +224,8 @@ class Trainer:
             running = loss if running is None else 0.98 * running + 0.02 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-            if self.step % 50 == 0:
-                self._log_event(loss=running, **parts)
+            if self.step % o.log_every == 0:
+                self._log_event(smoothed_loss=running, **parts)
             if self.val_samples and self.step % o.val_every == 0:
                 self._validate_and_keep_best()
             if self.step % o.checkpoint_every == 0:

@@ -102,19 +102,25 @@ def sample_ensemble(model, model_input: torch.Tensor, steps: int, ensemble: int,
 
 def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
                       return_samples: bool = False) -> SegmentationResult:
-    """(E, S, S) samples in [-1, 1] of one image -> result at the original (H, W)."""
-    fg = ((samples.float() + 1) / 2).clamp(0, 1)                  # each sample in [0, 1]
-    prob = fg.mean(dim=0)
+    """(E, S, S) samples in mask space of one image -> result at the original (H, W).
+
+    probability = clamp((mean of the raw samples + 1) / 2, 0, 1): thresholding it at 0.5 is
+    the published rule "mean > 0" (samples are not clipped, as published).
+    std = std over the ensemble of each sample mapped to [0, 1] and clipped there, so a
+    wild sample cannot make the spread exceed what a binary disagreement gives (0.5).
+    """
+    samples = samples.float()
+    prob = ((samples.mean(dim=0) + 1) / 2).clamp(0, 1)
+    fg = ((samples + 1) / 2).clamp(0, 1)
     std = fg.std(dim=0, unbiased=False)
     maps = torch.stack((prob, std))[None]                          # (1, 2, S, S)
     up = F.interpolate(maps, size=size_hw, mode="bilinear", align_corners=False)[0]
-    prob_up = up[0].clamp(0, 1)
-    res = SegmentationResult(mask=(prob_up > 0.5).numpy(),
-                             probability=prob_up.numpy().astype(np.float32),
+    res = SegmentationResult(mask=(up[0] > 0.5).numpy(),
+                             probability=up[0].clamp(0, 1).numpy().astype(np.float32),
                              std=up[1].clamp_min(0).numpy().astype(np.float32))
     if return_samples:
-        s_up = F.interpolate(fg[None], size=size_hw, mode="bilinear", align_corners=False)[0]
-        res.samples = (s_up > 0.5).numpy()
+        s_up = F.interpolate(samples[None], size=size_hw, mode="bilinear", align_corners=False)[0]
+        res.samples = (s_up > 0).numpy()
     return res
 
 

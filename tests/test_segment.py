@@ -1,0 +1,135 @@
+"""segment(): input handling, outputs at the original size, determinism, every error."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dsd_fast import ImageInputError, save_model, segment
+from dsd_fast.images import minmax_normalise, to_chw
+
+
+def test_accepts_every_input_kind(tmp_path, tiny_model):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (21, 33, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    inputs = [
+        str(tmp_path / "a.png"),
+        tmp_path / "a.png",
+        Image.fromarray(rgb),
+        rgb,                                            # H x W x 3 uint8
+        rgb.astype(np.float32) / 255,                   # float in [0, 1]
+        np.dstack([rgb, np.full((21, 33), 255, np.uint8)]),  # RGBA: alpha dropped
+        torch.from_numpy(rgb).permute(2, 0, 1).contiguous(),  # 3 x H x W uint8
+    ]
+    res = segment(inputs, steps=3, ensemble=2, model=tiny_model)
+    assert len(res) == len(inputs)
+    for r in res:
+        assert r.mask.shape == (21, 33) and r.mask.dtype == bool
+        assert r.probability.dtype == np.float32 and r.std.dtype == np.float32
+        assert r.probability.min() >= 0 and r.probability.max() <= 1
+    # all inputs are the same picture -> the same result (same seed, per-image noise index
+    # differs, so compare a re-run of one input instead)
+    again = segment(inputs[3], steps=3, ensemble=2, model=tiny_model)[0]
+    first_as_array = segment([rgb], steps=3, ensemble=2, model=tiny_model)[0]
+    assert np.array_equal(again.probability, first_as_array.probability)
+    # different kinds of the same picture give the same model input
+    chws = [to_chw(x) for x in inputs]
+    for c in chws[1:]:
+        torch.testing.assert_close(c, chws[0], atol=1 / 255 + 1e-6, rtol=0)
+
+
+def test_grayscale_and_batched_tensor(tiny_model):
+    gray = np.linspace(0, 1, 40 * 30, dtype=np.float32).reshape(40, 30)
+    r = segment(gray, steps=2, ensemble=1, model=tiny_model)[0]
+    assert r.mask.shape == (40, 30)
+    batch = torch.rand(3, 3, 17, 19)
+    res = segment(batch, steps=2, ensemble=1, model=tiny_model)
+    assert [x.mask.shape for x in res] == [(17, 19)] * 3
+    assert torch.equal(to_chw(gray), torch.from_numpy(np.repeat(gray[None], 3, 0)))
+
+
+def test_same_seed_same_masks_and_batch_independence(tiny_model):
+    imgs = [torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    a = segment(imgs, steps=4, ensemble=3, model=tiny_model, seed=1, batch_size=3)
+    b = segment(imgs, steps=4, ensemble=3, model=tiny_model, seed=1, batch_size=1)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.probability, y.probability, atol=1e-5)
+    c = segment(imgs, steps=4, ensemble=3, model=tiny_model, seed=2)
+    assert not np.allclose(a[0].probability, c[0].probability)
+
+
+def test_probability_and_std_are_ensemble_statistics(tiny_model):
+    img = torch.rand(3, 16, 16)          # the model size: no resizing of the maps
+    r = segment(img, steps=3, ensemble=4, model=tiny_model, return_samples=True)[0]
+    from dsd_fast.segmentation import sample_ensemble
+    x = sample_ensemble(tiny_model, minmax_normalise(img[None]), 3, 4, seed=0)[0]
+    fg = ((x + 1) / 2).clamp(0, 1)
+    np.testing.assert_allclose(r.probability, ((x.mean(0) + 1) / 2).clamp(0, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(r.std, fg.std(0, unbiased=False).numpy(), atol=1e-6)
+    assert np.array_equal(r.mask, (x.mean(0) > 0).numpy())     # published rule: mean > 0
+    assert r.samples.shape == (4, 16, 16)
+    one = segment(img, steps=3, ensemble=1, model=tiny_model)[0]
+    assert np.all(one.std == 0)
+
+
+def test_ddpm_sampler_option(tiny_model):
+    r = segment(torch.rand(3, 16, 16), sampler="ddpm", ensemble=1, model=tiny_model)[0]
+    assert r.mask.shape == (16, 16)
+
+
+def test_model_from_checkpoint_path(tmp_path, tiny_model):
+    path = save_model(tiny_model, tmp_path / "m.safetensors")
+    img = torch.rand(3, 16, 16)
+    a = segment(img, steps=2, ensemble=2, model=str(path))[0]
+    b = segment(img, steps=2, ensemble=2, model=tiny_model)[0]
+    assert np.array_equal(a.probability, b.probability)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([], "empty"),
+    (np.zeros((0, 5, 3), np.uint8), "zero size"),
+    (np.full((5, 5, 3), np.nan, np.float32), "NaN"),
+    (np.full((5, 5, 3), np.inf, np.float32), "NaN or infinite"),
+    (np.zeros((5, 5, 2), np.uint8), r"\(H, W, 3\)"),
+    (torch.zeros(2, 5, 5), r"\(3, H, W\)"),
+    (np.full((4, 4, 3), 2.0, np.float32), r"\[0, 1\]"),
+    (np.zeros((4, 4, 3), np.int32), "dtype"),
+    (12, "got int"),
+])
+def test_bad_images_are_rejected_clearly(bad, message, tiny_model):
+    with pytest.raises(ImageInputError, match=message):
+        segment(bad, steps=1, ensemble=1, model=tiny_model)
+
+
+def test_corrupt_and_missing_files_are_named(tmp_path, tiny_model):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    with pytest.raises(ImageInputError, match="broken.png.*corrupt"):
+        segment([torch.rand(3, 8, 8), bad], steps=1, ensemble=1, model=tiny_model)
+    with pytest.raises(ImageInputError, match="nothere.png: no such file"):
+        segment(tmp_path / "nothere.png", steps=1, ensemble=1, model=tiny_model)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "1..250"), (dict(steps=251), "1..250"), (dict(steps=2.5), "integer"),
+    (dict(ensemble=0), ">= 1"), (dict(sampler="euler"), "ddim"),
+])
+def test_bad_arguments(kwargs, message, tiny_model):
+    with pytest.raises(ValueError, match=message):
+        segment(torch.rand(3, 8, 8), model=tiny_model, **{"steps": 2, "ensemble": 1, **kwargs})
+
+
+def test_default_model_missing_gives_instructions(monkeypatch, tmp_path):
+    import dsd_fast.segmentation as seg
+    monkeypatch.setattr(seg, "DEFAULT_MODEL_PATH", tmp_path / "none.safetensors")
+    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+        segment(torch.rand(3, 8, 8))
+
+
+def test_16bit_png(tmp_path, tiny_model):
+    arr = (np.arange(30 * 20, dtype=np.uint16).reshape(30, 20) * 100)
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    chw = to_chw(tmp_path / "deep.png")
+    assert chw.shape == (3, 30, 20)
+    assert chw.max().item() == pytest.approx(arr.max() / 65535, rel=1e-6)
+    assert segment(tmp_path / "deep.png", steps=1, ensemble=1, model=tiny_model)[0].mask.shape == (30, 20)

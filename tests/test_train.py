@@ -1,0 +1,93 @@
+"""Training: the loop lowers the loss, checkpoints resume the same run, the bundle is written."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dsd_fast import load_model
+from dsd_fast.train import EMA, TrainOptions, Trainer
+
+
+def make_disc_dataset(root, n=6, size=24):
+    """Synthetic lesions: a dark disc on lighter skin, its mask the disc."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx, r = rng.integers(8, 16), rng.integers(8, 16), rng.integers(4, 8)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        img = np.where(disc[..., None], [80, 50, 40], [200, 160, 150]).astype(np.uint8)
+        img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"s{i}.png")
+        Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"s{i}.png")
+    (root / "train.txt").write_text("\n".join(f"s{i}" for i in range(n - 2)))
+    (root / "val.txt").write_text("\n".join(f"s{i}" for i in range(n - 2, n)))
+    return root
+
+
+def options(root, out, **kw):
+    base = dict(image_dir=str(root / "images"), mask_dir=str(root / "masks"), out_dir=str(out),
+                train_ids=str(root / "train.txt"), val_ids=str(root / "val.txt"), config="tiny_ff",
+                batch_size=4, lr=2e-3, val_every=20, val_steps=2, val_ensemble=1,
+                checkpoint_every=10, log_every=10, ema_update_after=5)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def test_training_lowers_loss_and_writes_best(tmp_path):
+    root = make_disc_dataset(tmp_path / "data")
+    tr = Trainer(options(root, tmp_path / "run", total_steps=40), log=lambda *_: None)
+    first = np.mean([tr.train_step()["l2"] for _ in range(5)])
+    tr.run(progress=False)
+    last = np.mean([tr.train_step()["l2"] for _ in range(5)])
+    assert last < 0.8 * first, (first, last)
+    model = load_model(tmp_path / "run" / "best.safetensors")
+    assert model.config.ff_parser and model.config.image_size == 16
+    events = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("val_dice" in e for e in events) and any("smoothed_loss" in e for e in events)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    root = make_disc_dataset(tmp_path / "data")
+    # one straight run of 20 steps
+    straight = Trainer(options(root, tmp_path / "a", total_steps=20, val_ids=None), log=lambda *_: None)
+    straight.run(progress=False)
+    # 10 steps, stop, a new Trainer resumes from last.pt and does 10 more
+    part = Trainer(options(root, tmp_path / "b", total_steps=10, val_ids=None), log=lambda *_: None)
+    part.run(progress=False)
+    resumed = Trainer(options(root, tmp_path / "b", total_steps=20, val_ids=None), log=lambda *_: None)
+    assert resumed.step == 10
+    resumed.run(progress=False)
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    for k, v in straight.ema.shadow.items():
+        torch.testing.assert_close(resumed.ema.shadow[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    root = make_disc_dataset(tmp_path / "data")
+    Trainer(options(root, tmp_path / "r", total_steps=10, val_ids=None), log=lambda *_: None).run(progress=False)
+    with pytest.raises(ValueError, match="config"):
+        Trainer(options(root, tmp_path / "r", total_steps=20, val_ids=None, config="tiny"))
+
+
+def test_ema_warmup_schedule():
+    m = torch.nn.Linear(2, 2)
+    ema = EMA(m, beta=0.9999, update_after=500, power=0.9)
+    assert ema.decay(500) == 0.0                       # copies before warm-up ends
+    assert ema.decay(502) == pytest.approx(1 - 2 ** -0.9)
+    assert ema.decay(10 ** 9) == 0.9999
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m, 100)
+    assert torch.equal(ema.shadow["weight"], m.weight)
+
+
+def test_unmatched_pairs_are_errors(tmp_path):
+    root = make_disc_dataset(tmp_path / "data")
+    (root / "masks" / "s0.png").unlink()
+    with pytest.raises(ValueError, match="s0"):
+        Trainer(options(root, tmp_path / "run", total_steps=1))
