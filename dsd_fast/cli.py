@@ -29,12 +29,20 @@ def _is_inside(child: Path, parent: Path) -> bool:
         return False
 
 
+def _write_png_atomically(arr, target: Path) -> None:
+    from PIL import Image
+    tmp = target.with_name(f".{target.name}.tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, target)
+
+
 def cmd_segment(args) -> int:
     import numpy as np
-    from PIL import Image
+    from tqdm.auto import tqdm
 
-    from .images import ImageInputError
+    from .images import ImageInputError, to_chw
     from .segmentation import resolve_model, segment
+    from .visualise import overlay
 
     inputs = _expand_inputs(args.images)
     if not inputs:
@@ -49,21 +57,23 @@ def cmd_segment(args) -> int:
     model = resolve_model(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
-    from tqdm.auto import tqdm
     for path in tqdm(inputs, unit="img", desc="segment", disable=args.quiet):
         try:
-            res = segment(path, steps=args.steps, ensemble=args.ensemble, model=model,
+            chw = to_chw(path)
+            res = segment(chw, steps=args.steps, ensemble=args.ensemble, model=model,
                           seed=args.seed)[0]
         except ImageInputError as e:
             failed.append((path, str(e)))
             continue
-        target = out / f"{path.stem}_mask.png"
-        if target.resolve() == path.resolve():
-            failed.append((path, "output would overwrite the input"))
-            continue
-        tmp = target.with_name(f".{target.name}.tmp")
-        Image.fromarray((res.mask * 255).astype(np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, target)
+        outputs = {f"{path.stem}_mask.png": (res.mask * 255).astype(np.uint8)}
+        if not args.no_overlay:
+            outputs[f"{path.stem}_overlay.png"] = overlay(chw.numpy(), res.mask, res.std)
+        for name, arr in outputs.items():
+            target = out / name
+            if target.resolve() == path.resolve():
+                failed.append((path, f"output {target} would overwrite the input"))
+                continue
+            _write_png_atomically(arr, target)
     for path, why in failed:
         print(f"failed: {why}", file=sys.stderr)
     print(f"{len(inputs) - len(failed)} of {len(inputs)} images segmented into {out}")
@@ -95,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--allow-inplace", action="store_true",
                    help="allow the output folder to be inside an input folder")
+    s.add_argument("--no-overlay", action="store_true",
+                   help="write only masks, no <stem>_overlay.png (contour + uncertain band)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
 

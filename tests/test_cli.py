@@ -17,7 +17,9 @@ def test_segment_writes_masks_outside_the_input_folder(tmp_path, tiny_model):
     rc = main(["segment", str(src), "-o", str(out), "--checkpoint", str(ckpt), "--steps", "2",
                "--ensemble", "2", "-q"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "b_mask.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png",
+                                                     "b_mask.png", "b_overlay.png"]
+    assert np.array(Image.open(out / "b_overlay.png")).shape == (11, 17, 3)
     m = np.array(Image.open(out / "a_mask.png"))
     assert m.shape == (30, 20) and set(np.unique(m)) <= {0, 255}
     assert sorted(p.name for p in src.iterdir()) == ["a.png", "b.png", "notes.txt"]
@@ -38,7 +40,7 @@ def test_corrupt_input_is_reported_and_exit_status_nonzero(tmp_path, tiny_model,
     (src / "bad.png").write_bytes(b"garbage")
     ckpt = save_model(tiny_model, tmp_path / "m.safetensors")
     rc = main(["segment", str(src), "-o", str(tmp_path / "o"), "--checkpoint", str(ckpt),
-               "--steps", "1", "--ensemble", "1", "-q"])
+               "--steps", "1", "--ensemble", "1", "-q", "--no-overlay"])
     assert rc == 1
     assert "bad.png" in capsys.readouterr().err
     assert (tmp_path / "o" / "ok_mask.png").exists() and not (tmp_path / "o" / "bad_mask.png").exists()
