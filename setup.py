@@ -24,7 +24,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4"],
+        # The last two are independent oracles the metric and STAPLE tests compare against.
+        "test": ["pytest>=8", "pytest-benchmark>=4", "isic-challenge-scoring==5.6.0",
+                 "SimpleITK>=2.3"],
     },
     entry_points={"console_scripts": ["dsd-fast=dsd_fast.cli:main"]},
 )
