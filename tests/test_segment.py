@@ -73,8 +73,23 @@ def test_probability_and_std_are_ensemble_statistics(tiny_model):
 
 
 def test_ddpm_sampler_option(tiny_model):
-    r = segment(torch.rand(3, 16, 16), sampler="ddpm", ensemble=1, model=tiny_model)[0]
-    assert r.mask.shape == (16, 16)
+    from dsd_fast.diffusion import Schedule
+    # A shorter schedule keeps the test cheap (the published T = 250 is covered in
+    # test_diffusion); eps_hat = 0 with small betas keeps the chains near unit scale
+    # (large activations make softmax produce slow denormals on CPUs).
+    tiny_model.schedule = Schedule.linear(40, 1e-4, 0.02)
+    with torch.no_grad():
+        tiny_model.final_conv.weight.zero_()
+        tiny_model.final_conv.bias.zero_()
+    r = segment(torch.rand(3, 16, 16), sampler="ddpm", ensemble=2, model=tiny_model)[0]
+    assert r.mask.shape == (16, 16) and np.isfinite(r.probability).all()
+
+
+def test_diverging_chains_raise_a_clear_error(tiny_model):
+    from dsd_fast.segmentation import sample_ensemble
+    nan_eps = lambda x, image, t: torch.full_like(x, float("nan"))
+    with pytest.raises(FloatingPointError, match="diverged"):
+        sample_ensemble(tiny_model, torch.rand(1, 3, 16, 16), 2, 1, 0, eps_model=nan_eps)
 
 
 def test_model_from_checkpoint_path(tmp_path, tiny_model):
@@ -133,3 +148,46 @@ def test_16bit_png(tmp_path, tiny_model):
     assert chw.shape == (3, 30, 20)
     assert chw.max().item() == pytest.approx(arr.max() / 65535, rel=1e-6)
     assert segment(tmp_path / "deep.png", steps=1, ensemble=1, model=tiny_model)[0].mask.shape == (30, 20)
+
+
+def test_entropy_staple_fusion_and_samples(tiny_model):
+    from dsd_fast.uncertainty import entropy_map, staple_fusion
+    img = torch.rand(3, 24, 20)
+    mean = segment(img, steps=3, ensemble=5, model=tiny_model, return_samples=True)[0]
+    st = segment(img, steps=3, ensemble=5, model=tiny_model, fusion="staple", return_samples=True)[0]
+    np.testing.assert_allclose(mean.entropy, entropy_map(mean.probability), atol=1e-6)
+    assert mean.samples.shape == (5, 24, 20) and mean.fusion == "mean"
+    assert np.array_equal(st.samples, mean.samples)              # same chains, other fusion
+    assert np.array_equal(st.mask, staple_fusion(mean.samples)) and st.fusion == "staple"
+    np.testing.assert_array_equal(st.probability, mean.probability)
+    with pytest.raises(ValueError, match="fusion"):
+        segment(img, steps=1, ensemble=1, model=tiny_model, fusion="vote")
+    with pytest.raises(ValueError, match="refine"):
+        segment(img, steps=1, ensemble=1, model=tiny_model, refine="bilateral")
+
+
+def test_crf_refinement(tiny_model):
+    pytest.importorskip("pydensecrf.densecrf", reason="the [crf] extra (pydensecrf2) is not installed")
+    from dsd_fast.crf import crf_refine
+    # A clear two-region image with a blurry, shifted probability: the CRF snaps to the edge.
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[:, 20:] = 220
+    prob = np.clip((np.arange(40) - 14) / 12, 0, 1)[None].repeat(40, 0).astype(np.float32)
+    refined = crf_refine(img, prob)
+    assert refined.shape == (40, 40)
+    assert (refined[:, 21:] > 0.5).all() and (refined[:, :19] < 0.5).all()
+    r = segment(torch.rand(3, 16, 16), steps=2, ensemble=4, model=tiny_model, refine="crf")[0]
+    assert r.fusion == "mean+crf" and r.mask.shape == (16, 16)
+
+
+def test_crf_missing_extra_is_named(monkeypatch, tiny_model):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_crf(name, *a, **k):
+        if name.startswith("pydensecrf"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_crf)
+    with pytest.raises(ImportError, match=r"dsd_fast\[crf\]"):
+        segment(torch.rand(3, 8, 8), steps=1, ensemble=1, model=tiny_model, refine="crf")

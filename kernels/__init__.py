@@ -1,0 +1,158 @@
+"""Triton kernels: the NVIDIA GPU path of the dsd_fast fused ops.
+
+One file per kernel (ff_parser, group_norm_silu, gated_conv1x1), each holding a private
+`@triton.jit` kernel, a launcher that checks shapes and picks block sizes, and the formula in
+a comment beside the code. The CPU path is csrc/ (C++); the readable oracles are
+dsd_fast/_reference_ops.py and dsd_fast/layers.py.
+
+This package imports without Triton (`TRITON_AVAILABLE` is then False and the launchers raise
+a RuntimeError saying so), so the CPU-only install never needs it.
+
+Running on the CPU: Triton's interpreter (`TRITON_INTERPRET=1`) executes the same kernels on
+CPU tensors with numpy. Triton reads that variable when a kernel is *defined*, i.e. when the
+kernel modules are imported, so it must be set before the first `import kernels.<op>`.
+`INTERPRET` records what was in force at import.
+
+Registration: `register_cuda_impls()` makes these kernels the CUDA implementations of the
+torch ops `dsd_fast::ff_parser`, `ff_parser_out`, `group_norm_silu` and `gated_conv1x1`
+whose schemas csrc/register.cpp defines. It does nothing for ops that are not defined yet
+(load `dsd_fast._C` first) and checks each schema's argument names before registering.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    TRITON_AVAILABLE = True
+except ImportError:  # CPU-only install: keep the kernel modules importable.
+    TRITON_AVAILABLE = False
+
+    class _MissingTriton:
+        """Stands in for `triton` and `triton.language` so that the kernel modules still
+        import (decorators and `tl.constexpr` annotations are evaluated at import); the
+        launchers call `require_triton()` before touching anything else."""
+
+        constexpr = object
+
+        @staticmethod
+        def jit(fn=None, **_kwargs):
+            return fn if fn is not None else (lambda f: f)
+
+    triton = tl = _MissingTriton()
+
+# Whether the kernels defined at import time are interpreted (CPU tensors allowed); Triton's
+# own reading of TRITON_INTERPRET, which is what its decorator uses.
+INTERPRET = bool(TRITON_AVAILABLE and triton.knobs.runtime.interpret)
+
+__all__ = ["TRITON_AVAILABLE", "INTERPRET", "register_cuda_impls", "REGISTERED"]
+
+
+def require_triton(op: str) -> None:
+    if not TRITON_AVAILABLE:
+        raise RuntimeError(f"kernels.{op}: Triton is not installed (pip install 'triton==3.9.*'); "
+                           f"use the CPU op torch.ops.dsd_fast.{op} or the reference instead")
+
+
+def check_device(op: str, *tensors: torch.Tensor) -> torch.device:
+    """All tensors on one device; CUDA unless the kernels were defined in interpreter mode."""
+    device = tensors[0].device
+    for t in tensors:
+        if t.device != device:
+            raise ValueError(f"kernels.{op}: all tensors must be on one device, got "
+                             f"{[str(u.device) for u in tensors]}")
+    if device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"kernels.{op}: CUDA tensors expected, got {device}; to run the kernels on "
+                         "CPU tensors set TRITON_INTERPRET=1 before importing kernels")
+    return device
+
+
+def device_guard(device: torch.device):
+    """Triton launches on the *current* CUDA device and PyTorch's current stream of that
+    device: make the tensors' device current for the launch (no new stream is created)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def pad16(n: int) -> int:
+    """Block extent for n: a power of two (Triton tiles) and at least 16 (tl.dot's minimum)."""
+    return max(16, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+# ----------------------------------------------------------------------------- registration
+
+# Argument names of each op's schema as csrc/register.cpp defines it. A schema that differs
+# is not registered (a silently mismatched argument order would compute garbage).
+_EXPECTED_ARGS = {
+    "ff_parser": ["x", "weight"],
+    "ff_parser_out": ["x", "weight", "out"],
+    "group_norm_silu": ["x", "gamma", "beta", "groups", "eps", "scale", "shift"],
+    "gated_conv1x1": ["g", "weight", "bias", "x"],
+}
+
+# Qualified names registered by this process (registration is once per process: a second
+# CUDA kernel for the same op would override the first with a warning).
+REGISTERED: set[str] = set()
+
+
+def _cuda_impls():
+    from .ff_parser import ff_parser
+    from .gated_conv1x1 import gated_conv1x1
+    from .group_norm_silu import group_norm_silu
+
+    def ff_parser_out(x, weight, out):
+        ff_parser(x, weight, out=out)          # schema returns () : mutates `out`
+
+    return {
+        "ff_parser": lambda x, weight: ff_parser(x, weight),
+        "ff_parser_out": ff_parser_out,
+        "group_norm_silu": (lambda x, gamma, beta, groups, eps, scale=None, shift=None:
+                            group_norm_silu(x, gamma, beta, groups, eps, scale, shift)),
+        "gated_conv1x1": gated_conv1x1,
+    }
+
+
+def _op_defined(namespace: str, name: str) -> bool:
+    qualname = f"{namespace}::{name}"
+    try:
+        if torch._C._dispatch_has_kernel(qualname):
+            return True
+    except RuntimeError:
+        pass
+    return hasattr(getattr(torch.ops, namespace), name)
+
+
+def register_cuda_impls(namespace: str = "dsd_fast") -> bool:
+    """Register the Triton kernels as the CUDA kernels of `<namespace>::<op>`.
+
+    Only ops that are already defined (by the C++ extension `dsd_fast._C`) and whose schema
+    has the expected argument names are registered; an op that already has a CUDA kernel is
+    left alone. Returns True if at least one op is now served by these kernels, False when
+    nothing was registered (Triton missing, or the ops not defined yet). `namespace` exists
+    for tests, which define look-alike ops elsewhere so as not to collide with the extension.
+    """
+    if not TRITON_AVAILABLE:
+        return False
+    impls = None
+    for name, expected in _EXPECTED_ARGS.items():
+        qualname = f"{namespace}::{name}"
+        if qualname in REGISTERED or not _op_defined(namespace, name):
+            continue
+        overload = getattr(getattr(torch.ops, namespace), name).default
+        got = [a.name for a in overload._schema.arguments]
+        if got != expected:
+            warnings.warn(f"kernels.register_cuda_impls: {qualname} has arguments {got}, expected "
+                          f"{expected}; its CUDA kernel is not registered")
+            continue
+        if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA"):
+            continue                                      # someone else serves CUDA already
+        impls = impls or _cuda_impls()
+        torch.library.impl(qualname, "CUDA", impls[name])
+        REGISTERED.add(qualname)
+    return any(q.startswith(f"{namespace}::") for q in REGISTERED)
