@@ -36,6 +36,19 @@ def _write_png_atomically(arr, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def _score_against_gt(mask, path: Path, gt_masks: dict, failed: list):
+    from .data import load_mask
+    from .evaluate import score_pair
+    if path.stem not in gt_masks:
+        failed.append((path, f"{path}: no ground-truth mask with stem {path.stem!r}"))
+        return None
+    try:
+        return score_pair(mask, load_mask(gt_masks[path.stem]).numpy(), path.stem)
+    except ValueError as e:
+        failed.append((path, str(e)))
+        return None
+
+
 def cmd_segment(args) -> int:
     import numpy as np
     from tqdm.auto import tqdm
@@ -54,9 +67,13 @@ def cmd_segment(args) -> int:
         print(f"error: output folder {out} is inside an input folder; choose another -o, "
               "or pass --allow-inplace", file=sys.stderr)
         return 2
+    gt_masks = None
+    if args.gt:
+        from .data import list_images
+        gt_masks = list_images(Path(args.gt))
     model = resolve_model(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    failed = []
+    failed, scores = [], []
     for path in tqdm(inputs, unit="img", desc="segment", disable=args.quiet):
         try:
             chw = to_chw(path)
@@ -74,6 +91,14 @@ def cmd_segment(args) -> int:
                 failed.append((path, f"output {target} would overwrite the input"))
                 continue
             _write_png_atomically(arr, target)
+        if gt_masks is not None:
+            scores.append(_score_against_gt(res.mask, path, gt_masks, failed))
+    scores = [r for r in scores if r is not None]
+    if scores:
+        from .evaluate import format_summary, write_csv
+        from .metrics import summarise
+        print(format_summary(summarise(scores), len(scores)))
+        print(f"per-image metrics: {write_csv(scores, out / 'metrics.csv')}")
     for path, why in failed:
         print(f"failed: {why}", file=sys.stderr)
     print(f"{len(inputs) - len(failed)} of {len(inputs)} images segmented into {out}")
@@ -91,6 +116,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_folders, format_summary, write_csv
+    rows, summary = evaluate_folders(args.pred, args.gt)
+    out = Path(args.out) if args.out else Path.cwd()
+    path = write_csv(rows, out / "metrics.csv")
+    print(format_summary(summary, len(rows)))
+    print(f"per-image metrics: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsd-fast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -105,10 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--allow-inplace", action="store_true",
                    help="allow the output folder to be inside an input folder")
+    s.add_argument("--gt", default=None,
+                   help="folder of ground-truth masks (matched by stem): score as it goes")
     s.add_argument("--no-overlay", action="store_true",
                    help="write only masks, no <stem>_overlay.png (contour + uncertain band)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
+
+    e = sub.add_parser("eval", help="score predicted masks against ground truth")
+    e.add_argument("--pred", required=True, help="folder of predicted masks (<stem>[_mask].png)")
+    e.add_argument("--gt", required=True, help="folder of ground-truth masks (<stem>.png)")
+    e.add_argument("--out", default=None, help="folder for metrics.csv (default: current)")
+    e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train", help="train a model (resumes from OUT/last.pt if present)")
     t.add_argument("--images", required=True, help="folder of images")

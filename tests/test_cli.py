@@ -44,3 +44,56 @@ def test_corrupt_input_is_reported_and_exit_status_nonzero(tmp_path, tiny_model,
     assert rc == 1
     assert "bad.png" in capsys.readouterr().err
     assert (tmp_path / "o" / "ok_mask.png").exists() and not (tmp_path / "o" / "bad_mask.png").exists()
+
+
+def _save_mask(path, mask):
+    Image.fromarray((mask * 255).astype(np.uint8)).save(path)
+
+
+def test_eval_writes_csv_and_summary(tmp_path, capsys):
+    import csv
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    a = np.zeros((10, 12), bool)
+    a[2:8, 3:9] = True
+    b = np.zeros((10, 12), bool)
+    b[2:8, 3:6] = True                       # half of a: Dice 2*18/(18+36) = 2/3
+    _save_mask(pred / "x_mask.png", a), _save_mask(gt / "x.png", a)
+    _save_mask(pred / "y.png", b), _save_mask(gt / "y.png", a)
+    assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "o")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "o" / "metrics.csv")))
+    assert [r["image"] for r in rows] == ["x", "y"]
+    assert list(rows[0]) == ["image", "dice", "iou", "threshold_jaccard", "sensitivity",
+                             "specificity", "accuracy", "hd95"]
+    assert float(rows[0]["dice"]) == 1.0 and abs(float(rows[1]["dice"]) - 2 / 3) < 1e-6
+    assert float(rows[1]["threshold_jaccard"]) == 0.0        # J = 0.5 < 0.65
+    out = capsys.readouterr().out
+    assert "dice" in out and "0.8333" in out                 # mean Dice (1 + 2/3) / 2
+
+
+def test_eval_size_mismatch_names_the_file(tmp_path):
+    import pytest
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _save_mask(pred / "z_mask.png", np.zeros((5, 5), bool))
+    _save_mask(gt / "z.png", np.zeros((6, 5), bool))
+    with pytest.raises(ValueError, match=r"z: prediction size \(5, 5\) differs"):
+        main(["eval", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path)])
+
+
+def test_segment_with_ground_truth_scores_as_it_goes(tmp_path, tiny_model, capsys):
+    import csv
+    src, gt = tmp_path / "in", tmp_path / "gt"
+    src.mkdir(), gt.mkdir()
+    for name in ("p", "q"):
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (14, 18, 3), dtype=np.uint8)).save(src / f"{name}.png")
+        _save_mask(gt / f"{name}.png", np.ones((14, 18), bool))
+    ckpt = save_model(tiny_model, tmp_path / "m.safetensors")
+    rc = main(["segment", str(src), "-o", str(tmp_path / "o"), "--checkpoint", str(ckpt),
+               "--steps", "1", "--ensemble", "1", "-q", "--gt", str(gt)])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "o" / "metrics.csv")))
+    assert [r["image"] for r in rows] == ["p", "q"]
+    from dsd_fast.metrics import dice
+    pred = np.array(Image.open(tmp_path / "o" / "p_mask.png")) > 0
+    assert abs(float(rows[0]["dice"]) - dice(pred, np.ones((14, 18), bool))) < 1e-6

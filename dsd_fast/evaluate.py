@@ -1,0 +1,83 @@
+"""Scoring predicted masks against ground truth: folders in, a per-image CSV and a summary out."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .data import list_images, load_mask
+from .metrics import METRIC_KEYS, score_image, summarise
+
+CSV_COLUMNS = ("image",) + METRIC_KEYS
+PRED_SUFFIX = "_mask"           # `dsd-fast segment` writes <stem>_mask.png
+
+
+def _pred_stem(stem: str) -> str:
+    return stem[:-len(PRED_SUFFIX)] if stem.endswith(PRED_SUFFIX) else stem
+
+
+def match_predictions(pred_dir, gt_dir) -> list[tuple[str, Path, Path]]:
+    """(stem, prediction, ground truth) for every prediction; `<stem>_mask.png` or
+    `<stem>.png` predictions are matched to `<stem>.*` ground truth."""
+    preds = {}
+    for stem, path in list_images(Path(pred_dir)).items():
+        key = _pred_stem(stem)
+        if key in preds:
+            raise ValueError(f"two predictions for {key!r}: {preds[key].name} and {path.name}")
+        preds[key] = path
+    gts = list_images(Path(gt_dir))
+    if not preds:
+        raise ValueError(f"no predicted masks in {pred_dir}")
+    missing = sorted(set(preds) - set(gts))
+    if missing:
+        raise ValueError(f"no ground truth in {gt_dir} for predictions {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} (matched by file stem)")
+    return [(k, preds[k], gts[k]) for k in sorted(preds)]
+
+
+def score_pair(pred: np.ndarray, gt: np.ndarray, name: str) -> dict:
+    if pred.shape != gt.shape:
+        raise ValueError(f"{name}: prediction size {pred.shape} differs from ground truth "
+                         f"size {gt.shape}; predictions must be at the original size")
+    return {"image": name, **score_image(pred, gt)}
+
+
+def evaluate_folders(pred_dir, gt_dir) -> tuple[list[dict], dict]:
+    rows = [score_pair(load_mask(p).numpy(), load_mask(g).numpy(), stem)
+            for stem, p, g in match_predictions(pred_dir, gt_dir)]
+    return rows, summarise(rows)
+
+
+def write_csv(rows: list[dict], path) -> Path:
+    """Per-image metrics CSV (CSV_COLUMNS), written to a temp file and renamed."""
+    path = Path(path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
+                         for k in CSV_COLUMNS})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def format_summary(summary: dict, n: int) -> str:
+    lines = [f"{n} images; per-image mean +- std (pooled over all pixels where given)",
+             f"{'metric':<18}{'mean':>10}{'std':>10}{'pooled':>10}"]
+    for k in METRIC_KEYS:
+        mean, std = summary[f"{k}_mean"], summary[f"{k}_std"]
+        if k == "hd95" and summary.get("hd95_n_inf"):
+            mean, std = summary["hd95_finite_mean"], summary["hd95_finite_std"]
+            k = f"hd95 ({summary['hd95_n_inf']} inf)"
+        pooled = summary.get(f"pooled_{k}")
+        pooled_s = f"{pooled:>10.4f}" if pooled is not None else f"{'':>10}"
+        lines.append(f"{k:<18}{mean:>10.4f}{std:>10.4f}{pooled_s}")
+    return "\n".join(lines)
