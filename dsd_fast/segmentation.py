@@ -65,6 +65,23 @@ def resolve_model(model):
                     f"got {type(model).__name__}")
 
 
+BACKENDS = ("auto", "fast", "reference")
+
+
+def select_eps_model(model, backend: str):
+    """The network the sampler calls: the fast model (folded weights, fused ops) or the
+    reference model itself. "auto" takes the fast path when the C++ ops are built."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return model
+    from . import ops
+    from .fast import fast_model_for
+    if backend == "auto" and not ops.AVAILABLE:
+        return model
+    return fast_model_for(model)
+
+
 def _check_args(model, steps: int, ensemble: int, sampler: str, fusion: str = "mean",
                 refine: str | None = None):
     T = model.schedule.T
@@ -184,7 +201,7 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
 
 def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 0,
             sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
-            fusion: str = "mean", refine: str | None = None,
+            fusion: str = "mean", refine: str | None = None, backend: str = "auto",
             return_samples: bool = False, progress: bool = False) -> list[SegmentationResult]:
     """Segment skin lesions.
 
@@ -196,12 +213,14 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
     batch_size: images per network batch (each brings `ensemble` chains);
     fusion: "mean" (published: ensemble mean > 0) or "staple" (EM over the binary samples);
     refine: None or "crf" (DenseCRF, DiffSeg's protocol; needs the [crf] extra);
+    backend: "auto" (fast when the C++ ops are built), "fast", or "reference";
     return_samples: also return the N binary samples at the original size.
     Returns one SegmentationResult per image, in order.
     """
     items = as_image_list(images)
     model = resolve_model(model)
     _check_args(model, steps, ensemble, sampler, fusion, refine)
+    eps_model = select_eps_model(model, backend)
     chws = [to_chw(item, i) for i, item in enumerate(items)]   # validates every image first
     size = model.preprocessing.image_size
     device = next(model.parameters()).device
@@ -211,7 +230,7 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         chunk = chws[start:start + batch_size]
         inp = to_model_input(chunk, size).to(device)
         samples = sample_ensemble(model, inp, steps, ensemble, seed, sampler, eta,
-                                  first_index=start).cpu()
+                                  first_index=start, eps_model=eps_model).cpu()
         for k, chw in enumerate(chunk):
             rng = np.random.default_rng([seed, start + k])   # CRF's sample draws
             results.append(samples_to_result(samples[k], tuple(chw.shape[1:]), return_samples,

@@ -60,7 +60,8 @@ def test_same_seed_same_masks_and_batch_independence(tiny_model):
 
 def test_probability_and_std_are_ensemble_statistics(tiny_model):
     img = torch.rand(3, 16, 16)          # the model size: no resizing of the maps
-    r = segment(img, steps=3, ensemble=4, model=tiny_model, return_samples=True)[0]
+    r = segment(img, steps=3, ensemble=4, model=tiny_model, return_samples=True,
+                backend="reference")[0]
     from dsd_fast.segmentation import sample_ensemble
     x = sample_ensemble(tiny_model, minmax_normalise(img[None]), 3, 4, seed=0)[0]
     fg = ((x + 1) / 2).clamp(0, 1)

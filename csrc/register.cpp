@@ -1,0 +1,42 @@
+// Schemas and CPU kernels of the dsd_fast ops, plus the (empty) Python module `dsd_fast._C`:
+// importing it loads this library, and the static TORCH_LIBRARY registrations below run.
+// Python wrappers, fake (meta) kernels and reference twins: dsd_fast/ops.py and
+// dsd_fast/_reference_ops.py.
+#include <torch/extension.h>
+
+#include <optional>
+
+namespace dsd {
+at::Tensor ff_parser_cpu(const at::Tensor& x, const at::Tensor& weight);
+void ff_parser_out_cpu(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out);
+at::Tensor group_norm_silu_cpu(const at::Tensor& x, const at::Tensor& gamma,
+                               const at::Tensor& beta, int64_t groups, double eps,
+                               const std::optional<at::Tensor>& scale,
+                               const std::optional<at::Tensor>& shift);
+at::Tensor gated_conv1x1_cpu(const at::Tensor& g, const at::Tensor& weight,
+                             const at::Tensor& bias, const at::Tensor& x);
+}  // namespace dsd
+
+TORCH_LIBRARY(dsd_fast, m) {
+  // y = irfft2(rfft2(x, norm="ortho") * view_as_complex(weight), s=(H, W), norm="ortho")
+  m.def("ff_parser(Tensor x, Tensor weight) -> Tensor");
+  // Same, written into `out` (x's shape; each plane contiguous, e.g. a channel slice of a
+  // concatenation buffer). Returns nothing: the wrapper returns `out`.
+  m.def("ff_parser_out(Tensor x, Tensor weight, Tensor(a!) out) -> ()");
+  // silu(group_norm(x) * (scale + 1) + shift); scale/shift (B, C) optional.
+  m.def(
+      "group_norm_silu(Tensor x, Tensor gamma, Tensor beta, int groups, float eps, "
+      "Tensor? scale=None, Tensor? shift=None) -> Tensor");
+  // (conv1x1(g, weight) + bias) * x
+  m.def("gated_conv1x1(Tensor g, Tensor weight, Tensor bias, Tensor x) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(dsd_fast, CPU, m) {
+  m.impl("ff_parser", &dsd::ff_parser_cpu);
+  m.impl("ff_parser_out", &dsd::ff_parser_out_cpu);
+  m.impl("group_norm_silu", &dsd::group_norm_silu_cpu);
+  m.impl("gated_conv1x1", &dsd::gated_conv1x1_cpu);
+}
+
+// Nothing is exposed through pybind11: the ops live under torch.ops.dsd_fast.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {}

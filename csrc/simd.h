@@ -1,0 +1,130 @@
+// 8-lane float vectors for the dsd_fast CPU kernels.
+//
+// The kernels are written against `v8` (GCC/Clang vector extension: +, -, *, / work lane by
+// lane), so the arithmetic compiles to AVX2 with -mavx2 -mfma and to plain SSE or scalar code
+// anywhere else. Only three things need the instruction set spelled out, and each has a
+// portable fallback: fused multiply-add (ISO C++ mode turns off GCC's automatic contraction),
+// the 8x8 transpose that moves data between "8 planes" and "8 lanes" layouts, and the
+// conversions used by exp.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define DSD_HAVE_AVX2 1
+#else
+#define DSD_HAVE_AVX2 0
+#endif
+
+namespace dsd {
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef double v4d __attribute__((vector_size(32)));
+
+static inline v8 bcast(float s) { return v8{s, s, s, s, s, s, s, s}; }
+static inline v8 zero8() { return bcast(0.0f); }
+
+// Unaligned load/store: memcpy of 32 bytes compiles to vmovups.
+static inline v8 loadu(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+static inline void storeu(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// a * b + c, fused where the hardware has it.
+static inline v8 fmadd(v8 a, v8 b, v8 c) {
+#if DSD_HAVE_AVX2
+  return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+// c - a * b
+static inline v8 fnmadd(v8 a, v8 b, v8 c) {
+#if DSD_HAVE_AVX2
+  return (v8)_mm256_fnmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return c - a * b;
+#endif
+}
+
+// r[0..7] are 8 rows of 8 floats; afterwards r[q] holds column q (r[q][j] = old r[j][q]).
+static inline void transpose8x8(v8 r[8]) {
+#if DSD_HAVE_AVX2
+  __m256 t0 = _mm256_unpacklo_ps((__m256)r[0], (__m256)r[1]);
+  __m256 t1 = _mm256_unpackhi_ps((__m256)r[0], (__m256)r[1]);
+  __m256 t2 = _mm256_unpacklo_ps((__m256)r[2], (__m256)r[3]);
+  __m256 t3 = _mm256_unpackhi_ps((__m256)r[2], (__m256)r[3]);
+  __m256 t4 = _mm256_unpacklo_ps((__m256)r[4], (__m256)r[5]);
+  __m256 t5 = _mm256_unpackhi_ps((__m256)r[4], (__m256)r[5]);
+  __m256 t6 = _mm256_unpacklo_ps((__m256)r[6], (__m256)r[7]);
+  __m256 t7 = _mm256_unpackhi_ps((__m256)r[6], (__m256)r[7]);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44);
+  __m256 s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44);
+  __m256 s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44);
+  __m256 s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44);
+  __m256 s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = (v8)_mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = (v8)_mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = (v8)_mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = (v8)_mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = (v8)_mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = (v8)_mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = (v8)_mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = (v8)_mm256_permute2f128_ps(s3, s7, 0x31);
+#else
+  float t[8][8];
+  for (int j = 0; j < 8; ++j)
+    for (int q = 0; q < 8; ++q) t[q][j] = r[j][q];
+  for (int q = 0; q < 8; ++q) std::memcpy(&r[q], t[q], sizeof(v8));
+#endif
+}
+
+// exp(x) for float lanes, relative error about 2 ulp over the clamped range [-87.3, 88.3].
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for e^r
+// (Taylor coefficients; the truncation error r^7/7! < 2e-8 relative) and 2^n from the bits.
+static inline v8 exp8(v8 x) {
+  const v8 hi = bcast(88.3f), lo = bcast(-87.3f);
+  x = x < lo ? lo : x;  // lane-wise select (vector extension ternary)
+  x = x > hi ? hi : x;
+  // Round x / ln2 to nearest with the 1.5 * 2^23 trick (exact for |n| < 2^22).
+  const v8 magic = bcast(12582912.0f);
+  v8 n = fmadd(x, bcast(1.44269504088896341f), magic) - magic;
+  v8 r = fnmadd(n, bcast(0.693359375f), x);       // ln2 high part: exact product
+  r = fnmadd(n, bcast(-2.12194440e-4f), r);       // ln2 low part
+  // Estrin's scheme (dependency depth 4 instead of Horner's 6: the chain is latency-bound).
+  const v8 r2 = r * r;
+  const v8 p01 = r + bcast(1.0f);
+  const v8 p23 = fmadd(r, bcast(1.0f / 6.0f), bcast(0.5f));
+  const v8 p45 = fmadd(r, bcast(1.0f / 120.0f), bcast(1.0f / 24.0f));
+  const v8 p456 = fmadd(r2, bcast(1.0f / 720.0f), p45);
+  const v8 p = fmadd(r2, fmadd(r2, p456, p23), p01);
+  v8i ni = __builtin_convertvector(n, v8i);
+  v8i bits = (ni + 127) << 23;                    // 2^n as float bits; n in [-126, 127]
+  v8 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// 1 / d to about 1 ulp: the hardware estimate (12 bits) plus one Newton step, cheaper than a
+// divide. Portable fallback: the divide.
+static inline v8 recip8(v8 d) {
+#if DSD_HAVE_AVX2
+  const v8 r0 = (v8)_mm256_rcp_ps((__m256)d);
+  return fmadd(r0, fnmadd(d, r0, bcast(1.0f)), r0);   // r0 + r0 (1 - d r0)
+#else
+  return bcast(1.0f) / d;
+#endif
+}
+
+// silu(x) = x * sigmoid(x) = x / (1 + exp(-x))
+static inline v8 silu8(v8 x) { return x * recip8(bcast(1.0f) + exp8(-x)); }
+
+}  // namespace dsd

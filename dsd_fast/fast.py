@@ -1,0 +1,142 @@
+"""The fast model: a factory over the reference model, not a fork of it.
+
+`build_fast_model(model)` returns an inference-only copy of a reference DermoSegDiff with
+  * weight standardisation folded once: every Block holds w' = (w - mean) / sqrt(var + eps)
+    as a plain conv weight (the raw weights are not kept);
+  * GroupNorm + time scale/shift + SiLU as one fused op (`ops.group_norm_silu`);
+  * the noise-feature fusion g_feedback(g) * x as one op (`ops.gated_conv1x1`);
+  * the FF-Parser written straight into its slice of the encoder's concatenation buffer
+    (`ops.ff_parser(..., out=h[:, :dx])`), so cat(x, g) copies only g;
+  * the encoder's skip buffers h and b allocated once per (batch, size) and reused.
+Everything else (attention, up/down sampling, time MLPs) is the reference modules' code.
+The reference model is not modified. The ops fall back to their pure-PyTorch twins when
+the C++ extension is not built, so the fast model always runs; `ops.AVAILABLE` says which.
+"""
+from __future__ import annotations
+
+import copy
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .layers import RB, Block, ResnetBlock, standardize_weight, ws_eps
+from .model import DermoSegDiff, EncoderLevel
+
+
+class FoldedBlock(nn.Module):
+    """Block with its weight standardisation folded: conv -> fused GroupNorm/modulation/SiLU."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        w = block.proj.weight.detach()
+        self.register_buffer("weight", standardize_weight(w, ws_eps(torch.float32)).contiguous())
+        self.register_buffer("bias", block.proj.bias.detach().clone())
+        self.register_buffer("gamma", block.norm.weight.detach().clone())
+        self.register_buffer("beta", block.norm.bias.detach().clone())
+        self.groups, self.eps = block.norm.num_groups, block.norm.eps
+
+    def forward(self, x, scale=None, shift=None):
+        h = F.conv2d(x, self.weight, self.bias, padding=1)
+        return ops.group_norm_silu(h, self.gamma, self.beta, self.groups, self.eps, scale, shift)
+
+
+class FastResnetBlock(nn.Module):
+    def __init__(self, rb: ResnetBlock):
+        super().__init__()
+        lin = rb.mlp[1]
+        self.register_buffer("mlp_weight", lin.weight.detach().clone())
+        self.register_buffer("mlp_bias", lin.bias.detach().clone())
+        self.block1 = FoldedBlock(rb.block1)
+        self.block2 = FoldedBlock(rb.block2)
+        self.res_conv = copy.deepcopy(rb.res_conv)
+        self.dim_out = lin.weight.shape[0] // 2
+
+    def forward(self, x, time_emb):
+        ss = F.linear(F.silu(time_emb), self.mlp_weight, self.mlp_bias)     # (B, 2 C)
+        scale, shift = ss[:, :self.dim_out], ss[:, self.dim_out:]
+        h = self.block2(self.block1(x, scale, shift))
+        return h.add_(self.res_conv(x))          # h is a fresh tensor: add in place
+
+
+class FastEncoderLevel(nn.Module):
+    """The published encoder level with the fused FF-Parser and noise-feature fusion."""
+
+    def __init__(self, level: EncoderLevel):
+        super().__init__()
+        self.rb_x1, self.rb_g1 = level.rb_x1, level.rb_g1
+        self.rb_x2, self.rb_g2 = level.rb_x2, level.rb_g2
+        self.att_x, self.att_g = level.att_x, level.att_g
+        self.register_buffer("fb_weight", level.g_feedback.weight.detach().clone())
+        self.register_buffer("fb_bias", level.g_feedback.bias.detach().clone())
+        ff = getattr(level, "ff_parser", None)
+        self.register_buffer("ff_weight", None if ff is None else ff.weight.detach().clone())
+        self._buffers_for: tuple | None = None
+
+    def _skip_buffers(self, x, g):
+        # h = cat(x, g) and b = cat(x, g') live until the decoder uses them; one pair per
+        # (batch, size, dtype), reused by every forward (skips are consumed within a forward).
+        b_, dx, s, _ = x.shape
+        key = (b_, dx + g.shape[1], s, x.dtype, x.device)
+        if self._buffers_for != key:
+            self.h_buf = torch.empty(b_, dx + g.shape[1], s, s, dtype=x.dtype, device=x.device)
+            self.b_buf = torch.empty_like(self.h_buf)
+            self._buffers_for = key
+        return self.h_buf, self.b_buf
+
+    def forward(self, x, g, t_x, t_g):
+        x = self.rb_x1(x, t_x)
+        g = self.rb_g1(g, t_g)
+        h, b = self._skip_buffers(x, g)
+        dx = x.shape[1]
+        if self.ff_weight is not None:
+            ops.ff_parser(x, self.ff_weight, out=h[:, :dx])      # filtered x lands in h
+        else:
+            h[:, :dx].copy_(x)
+        h[:, dx:].copy_(g)
+        x = h[:, :dx]
+        g = self.rb_g2(h, t_g)
+        x = self.rb_x2(ops.gated_conv1x1(g, self.fb_weight, self.fb_bias, x), t_x)
+        x = self.att_x(x)
+        b[:, :dx].copy_(x)
+        b[:, dx:].copy_(g)
+        g = self.att_g(b)
+        return x, g, h, b
+
+
+@torch.no_grad()
+def build_fast_model(model: DermoSegDiff) -> DermoSegDiff:
+    """Inference-only fast copy of a reference model (float32). The reference is untouched."""
+    fast = copy.deepcopy(model).eval()
+    for mod in fast.modules():
+        if isinstance(mod, RB) and isinstance(mod.rb, ResnetBlock):
+            mod.rb = FastResnetBlock(mod.rb)
+    for blocks in fast.encoder_blocks:
+        blocks[0] = FastEncoderLevel(blocks[0])
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    fast.is_fast = True
+    return fast
+
+
+_cache: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    # Parameter version counters move on every in-place update (optimizer steps, loads):
+    # a cached fast model is rebuilt whenever the reference weights have changed.
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def fast_model_for(model: DermoSegDiff) -> DermoSegDiff:
+    """The cached fast model of `model`, rebuilt if the reference weights changed."""
+    if getattr(model, "is_fast", False):
+        return model
+    fp = _fingerprint(model)
+    hit = _cache.get(model)
+    if hit is None or hit[0] != fp:
+        hit = (fp, build_fast_model(model))
+        _cache[model] = hit
+    return hit[1]
