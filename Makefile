@@ -3,7 +3,7 @@ PY ?= python3
 
 install:
 	$(PY) -m pip install torch==2.13.0 setuptools wheel
-	$(PY) -m pip install --no-build-isolation -e '.[test,crf]'
+	$(PY) -m pip install --no-build-isolation --use-pep517 -e '.[test,crf]'
 
 # Main job: segment the bundled PH2 samples with the bundled default model.
 demo: install

@@ -39,9 +39,10 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        # The last two are independent oracles the metric and STAPLE tests compare against.
+        # isic-challenge-scoring and SimpleITK are independent oracles the metric and STAPLE
+        # tests compare against; triton runs the GPU kernels through its CPU interpreter.
         "test": ["pytest>=8", "pytest-benchmark>=4", "isic-challenge-scoring==5.6.0",
-                 "SimpleITK>=2.3"],
+                 "SimpleITK>=2.3", "triton==3.9.*; platform_system == 'Linux'"],
         "crf": ["pydensecrf2>=1.1"],
     },
     entry_points={"console_scripts": ["dsd-fast=dsd_fast.cli:main"]},
