@@ -145,6 +145,10 @@ def sample_ensemble(model, model_input: torch.Tensor, steps: int, ensemble: int,
         if sampler == "ddpm":
             x = ddpm_sample(eps_model, image, model.schedule, gen, progress=progress,
                             x_init=x_init)
+        elif image.is_cuda and eta == 0:
+            # One captured CUDA graph per (network, batch, size, steps): see graph_sampler.
+            from .graph_sampler import static_ddim
+            x = static_ddim(eps_model, model.schedule, steps, image).run(image, x_init)
         else:
             x = DDIMSampler(model.schedule, steps, eta).sample(eps_model, image, gen,
                                                                progress=progress, x_init=x_init)
