@@ -2,107 +2,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from .data import IMAGE_SUFFIXES
-
-
-def _expand_inputs(inputs: list[str]) -> list[Path]:
-    paths = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir()
-                                if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            paths.append(p)
-    return paths
-
-
-def _is_inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def _write_png_atomically(arr, target: Path) -> None:
-    from PIL import Image
-    tmp = target.with_name(f".{target.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, target)
-
-
-def _score_against_gt(mask, path: Path, gt_masks: dict, failed: list):
-    from .data import load_mask
-    from .evaluate import score_pair
-    if path.stem not in gt_masks:
-        failed.append((path, f"{path}: no ground-truth mask with stem {path.stem!r}"))
-        return None
-    try:
-        return score_pair(mask, load_mask(gt_masks[path.stem]).numpy(), path.stem)
-    except ValueError as e:
-        failed.append((path, str(e)))
-        return None
-
 
 def cmd_segment(args) -> int:
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from .images import ImageInputError, to_chw
-    from .segmentation import resolve_model, segment
-    from .visualise import overlay
-
-    inputs = _expand_inputs(args.images)
-    if not inputs:
-        print("error: no input images found", file=sys.stderr)
+    # Argument parsing only: the run (inputs, batching, outputs, resume) is batch.py's.
+    from .batch import BatchOptions, UsageError, run
+    try:
+        opts = BatchOptions(
+            output=args.output, checkpoint=args.checkpoint, steps=args.steps,
+            ensemble=args.ensemble, seed=args.seed, batch_size=args.batch_size,
+            threads=args.threads, recursive=args.recursive, overwrite=args.overwrite,
+            allow_inplace=args.allow_inplace, fail_fast=args.fail_fast, gt=args.gt,
+            overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
+            max_pixels=args.max_pixels, quiet=args.quiet)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    input_dirs = {p.resolve().parent for p in inputs}
-    if not args.allow_inplace and any(_is_inside(out, d) for d in input_dirs):
-        print(f"error: output folder {out} is inside an input folder; choose another -o, "
-              "or pass --allow-inplace", file=sys.stderr)
-        return 2
-    gt_masks = None
-    if args.gt:
-        from .data import list_images
-        gt_masks = list_images(Path(args.gt))
-    model = resolve_model(args.checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    failed, scores = [], []
-    for path in tqdm(inputs, unit="img", desc="segment", disable=args.quiet):
-        try:
-            chw = to_chw(path)
-            res = segment(chw, steps=args.steps, ensemble=args.ensemble, model=model,
-                          seed=args.seed)[0]
-        except ImageInputError as e:
-            failed.append((path, str(e)))
-            continue
-        outputs = {f"{path.stem}_mask.png": (res.mask * 255).astype(np.uint8)}
-        if not args.no_overlay:
-            outputs[f"{path.stem}_overlay.png"] = overlay(chw.numpy(), res.mask, res.std)
-        for name, arr in outputs.items():
-            target = out / name
-            if target.resolve() == path.resolve():
-                failed.append((path, f"output {target} would overwrite the input"))
-                continue
-            _write_png_atomically(arr, target)
-        if gt_masks is not None:
-            scores.append(_score_against_gt(res.mask, path, gt_masks, failed))
-    scores = [r for r in scores if r is not None]
-    if scores:
-        from .evaluate import format_summary, write_csv
-        from .metrics import summarise
-        print(format_summary(summarise(scores), len(scores)))
-        print(f"per-image metrics: {write_csv(scores, out / 'metrics.csv')}")
-    for path, why in failed:
-        print(f"failed: {why}", file=sys.stderr)
-    print(f"{len(inputs) - len(failed)} of {len(inputs)} images segmented into {out}")
-    return 1 if failed else 0
+    return run(args.images, opts).exit_code
 
 
 def cmd_train(args) -> int:
@@ -130,21 +48,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsd-fast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("segment", help="segment images; writes <stem>_mask.png per input")
-    s.add_argument("images", nargs="+", help="image files or folders")
+    s = sub.add_parser(
+        "segment", help="segment images into a folder (masks, maps, overlays, report)",
+        description="Segment images into OUTPUT: per image <name>_mask.png (0/255), "
+        "<name>_prob.png (16-bit probability), <name>_uncertainty.png (heatmap), "
+        "<name>_overlay.png, all at the original size; results.json, results.csv and "
+        "index.html for the run. Re-running resumes: finished images are skipped.")
+    s.add_argument("images", nargs="+",
+                   help="image files, folders or glob patterns (quote them: 'data/**/*.jpg')")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--checkpoint", default=None,
                    help="model file (.safetensors, or published .pt/.pth); default: bundled")
     s.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     s.add_argument("--ensemble", type=int, default=5, help="chains per image (default 5)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-r", "--recursive", action="store_true",
+                   help="also take images from subfolders; outputs mirror the subfolders")
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="images per network batch (each brings --ensemble chains); "
+                   "default: as many as fit in 40%% of the available memory, at most 8")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
+    s.add_argument("--overwrite", action="store_true",
+                   help="redo images whose outputs already exist (default: skip them)")
     s.add_argument("--allow-inplace", action="store_true",
                    help="allow the output folder to be inside an input folder")
+    fail = s.add_mutually_exclusive_group()
+    fail.add_argument("--keep-going", dest="fail_fast", action="store_false",
+                      help="skip unreadable images and go on (default)")
+    fail.add_argument("--fail-fast", dest="fail_fast", action="store_true",
+                      help="stop at the first image that fails")
+    s.set_defaults(fail_fast=False)
     s.add_argument("--gt", default=None,
-                   help="folder of ground-truth masks (matched by stem): score as it goes")
-    s.add_argument("--no-overlay", action="store_true",
-                   help="write only masks, no <stem>_overlay.png (contour + uncertain band)")
-    s.add_argument("-q", "--quiet", action="store_true")
+                   help="folder of ground-truth masks (matched by stem, or by relative path "
+                   "with --recursive): score as it goes")
+    s.add_argument("--no-overlay", action="store_true", help="no <name>_overlay.png")
+    s.add_argument("--no-maps", action="store_true",
+                   help="no <name>_prob.png and <name>_uncertainty.png")
+    s.add_argument("--no-report", action="store_true", help="no index.html")
+    s.add_argument("--max-pixels", type=int, default=16_000_000,
+                   help="images with more pixels are decoded at reduced size for the model "
+                   "(outputs stay at the original size; default 16000000)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)
 
     e = sub.add_parser("eval", help="score predicted masks against ground truth")

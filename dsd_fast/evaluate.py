@@ -23,8 +23,13 @@ def _pred_stem(stem: str) -> str:
 def match_predictions(pred_dir, gt_dir) -> list[tuple[str, Path, Path]]:
     """(stem, prediction, ground truth) for every prediction; `<stem>_mask.png` or
     `<stem>.png` predictions are matched to `<stem>.*` ground truth."""
+    found = list_images(Path(pred_dir))
+    # A `dsd-fast segment` folder also holds _prob/_uncertainty/_overlay pictures: when any
+    # <stem>_mask file is there, only those are predictions.
+    if any(stem.endswith(PRED_SUFFIX) for stem in found):
+        found = {k: v for k, v in found.items() if k.endswith(PRED_SUFFIX)}
     preds = {}
-    for stem, path in list_images(Path(pred_dir)).items():
+    for stem, path in found.items():
         key = _pred_stem(stem)
         if key in preds:
             raise ValueError(f"two predictions for {key!r}: {preds[key].name} and {path.name}")

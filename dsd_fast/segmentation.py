@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,12 +118,19 @@ def flush_denormals():
             torch.set_flush_denormal(False)
 
 
-def initial_noise(n_images: int, ensemble: int, size: int, seed: int, first_index: int = 0):
-    """x_T for each image from its own generator (seed, index): a mask does not depend on
-    which other images share its batch."""
-    noise = torch.empty(n_images * ensemble, 1, size, size)
-    for i in range(n_images):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + first_index + i)
+def noise_seed(seed: int, key) -> int:
+    """The generator seed of one image's chains: from the call's seed and the image's key
+    (its index in the call by default, or a caller's stable name: crc32 of the string)."""
+    k = key if isinstance(key, int) else zlib.crc32(str(key).encode("utf-8"))
+    return seed * 1_000_003 + k
+
+
+def initial_noise(keys: list, ensemble: int, size: int, seed: int) -> torch.Tensor:
+    """x_T for each image from its own generator: a mask depends on the seed and the image's
+    key only, not on which other images share its batch."""
+    noise = torch.empty(len(keys) * ensemble, 1, size, size)
+    for i, key in enumerate(keys):
+        gen = torch.Generator().manual_seed(noise_seed(seed, key))
         noise[i * ensemble:(i + 1) * ensemble].normal_(generator=gen)
     return noise
 
@@ -130,16 +138,18 @@ def initial_noise(n_images: int, ensemble: int, size: int, seed: int, first_inde
 @torch.no_grad()
 def sample_ensemble(model, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
                     sampler: str = "ddim", eta: float = 0.0, first_index: int = 0,
-                    progress=None, eps_model=None) -> torch.Tensor:
+                    progress=None, eps_model=None, noise_keys: list | None = None) -> torch.Tensor:
     """(N, 3, S, S) normalised images -> (N, ensemble, S, S) samples in mask space [-1, 1].
 
     All N * ensemble chains run as one batch through the network at every step.
-    `eps_model` replaces the network call (the fast path passes its own).
+    `eps_model` replaces the network call (the fast path passes its own). Image i's noise
+    is keyed by noise_keys[i], default its index first_index + i.
     """
     n, _, s, _ = model_input.shape
     eps_model = eps_model or model
     image = model_input.repeat_interleave(ensemble, dim=0)        # (N*E, 3, S, S)
-    x_init = initial_noise(n, ensemble, s, seed, first_index).to(image)
+    keys = noise_keys if noise_keys is not None else list(range(first_index, first_index + n))
+    x_init = initial_noise(keys, ensemble, s, seed).to(image)
     gen = torch.Generator(device=image.device).manual_seed(seed)
     with flush_denormals():
         if sampler == "ddpm":
@@ -206,7 +216,8 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
 def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 0,
             sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
             fusion: str = "mean", refine: str | None = None, backend: str = "auto",
-            return_samples: bool = False, progress: bool = False) -> list[SegmentationResult]:
+            return_samples: bool = False, progress: bool = False,
+            noise_keys: list | None = None) -> list[SegmentationResult]:
     """Segment skin lesions.
 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
@@ -218,10 +229,15 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
     fusion: "mean" (published: ensemble mean > 0) or "staple" (EM over the binary samples);
     refine: None or "crf" (DenseCRF, DiffSeg's protocol; needs the [crf] extra);
     backend: "auto" (fast when the C++ ops are built), "fast", or "reference";
-    return_samples: also return the N binary samples at the original size.
+    return_samples: also return the N binary samples at the original size;
+    noise_keys: one int or string per image that, with `seed`, fixes its initial noise
+        (default: its position in `images`). Give stable names (e.g. file names) to get the
+        same mask for an image whatever else is in the call.
     Returns one SegmentationResult per image, in order.
     """
     items = as_image_list(images)
+    if noise_keys is not None and len(noise_keys) != len(items):
+        raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
     model = resolve_model(model)
     _check_args(model, steps, ensemble, sampler, fusion, refine)
     eps_model = select_eps_model(model, backend)
@@ -234,9 +250,12 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         chunk = chws[start:start + batch_size]
         inp = to_model_input(chunk, size).to(device)
         samples = sample_ensemble(model, inp, steps, ensemble, seed, sampler, eta,
-                                  first_index=start, eps_model=eps_model).cpu()
+                                  first_index=start, eps_model=eps_model,
+                                  noise_keys=None if noise_keys is None
+                                  else noise_keys[start:start + len(chunk)]).cpu()
         for k, chw in enumerate(chunk):
-            rng = np.random.default_rng([seed, start + k])   # CRF's sample draws
+            key = start + k if noise_keys is None else noise_keys[start + k]
+            rng = np.random.default_rng(noise_seed(seed, key))   # CRF's sample draws
             results.append(samples_to_result(samples[k], tuple(chw.shape[1:]), return_samples,
                                              fusion, refine, chw, rng))
         if bar is not None:

@@ -17,8 +17,10 @@ def test_segment_writes_masks_outside_the_input_folder(tmp_path, tiny_model):
     rc = main(["segment", str(src), "-o", str(out), "--checkpoint", str(ckpt), "--steps", "2",
                "--ensemble", "2", "-q"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png",
-                                                     "b_mask.png", "b_overlay.png"]
+    per_image = ["_mask.png", "_overlay.png", "_prob.png", "_uncertainty.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".dsd-fast", "index.html", "results.csv", "results.json"]
+        + [f"{n}{s}" for n in "ab" for s in per_image])
     assert np.array(Image.open(out / "b_overlay.png")).shape == (11, 17, 3)
     m = np.array(Image.open(out / "a_mask.png"))
     assert m.shape == (30, 20) and set(np.unique(m)) <= {0, 255}
@@ -59,7 +61,8 @@ def test_eval_writes_csv_and_summary(tmp_path, capsys):
     b = np.zeros((10, 12), bool)
     b[2:8, 3:6] = True                       # half of a: Dice 2*18/(18+36) = 2/3
     _save_mask(pred / "x_mask.png", a), _save_mask(gt / "x.png", a)
-    _save_mask(pred / "y.png", b), _save_mask(gt / "y.png", a)
+    _save_mask(pred / "y_mask.png", b), _save_mask(gt / "y.png", a)
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(pred / "y_overlay.png")  # ignored
     assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "o")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "o" / "metrics.csv")))
     assert [r["image"] for r in rows] == ["x", "y"]

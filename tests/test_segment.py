@@ -192,3 +192,16 @@ def test_crf_missing_extra_is_named(monkeypatch, tiny_model):
     monkeypatch.setattr(builtins, "__import__", no_crf)
     with pytest.raises(ImportError, match=r"dsd_fast\[crf\]"):
         segment(torch.rand(3, 8, 8), steps=1, ensemble=1, model=tiny_model, refine="crf")
+
+
+def test_noise_keys_make_results_independent_of_position(tiny_model):
+    imgs = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    together = segment(imgs, steps=3, ensemble=2, model=tiny_model, noise_keys=["a", "b", "c"],
+                       backend="reference")
+    alone = segment(imgs[2], steps=3, ensemble=2, model=tiny_model, noise_keys=["c"],
+                    backend="reference")[0]
+    np.testing.assert_allclose(together[2].probability, alone.probability, atol=1e-6)
+    by_index = segment(imgs[2], steps=3, ensemble=2, model=tiny_model, backend="reference")[0]
+    assert not np.allclose(by_index.probability, alone.probability)
+    with pytest.raises(ValueError, match="noise_keys"):
+        segment(imgs, steps=1, ensemble=1, model=tiny_model, noise_keys=["a"])
