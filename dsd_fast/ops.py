@@ -69,16 +69,42 @@ if _why is not None:
 
 
 def _fast(*tensors: torch.Tensor | None) -> bool:
-    """True when the C++ kernel can take these inputs."""
+    """True when a registered kernel can take these inputs: the C++ kernel for float32 CPU
+    tensors, the Triton kernel (once `register_gpu_kernels` ran) for CUDA tensors."""
     if not AVAILABLE:
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
         if t is None:
             continue
-        if t.device.type != "cpu" or t.dtype != torch.float32 or (grad and t.requires_grad):
+        if grad and t.requires_grad:
+            return False                   # no backward in the fused kernels
+        if t.device.type == "cpu":
+            if t.dtype != torch.float32:
+                return False
+        elif t.device.type == "cuda":
+            if not GPU_KERNELS or t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                return False
+        else:
             return False
     return True
+
+
+GPU_KERNELS = False
+
+
+def register_gpu_kernels() -> bool:
+    """Serve the ops on CUDA tensors with the Triton kernels of the top-level `kernels`
+    package (registered as the ops' CUDA implementations). Returns whether they are."""
+    global GPU_KERNELS
+    if not AVAILABLE:
+        return False
+    try:
+        import kernels
+    except ImportError:
+        return False
+    GPU_KERNELS = bool(kernels.register_cuda_impls())
+    return GPU_KERNELS
 
 
 # --------------------------------------------------------------------------------------
@@ -163,3 +189,7 @@ if AVAILABLE:
                      lambda: f"weight {tuple(weight.shape)} must be (Cx, Cg) = "
                              f"{(x.shape[1], g.shape[1])}")
         return x.new_empty(x.shape)
+
+
+if AVAILABLE and torch.cuda.is_available():
+    register_gpu_kernels()

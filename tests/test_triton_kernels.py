@@ -411,3 +411,16 @@ def test_cuda_registered_torch_ops():
     g, weight, bias = randn(2, 5, 16, 16), randn(3, 5, 1, 1), randn(3)
     assert_close(torch.ops.dsd_fast.gated_conv1x1(g, weight, bias, x),
                  gated_conv1x1_ref(g, weight, bias, x), FP32_TOL, "op gated_conv1x1")
+
+
+def test_op_registry_serves_cpu_with_cpp_and_cuda_with_triton():
+    """After registration the dsd_fast ops have a C++ kernel for CPU tensors and the Triton
+    kernel for CUDA tensors (checked on the dispatcher: this machine has no GPU to call)."""
+    from dsd_fast import ops
+    if not ops.AVAILABLE:
+        pytest.skip("the C++ extension is not built")
+    assert ops.register_gpu_kernels() is True
+    for name in ("ff_parser", "ff_parser_out", "group_norm_silu", "gated_conv1x1"):
+        q = f"dsd_fast::{name}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(q, "CPU"), q
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(q, "CUDA"), q
