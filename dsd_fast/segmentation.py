@@ -90,6 +90,9 @@ def _check_args(model, steps: int, ensemble: int, sampler: str, fusion: str = "m
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if refine not in REFINES:
         raise ValueError(f"refine must be None or 'crf', got {refine!r}")
+    if refine == "crf" and fusion != "mean":
+        raise ValueError("refine='crf' follows DiffSeg's protocol (CRF on the means of random "
+                         "sample subsets) and replaces the fusion: use it with fusion='mean'")
     if refine == "crf":
         from .crf import _densecrf
         _densecrf()                      # fail before sampling if the extra is missing

@@ -165,6 +165,8 @@ def test_entropy_staple_fusion_and_samples(tiny_model):
         segment(img, steps=1, ensemble=1, model=tiny_model, fusion="vote")
     with pytest.raises(ValueError, match="refine"):
         segment(img, steps=1, ensemble=1, model=tiny_model, refine="bilateral")
+    with pytest.raises(ValueError, match="fusion='mean'"):
+        segment(img, steps=1, ensemble=1, model=tiny_model, refine="crf", fusion="staple")
 
 
 def test_crf_refinement(tiny_model):
