@@ -136,6 +136,11 @@ def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.T
 
 
 # ----------------------------------------------------------------------------- public API
+def read_metadata(path) -> dict[str, str]:
+    """The string metadata of an own-format .safetensors file ({} for .pt/.pth files)."""
+    return _read_file(Path(path))[1]
+
+
 def load_model(source, config: ModelConfig | None = None, device="cpu") -> DermoSegDiff:
     """Path or in-memory dict -> reference DermoSegDiff in eval mode.
 

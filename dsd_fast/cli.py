@@ -28,7 +28,8 @@ def cmd_train(args) -> int:
     opts = TrainOptions(image_dir=args.images, mask_dir=args.masks, out_dir=args.out,
                         train_ids=args.train_ids, val_ids=args.val_ids, config=args.config,
                         total_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        val_every=args.val_every, seed=args.seed, threads=args.threads)
+                        val_every=args.val_every, seed=args.seed, threads=args.threads,
+                        init_from=args.init_from)
     best = Trainer(opts).run(progress=not args.quiet)
     print(f"done: best validation Dice {best:.4f}; weights in {Path(args.out) / 'best.safetensors'}")
     return 0
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int, default=500)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--init-from", default=None,
+                   help="warm start a new run from this .safetensors model (same config): "
+                   "its weights become the online and EMA weights, the optimizer starts fresh; "
+                   "ignored when OUT/last.pt exists (the run resumes instead)")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
     return p

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_model
+from .checkpoint import load_model, save_model
 from .config import ModelConfig, Preprocessing, get_config
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
 from .diffusion import Schedule
@@ -54,6 +54,11 @@ class TrainOptions:
     log_every: int = 50
     seed: int = 0
     threads: int | None = None
+    # Warm start for a new run folder (ignored when OUT/last.pt exists): a .safetensors model
+    # of the same config whose weights become both the online and the EMA weights; the
+    # optimizer starts fresh and the step counter continues from the file's "step" metadata.
+    # This is how a run continues across machines that keep only the bundled weights.
+    init_from: str | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -156,6 +161,8 @@ class Trainer:
         self.last_path = self.out / "last.pt"
         if self.last_path.exists():
             self._resume()
+        elif opts.init_from:
+            self._warm_start(Path(opts.init_from))
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
@@ -182,6 +189,20 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
         self.log(f"resumed from {self.last_path} at step {self.step} "
                  f"(best val Dice {self.best_dice:.4f})")
+
+    def _warm_start(self, path: Path) -> None:
+        from .checkpoint import read_metadata
+        src = load_model(path)
+        if src.config != self.config:
+            raise ValueError(f"{path} has config {src.config.to_json()}, but this run trains "
+                             f"{self.config.to_json()} (--config {self.opts.config})")
+        self.model.load_state_dict(src.state_dict())
+        self.ema.shadow = {k: v.detach().clone() for k, v in src.state_dict().items()}
+        meta = read_metadata(path)
+        self.step = int(json.loads(meta.get("step", "0")))
+        self.log(f"warm start from {path} (step {self.step}, its val Dice "
+                 f"{meta.get('val_dice', 'unknown')}); fresh optimizer")
+        self._log_event(warm_start=str(path), source_metadata=meta)
 
     def _log_event(self, **event) -> None:
         with open(self.out / "log.jsonl", "a") as f:

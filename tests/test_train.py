@@ -91,3 +91,26 @@ def test_unmatched_pairs_are_errors(tmp_path):
     (root / "masks" / "s0.png").unlink()
     with pytest.raises(ValueError, match="s0"):
         Trainer(options(root, tmp_path / "run", total_steps=1))
+
+
+def test_warm_start_takes_weights_and_step_and_refuses_another_config(tmp_path):
+    root = make_disc_dataset(tmp_path / "data")
+    first = Trainer(options(root, tmp_path / "a", total_steps=20), log=lambda *_: None)
+    first.run(progress=False)
+    best = tmp_path / "a" / "best.safetensors"
+    source = load_model(best)
+    warm = Trainer(options(root, tmp_path / "b", total_steps=30, init_from=str(best)),
+                   log=lambda *_: None)
+    # the file's weights are both the online and the EMA weights; the step continues
+    assert warm.step == 20
+    for k, v in source.state_dict().items():
+        assert torch.equal(warm.model.state_dict()[k], v), k
+        assert torch.equal(warm.ema.shadow[k], v), k
+    warm.run(progress=False)
+    assert warm.step == 30
+    # once the new run has its own last.pt, it resumes from that and ignores --init-from
+    again = Trainer(options(root, tmp_path / "b", total_steps=40, init_from=str(best)),
+                    log=lambda *_: None)
+    assert again.step == 30
+    with pytest.raises(ValueError, match="config"):
+        Trainer(options(root, tmp_path / "c", total_steps=30, init_from=str(best), config="tiny"))
