@@ -15,6 +15,8 @@ at::Tensor group_norm_silu_cpu(const at::Tensor& x, const at::Tensor& gamma,
                                const std::optional<at::Tensor>& shift);
 at::Tensor gated_conv1x1_cpu(const at::Tensor& g, const at::Tensor& weight,
                              const at::Tensor& bias, const at::Tensor& x);
+at::Tensor linear_attention_cpu(const at::Tensor& xn, const at::Tensor& w_qkv,
+                                const at::Tensor& w_out, const at::Tensor& b_out);
 }  // namespace dsd
 
 TORCH_LIBRARY(dsd_fast, m) {
@@ -29,6 +31,8 @@ TORCH_LIBRARY(dsd_fast, m) {
       "Tensor? scale=None, Tensor? shift=None) -> Tensor");
   // (conv1x1(g, weight) + bias) * x
   m.def("gated_conv1x1(Tensor g, Tensor weight, Tensor bias, Tensor x) -> Tensor");
+  // to_out_conv(linear_attention(xn)): the published LinearAttention before its GroupNorm
+  m.def("linear_attention(Tensor xn, Tensor w_qkv, Tensor w_out, Tensor b_out) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dsd_fast, CPU, m) {
@@ -36,6 +40,7 @@ TORCH_LIBRARY_IMPL(dsd_fast, CPU, m) {
   m.impl("ff_parser_out", &dsd::ff_parser_out_cpu);
   m.impl("group_norm_silu", &dsd::group_norm_silu_cpu);
   m.impl("gated_conv1x1", &dsd::gated_conv1x1_cpu);
+  m.impl("linear_attention", &dsd::linear_attention_cpu);
 }
 
 // Nothing is exposed through pybind11: the ops live under torch.ops.dsd_fast.

@@ -8,7 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ff_parser_ref", "ff_parser_out_ref", "group_norm_silu_ref", "gated_conv1x1_ref"]
+from .layers import DIM_HEAD, HEADS
+
+__all__ = ["ff_parser_ref", "ff_parser_out_ref", "group_norm_silu_ref", "gated_conv1x1_ref",
+           "linear_attention_ref"]
 
 
 def ff_parser_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -52,3 +55,21 @@ def gated_conv1x1_ref(g: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     w = weight.reshape(weight.shape[0], -1, 1, 1)
     return F.conv2d(g, w, bias) * x
+
+
+def linear_attention_ref(xn: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
+                         b_out: torch.Tensor) -> torch.Tensor:
+    """layers.LinearAttention up to its output GroupNorm: to_out[0](attention(xn)).
+
+    xn (B, C, H, W) (already PreNorm'd), w_qkv (384, C[, 1, 1]), w_out (Co, 128[, 1, 1]),
+    b_out (Co,) -> (B, Co, H, W). The published order: q, k, v, two einsums, the 1x1 conv.
+    """
+    b, c, h, w = xn.shape
+    hidden = HEADS * DIM_HEAD
+    qkv = F.conv2d(xn, w_qkv.reshape(3 * hidden, c, 1, 1))
+    q, k, v = (t.reshape(b, HEADS, DIM_HEAD, h * w) for t in qkv.chunk(3, dim=1))
+    q = q.softmax(dim=-2) * DIM_HEAD ** -0.5
+    k = k.softmax(dim=-1)
+    context = torch.einsum("bhdn,bhen->bhde", k, v)
+    out = torch.einsum("bhde,bhdn->bhen", context, q).reshape(b, hidden, h, w)
+    return F.conv2d(out, w_out.reshape(w_out.shape[0], hidden, 1, 1), b_out)

@@ -7,8 +7,10 @@
   * the noise-feature fusion g_feedback(g) * x as one op (`ops.gated_conv1x1`);
   * the FF-Parser written straight into its slice of the encoder's concatenation buffer
     (`ops.ff_parser(..., out=h[:, :dx])`), so cat(x, g) copies only g;
-  * the encoder's skip buffers h and b allocated once per (batch, size) and reused.
-Everything else (attention, up/down sampling, time MLPs) is the reference modules' code.
+  * the encoder's skip buffers h and b allocated once per (batch, size) and reused;
+  * linear attention reassociated so v and its 128-channel output are never formed
+    (`fast_attention.FastLAtt`), its 1x1 convolutions as matmuls.
+Everything else (softmax attention, up/down sampling, time MLPs) is the reference code.
 The reference model is not modified. The ops fall back to their pure-PyTorch twins when
 the C++ extension is not built, so the fast model always runs; `ops.AVAILABLE` says which.
 """
@@ -22,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .layers import RB, Block, ResnetBlock, standardize_weight, ws_eps
+from .fast_attention import FastLAtt
+from .layers import RB, Block, LAtt, ResnetBlock, standardize_weight, ws_eps
 from .model import DermoSegDiff, EncoderLevel
 
 
@@ -113,6 +116,10 @@ def build_fast_model(model: DermoSegDiff) -> DermoSegDiff:
     for mod in fast.modules():
         if isinstance(mod, RB) and isinstance(mod.rb, ResnetBlock):
             mod.rb = FastResnetBlock(mod.rb)
+    for parent in list(fast.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, LAtt):
+                setattr(parent, name, FastLAtt(child))
     for blocks in fast.encoder_blocks:
         blocks[0] = FastEncoderLevel(blocks[0])
     for p in fast.parameters():

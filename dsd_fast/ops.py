@@ -5,6 +5,7 @@
     ops.ff_parser(x, weight, out=buf[:, :c])           # straight into a cat buffer's slice
     h = ops.group_norm_silu(x, gamma, beta, 8, 1e-5, scale, shift)
     x = ops.gated_conv1x1(g, weight, bias, x)          # (conv1x1(g) + bias) * x
+    y = ops.linear_attention(xn, w_qkv, w_out, b_out)  # LinearAttention before its norm
 
 The ops are registered as `torch.ops.dsd_fast.*` by the extension module `dsd_fast._C`
 (build: `pip install --no-build-isolation -e .`), with fake kernels here so that
@@ -25,7 +26,7 @@ import torch
 
 from . import _reference_ops as _ref
 
-__all__ = ["AVAILABLE", "ff_parser", "group_norm_silu", "gated_conv1x1"]
+__all__ = ["AVAILABLE", "ff_parser", "group_norm_silu", "gated_conv1x1", "linear_attention"]
 
 DISABLE_ENV = "DSD_FAST_DISABLE_EXT"
 BUILD_HINT = ("build it with `pip install --no-build-isolation -e .` (or "
@@ -156,6 +157,19 @@ def gated_conv1x1(g: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return _ref.gated_conv1x1_ref(g, weight, bias, x)
 
 
+def linear_attention(xn: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
+                     b_out: torch.Tensor) -> torch.Tensor:
+    """The published LinearAttention (heads 4, dim_head 32) up to its output GroupNorm:
+    to_out_conv(attention(xn)), computed without forming q, k, v or the attention output.
+
+    xn (B, C, H, W) (the PreNorm'd input); w_qkv (384, C[, 1, 1]); w_out (Co, 128[, 1, 1]);
+    b_out (Co,) -> (B, Co, H, W). CPU only (no Triton twin): elsewhere the reference runs.
+    """
+    if _fast(xn, w_qkv, w_out, b_out) and xn.device.type == "cpu":
+        return torch.ops.dsd_fast.linear_attention.default(xn, w_qkv, w_out, b_out)
+    return _ref.linear_attention_ref(xn, w_qkv, w_out, b_out)
+
+
 # --------------------------------------------------------------------------------------
 # Fake (meta) kernels: output shapes and dtypes only, for torch.compile / export.
 
@@ -189,6 +203,16 @@ if AVAILABLE:
                      lambda: f"weight {tuple(weight.shape)} must be (Cx, Cg) = "
                              f"{(x.shape[1], g.shape[1])}")
         return x.new_empty(x.shape)
+
+    @torch.library.register_fake("dsd_fast::linear_attention")
+    def _linear_attention_fake(xn, w_qkv, w_out, b_out):
+        torch._check(xn.dim() == 4, lambda: f"xn must be (B, C, H, W), got {tuple(xn.shape)}")
+        torch._check(w_qkv.shape[0] == 384 and w_qkv.shape[1] == xn.shape[1],
+                     lambda: f"w_qkv must be (384, {xn.shape[1]}), got {tuple(w_qkv.shape)}")
+        torch._check(w_out.shape[1] == 128,
+                     lambda: f"w_out must be (Co, 128), got {tuple(w_out.shape)}")
+        b, _, h, w = xn.shape
+        return xn.new_empty((b, w_out.shape[0], h, w))
 
 
 if AVAILABLE and torch.cuda.is_available():

@@ -250,6 +250,61 @@ def test_gated_conv1x1_non_contiguous_inputs():
 
 
 # --------------------------------------------------------------------------------------
+# Linear attention
+
+# (B, C, Co, H, W): the network's planes (64 x 64 with C = 16 and 32, 8 x 8 with C = 128),
+# batch 1, channel counts off the 4-row / 2-channel register tiles, pixel counts off the
+# 16-pixel panel (9 x 5, 13 x 11), a single pixel, Co != C.
+LA_SHAPES = [(5, 16, 16, 64, 64), (2, 32, 32, 32, 32), (3, 128, 128, 8, 8), (1, 3, 5, 4, 4),
+             (2, 7, 7, 9, 5), (2, 33, 17, 13, 11), (1, 32, 32, 1, 1)]
+
+# The op reassociates the published order (k x^T first, w_v and w_out folded into a 32 x 32
+# and a Co x 128 matrix) and sums N-term softmax denominators in another order: against a
+# float64 evaluation it was measured at <= 1e-6 of the output's scale, the reference at
+# <= 9e-7. 1e-5 of scale leaves a 10x margin; a wrong head split, softmax axis or missing
+# 1/sqrt(32) is an O(1) error.
+LA_RTOL, LA_ATOL_REL = 1e-5, 1e-5
+
+
+def la_inputs(shape, seed=0):
+    b, c, co, h, w = shape
+    g = gen(seed)
+    return (torch.randn(b, c, h, w, generator=g), torch.randn(384, c, generator=g) / c ** 0.5,
+            torch.randn(co, 128, generator=g) / 128 ** 0.5, torch.randn(co, generator=g))
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", LA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_linear_attention_matches_reference(shape):
+    args = la_inputs(shape, seed=30)
+    assert_close(ops.linear_attention(*args), ref.linear_attention_ref(*args), LA_RTOL,
+                 LA_ATOL_REL, f"linear_attention {shape}")
+
+
+@needs_ext
+def test_linear_attention_sharp_softmax_and_4d_weights():
+    # Large logits (a near one-hot softmax over pixels and over channels) stress the max
+    # subtraction; 4-d conv weights and a non-contiguous xn are accepted as the module has them.
+    xn, wqkv, wout, bout = la_inputs((2, 8, 8, 16, 16), seed=31)
+    wqkv = (wqkv * 30).reshape(384, 8, 1, 1)
+    wout = wout.reshape(8, 128, 1, 1)
+    xt = xn.transpose(2, 3)
+    assert_close(ops.linear_attention(xt, wqkv, wout, bout),
+                 ref.linear_attention_ref(xt, wqkv, wout, bout), LA_RTOL, LA_ATOL_REL, "sharp")
+
+
+@needs_ext
+def test_linear_attention_rejects_bad_weights():
+    xn, wqkv, wout, bout = la_inputs((1, 8, 8, 4, 4))
+    with pytest.raises(RuntimeError, match="w_qkv must be"):
+        torch.ops.dsd_fast.linear_attention(xn, wqkv[:256], wout, bout)
+    with pytest.raises(RuntimeError, match="w_out must be"):
+        torch.ops.dsd_fast.linear_attention(xn, wqkv, wout[:, :64], bout)
+    with pytest.raises(RuntimeError, match="b_out must be"):
+        torch.ops.dsd_fast.linear_attention(xn, wqkv, wout, bout[:3])
+
+
+# --------------------------------------------------------------------------------------
 # Registration: opcheck, torch.compile, autograd routing
 
 
@@ -266,6 +321,7 @@ def _opcheck_cases():
                              1e-5, None, None)),
         ("gated_conv1x1", (torch.randn(2, 6, 5, 5, generator=g), torch.randn(4, 6, 1, 1, generator=g),
                            torch.randn(4, generator=g), torch.randn(2, 4, 5, 5, generator=g))),
+        ("linear_attention", la_inputs((2, 5, 3, 6, 7), seed=24)),
     ]
 
 
@@ -290,7 +346,8 @@ def test_torch_compile_fullgraph_traces_the_ops():
         buf[:, c:] = g
         scale, shift = ss.chunk(2, dim=1)
         h = ops.group_norm_silu(buf, gamma, beta, 4, 1e-5, scale, shift)
-        return ops.gated_conv1x1(h, fw, fb, ops.ff_parser(x, ffw))
+        y = ops.gated_conv1x1(h, fw, fb, ops.ff_parser(x, ffw))
+        return ops.linear_attention(y, wqkv, wout, bout)
 
     g_ = gen(22)
     x, ffw = ff_inputs((2, 4, 8, 8), seed=23)
@@ -298,6 +355,7 @@ def test_torch_compile_fullgraph_traces_the_ops():
     gamma, beta = torch.randn(8, generator=g_), torch.randn(8, generator=g_)
     ss = torch.randn(2, 16, generator=g_)
     fw, fb = torch.randn(4, 8, 1, 1, generator=g_), torch.randn(4, generator=g_)
+    _, wqkv, wout, bout = la_inputs((2, 4, 4, 8, 8), seed=25)
     args = (x, g, ffw, gamma, beta, ss, fw, fb)
     torch._dynamo.reset()
     compiled = torch.compile(level, fullgraph=True, backend=os.environ.get("DSD_TEST_COMPILE_BACKEND", "aot_eager"))

@@ -1,0 +1,303 @@
+// Linear attention (the published LinearAttention up to, not including, its output GroupNorm)
+// without ever forming q, k, v or the attention output in memory.
+//
+//   xn (B, C, H, W) float32 (the PreNorm'd input), w_qkv (384, C[, 1, 1]), w_out (Co, 128[, 1, 1]),
+//   b_out (Co,)  ->  y (B, Co, H, W) = to_out_conv(attention(xn))
+//
+// Published (heads 4, dim_head 32, N = H W pixels, per batch entry):
+//   q, k, v = split(w_qkv @ xn);  q = softmax over d (per head, per pixel) / sqrt(32)
+//   k = softmax over n;  ctx[h, d, e] = sum_n k[h d, n] v[h e, n]
+//   o[h e, n] = sum_d ctx[h, d, e] q[h d, n];  y = w_out @ o + b_out
+// v and w_out enter linearly, so with kx[h d, c] = sum_n k[h d, n] xn[c, n]:
+//   ctx[h, d, e] = sum_c kx[h d, c] w_v[h e, c]
+//   M[o, h d]    = sum_e w_out[o, h e] ctx[h, d, e] / sqrt(32)
+//   y            = M @ softmax_d(q) + b_out
+// Two sweeps over 16-pixel panels of xn (packed once, (C, 16) each):
+//   K sweep, one task per (b, head): the head's 32 k-logit rows for every panel (kept: 32 N
+//     floats, 512 KiB at 64 x 64), row max, exp, row sums, then kx as a register-blocked
+//     GEMM over all pixels; then ctx and M (tiny) written straight into M's packed layout.
+//   Q sweep, one task per (b, tile of panels): the 128 q-logits of a panel (8 KiB, stays in
+//     L1), softmax over each head's 32 rows lane-wise, then M @ q + b_out into y.
+// MACs: 512 C N per batch entry instead of 512 C N + 8192 N for the published order.
+#include <ATen/ATen.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "simd.h"
+
+namespace dsd {
+namespace {
+
+constexpr int64_t HEADS = 4, DH = 32, HID = HEADS * DH;   // published attention geometry
+constexpr int64_t NR = 16;   // pixels per panel (two v8)
+constexpr int64_t MR = 4;    // rows per micro-tile: divides 32 and 128 exactly
+
+// acc[r][h] = sum_i a[i*MR + r] * p[i*NR + 8h + 0..7]: A packed (K, MR), panel (K, NR).
+static inline void micro_4x16(const float* a, const float* p, int64_t K, v8 acc[MR][2]) {
+  v8 c00 = zero8(), c01 = zero8(), c10 = zero8(), c11 = zero8();
+  v8 c20 = zero8(), c21 = zero8(), c30 = zero8(), c31 = zero8();
+  for (int64_t i = 0; i < K; ++i) {
+    const v8 p0 = loadu(p + i * NR), p1 = loadu(p + i * NR + 8);
+    const float* w = a + i * MR;
+    v8 b = bcast(w[0]); c00 = fmadd(b, p0, c00); c01 = fmadd(b, p1, c01);
+    b = bcast(w[1]);    c10 = fmadd(b, p0, c10); c11 = fmadd(b, p1, c11);
+    b = bcast(w[2]);    c20 = fmadd(b, p0, c20); c21 = fmadd(b, p1, c21);
+    b = bcast(w[3]);    c30 = fmadd(b, p0, c30); c31 = fmadd(b, p1, c31);
+  }
+  acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
+  acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
+}
+static_assert(MR == 4 && NR == 16, "micro_4x16 is written out for a 4 x 16 tile");
+
+static inline float hsum(v8 v) {
+  float s = 0.f;
+  for (int j = 0; j < 8; ++j) s += v[j];
+  return s;
+}
+static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
+
+// Rows [r0, r0 + rows) of a row-major (R, K) matrix packed as rows/MR blocks of (K, MR).
+static void pack_rows(const float* src, int64_t K, int64_t r0, int64_t rows, float* dst) {
+  for (int64_t blk = 0; blk < rows / MR; ++blk)
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t r = 0; r < MR; ++r) dst[(blk * K + i) * MR + r] = src[(r0 + blk * MR + r) * K + i];
+}
+
+at::Tensor as_matrix(const at::Tensor& w, int64_t rows, int64_t cols, const char* name) {
+  const bool ok = (w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) &&
+                  w.size(0) == rows && w.size(1) == cols;
+  TORCH_CHECK(ok, "dsd_fast::linear_attention: ", name, " must be (", rows, ", ", cols,
+              ") or (", rows, ", ", cols, ", 1, 1), got ", w.sizes());
+  return w.reshape({rows, cols}).contiguous();
+}
+
+}  // namespace
+
+at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv_in,
+                                const at::Tensor& w_out_in, const at::Tensor& b_out_in) {
+  for (const at::Tensor* t : {&xn_in, &w_qkv_in, &w_out_in, &b_out_in}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat,
+                "dsd_fast::linear_attention: float32 CPU tensors expected, got ",
+                t->scalar_type(), " on ", t->device());
+  }
+  TORCH_CHECK(xn_in.dim() == 4, "dsd_fast::linear_attention: xn must be (B, C, H, W), got ",
+              xn_in.sizes());
+  const int64_t B = xn_in.size(0), C = xn_in.size(1), H = xn_in.size(2), W = xn_in.size(3);
+  const int64_t N = H * W;
+  const at::Tensor wqkv = as_matrix(w_qkv_in, 3 * HID, C, "w_qkv");
+  TORCH_CHECK(w_out_in.dim() >= 2, "dsd_fast::linear_attention: w_out must be (Co, 128), got ",
+              w_out_in.sizes());
+  const int64_t Co = w_out_in.size(0);
+  const at::Tensor wout = as_matrix(w_out_in, Co, HID, "w_out");
+  TORCH_CHECK(b_out_in.dim() == 1 && b_out_in.size(0) == Co,
+              "dsd_fast::linear_attention: b_out must be (", Co, ",), got ", b_out_in.sizes());
+  const at::Tensor xn = xn_in.contiguous();
+  const at::Tensor bout = b_out_in.contiguous();
+  at::Tensor out = at::empty({B, Co, H, W}, xn.options());
+  if (out.numel() == 0) return out;
+  TORCH_CHECK(N > 0 && C > 0, "dsd_fast::linear_attention: empty input ", xn.sizes());
+
+  const int64_t P = (N + NR - 1) / NR;                 // panels per batch entry
+  const int64_t OB = (Co + MR - 1) / MR;               // output row blocks of M
+  const float* wq = wqkv.data_ptr<float>();            // rows [0, 128): q; [128, 256): k
+  const float* wv = wq + 2 * HID * C;                  // rows [256, 384): v
+  const float* wo = wout.data_ptr<float>();
+  const float* bo = bout.data_ptr<float>();
+  const float* xp = xn.data_ptr<float>();
+  float* yp = out.data_ptr<float>();
+
+  // Packed weights: q and k rows as (K = C, 4) blocks.
+  std::vector<float> wq_pack(static_cast<size_t>(HID * C)), wk_pack(static_cast<size_t>(HID * C));
+  pack_rows(wq, C, 0, HID, wq_pack.data());
+  pack_rows(wq, C, HID, HID, wk_pack.data());
+  // xn as panels: xpan[b][p][c][16], zero past the last pixel.
+  std::vector<float> xpan(static_cast<size_t>(B * P * C * NR));
+  at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / P, p = bp % P, p0 = p * NR, np = std::min(NR, N - p0);
+      float* d = xpan.data() + bp * C * NR;
+      for (int64_t c = 0; c < C; ++c) {
+        const float* s = xp + (b * C + c) * N + p0;
+        if (np == NR) { storeu(d + c * NR, loadu(s)); storeu(d + c * NR + 8, loadu(s + 8)); }
+        else for (int64_t q = 0; q < NR; ++q) d[c * NR + q] = q < np ? s[q] : 0.f;
+      }
+    }
+  });
+
+  // M per batch entry, packed for the Q sweep: (OB, K = 128, 4), zero rows past Co.
+  std::vector<float> m_pack(static_cast<size_t>(B * OB * HID * MR), 0.f);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(DH));
+
+  // ---- K sweep: one task per (b, head).
+  at::parallel_for(0, B * HEADS, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> kbuf(static_cast<size_t>(P * DH * NR));   // [p][d][16]
+    std::vector<float> kxT(static_cast<size_t>(C * DH)), ctxT(static_cast<size_t>(DH * DH));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / HEADS, h = bh % HEADS;
+      const float* xb = xpan.data() + b * P * C * NR;
+      const float* wkh = wk_pack.data() + h * DH * C;   // this head's 8 blocks of 4 rows
+      v8 rmax[DH];
+      for (int64_t d = 0; d < DH; ++d) rmax[d] = bcast(-std::numeric_limits<float>::infinity());
+      // logits and their running lane-wise row maxima
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t np = std::min(NR, N - p * NR);
+        float* kp = kbuf.data() + p * DH * NR;
+        for (int64_t blk = 0; blk < DH / MR; ++blk) {
+          v8 acc[MR][2];
+          micro_4x16(wkh + blk * C * MR, xb + p * C * NR, C, acc);
+          for (int64_t r = 0; r < MR; ++r) {
+            const int64_t d = blk * MR + r;
+            storeu(kp + d * NR, acc[r][0]);
+            storeu(kp + d * NR + 8, acc[r][1]);
+          }
+        }
+        if (np < NR)   // pixels past the end do not take part in the softmax
+          for (int64_t d = 0; d < DH; ++d)
+            for (int64_t q = np; q < NR; ++q) kp[d * NR + q] = -std::numeric_limits<float>::infinity();
+        for (int64_t d = 0; d < DH; ++d)
+          rmax[d] = vmax(rmax[d], vmax(loadu(kp + d * NR), loadu(kp + d * NR + 8)));
+      }
+      // exp(k - max) in place, row sums
+      float inv_sum[DH];
+      for (int64_t d = 0; d < DH; ++d) {
+        float m = rmax[d][0];
+        for (int j = 1; j < 8; ++j) m = std::max(m, rmax[d][j]);
+        const v8 mv = bcast(m);
+        v8 s = zero8();
+        for (int64_t p = 0; p < P; ++p) {
+          float* kp = kbuf.data() + p * DH * NR + d * NR;
+          for (int hf = 0; hf < 2; ++hf) {
+            v8 k = loadu(kp + 8 * hf);
+            v8 e = exp8(k - mv);
+            e = k == bcast(-std::numeric_limits<float>::infinity()) ? zero8() : e;
+            storeu(kp + 8 * hf, e);
+            s += e;
+          }
+        }
+        inv_sum[d] = 1.0f / hsum(s);
+      }
+      // kx[d][c] = sum_n e[d][n] xn[c][n] / sum_d (stored transposed): 4 rows x 2 channels
+      // in registers
+      for (int64_t d0 = 0; d0 < DH; d0 += 4) {
+        for (int64_t c0 = 0; c0 < C; c0 += 2) {
+          const bool two = c0 + 1 < C;
+          v8 a00 = zero8(), a01 = zero8(), a10 = zero8(), a11 = zero8();
+          v8 a20 = zero8(), a21 = zero8(), a30 = zero8(), a31 = zero8();
+          for (int64_t p = 0; p < P; ++p) {
+            const float* kp = kbuf.data() + p * DH * NR + d0 * NR;
+            const float* x0 = xb + (p * C + c0) * NR;
+            const float* x1 = two ? x0 + NR : x0;
+            for (int hf = 0; hf < 16; hf += 8) {
+              const v8 u0 = loadu(x0 + hf), u1 = loadu(x1 + hf);
+              v8 e = loadu(kp + hf);          a00 = fmadd(e, u0, a00); a01 = fmadd(e, u1, a01);
+              e = loadu(kp + NR + hf);        a10 = fmadd(e, u0, a10); a11 = fmadd(e, u1, a11);
+              e = loadu(kp + 2 * NR + hf);    a20 = fmadd(e, u0, a20); a21 = fmadd(e, u1, a21);
+              e = loadu(kp + 3 * NR + hf);    a30 = fmadd(e, u0, a30); a31 = fmadd(e, u1, a31);
+            }
+          }
+          const v8 a[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+          for (int r = 0; r < 4; ++r) {
+            kxT[c0 * DH + d0 + r] = hsum(a[r][0]) * inv_sum[d0 + r];
+            if (two) kxT[(c0 + 1) * DH + d0 + r] = hsum(a[r][1]) * inv_sum[d0 + r];
+          }
+        }
+      }
+      // Outer-product form (vector over d, no horizontal sums):
+      // ctxT[e][d] = sum_c w_v[h e][c] kxT[c][d];  Mrow_o[d] = scale sum_e w_out[o][h e] ctxT[e][d]
+      for (int64_t e = 0; e < DH; ++e) {
+        const float* vr = wv + (h * DH + e) * C;
+        v8 a0 = zero8(), a1 = zero8(), a2 = zero8(), a3 = zero8();
+        for (int64_t c = 0; c < C; ++c) {
+          const v8 wb = bcast(vr[c]);
+          const float* kr = kxT.data() + c * DH;
+          a0 = fmadd(wb, loadu(kr), a0); a1 = fmadd(wb, loadu(kr + 8), a1);
+          a2 = fmadd(wb, loadu(kr + 16), a2); a3 = fmadd(wb, loadu(kr + 24), a3);
+        }
+        float* cr = ctxT.data() + e * DH;
+        storeu(cr, a0); storeu(cr + 8, a1); storeu(cr + 16, a2); storeu(cr + 24, a3);
+      }
+      float* mb = m_pack.data() + b * OB * HID * MR;
+      for (int64_t o = 0; o < Co; ++o) {
+        const float* wor = wo + o * HID + h * DH;
+        v8 a0 = zero8(), a1 = zero8(), a2 = zero8(), a3 = zero8();
+        for (int64_t e = 0; e < DH; ++e) {
+          const v8 wb = bcast(wor[e] * scale);
+          const float* cr = ctxT.data() + e * DH;
+          a0 = fmadd(wb, loadu(cr), a0); a1 = fmadd(wb, loadu(cr + 8), a1);
+          a2 = fmadd(wb, loadu(cr + 16), a2); a3 = fmadd(wb, loadu(cr + 24), a3);
+        }
+        alignas(32) float row[DH];
+        storeu(row, a0); storeu(row + 8, a1); storeu(row + 16, a2); storeu(row + 24, a3);
+        // into M's packed layout (OB, K = 128, 4)
+        for (int64_t d = 0; d < DH; ++d) mb[((o / MR) * HID + h * DH + d) * MR + (o % MR)] = row[d];
+      }
+    }
+  });
+
+  // ---- Q sweep: tasks of a few panels of one batch entry.
+  // 8 panels per task on big planes; one on small ones, so that small planes still make
+  // enough tasks to keep every thread busy
+  const int64_t TP = P >= 64 ? 8 : 1;
+  const int64_t tiles = (P + TP - 1) / TP;
+  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qbuf(static_cast<size_t>(HID * NR));    // (K = 128, 16): a panel
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / tiles, t = bt % tiles;
+      const float* mb = m_pack.data() + b * OB * HID * MR;
+      for (int64_t p = t * TP; p < std::min(P, (t + 1) * TP); ++p) {
+        const int64_t p0 = p * NR, np = std::min(NR, N - p0);
+        const float* xpnl = xpan.data() + (b * P + p) * C * NR;
+        for (int64_t blk = 0; blk < HID / MR; ++blk) {
+          v8 acc[MR][2];
+          micro_4x16(wq_pack.data() + blk * C * MR, xpnl, C, acc);
+          for (int64_t r = 0; r < MR; ++r) {
+            storeu(qbuf.data() + (blk * MR + r) * NR, acc[r][0]);
+            storeu(qbuf.data() + (blk * MR + r) * NR + 8, acc[r][1]);
+          }
+        }
+        // softmax over each head's 32 rows, lane-wise (one pixel per lane)
+        for (int64_t h = 0; h < HEADS; ++h)
+          for (int hf = 0; hf < 16; hf += 8) {
+            float* q = qbuf.data() + h * DH * NR + hf;
+            v8 m = loadu(q);
+            for (int64_t d = 1; d < DH; ++d) m = vmax(m, loadu(q + d * NR));
+            v8 s = zero8();
+            for (int64_t d = 0; d < DH; ++d) {
+              const v8 e = exp8(loadu(q + d * NR) - m);
+              storeu(q + d * NR, e);
+              s += e;
+            }
+            const v8 inv = bcast(1.0f) / s;
+            for (int64_t d = 0; d < DH; ++d) storeu(q + d * NR, loadu(q + d * NR) * inv);
+          }
+        // y = M @ q + b_out
+        for (int64_t ob = 0; ob < OB; ++ob) {
+          v8 acc[MR][2];
+          micro_4x16(mb + ob * HID * MR, qbuf.data(), HID, acc);
+          for (int64_t r = 0; r < MR && ob * MR + r < Co; ++r) {
+            const int64_t o = ob * MR + r;
+            const v8 bv = bcast(bo[o]);
+            float* ys = yp + (b * Co + o) * N + p0;
+            if (np == NR) {
+              storeu(ys, acc[r][0] + bv);
+              storeu(ys + 8, acc[r][1] + bv);
+            } else {
+              alignas(32) float tmp[NR];
+              storeu(tmp, acc[r][0] + bv);
+              storeu(tmp + 8, acc[r][1] + bv);
+              for (int64_t q = 0; q < np; ++q) ys[q] = tmp[q];
+            }
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace dsd
