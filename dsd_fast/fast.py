@@ -9,8 +9,10 @@
     (`ops.ff_parser(..., out=h[:, :dx])`), so cat(x, g) copies only g;
   * the encoder's skip buffers h and b allocated once per (batch, size) and reused;
   * linear attention reassociated so v and its 128-channel output are never formed
-    (`fast_attention.FastLAtt`), its 1x1 convolutions as matmuls.
-Everything else (softmax attention, up/down sampling, time MLPs) is the reference code.
+    (`fast_attention.FastLAtt`), its 1x1 convolutions as matmuls;
+  * space-to-depth + 1x1 conv as one 2x2 stride-2 conv, nearest x2 + 3x3 conv as four 2x2
+    phase convs (`fast_resample`).
+Everything else (softmax attention, time MLPs) is the reference code.
 The reference model is not modified. The ops fall back to their pure-PyTorch twins when
 the C++ extension is not built, so the fast model always runs; `ops.AVAILABLE` says which.
 """
@@ -25,6 +27,8 @@ from torch import nn
 
 from . import ops
 from .fast_attention import FastLAtt
+from .fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
+                            is_published_upsample)
 from .layers import RB, Block, LAtt, ResnetBlock, standardize_weight, ws_eps
 from .model import DermoSegDiff, EncoderLevel
 
@@ -122,6 +126,12 @@ def build_fast_model(model: DermoSegDiff) -> DermoSegDiff:
                 setattr(parent, name, FastLAtt(child))
     for blocks in fast.encoder_blocks:
         blocks[0] = FastEncoderLevel(blocks[0])
+        for k in (1, 2):
+            if is_published_downsample(blocks[k]):
+                blocks[k] = FastDownsample(blocks[k])
+    for blocks in fast.decoder_blocks:
+        if is_published_upsample(blocks[1]):
+            blocks[1] = FastUpsample(blocks[1])
     for p in fast.parameters():
         p.requires_grad_(False)
     fast.is_fast = True

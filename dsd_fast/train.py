@@ -202,7 +202,8 @@ class Trainer:
         self.step = int(json.loads(meta.get("step", "0")))
         self.log(f"warm start from {path} (step {self.step}, its val Dice "
                  f"{meta.get('val_dice', 'unknown')}); fresh optimizer")
-        self._log_event(warm_start=str(path), source_metadata=meta)
+        self._log_event(warm_start=str(path), source_step=meta.get("step"),
+                        source_val_dice=meta.get("val_dice"))
 
     def _log_event(self, **event) -> None:
         with open(self.out / "log.jsonl", "a") as f:
