@@ -108,6 +108,7 @@ class BatchOptions:
     report: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS   # above this, the model input is a reduced decode
     quiet: bool = False
+    clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
 
     def __post_init__(self):
         self.output = Path(self.output)
@@ -761,7 +762,7 @@ def _settings(opts: BatchOptions, model) -> dict:
     else:
         ckpt = "(bundled default)"
     return {"checkpoint": ckpt, "steps": opts.steps, "ensemble": opts.ensemble,
-            "seed": opts.seed}
+            "seed": opts.seed, "clip_x0": opts.clip_x0}
 
 
 def run(inputs: Sequence[str], opts: BatchOptions, model=None, out=None, err=None) -> RunSummary:
@@ -942,7 +943,8 @@ def _segment_chunk(chunk, model, opts, batch, failures, bar):
             res = segmentation.segment([p.model_chw for p in piece], steps=opts.steps,
                                        ensemble=opts.ensemble, model=model, seed=opts.seed,
                                        batch_size=len(piece),
-                                       noise_keys=[p.item.key for p in piece])
+                                       noise_keys=[p.item.key for p in piece],
+                                       clip_x0=opts.clip_x0)
         except (MemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise

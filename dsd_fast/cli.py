@@ -16,7 +16,7 @@ def cmd_segment(args) -> int:
             threads=args.threads, recursive=args.recursive, overwrite=args.overwrite,
             allow_inplace=args.allow_inplace, fail_fast=args.fail_fast, gt=args.gt,
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
-            max_pixels=args.max_pixels, quiet=args.quiet)
+            max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     s.add_argument("--ensemble", type=int, default=5, help="chains per image (default 5)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-clip", action="store_true",
+                   help="textbook DDIM: do not clamp each step's clean-mask estimate to [-1, 1]")
     s.add_argument("-r", "--recursive", action="store_true",
                    help="also take images from subfolders; outputs mirror the subfolders")
     s.add_argument("--batch-size", type=int, default=None,

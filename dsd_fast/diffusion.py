@@ -12,6 +12,7 @@ random number from an explicit torch.Generator: the same seed gives the same mas
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -96,12 +97,20 @@ class DDIMTables:
         x0_hat  = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t)
         sigma   = eta * sqrt((1 - abar_n)/(1 - abar_t)) * sqrt(1 - abar_t/abar_n)
         x_next  = sqrt(abar_n) x0_hat + sqrt(1 - abar_n - sigma^2) eps + sigma z
-    folded into x_next = c_x * x + c_eps * eps + sigma * z.
+    folded into x_next = c_x * x + c_eps * eps + sigma * z. With x0 clipping (the clipped
+    x0_hat and the eps it implies, eps' = (x - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t), feed
+    the same update) the loop uses the unfolded factors below.
     """
     timesteps: torch.Tensor   # (S,) int64
     c_x: torch.Tensor         # (S,)
     c_eps: torch.Tensor       # (S,)
     sigma: torch.Tensor       # (S,)
+    inv_s0: torch.Tensor      # 1 / sqrt(abar_t)
+    neg_r: torch.Tensor       # -sqrt(1 - abar_t) / sqrt(abar_t)
+    neg_s0: torch.Tensor      # -sqrt(abar_t)
+    inv_s1: torch.Tensor      # 1 / sqrt(1 - abar_t)
+    s0_next: torch.Tensor     # sqrt(abar_n)
+    dir_next: torch.Tensor    # sqrt(1 - abar_n - sigma^2)
 
     @classmethod
     def build(cls, schedule: Schedule, steps: int, eta: float = 0.0) -> "DDIMTables":
@@ -115,11 +124,13 @@ class DDIMTables:
         dir_coef = (1 - a_n - sigma ** 2).clamp_min(0).sqrt()
         c_x = a_n.sqrt() / a_t.sqrt()
         c_eps = dir_coef - a_n.sqrt() * (1 - a_t).sqrt() / a_t.sqrt()
-        return cls(ts, c_x, c_eps, sigma)
+        return cls(ts, c_x, c_eps, sigma, 1 / a_t.sqrt(), -(1 - a_t).sqrt() / a_t.sqrt(),
+                   -a_t.sqrt(), 1 / (1 - a_t).sqrt(), a_n.sqrt(), dir_coef)
 
     def to(self, device, dtype) -> "DDIMTables":
-        return DDIMTables(self.timesteps.to(device), self.c_x.to(device, dtype),
-                          self.c_eps.to(device, dtype), self.sigma.to(device, dtype))
+        return DDIMTables(**{f.name: getattr(self, f.name).to(device) if f.name == "timesteps"
+                             else getattr(self, f.name).to(device, dtype)
+                             for f in dataclasses.fields(self)})
 
 
 def ddpm_step_coefficients(schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,13 +177,19 @@ class DDIMSampler:
 
     The tables, the noise buffer, the timestep buffer and x live for the sampler's life;
     the loop does no `.item()`, no Python branch on tensor values and no allocation
-    beyond what the network itself allocates. Build once per (batch, size, steps, eta).
+    beyond what the network itself allocates. Build once per (batch, size, steps, eta, clip).
+
+    clip_x0: clamp each step's x0 estimate to the mask range [-1, 1] and continue from the
+    eps it implies (the usual DDIM practice, e.g. lucidrains' ddim_sample; the published
+    DDPM sampler does not clip). Off by default here; `segment()` turns it on (MODEL_CARD.md
+    gives the measured effect).
     """
 
-    def __init__(self, schedule: Schedule, steps: int, eta: float = 0.0):
+    def __init__(self, schedule: Schedule, steps: int, eta: float = 0.0, clip_x0: bool = False):
         self.schedule = schedule
         self.steps = steps
         self.eta = float(eta)
+        self.clip_x0 = bool(clip_x0)
         self.tables64 = DDIMTables.build(schedule, steps, eta)
         self._key = None
 
@@ -182,6 +199,8 @@ class DDIMSampler:
             self.tables = self.tables64.to(device, dtype)
             self.x = torch.empty(shape, device=device, dtype=dtype)
             self.z = torch.empty(shape, device=device, dtype=dtype)
+            self.x0 = torch.empty(shape, device=device, dtype=dtype)
+            self.e = torch.empty(shape, device=device, dtype=dtype)
             # One (B,) timestep tensor per step, made once: the loop only indexes a list.
             self.t_per_step = [torch.full((shape[0],), int(t), dtype=torch.long, device=device)
                                for t in self.tables64.timesteps]
@@ -198,11 +217,17 @@ class DDIMSampler:
             x.normal_(generator=generator)
         else:
             x.copy_(x_init)
-        stochastic = self.eta > 0          # a Python float, fixed per sampler: no tensor branch
+        stochastic = self.eta > 0          # Python flags, fixed per sampler: no tensor branch
         for i in range(self.steps):
             eps = eps_model(x, image, self.t_per_step[i])
-            # x <- c_x x + c_eps eps (+ sigma z), in place
-            x.mul_(tab.c_x[i]).addcmul_(eps, tab.c_eps[i])
+            if self.clip_x0:
+                x0, e = self.x0, self.e
+                torch.mul(x, tab.inv_s0[i], out=x0).addcmul_(eps, tab.neg_r[i]).clamp_(-1, 1)
+                torch.addcmul(x, x0, tab.neg_s0[i], out=e).mul_(tab.inv_s1[i])
+                torch.mul(x0, tab.s0_next[i], out=x).addcmul_(e, tab.dir_next[i])
+            else:
+                # x <- c_x x + c_eps eps, in place
+                x.mul_(tab.c_x[i]).addcmul_(eps, tab.c_eps[i])
             if stochastic:
                 z.normal_(generator=generator)
                 x.addcmul_(z, tab.sigma[i])
@@ -211,5 +236,6 @@ class DDIMSampler:
         return x.clone()
 
 
-def ddim_sample(eps_model, image, schedule, steps, generator, eta=0.0, progress=None):
-    return DDIMSampler(schedule, steps, eta).sample(eps_model, image, generator, progress)
+def ddim_sample(eps_model, image, schedule, steps, generator, eta=0.0, progress=None,
+                clip_x0=False):
+    return DDIMSampler(schedule, steps, eta, clip_x0).sample(eps_model, image, generator, progress)

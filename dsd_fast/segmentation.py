@@ -141,12 +141,14 @@ def initial_noise(keys: list, ensemble: int, size: int, seed: int) -> torch.Tens
 @torch.no_grad()
 def sample_ensemble(model, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
                     sampler: str = "ddim", eta: float = 0.0, first_index: int = 0,
-                    progress=None, eps_model=None, noise_keys: list | None = None) -> torch.Tensor:
+                    progress=None, eps_model=None, noise_keys: list | None = None,
+                    clip_x0: bool = True) -> torch.Tensor:
     """(N, 3, S, S) normalised images -> (N, ensemble, S, S) samples in mask space [-1, 1].
 
     All N * ensemble chains run as one batch through the network at every step.
     `eps_model` replaces the network call (the fast path passes its own). Image i's noise
-    is keyed by noise_keys[i], default its index first_index + i.
+    is keyed by noise_keys[i], default its index first_index + i. clip_x0 applies to DDIM
+    (see DDIMSampler); the published DDPM sampler never clips.
     """
     n, _, s, _ = model_input.shape
     eps_model = eps_model or model
@@ -161,10 +163,10 @@ def sample_ensemble(model, model_input: torch.Tensor, steps: int, ensemble: int,
         elif image.is_cuda and eta == 0:
             # One captured CUDA graph per (network, batch, size, steps): see graph_sampler.
             from .graph_sampler import static_ddim
-            x = static_ddim(eps_model, model.schedule, steps, image).run(image, x_init)
+            x = static_ddim(eps_model, model.schedule, steps, image, clip_x0).run(image, x_init)
         else:
-            x = DDIMSampler(model.schedule, steps, eta).sample(eps_model, image, gen,
-                                                               progress=progress, x_init=x_init)
+            x = DDIMSampler(model.schedule, steps, eta, clip_x0).sample(
+                eps_model, image, gen, progress=progress, x_init=x_init)
     if not torch.isfinite(x).all():
         raise FloatingPointError(
             "the sampler produced NaN or infinite values: the model's noise predictions "
@@ -220,7 +222,7 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
             sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
             fusion: str = "mean", refine: str | None = None, backend: str = "auto",
             return_samples: bool = False, progress: bool = False,
-            noise_keys: list | None = None) -> list[SegmentationResult]:
+            noise_keys: list | None = None, clip_x0: bool = True) -> list[SegmentationResult]:
     """Segment skin lesions.
 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
@@ -236,6 +238,9 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
     noise_keys: one int or string per image that, with `seed`, fixes its initial noise
         (default: its position in `images`). Give stable names (e.g. file names) to get the
         same mask for an image whatever else is in the call.
+    clip_x0: DDIM only: clamp each step's estimate of the clean mask to [-1, 1] (default;
+        measured +0.10 per-image Dice on PH2 val for the default model, MODEL_CARD.md);
+        False gives the unclipped textbook DDIM.
     Returns one SegmentationResult per image, in order.
     """
     items = as_image_list(images)
@@ -255,7 +260,8 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         samples = sample_ensemble(model, inp, steps, ensemble, seed, sampler, eta,
                                   first_index=start, eps_model=eps_model,
                                   noise_keys=None if noise_keys is None
-                                  else noise_keys[start:start + len(chunk)]).cpu()
+                                  else noise_keys[start:start + len(chunk)],
+                                  clip_x0=clip_x0).cpu()
         for k, chw in enumerate(chunk):
             key = start + k if noise_keys is None else noise_keys[start + k]
             rng = np.random.default_rng(noise_seed(seed, key))   # CRF's sample draws

@@ -129,6 +129,44 @@ def test_ddim_loop_matches_an_unoptimised_loop():
     assert torch.equal(sampler.sample(_toy_eps, img, torch.Generator(), x_init=x_init), first)
 
 
+def _wild_eps(x, image, t):
+    # eps far from what x implies: unclipped x0 estimates leave [-1, 1] at once
+    return -3.0 * x + image.mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_clipped_ddim_matches_a_plain_clipped_loop(eta):
+    """clip_x0: x0_hat clamped to [-1, 1], eps re-derived from it, then the usual update."""
+    s = Schedule.published()
+    img = torch.rand(2, 3, 8, 8)
+    x_init = torch.randn(2, 1, 8, 8)
+    got = DDIMSampler(s, 10, eta, clip_x0=True).sample(
+        _wild_eps, img, torch.Generator().manual_seed(1), x_init=x_init)
+    ac = s.alphas_cumprod
+    ts = ddim_timesteps(s.T, 10).tolist()
+    gen = torch.Generator().manual_seed(1)
+    x = x_init.double()
+    clipped_any = False
+    for i, t in enumerate(ts):
+        eps = _wild_eps(x.float(), img, None).double()
+        a_t = ac[t]
+        a_n = ac[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        clipped_any |= bool((x0.abs() > 1).any())
+        x0 = x0.clamp(-1, 1)
+        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        sigma = eta * ((1 - a_n) / (1 - a_t)).sqrt() * (1 - a_t / a_n).sqrt()
+        x = a_n.sqrt() * x0 + (1 - a_n - sigma ** 2).clamp_min(0).sqrt() * eps
+        if eta > 0:
+            x = x + sigma * torch.randn(x.shape, generator=gen).double()
+    assert clipped_any                       # the case exercises the clamp
+    torch.testing.assert_close(got.double(), x, rtol=1e-4, atol=1e-4)
+    assert got.abs().max() <= 1.0 + 1e-6     # the last step returns the clipped x0
+    unclipped = DDIMSampler(s, 10, eta).sample(_wild_eps, img, torch.Generator().manual_seed(1),
+                                               x_init=x_init)
+    assert not torch.allclose(unclipped, got)
+
+
 def test_schedule_serialises():
     s = Schedule.published()
     s2 = Schedule.from_dict(s.to_dict())

@@ -202,7 +202,9 @@ def test_noise_keys_make_results_independent_of_position(tiny_model):
                        backend="reference")
     alone = segment(imgs[2], steps=3, ensemble=2, model=tiny_model, noise_keys=["c"],
                     backend="reference")[0]
-    np.testing.assert_allclose(together[2].probability, alone.probability, atol=1e-6)
+    # Same noise, different batch: only oneDNN's batch-size-dependent rounding differs
+    # (~1e-7), amplified by DDIM's x0 estimate (1/sqrt(abar) ~ 10 at t = 166); 1.4e-6 seen.
+    np.testing.assert_allclose(together[2].probability, alone.probability, atol=1e-5)
     by_index = segment(imgs[2], steps=3, ensemble=2, model=tiny_model, backend="reference")[0]
     assert not np.allclose(by_index.probability, alone.probability)
     with pytest.raises(ValueError, match="noise_keys"):
