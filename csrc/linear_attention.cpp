@@ -13,9 +13,10 @@
 //   M[o, h d]    = sum_e w_out[o, h e] ctx[h, d, e] / sqrt(32)
 //   y            = M @ softmax_d(q) + b_out
 // Two sweeps over 16-pixel panels of xn (packed once, (C, 16) each):
-//   K sweep, one task per (b, head): the head's 32 k-logit rows for every panel (kept: 32 N
-//     floats, 512 KiB at 64 x 64), row max, exp, row sums, then kx as a register-blocked
-//     GEMM over all pixels; then ctx and M (tiny) written straight into M's packed layout.
+//   K sweep, one task per (b, head), in chunks of 64 panels: the head's 32 k-logit rows of
+//     the chunk (128 KiB, stays in L2), an online softmax over the pixels (running row max,
+//     earlier sums rescaled when it grows), kx accumulated as a register-blocked GEMM; then
+//     ctx and M (tiny) written straight into M's packed layout.
 //   Q sweep, one task per (b, tile of panels): the 128 q-logits of a panel (8 KiB, stays in
 //     L1), softmax over each head's 32 rows lane-wise, then M @ q + b_out into y.
 // MACs: 512 C N per batch entry instead of 512 C N + 8192 N for the published order.
@@ -133,79 +134,98 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
   std::vector<float> m_pack(static_cast<size_t>(B * OB * HID * MR), 0.f);
   const float scale = 1.0f / std::sqrt(static_cast<float>(DH));
 
-  // ---- K sweep: one task per (b, head).
+  // ---- K sweep: one task per (b, head), in chunks of KC panels with an online softmax
+  // (running row max; the sums and kx accumulated so far are rescaled when it grows), so
+  // the head's logits never leave L2 whatever the plane size.
+  constexpr int64_t KC = 64;                            // panels per chunk: 128 KiB of logits
+  const float neg_inf = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, B * HEADS, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kbuf(static_cast<size_t>(P * DH * NR));   // [p][d][16]
+    std::vector<float> kbuf(static_cast<size_t>(KC * DH * NR));   // [p][d][16]
     std::vector<float> kxT(static_cast<size_t>(C * DH)), ctxT(static_cast<size_t>(DH * DH));
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / HEADS, h = bh % HEADS;
       const float* xb = xpan.data() + b * P * C * NR;
       const float* wkh = wk_pack.data() + h * DH * C;   // this head's 8 blocks of 4 rows
-      v8 rmax[DH];
-      for (int64_t d = 0; d < DH; ++d) rmax[d] = bcast(-std::numeric_limits<float>::infinity());
-      // logits and their running lane-wise row maxima
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t np = std::min(NR, N - p * NR);
-        float* kp = kbuf.data() + p * DH * NR;
-        for (int64_t blk = 0; blk < DH / MR; ++blk) {
-          v8 acc[MR][2];
-          micro_4x16(wkh + blk * C * MR, xb + p * C * NR, C, acc);
-          for (int64_t r = 0; r < MR; ++r) {
-            const int64_t d = blk * MR + r;
-            storeu(kp + d * NR, acc[r][0]);
-            storeu(kp + d * NR + 8, acc[r][1]);
-          }
-        }
-        if (np < NR)   // pixels past the end do not take part in the softmax
-          for (int64_t d = 0; d < DH; ++d)
-            for (int64_t q = np; q < NR; ++q) kp[d * NR + q] = -std::numeric_limits<float>::infinity();
-        for (int64_t d = 0; d < DH; ++d)
-          rmax[d] = vmax(rmax[d], vmax(loadu(kp + d * NR), loadu(kp + d * NR + 8)));
-      }
-      // exp(k - max) in place, row sums
-      float inv_sum[DH];
-      for (int64_t d = 0; d < DH; ++d) {
-        float m = rmax[d][0];
-        for (int j = 1; j < 8; ++j) m = std::max(m, rmax[d][j]);
-        const v8 mv = bcast(m);
-        v8 s = zero8();
-        for (int64_t p = 0; p < P; ++p) {
-          float* kp = kbuf.data() + p * DH * NR + d * NR;
-          for (int hf = 0; hf < 2; ++hf) {
-            v8 k = loadu(kp + 8 * hf);
-            v8 e = exp8(k - mv);
-            e = k == bcast(-std::numeric_limits<float>::infinity()) ? zero8() : e;
-            storeu(kp + 8 * hf, e);
-            s += e;
-          }
-        }
-        inv_sum[d] = 1.0f / hsum(s);
-      }
-      // kx[d][c] = sum_n e[d][n] xn[c][n] / sum_d (stored transposed): 4 rows x 2 channels
-      // in registers
-      for (int64_t d0 = 0; d0 < DH; d0 += 4) {
-        for (int64_t c0 = 0; c0 < C; c0 += 2) {
-          const bool two = c0 + 1 < C;
-          v8 a00 = zero8(), a01 = zero8(), a10 = zero8(), a11 = zero8();
-          v8 a20 = zero8(), a21 = zero8(), a30 = zero8(), a31 = zero8();
-          for (int64_t p = 0; p < P; ++p) {
-            const float* kp = kbuf.data() + p * DH * NR + d0 * NR;
-            const float* x0 = xb + (p * C + c0) * NR;
-            const float* x1 = two ? x0 + NR : x0;
-            for (int hf = 0; hf < 16; hf += 8) {
-              const v8 u0 = loadu(x0 + hf), u1 = loadu(x1 + hf);
-              v8 e = loadu(kp + hf);          a00 = fmadd(e, u0, a00); a01 = fmadd(e, u1, a01);
-              e = loadu(kp + NR + hf);        a10 = fmadd(e, u0, a10); a11 = fmadd(e, u1, a11);
-              e = loadu(kp + 2 * NR + hf);    a20 = fmadd(e, u0, a20); a21 = fmadd(e, u1, a21);
-              e = loadu(kp + 3 * NR + hf);    a30 = fmadd(e, u0, a30); a31 = fmadd(e, u1, a31);
+      float run_max[DH], run_sum[DH];
+      for (int64_t d = 0; d < DH; ++d) { run_max[d] = neg_inf; run_sum[d] = 0.f; }
+      std::fill(kxT.begin(), kxT.end(), 0.f);           // kxT[c][d], unnormalised
+      for (int64_t q0 = 0; q0 < P; q0 += KC) {
+        const int64_t q1 = std::min(P, q0 + KC);
+        // logits of the chunk and their row maxima
+        v8 cmax[DH];
+        for (int64_t d = 0; d < DH; ++d) cmax[d] = bcast(neg_inf);
+        for (int64_t p = q0; p < q1; ++p) {
+          const int64_t np = std::min(NR, N - p * NR);
+          float* kp = kbuf.data() + (p - q0) * DH * NR;
+          for (int64_t blk = 0; blk < DH / MR; ++blk) {
+            v8 acc[MR][2];
+            micro_4x16(wkh + blk * C * MR, xb + p * C * NR, C, acc);
+            for (int64_t r = 0; r < MR; ++r) {
+              const int64_t d = blk * MR + r;
+              storeu(kp + d * NR, acc[r][0]);
+              storeu(kp + d * NR + 8, acc[r][1]);
             }
           }
-          const v8 a[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-          for (int r = 0; r < 4; ++r) {
-            kxT[c0 * DH + d0 + r] = hsum(a[r][0]) * inv_sum[d0 + r];
-            if (two) kxT[(c0 + 1) * DH + d0 + r] = hsum(a[r][1]) * inv_sum[d0 + r];
+          if (np < NR)   // pixels past the end do not take part in the softmax
+            for (int64_t d = 0; d < DH; ++d)
+              for (int64_t q = np; q < NR; ++q) kp[d * NR + q] = neg_inf;
+          for (int64_t d = 0; d < DH; ++d)
+            cmax[d] = vmax(cmax[d], vmax(loadu(kp + d * NR), loadu(kp + d * NR + 8)));
+        }
+        // new running max; rescale what was summed under the old one; exp in place
+        for (int64_t d = 0; d < DH; ++d) {
+          float m = cmax[d][0];
+          for (int j = 1; j < 8; ++j) m = std::max(m, cmax[d][j]);
+          const float m_new = std::max(run_max[d], m);
+          if (run_max[d] != neg_inf && m_new > run_max[d]) {
+            const float f = std::exp(run_max[d] - m_new);
+            run_sum[d] *= f;
+            for (int64_t c = 0; c < C; ++c) kxT[c * DH + d] *= f;
+          }
+          run_max[d] = m_new;
+          const v8 mv = bcast(m_new);
+          v8 sv = zero8();
+          for (int64_t p = q0; p < q1; ++p) {
+            float* kp = kbuf.data() + (p - q0) * DH * NR + d * NR;
+            for (int hf = 0; hf < 16; hf += 8) {
+              const v8 k = loadu(kp + hf);
+              v8 e = exp8(k - mv);
+              e = k == bcast(neg_inf) ? zero8() : e;
+              storeu(kp + hf, e);
+              sv += e;
+            }
+          }
+          run_sum[d] += hsum(sv);
+        }
+        // kxT[c][d] += sum_n e[d][n] xn[c][n] over the chunk: 4 rows x 2 channels in registers
+        for (int64_t d0 = 0; d0 < DH; d0 += 4) {
+          for (int64_t c0 = 0; c0 < C; c0 += 2) {
+            const bool two = c0 + 1 < C;
+            v8 a00 = zero8(), a01 = zero8(), a10 = zero8(), a11 = zero8();
+            v8 a20 = zero8(), a21 = zero8(), a30 = zero8(), a31 = zero8();
+            for (int64_t p = q0; p < q1; ++p) {
+              const float* kp = kbuf.data() + (p - q0) * DH * NR + d0 * NR;
+              const float* x0 = xb + (p * C + c0) * NR;
+              const float* x1 = two ? x0 + NR : x0;
+              for (int hf = 0; hf < 16; hf += 8) {
+                const v8 u0 = loadu(x0 + hf), u1 = loadu(x1 + hf);
+                v8 e = loadu(kp + hf);          a00 = fmadd(e, u0, a00); a01 = fmadd(e, u1, a01);
+                e = loadu(kp + NR + hf);        a10 = fmadd(e, u0, a10); a11 = fmadd(e, u1, a11);
+                e = loadu(kp + 2 * NR + hf);    a20 = fmadd(e, u0, a20); a21 = fmadd(e, u1, a21);
+                e = loadu(kp + 3 * NR + hf);    a30 = fmadd(e, u0, a30); a31 = fmadd(e, u1, a31);
+              }
+            }
+            const v8 a[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+            for (int r = 0; r < 4; ++r) {
+              kxT[c0 * DH + d0 + r] += hsum(a[r][0]);
+              if (two) kxT[(c0 + 1) * DH + d0 + r] += hsum(a[r][1]);
+            }
           }
         }
+      }
+      for (int64_t d = 0; d < DH; ++d) {
+        const float inv = 1.0f / run_sum[d];
+        for (int64_t c = 0; c < C; ++c) kxT[c * DH + d] *= inv;
       }
       // Outer-product form (vector over d, no horizontal sums):
       // ctxT[e][d] = sum_c w_v[h e][c] kxT[c][d];  Mrow_o[d] = scale sum_e w_out[o][h e] ctxT[e][d]

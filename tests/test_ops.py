@@ -294,6 +294,17 @@ def test_linear_attention_sharp_softmax_and_4d_weights():
 
 
 @needs_ext
+def test_linear_attention_online_softmax_across_chunks():
+    # The op's pixel softmax runs in chunks of 1024 pixels with a running max. A pixel whose
+    # logits dwarf everything before it, in the last chunk, forces the rescaling of all the
+    # sums accumulated so far (a missing rescale is an O(1) error here).
+    xn, wqkv, wout, bout = la_inputs((2, 16, 16, 48, 48), seed=32)
+    xn[:, :, 47, 40] = 25.0
+    assert_close(ops.linear_attention(xn, wqkv, wout, bout),
+                 ref.linear_attention_ref(xn, wqkv, wout, bout), LA_RTOL, LA_ATOL_REL, "spike")
+
+
+@needs_ext
 def test_linear_attention_rejects_bad_weights():
     xn, wqkv, wout, bout = la_inputs((1, 8, 8, 4, 4))
     with pytest.raises(RuntimeError, match="w_qkv must be"):
