@@ -17,10 +17,9 @@ differs from the published order (float32: ~1e-6 relative, checked in tests/test
 
 On the CPU the fused C++ op `ops.linear_attention` (csrc/linear_attention.cpp) computes this
 order in 16-pixel panels, never writing q or k to memory; `FastLAtt._reassociated` is the same
-order in PyTorch for other devices. 1x1 convolutions here are plain matmuls over (B, C, N) views: oneDNN's NCHW 1x1 kernel was
-measured at 11.7 GFLOP/s for the 16 -> 384 projection at 64 x 64 (21.6 ms, batch 5), where
-a matmul of the same size runs at ~140 GFLOP/s (bench/bench_denoiser.py has the model-level
-figures).
+order in PyTorch for other devices (and without the extension), its projections as matmuls
+over (B, C, N) views: oneDNN's NCHW 1x1 kernel was measured at 11.7 GFLOP/s for the 16 -> 384
+projection at 64 x 64 (21.6 ms, batch 5), a matmul of the same size at ~140 GFLOP/s.
 """
 from __future__ import annotations
 
@@ -30,15 +29,6 @@ from torch import nn
 
 from . import ops
 from .layers import DIM_HEAD, HEADS, LAtt
-
-
-def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """1x1 convolution of NCHW x as a matmul. weight (Cout, Cin), bias (Cout,) or None."""
-    b, c, h, w = x.shape
-    y = torch.matmul(weight, x.reshape(b, c, h * w))
-    if bias is not None:
-        y = y.add_(bias[:, None])
-    return y.reshape(b, weight.shape[0], h, w)
 
 
 class FastLAtt(nn.Module):

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dsd_fast import DermoSegDiff, get_config, ops, segment
 from dsd_fast.fast import build_fast_model, fast_model_for
@@ -32,6 +33,28 @@ def test_fast_denoiser_matches_reference(name):
     assert torch.equal(b, b_again)
     one = fast(x[:1], g[:1], t[:1])         # another batch size: buffers re-made
     assert (one - a[:1]).abs().max() <= 1e-4 * a.abs().max()
+
+
+@pytest.mark.parametrize("shape", [(5, 16, 16, 16), (2, 7, 5, 9), (1, 64, 8, 8)])
+def test_reassociated_linear_attention_matches_published_block(shape):
+    """FastLAtt's PyTorch order (GPU tensors, or no C++ extension) against layers.LAtt."""
+    from dsd_fast.fast_attention import FastLAtt
+    from dsd_fast.layers import LAtt
+    torch.manual_seed(3)
+    latt = LAtt(shape[1]).eval()
+    with torch.no_grad():
+        for p in latt.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        x = torch.randn(*shape)
+        ref = latt(x)
+        fast = FastLAtt(latt)
+        got = fast._reassociated(F.group_norm(x, 1, fast.pre_gamma, fast.pre_beta, fast.pre_eps)
+                                 .reshape(shape[0], shape[1], -1))
+        got = F.group_norm(got.reshape(shape), 1, fast.out_gamma, fast.out_beta, fast.out_eps) + x
+        via_forward = fast(x)
+    # reassociation only reorders float32 roundings (~1e-6 of scale observed)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert (via_forward - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
 def test_fast_model_folds_weights_and_leaves_reference_alone():
