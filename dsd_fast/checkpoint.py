@@ -137,8 +137,18 @@ def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.T
 
 # ----------------------------------------------------------------------------- public API
 def read_metadata(path) -> dict[str, str]:
-    """The string metadata of an own-format .safetensors file ({} for .pt/.pth files)."""
-    return _read_file(Path(path))[1]
+    """The string metadata of an own-format .safetensors file ({} for .pt/.pth files).
+
+    Reads the header only: no tensor is loaded."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def load_model(source, config: ModelConfig | None = None, device="cpu") -> DermoSegDiff:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model, save_model
+from .checkpoint import load_model, read_metadata, save_model
 from .config import ModelConfig, Preprocessing, get_config
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
 from .diffusion import Schedule
@@ -191,7 +191,6 @@ class Trainer:
                  f"(best val Dice {self.best_dice:.4f})")
 
     def _warm_start(self, path: Path) -> None:
-        from .checkpoint import read_metadata
         src = load_model(path)
         if src.config != self.config:
             raise ValueError(f"{path} has config {src.config.to_json()}, but this run trains "
