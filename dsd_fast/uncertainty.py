@@ -134,7 +134,8 @@ def staple(decisions, max_iter: int = 100, tol: float = 1e-7, prior=None):
     M-step then the E-step, and the returned p, q are those that produced the returned W.
     The E-step is done in log space (a sum of log-likelihoods instead of a product), so many
     raters do not underflow. Degenerate cases: a rate whose denominator is 0 (W all 0, or all
-    1) is set to 1.0 (no evidence against the rater); a pixel where both a_i and b_i are 0
+    1) is set to 1.0 (no evidence against the rater); rates are clipped to [0, 1] (rounding
+    can put a perfect rater's at 1 + 1e-15); a pixel where both a_i and b_i are 0
     (raters that the estimate calls perfect disagree) gets W_i = f_i.
 
     Returns (posterior W as float64 (H, W), sensitivities (R,), specificities (R,)).
@@ -162,6 +163,10 @@ def staple(decisions, max_iter: int = 100, tol: float = 1e-7, prior=None):
         sw, s1w = w.sum(), (1.0 - w).sum()
         p = flat_f @ w / sw if sw > 0 else np.ones(n_raters)
         q = (1.0 - flat_f) @ (1.0 - w) / s1w if s1w > 0 else np.ones(n_raters)
+        # A rater that is right everywhere can come out at 1 + 1e-15 (the numerator and the
+        # denominator are summed in different orders); log1p(-rate) is then NaN and every
+        # pixel that rater marks fell back to the prior. Rates are probabilities: clip.
+        p, q = np.clip(p, 0.0, 1.0), np.clip(q, 0.0, 1.0)
         # E-step, as a log-odds: log a_i - log b_i summed over raters.
         with np.errstate(divide="ignore", invalid="ignore"):
             log_a = np.where(flat, np.log(p)[:, None], np.log1p(-p)[:, None]).sum(0)
