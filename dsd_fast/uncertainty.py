@@ -163,9 +163,10 @@ def staple(decisions, max_iter: int = 100, tol: float = 1e-7, prior=None):
         sw, s1w = w.sum(), (1.0 - w).sum()
         p = flat_f @ w / sw if sw > 0 else np.ones(n_raters)
         q = (1.0 - flat_f) @ (1.0 - w) / s1w if s1w > 0 else np.ones(n_raters)
-        # A rater that is right everywhere can come out at 1 + 1e-15 (the numerator and the
-        # denominator are summed in different orders); log1p(-rate) is then NaN and every
-        # pixel that rater marks fell back to the prior. Rates are probabilities: clip.
+        # A rater with no errors of one kind (e.g. one that marks only foreground: q = 1)
+        # can come out at 1 + 1e-15 (numerator and denominator are summed in different
+        # orders); log1p(-rate) is then NaN and every pixel that rater marks would fall back
+        # to the prior. Rates are probabilities: clip.
         p, q = np.clip(p, 0.0, 1.0), np.clip(q, 0.0, 1.0)
         # E-step, as a log-odds: log a_i - log b_i summed over raters.
         with np.errstate(divide="ignore", invalid="ignore"):
