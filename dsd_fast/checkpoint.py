@@ -36,19 +36,24 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- reading
+def _read_safetensors(path: Path, with_tensors: bool) -> tuple[dict, dict]:
+    """-> (tensors, or {} when not with_tensors; metadata) of a .safetensors file."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return tensors, meta
+
+
 def _read_file(path: Path) -> tuple[dict, dict]:
     """-> (raw object, metadata). Metadata is empty for .pt/.pth files."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-        return tensors, meta
+        return _read_safetensors(path, with_tensors=True)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -143,12 +148,7 @@ def read_metadata(path) -> dict[str, str]:
     path = Path(path)
     if path.suffix != ".safetensors":
         return {}
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return _read_safetensors(path, with_tensors=False)[1]
 
 
 def load_model(source, config: ModelConfig | None = None, device="cpu") -> DermoSegDiff:
