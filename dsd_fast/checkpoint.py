@@ -1,14 +1,13 @@
-"""Loading and saving models.
+"""Reading and writing model files, for every family.
 
-Accepted by `load_model`:
-  * a published DermoSegDiff training checkpoint (torch.save of a dict with `model`, `ema`,
-    `optimizer`, ...): the EMA weights (`ema` -> keys `ema_model.*`) are used, else `model`;
-  * a bare published state dict (.pt/.pth, or an in-memory dict);
-  * this project's own format: a .safetensors file whose metadata holds the model config,
-    the diffusion schedule and the preprocessing as JSON.
+Accepted by `load_model` / `dsd_fast.load`:
+  * this project's own format: a .safetensors file whose metadata holds the family, the
+    model config, the diffusion schedule and the preprocessing as JSON;
+  * the original code's files of any registered family (for DermoSegDiff: a published
+    training checkpoint, whose EMA weights are used, or a bare state dict; .pt/.pth), or an
+    in-memory dict of the same. The family is recognised by its keys, the config inferred
+    from tensor shapes unless given.
 .pt/.pth files are read with `torch.load(weights_only=True)`: no arbitrary unpickling.
-
-When no config is given (and the file carries none) it is inferred from tensor shapes.
 Loading is strict: every weight in the file is used and every parameter is filled, or the
 error names the first key that does not fit.
 """
@@ -16,19 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, Preprocessing
 from .diffusion import Schedule
-from .model import DermoSegDiff
+from .families import FAMILIES, ModelFamily, detect_family, family_of_network, get_family
+from .io import atomic_write
+from .preprocess import Preprocessing
 
 FORMAT_NAME = "dsd_fast"
-FORMAT_VERSION = "1"
-PUBLISHED_GROUPS = 8            # all published configs; GroupNorm shapes cannot reveal it
-PUBLISHED_IMAGE_SIZE = 128
+FORMAT_VERSION = "2"          # 2 adds "family"; version-1 files are all DermoSegDiff
+LEGACY_FAMILY = "dermosegdiff"
 
 
 class CheckpointError(ValueError):
@@ -48,8 +46,9 @@ def _read_safetensors(path: Path, with_tensors: bool) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _read_file(path: Path) -> tuple[dict, dict]:
+def read_file(path) -> tuple[dict, dict]:
     """-> (raw object, metadata). Metadata is empty for .pt/.pth files."""
+    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
@@ -64,61 +63,13 @@ def _read_file(path: Path) -> tuple[dict, dict]:
     return obj, {}
 
 
-def extract_state_dict(obj) -> dict[str, torch.Tensor]:
-    """Published training checkpoint / bare state dict -> the network's state dict."""
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"expected a dict of tensors, got {type(obj).__name__}")
-    if isinstance(obj.get("ema"), dict):
-        ema = {k[len("ema_model."):]: v for k, v in obj["ema"].items()
-               if k.startswith("ema_model.")}
-        if ema:
-            return ema
-    if isinstance(obj.get("model"), dict):
-        return dict(obj["model"])
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            "no weights found: expected a state dict, or a training checkpoint with an "
-            f"'ema' or 'model' entry; top-level keys were {sorted(obj)[:10]}")
-    return tensors
-
-
-# ----------------------------------------------------------------------------- inference
-def _shape(sd, key) -> torch.Size:
-    if key not in sd:
-        raise CheckpointError(
-            f"cannot infer the model config: key {key!r} is missing. Is this a DermoSegDiff "
-            "checkpoint? Pass config=... to say what it is.")
-    return sd[key].shape
-
-
-def infer_config(sd: dict[str, torch.Tensor]) -> ModelConfig:
-    """dim_x, dim_g, mults, FF-Parser switch (and its image size) from tensor shapes.
-
-    GroupNorm groups cannot be read from shapes; the published value 8 is assumed.
-    """
-    dim_x = _shape(sd, "time_mlp_x.1.weight")[1]
-    dim_g = _shape(sd, "time_mlp_g.1.weight")[1]
-    levels = 0
-    while f"encoder_blocks.{levels}.0.rb_x1.rb.block1.proj.weight" in sd:
-        levels += 1
-    if levels == 0:
-        _shape(sd, "encoder_blocks.0.0.rb_x1.rb.block1.proj.weight")
-    last = levels - 1
-    dims_x = [_shape(sd, f"encoder_blocks.{i}.0.rb_x1.rb.block1.proj.weight")[0]
-              for i in range(1, levels)] + [_shape(sd, f"encoder_blocks.{last}.2.weight")[0]]
-    dims_g = [_shape(sd, f"encoder_blocks.{i}.0.rb_g1.rb.block1.proj.weight")[0]
-              for i in range(1, levels)] + [_shape(sd, f"encoder_blocks.{last}.1.weight")[0]]
-    for d, base, name in [(dims_x, dim_x, "x"), (dims_g, dim_g, "g")]:
-        if any(v % base for v in d):
-            raise CheckpointError(f"stream {name}: level widths {d} are not multiples of {base}")
-    ff_key = "encoder_blocks.0.0.ff_parser.weight"
-    ff = ff_key in sd
-    size = sd[ff_key].shape[1] if ff else PUBLISHED_IMAGE_SIZE
-    return ModelConfig(dim_x=dim_x, dim_g=dim_g,
-                       dim_x_mults=tuple(v // dim_x for v in dims_x),
-                       dim_g_mults=tuple(v // dim_g for v in dims_g),
-                       resnet_block_groups=PUBLISHED_GROUPS, ff_parser=ff, image_size=size)
+def read_metadata(path) -> dict[str, str]:
+    """The string metadata of an own-format .safetensors file ({} for .pt/.pth files).
+    Reads the header only: no tensor is loaded."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    return _read_safetensors(path, with_tensors=False)[1]
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
@@ -140,64 +91,106 @@ def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.T
             raise CheckpointError(f"weight {k!r} contains NaN or infinite values")
 
 
-# ----------------------------------------------------------------------------- public API
-def read_metadata(path) -> dict[str, str]:
-    """The string metadata of an own-format .safetensors file ({} for .pt/.pth files).
-
-    Reads the header only: no tensor is loaded."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return {}
-    return _read_safetensors(path, with_tensors=False)[1]
+# ----------------------------------------------------------------------------- families
+def _family_for_config(config) -> ModelFamily | None:
+    for fam in FAMILIES.values():
+        if isinstance(config, fam.config_class):
+            return fam
+    return None
 
 
-def load_model(source, config: ModelConfig | None = None, device="cpu") -> DermoSegDiff:
-    """Path or in-memory dict -> reference DermoSegDiff in eval mode.
+def _no_family_error(obj) -> CheckpointError:
+    tried = "; ".join(f"{f.name} (keys like {', '.join(repr(k) for k in f.signature_keys[:2])})"
+                      for f in FAMILIES.values())
+    keys = sorted(obj)[:8] if isinstance(obj, dict) else []
+    return CheckpointError(
+        f"no model family recognises these weights. Tried: {tried}. The file's top-level "
+        f"keys begin {keys}. Pass family=... (and config=...) if you know what it is.")
 
-    The returned model carries `.schedule` (diffusion table) and `.preprocessing`; for
-    published checkpoints these are the published ones.
-    """
+
+def _resolve(obj, meta: dict, family, config, settings: dict):
+    """-> (family, state dict, config, schedule, preprocessing) of a loaded file object."""
+    if isinstance(family, str):
+        family = get_family(family)
+    if "config" in meta:                                   # own format
+        family = family or get_family(meta.get("family", LEGACY_FAMILY))
+        sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        config = config or family.config_class.from_dict(json.loads(meta["config"]))
+        schedule = (Schedule.from_dict(json.loads(meta["schedule"])) if "schedule" in meta
+                    else family.default_schedule(config))
+        pre = family.preprocessing(config)
+        if "preprocessing" in meta:
+            pre = Preprocessing(**{**pre.to_dict(), **json.loads(meta["preprocessing"])})
+        return family, sd, config, schedule, pre
+    family = family or (_family_for_config(config) if config is not None else None)
+    if family is None:
+        found = detect_family(obj)
+        if found is None:
+            raise _no_family_error(obj)
+        family, sd = found
+    else:
+        sd = family.state_dict_from(obj)
+        if sd is None:
+            raise CheckpointError(
+                f"no {family.title} weights found: expected a state dict or a training "
+                f"checkpoint of the original code; top-level keys were "
+                f"{sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__}")
+    if config is None:
+        try:
+            config = family.infer_config(sd, **settings)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    return family, sd, config, family.schedule_from(obj, config), family.preprocessing(config)
+
+
+def load_parts(source, config=None, family=None, device="cpu", **settings):
+    """Path or in-memory dict -> (family, reference network in eval mode, schedule,
+    preprocessing). `settings` go to the family's config inference (what shapes cannot tell)."""
     meta: dict = {}
     if isinstance(source, (str, os.PathLike)):
-        obj, meta = _read_file(Path(source))
+        obj, meta = read_file(source)
     else:
         obj = source
-    sd = extract_state_dict(obj)
-    if config is None:
-        config = (ModelConfig.from_dict(json.loads(meta["config"])) if "config" in meta
-                  else infer_config(sd))
-    model = DermoSegDiff(config)
-    check_state_dict(model.state_dict(), sd)
-    model.load_state_dict(sd, strict=True)
-    model.schedule = (Schedule.from_dict(json.loads(meta["schedule"])) if "schedule" in meta
-                      else Schedule.published())
-    pre = json.loads(meta["preprocessing"]) if "preprocessing" in meta else {}
-    model.preprocessing = Preprocessing(**{**{"image_size": config.image_size}, **pre})
-    return model.to(device).eval()
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a dict of tensors, got {type(obj).__name__}")
+    family, sd, config, schedule, pre = _resolve(obj, meta, family, config, settings)
+    net = family.build_reference(config)
+    check_state_dict(net.state_dict(), sd)
+    net.load_state_dict(sd, strict=True)
+    return family, net.to(device).eval(), schedule, pre
 
 
-def save_model(model: DermoSegDiff, path, schedule: Schedule | None = None,
+def load_model(source, config=None, device="cpu", family=None, **settings) -> torch.nn.Module:
+    """Path or in-memory dict -> the family's reference network, in eval mode.
+
+    Only the network: the schedule and preprocessing a file stores are kept by
+    `dsd_fast.load(path)`, which returns a Pipeline. `segment(images, model=net)` uses the
+    family's defaults, which are what every file this project writes stores today.
+    """
+    return load_parts(source, config, family, device, **settings)[1]
+
+
+# ----------------------------------------------------------------------------- writing
+def save_model(model, path, schedule: Schedule | None = None,
+               preprocessing: Preprocessing | None = None,
                extra_metadata: dict | None = None) -> Path:
-    """Write weights + config + schedule + preprocessing as one .safetensors file, atomically."""
-    from safetensors.torch import save_file
+    """Write weights + family + config + schedule + preprocessing as one .safetensors file,
+    atomically. `model` is a reference network or a Pipeline (whose schedule and
+    preprocessing are used unless given)."""
+    from safetensors.torch import save as safetensors_bytes
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"own-format checkpoints end in .safetensors, got {path.name}")
-    schedule = schedule or getattr(model, "schedule", None) or Schedule.published()
-    pre = getattr(model, "preprocessing", None) or Preprocessing(model.config.image_size)
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-            "config": model.config.to_json(), "schedule": json.dumps(schedule.to_dict()),
+    net = getattr(model, "model", model)            # a Pipeline holds its network as .model
+    family = family_of_network(net)
+    config = family.config_of(net)
+    schedule = schedule or getattr(model, "schedule", None) or family.default_schedule(config)
+    pre = preprocessing or getattr(model, "preprocessing", None) or family.preprocessing(config)
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": family.name,
+            "config": config.to_json(), "schedule": json.dumps(schedule.to_dict()),
             "preprocessing": json.dumps(pre.to_dict())}
     for k, v in (extra_metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    data = safetensors_bytes(tensors, metadata=meta)
+    return atomic_write(path, lambda f: f.write(data))

@@ -1,59 +1,156 @@
-"""Turning user images into the network's input, and checking them on the way.
+"""Reading images: the one decoder of the package, and the checks on every user image.
 
 Accepted: file paths (str / Path), PIL images, numpy arrays (H x W, H x W x 3, H x W x 4;
 uint8, uint16, or float in [0, 1]) and torch tensors (3 x H x W, or B x 3 x H x W which is
-split into B images). Grayscale is replicated to RGB, alpha is dropped.
-Every image becomes a float32 (3, H, W) tensor in [0, 1] at its original size; `to_model_input`
-then resizes (bilinear, as published) and min-max normalises per image.
+split into B images). Grayscale is replicated to RGB, alpha is dropped; 16-bit images are
+scaled by the format's range (65535), not by their content.
+Every image becomes a float32 (3, H, W) tensor in [0, 1] at its original size
+(`to_chw`); preprocess.py then makes the network's input from it.
+
+Everything that opens an image file (the API, the command line, ground-truth masks, training
+data) goes through `open_image` and `pil_to_array`, so every reader treats modes alike.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+INTEGER_MODES = SIXTEEN_BIT_MODES + ("I",)     # scaled by 65535 (PNG stores 16-bit as "I")
+STRIP_PIXELS = 1 << 20     # large images are converted in row strips of about this many pixels
 
 
 class ImageInputError(ValueError):
     """A user-supplied image could not be used; the message says which and why."""
 
 
-def _describe(item, index: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return f"image {index} ({os.fspath(item)})"
-    return f"image {index} ({type(item).__name__})"
+# ----------------------------------------------------------------------------- files
 
-
-def load_image_file(path) -> np.ndarray:
-    """Read an image file to a numpy array (H, W[, C]); errors name the file."""
+@contextlib.contextmanager
+def open_image(path):
+    """The PIL image of `path`, not yet decoded; any decoding error inside the block becomes
+    an ImageInputError naming the file."""
     path = Path(path)
     if not path.exists():
         raise ImageInputError(f"{path}: no such file")
     if path.is_dir():
         raise ImageInputError(f"{path}: is a folder, expected an image file")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return pil_to_array(im)
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(f"{path}: too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
+    try:
+        yield im
+    except ImageInputError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
+    finally:
+        im.close()
 
 
 def pil_to_array(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    """Decoded PIL image -> (H, W) or (H, W, 3|4) array: uint8, or float32 in [0, 1] for
+    16/32-bit integer modes, or float32 as stored for mode "F"."""
+    if im.mode in INTEGER_MODES:
         arr = np.asarray(im, dtype=np.int64)
-        # 16-bit grayscale: scale by the format's range, not by the content.
         return (arr.clip(0, 65535) / 65535.0).astype(np.float32)
     if im.mode == "F":
         return np.asarray(im, dtype=np.float32)
-    if im.mode not in ("L", "RGB", "RGBA", "LA"):
-        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
     if im.mode == "LA":
         im = im.convert("L")
+    elif im.mode not in ("L", "RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
     return np.asarray(im)
+
+
+def load_image_file(path) -> np.ndarray:
+    """Read an image file to a numpy array (H, W[, C]); errors name the file."""
+    with open_image(path) as im:
+        im.load()
+        return pil_to_array(im)
+
+
+def load_mask(path) -> torch.Tensor:
+    """Mask file -> (H, W) bool; any nonzero pixel is lesion."""
+    arr = load_image_file(path)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return torch.from_numpy(np.asarray(arr) > 0)
+
+
+def list_images(folder) -> dict[str, Path]:
+    """{stem: path} of the image files directly in `folder`; two files with one stem are an
+    error (masks are matched to images by stem)."""
+    files = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            if p.stem in files:
+                raise ValueError(f"two images with stem {p.stem!r} in {folder}")
+            files[p.stem] = p
+    return files
+
+
+def decode_reduced(im: Image.Image, max_pixels: int) -> Image.Image:
+    """A decoded copy of `im` with at most ~max_pixels pixels, never decoding more than
+    needed: JPEG draft decodes at 1/2, 1/4 or 1/8 scale directly; other formats are decoded
+    and box-averaged by an integer factor (Image.reduce)."""
+    w, h = im.size
+    k = math.sqrt(w * h / max_pixels)
+    im.draft(im.mode, (max(1, math.ceil(w / k)), max(1, math.ceil(h / k))))  # JPEG only
+    im.load()
+    if im.mode in SIXTEEN_BIT_MODES:
+        im = im.convert("I")                   # reduce() has no 16-bit mode; values kept
+    elif im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+    factor = math.ceil(math.sqrt(im.size[0] * im.size[1] / max_pixels))
+    return im.reduce(factor) if factor > 1 else im
+
+
+def strip_rows(height: int, width: int, pixels: int = STRIP_PIXELS):
+    """(start, stop) row ranges covering `height` rows, about `pixels` pixels each."""
+    step = max(1, pixels // max(1, width))
+    for start in range(0, height, step):
+        yield start, min(height, start + step)
+
+
+def decode_rgb8(path, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 picture of an image file, the pixels an overlay is drawn on (16-bit
+    and float images scaled as the model input is, converted strip by strip). The size must
+    still be (height, width): the file may not change while it is being segmented."""
+    with open_image(path) as im:
+        if im.size != (width, height):
+            raise ImageInputError(f"{path}: changed while it was being segmented")
+        im.load()
+        if im.mode in INTEGER_MODES + ("F",):
+            arr = pil_to_array(im)                       # float32 in [0, 1]
+            if im.mode == "F" and (not np.isfinite(arr).all() or arr.min() < 0
+                                   or arr.max() > 1):
+                raise ImageInputError(f"{path}: float image values outside [0, 1]")
+            out = np.empty((height, width, 3), np.uint8)
+            for r0, r1 in strip_rows(height, width):
+                out[r0:r1] = (np.clip(arr[r0:r1], 0, 1) * 255 + 0.5).astype(np.uint8)[..., None]
+            return out
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.array(im)
+
+
+# ----------------------------------------------------------------------------- any image
+
+def _describe(item, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return f"image {index} ({os.fspath(item)})"
+    return f"image {index} ({type(item).__name__})"
 
 
 def array_to_chw(arr: np.ndarray, where: str) -> torch.Tensor:
@@ -118,10 +215,7 @@ def as_image_list(images) -> list:
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         items = [images]
     elif isinstance(images, torch.Tensor):
-        if images.dim() == 4:
-            items = list(images.unbind(0))
-        else:
-            items = [images]
+        items = list(images.unbind(0)) if images.dim() == 4 else [images]
     elif isinstance(images, (list, tuple)):
         items = []
         for item in images:
@@ -153,25 +247,11 @@ def to_chw(item, index: int = 0) -> torch.Tensor:
         f"{where}: expected a path, PIL image, numpy array or tensor, got {type(item).__name__}")
 
 
-def minmax_normalise(x: torch.Tensor) -> torch.Tensor:
-    """Per image (over C, H, W) to [0, 1], as published. A constant image maps to zeros."""
-    flat = x.reshape(x.shape[0], -1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
-    hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
-    return (x - lo) / (hi - lo).clamp_min(1e-12)
-
-
-def resize_image(chw: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, H, W) -> (3, size, size), bilinear (published: a plain resize, aspect not kept)."""
-    return F.interpolate(chw[None], size=(size, size), mode="bilinear",
-                         align_corners=False, antialias=True)[0]
-
-
-def to_model_input(chws: list[torch.Tensor], size: int) -> torch.Tensor:
-    """List of (3, H, W) -> (N, 3, size, size): resized, then min-max normalised per image."""
-    return minmax_normalise(torch.stack([resize_image(c, size) for c in chws]))
-
-
-def resize_mask_nearest(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """(H, W) binary mask -> (size, size) with nearest neighbour (published mask resize)."""
-    return F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0, 0]
+def to_uint8_rgb(image) -> np.ndarray:
+    """(3, H, W) float tensor/array in [0, 1] or (H, W, 3) uint8 -> (H, W, 3) uint8."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[2] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return arr

@@ -78,17 +78,6 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes the network's `image` input (published: resize, per-image min-max)."""
-    image_size: int = 128
-    resize: str = "bilinear"
-    normalise: str = "minmax"       # per image, to [0, 1]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 # The three published DermoSegDiff configurations (paper table; 128 x 128).
 _PUBLISHED = {
     "isic2018": ModelConfig(128, 64, (1, 2, 3, 4, 5, 6), (1, 2, 4, 8, 16, 32), 8),

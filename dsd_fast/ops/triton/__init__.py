@@ -3,20 +3,21 @@
 One file per kernel (ff_parser, group_norm_silu, gated_conv1x1), each holding a private
 `@triton.jit` kernel, a launcher that checks shapes and picks block sizes, and the formula in
 a comment beside the code. The CPU path is csrc/ (C++); the readable oracles are
-dsd_fast/_reference_ops.py and dsd_fast/layers.py.
+dsd_fast/ops/reference.py and the DermoSegDiff layers (families/dermosegdiff/layers.py).
 
 This package imports without Triton (`TRITON_AVAILABLE` is then False and the launchers raise
 a RuntimeError saying so), so the CPU-only install never needs it.
 
 Running on the CPU: Triton's interpreter (`TRITON_INTERPRET=1`) executes the same kernels on
 CPU tensors with numpy. Triton reads that variable when a kernel is *defined*, i.e. when the
-kernel modules are imported, so it must be set before the first `import kernels.<op>`.
+kernel modules are imported, so it must be set before the first
+`import dsd_fast.ops.triton.<op>`.
 `INTERPRET` records what was in force at import.
 
 Registration: `register_cuda_impls()` makes these kernels the CUDA implementations of the
 torch ops `dsd_fast::ff_parser`, `ff_parser_out`, `group_norm_silu` and `gated_conv1x1`
-whose schemas csrc/register.cpp defines. It does nothing for ops that are not defined yet
-(load `dsd_fast._C` first) and checks each schema's argument names before registering.
+whose schemas csrc/register.cpp (or, without the extension, ops/schemas.py) defines. It does
+nothing for ops that are not defined yet and checks each schema's argument names first.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ __all__ = ["TRITON_AVAILABLE", "INTERPRET", "register_cuda_impls", "REGISTERED"]
 
 def require_triton(op: str) -> None:
     if not TRITON_AVAILABLE:
-        raise RuntimeError(f"kernels.{op}: Triton is not installed (pip install 'triton==3.9.*'); "
+        raise RuntimeError(f"dsd_fast.ops.triton.{op}: Triton is not installed (a CUDA torch "
+                           "ships it; else pip install triton); "
                            f"use the CPU op torch.ops.dsd_fast.{op} or the reference instead")
 
 
@@ -64,11 +66,12 @@ def check_device(op: str, *tensors: torch.Tensor) -> torch.device:
     device = tensors[0].device
     for t in tensors:
         if t.device != device:
-            raise ValueError(f"kernels.{op}: all tensors must be on one device, got "
+            raise ValueError(f"dsd_fast.ops.triton.{op}: all tensors must be on one device, got "
                              f"{[str(u.device) for u in tensors]}")
     if device.type != "cuda" and not INTERPRET:
-        raise ValueError(f"kernels.{op}: CUDA tensors expected, got {device}; to run the kernels on "
-                         "CPU tensors set TRITON_INTERPRET=1 before importing kernels")
+        raise ValueError(f"dsd_fast.ops.triton.{op}: CUDA tensors expected, got {device}; to run "
+                         "the kernels on CPU tensors set TRITON_INTERPRET=1 before importing "
+                         "dsd_fast.ops.triton")
     return device
 
 
@@ -87,14 +90,10 @@ def pad16(n: int) -> int:
 
 # ----------------------------------------------------------------------------- registration
 
-# Argument names of each op's schema as csrc/register.cpp defines it. A schema that differs
-# is not registered (a silently mismatched argument order would compute garbage).
-_EXPECTED_ARGS = {
-    "ff_parser": ["x", "weight"],
-    "ff_parser_out": ["x", "weight", "out"],
-    "group_norm_silu": ["x", "gamma", "beta", "groups", "eps", "scale", "shift"],
-    "gated_conv1x1": ["g", "weight", "bias", "x"],
-}
+# The ops served here (linear_attention has no Triton kernel: the reassociated PyTorch form
+# runs on GPUs). A schema whose argument names differ from ops/schemas.py is not registered:
+# a silently mismatched argument order would compute garbage.
+TRITON_OPS = ("ff_parser", "ff_parser_out", "group_norm_silu", "gated_conv1x1")
 
 # Qualified names registered by this process (registration is once per process: a second
 # CUDA kernel for the same op would override the first with a warning).
@@ -118,20 +117,10 @@ def _cuda_impls():
     }
 
 
-def _op_defined(namespace: str, name: str) -> bool:
-    qualname = f"{namespace}::{name}"
-    try:
-        if torch._C._dispatch_has_kernel(qualname):
-            return True
-    except RuntimeError:
-        pass
-    return hasattr(getattr(torch.ops, namespace), name)
-
-
 def register_cuda_impls(namespace: str = "dsd_fast") -> bool:
     """Register the Triton kernels as the CUDA kernels of `<namespace>::<op>`.
 
-    Only ops that are already defined (by the C++ extension `dsd_fast._C`) and whose schema
+    Only ops that are already defined (by `dsd_fast._C` or ops/schemas.py) and whose schema
     has the expected argument names are registered; an op that already has a CUDA kernel is
     left alone. Returns True if at least one op is now served by these kernels, False when
     nothing was registered (Triton missing, or the ops not defined yet). `namespace` exists
@@ -139,16 +128,18 @@ def register_cuda_impls(namespace: str = "dsd_fast") -> bool:
     """
     if not TRITON_AVAILABLE:
         return False
+    from ..schemas import argument_names, op_defined
     impls = None
-    for name, expected in _EXPECTED_ARGS.items():
+    for name in TRITON_OPS:
+        expected = argument_names(name)
         qualname = f"{namespace}::{name}"
-        if qualname in REGISTERED or not _op_defined(namespace, name):
+        if qualname in REGISTERED or not op_defined(name, namespace):
             continue
         overload = getattr(getattr(torch.ops, namespace), name).default
         got = [a.name for a in overload._schema.arguments]
         if got != expected:
-            warnings.warn(f"kernels.register_cuda_impls: {qualname} has arguments {got}, expected "
-                          f"{expected}; its CUDA kernel is not registered")
+            warnings.warn(f"ops.triton.register_cuda_impls: {qualname} has arguments {got}, "
+                          f"expected {expected}; its CUDA kernel is not registered")
             continue
         if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA"):
             continue                                      # someone else serves CUDA already

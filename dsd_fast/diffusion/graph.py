@@ -19,7 +19,8 @@ from collections import OrderedDict
 
 import torch
 
-from .diffusion import DDIMSampler, Schedule
+from .ddim import DDIMSampler
+from .schedule import Schedule
 
 WARMUP_RUNS = 2          # lets cuDNN/cuBLAS pick algorithms and allocate before capture
 CACHE_SIZE = 4           # captured graphs hold their memory pool: keep few
@@ -27,7 +28,7 @@ CACHE_SIZE = 4           # captured graphs hold their memory pool: keep few
 
 class StaticDDIM:
     def __init__(self, eps_model, schedule: Schedule, steps: int, batch: int, size: int,
-                 dtype: torch.dtype, device: torch.device, clip_x0: bool = False):
+                 dtype: torch.dtype, device: torch.device, clip_x0: bool = True):
         self.eps_model = eps_model
         self.sampler = DDIMSampler(schedule, steps, eta=0.0, clip_x0=clip_x0)
         self.image = torch.zeros(batch, 3, size, size, dtype=dtype, device=device)
@@ -67,7 +68,7 @@ _cache: "OrderedDict[tuple, StaticDDIM]" = OrderedDict()
 
 
 def static_ddim(eps_model, schedule: Schedule, steps: int, image: torch.Tensor,
-                clip_x0: bool = False) -> StaticDDIM:
+                clip_x0: bool = True) -> StaticDDIM:
     """Cached StaticDDIM for this (network, batch, size, steps, clip, dtype, device); a new key
     captures a new graph, the least recently used one beyond CACHE_SIZE is dropped."""
     b, _, s, _ = image.shape

@@ -162,4 +162,6 @@ class DermoSegDiff(nn.Module):
 
 
 def build_model(config: ModelConfig) -> DermoSegDiff:
+    """The reference network of `config`, with fresh weights. `dsd_fast.segment(images,
+    model=build_model(cfg))` works: the family's default schedule and preprocessing apply."""
     return DermoSegDiff(config)

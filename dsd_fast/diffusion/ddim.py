@@ -1,14 +1,8 @@
-"""Diffusion schedule and samplers (kept apart from the network).
-
-Notation (Ho et al. 2020; Song et al. 2021):
-    beta_t          noise variance added at step t          `betas`
-    alpha_t         1 - beta_t                              `alphas`
-    abar_t          prod_{s<=t} alpha_s                     `alphas_cumprod`
-    abar_prev_t     abar_{t-1}, with abar_{-1} = 1          `alphas_cumprod_prev`
-    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps           `q_sample`
+"""DDIM (Song et al. 2021) with precomputed tables and static buffers.
 
 Samplers take the network as a callable `eps_model(x_t, image, t) -> eps_hat` and draw every
-random number from an explicit torch.Generator: the same seed gives the same masks.
+random number from an explicit torch.Generator: the same seed gives the same masks. The
+notation is schedule.py's.
 """
 from __future__ import annotations
 
@@ -17,62 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-PUBLISHED_T = 250
-PUBLISHED_BETA_START, PUBLISHED_BETA_END = 4e-4, 8e-2
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The training noise schedule as float64 tables (cast once when a sampler is built)."""
-    betas: torch.Tensor          # (T,)
-
-    @classmethod
-    def linear(cls, timesteps: int = PUBLISHED_T, beta_start: float = PUBLISHED_BETA_START,
-               beta_end: float = PUBLISHED_BETA_END) -> "Schedule":
-        # The published code builds the betas with torch.linspace in float32; keep those
-        # exact float32 values and do the products in float64.
-        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float32)
-        return cls(betas.double())
-
-    @classmethod
-    def published(cls) -> "Schedule":
-        return cls.linear()
-
-    @property
-    def T(self) -> int:
-        return self.betas.numel()
-
-    @property
-    def alphas(self) -> torch.Tensor:
-        return 1.0 - self.betas
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return torch.cumprod(self.alphas, dim=0)
-
-    @property
-    def alphas_cumprod_prev(self) -> torch.Tensor:
-        ac = self.alphas_cumprod
-        return torch.cat((ac.new_ones(1), ac[:-1]))
-
-    @property
-    def posterior_variance(self) -> torch.Tensor:
-        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-
-    def to_dict(self) -> dict:
-        return {"kind": "table", "betas": [float(b) for b in self.betas]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Schedule":
-        if d.get("kind") != "table" or "betas" not in d:
-            raise ValueError(f"unrecognised schedule description: keys {sorted(d)}")
-        return cls(torch.tensor(d["betas"], dtype=torch.float64))
-
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Forward process: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, per sample t (B,)."""
-        ac = self.alphas_cumprod.to(device=x0.device)[t].to(x0.dtype)
-        shape = (-1,) + (1,) * (x0.dim() - 1)
-        return ac.sqrt().view(shape) * x0 + (1 - ac).sqrt().view(shape) * noise
+from .schedule import Schedule
 
 
 def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
@@ -133,45 +72,6 @@ class DDIMTables:
                              for f in dataclasses.fields(self)})
 
 
-def ddpm_step_coefficients(schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Published DDPM ancestral step as x_{t-1} = c_x x_t + c_eps eps_hat + std z.
-
-    mean = (x_t - beta_t eps_hat / sqrt(1 - abar_t)) / sqrt(alpha_t); std = sqrt(posterior
-    variance) for t > 0 and 0 at t = 0 (the published code returns the mean there).
-    """
-    b, a, ac = schedule.betas, schedule.alphas, schedule.alphas_cumprod
-    c_x = 1 / a.sqrt()
-    c_eps = -b / ((1 - ac).sqrt() * a.sqrt())
-    std = schedule.posterior_variance.sqrt()
-    std[0] = 0.0
-    return c_x, c_eps, std
-
-
-@torch.no_grad()
-def ddpm_sample(eps_model, image: torch.Tensor, schedule: Schedule,
-                generator: torch.Generator, progress=None, x_init=None) -> torch.Tensor:
-    """Published sampler: x_T ~ N(0, I) (or x_init), then t = T-1 .. 0 ancestral steps.
-
-    Returns x_0 (B, 1, H, W) in mask space.
-    """
-    b, _, h, w = image.shape
-    dev, dt = image.device, image.dtype
-    c_x, c_eps, std = (c.to(dev, dt) for c in ddpm_step_coefficients(schedule))
-    if x_init is None:
-        x = torch.randn((b, 1, h, w), generator=generator, device=dev, dtype=dt)
-    else:
-        x = x_init.to(dev, dt).clone()
-    t_buf = torch.empty(b, dtype=torch.long, device=dev)
-    z = torch.empty_like(x)
-    for t in reversed(range(schedule.T)):
-        eps = eps_model(x, image, t_buf.fill_(t))
-        z.normal_(generator=generator)
-        x = c_x[t] * x + c_eps[t] * eps + std[t] * z
-        if progress is not None:
-            progress()
-    return x
-
-
 class DDIMSampler:
     """DDIM over `steps` evenly spaced training steps with static buffers.
 
@@ -181,11 +81,11 @@ class DDIMSampler:
 
     clip_x0: clamp each step's x0 estimate to the mask range [-1, 1] and continue from the
     eps it implies (the usual DDIM practice, e.g. lucidrains' ddim_sample; the published
-    DDPM sampler does not clip). Off by default here; `segment()` turns it on (MODEL_CARD.md
-    gives the measured effect).
+    DDPM sampler does not clip). On by default, here as in `segment()` and the CLI
+    (MODEL_CARD.md gives the measured effect); clip_x0=False is textbook DDIM.
     """
 
-    def __init__(self, schedule: Schedule, steps: int, eta: float = 0.0, clip_x0: bool = False):
+    def __init__(self, schedule: Schedule, steps: int, eta: float = 0.0, clip_x0: bool = True):
         self.schedule = schedule
         self.steps = steps
         self.eta = float(eta)
@@ -237,5 +137,5 @@ class DDIMSampler:
 
 
 def ddim_sample(eps_model, image, schedule, steps, generator, eta=0.0, progress=None,
-                clip_x0=False):
+                clip_x0=True):
     return DDIMSampler(schedule, steps, eta, clip_x0).sample(eps_model, image, generator, progress)

@@ -162,22 +162,22 @@ def ff_parser(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor | None
     """
     require_triton("ff_parser")
     if x.dim() != 4:
-        raise ValueError(f"kernels.ff_parser: x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"ops.triton.ff_parser: x must be (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     wf = W // 2 + 1
     if tuple(weight.shape) != (C, H, wf, 2):
-        raise ValueError(f"kernels.ff_parser: weight must be (C, H, W//2+1, 2) = {(C, H, wf, 2)} "
+        raise ValueError(f"ops.triton.ff_parser: weight must be (C, H, W//2+1, 2) = {(C, H, wf, 2)} "
                          f"for x {tuple(x.shape)}, got {tuple(weight.shape)}")
     if not (1 <= H <= MAX_SIZE and 1 <= W <= MAX_SIZE):
-        raise ValueError(f"kernels.ff_parser: planes from 1x1 to {MAX_SIZE}x{MAX_SIZE} supported "
+        raise ValueError(f"ops.triton.ff_parser: planes from 1x1 to {MAX_SIZE}x{MAX_SIZE} supported "
                          f"(one plane per program), got {H}x{W}")
     if x.dtype not in _DTYPES or weight.dtype not in _DTYPES:
-        raise TypeError(f"kernels.ff_parser: x and weight must be float32, bfloat16 or float16, "
+        raise TypeError(f"ops.triton.ff_parser: x and weight must be float32, bfloat16 or float16, "
                         f"got {x.dtype} and {weight.dtype}")
     if out is None:
         out = torch.empty((B, C, H, W), dtype=x.dtype, device=x.device)
     elif tuple(out.shape) != (B, C, H, W) or out.dtype != x.dtype:
-        raise ValueError(f"kernels.ff_parser: out must be {(B, C, H, W)} {x.dtype}, got "
+        raise ValueError(f"ops.triton.ff_parser: out must be {(B, C, H, W)} {x.dtype}, got "
                          f"{tuple(out.shape)} {out.dtype}")
     device = check_device("ff_parser", x, weight, out)
     if B * C == 0:

@@ -123,7 +123,7 @@ def _scale_shift_bc(name: str, t: torch.Tensor, B: int, C: int) -> torch.Tensor:
     if t.dim() == 4 and t.shape[2:] == (1, 1):
         t = t[:, :, 0, 0]
     if tuple(t.shape) != (B, C):
-        raise ValueError(f"kernels.group_norm_silu: {name} must be (B, C) = {(B, C)} or "
+        raise ValueError(f"ops.triton.group_norm_silu: {name} must be (B, C) = {(B, C)} or "
                          f"(B, C, 1, 1), got {tuple(t.shape)}")
     return t
 
@@ -134,24 +134,24 @@ def group_norm_silu(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, gr
     """silu(group_norm(x, groups, gamma, beta, eps) * (scale + 1) + shift); x NCHW or NHWC."""
     require_triton("group_norm_silu")
     if x.dim() != 4:
-        raise ValueError(f"kernels.group_norm_silu: x must be (B, C, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"ops.triton.group_norm_silu: x must be (B, C, H, W), got {tuple(x.shape)}")
     B, C, H, W = x.shape
     if groups < 1 or C % groups:
-        raise ValueError(f"kernels.group_norm_silu: groups ({groups}) must be >= 1 and divide "
+        raise ValueError(f"ops.triton.group_norm_silu: groups ({groups}) must be >= 1 and divide "
                          f"the channel count ({C})")
     if eps < 0:
-        raise ValueError(f"kernels.group_norm_silu: eps must be >= 0, got {eps}")
+        raise ValueError(f"ops.triton.group_norm_silu: eps must be >= 0, got {eps}")
     for name, t in (("gamma", gamma), ("beta", beta)):
         if tuple(t.shape) != (C,):
-            raise ValueError(f"kernels.group_norm_silu: {name} must be (C,) = ({C},), "
+            raise ValueError(f"ops.triton.group_norm_silu: {name} must be (C,) = ({C},), "
                              f"got {tuple(t.shape)}")
     if (scale is None) != (shift is None):
-        raise ValueError("kernels.group_norm_silu: give both scale and shift, or neither")
+        raise ValueError("ops.triton.group_norm_silu: give both scale and shift, or neither")
     if scale is not None:
         scale = _scale_shift_bc("scale", scale, B, C)
         shift = _scale_shift_bc("shift", shift, B, C)
     if x.dtype not in _DTYPES:
-        raise TypeError(f"kernels.group_norm_silu: x must be float32, bfloat16 or float16, "
+        raise TypeError(f"ops.triton.group_norm_silu: x must be float32, bfloat16 or float16, "
                         f"got {x.dtype}")
     tensors = [x, gamma, beta] + ([scale, shift] if scale is not None else [])
     device = check_device("group_norm_silu", *tensors)

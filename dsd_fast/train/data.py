@@ -12,19 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import ImageInputError, load_image_file, minmax_normalise, resize_image, to_chw
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-def list_images(folder: Path) -> dict[str, Path]:
-    files = {}
-    for p in sorted(Path(folder).iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            if p.stem in files:
-                raise ValueError(f"two images with stem {p.stem!r} in {folder}")
-            files[p.stem] = p
-    return files
+from ..images import ImageInputError, list_images, load_mask, to_chw
+from ..preprocess import minmax_normalise, resize_image
 
 
 def read_id_list(path) -> list[str]:
@@ -52,14 +41,6 @@ def match_pairs(image_dir, mask_dir, ids: list[str] | None = None) -> list[tuple
     if not pairs:
         raise ValueError(f"no image/mask pairs found in {image_dir} and {mask_dir}")
     return pairs
-
-
-def load_mask(path) -> torch.Tensor:
-    """Mask file -> (H, W) bool; any nonzero pixel is lesion."""
-    arr = load_image_file(path)
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    return torch.from_numpy(np.asarray(arr) > 0)
 
 
 @dataclass

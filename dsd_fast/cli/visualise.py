@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..images import strip_rows, to_uint8_rgb
+
 CONTOUR_RGB = (0, 255, 0)
 UNCERTAIN_RGB = (255, 200, 0)
 
@@ -12,16 +14,6 @@ def contour(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     """(H, W) bool -> (H, W) bool band just inside the mask's boundary."""
     inner = ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
     return mask & ~inner
-
-
-def to_uint8_rgb(image) -> np.ndarray:
-    """(3, H, W) float tensor/array in [0, 1] or (H, W, 3) uint8 -> (H, W, 3) uint8."""
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[2] != 3:
-        arr = arr.transpose(1, 2, 0)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return arr
 
 
 def overlay(image, mask: np.ndarray, std: np.ndarray | None = None,
@@ -47,20 +39,10 @@ def heatmap(values: np.ndarray, vmax: float = 0.5) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- large-image helpers
-# The batch command (batch.py) writes these pictures at the original size, which can be
+# The batch command (run.py) writes these pictures at the original size, which can be
 # 64 megapixels. `overlay` and `heatmap` above build several float32 copies of the whole
 # image (12 bytes per pixel each); the functions below give the same pixels while working
-# on horizontal strips of about STRIP_PIXELS, so their temporaries stay small.
-
-STRIP_PIXELS = 1 << 20
-
-
-def strip_rows(height: int, width: int, pixels: int = STRIP_PIXELS):
-    """(start, stop) row ranges covering `height` rows, about `pixels` pixels each."""
-    step = max(1, pixels // max(1, width))
-    for start in range(0, height, step):
-        yield start, min(height, start + step)
-
+# on horizontal strips of about images.STRIP_PIXELS, so their temporaries stay small.
 
 def overlay_inplace(rgb: np.ndarray, mask: np.ndarray, band: np.ndarray | None) -> np.ndarray:
     """What `overlay(rgb, mask, std)` returns, drawn into `rgb` itself ((H, W, 3) uint8,

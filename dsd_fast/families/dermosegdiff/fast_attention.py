@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from ... import ops
 from .layers import DIM_HEAD, HEADS, LAtt
 
 

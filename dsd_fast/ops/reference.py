@@ -1,14 +1,15 @@
-"""Reference twins of the fused CPU ops in `dsd_fast.ops`: the same formulas in plain PyTorch.
+"""Reference twins of the fused ops in `dsd_fast.ops`: the same formulas in plain PyTorch.
 
-They are the oracle of tests/test_ops.py and the fallback of `dsd_fast.ops` when the C++
-extension is not built. Each follows the layer code of `dsd_fast.layers` line for line.
+They are the oracle of the op tests and the fallback of `dsd_fast.ops` when neither the C++
+extension (CPU) nor the Triton kernels (CUDA) can take the inputs. Each follows the layer
+code of the DermoSegDiff reference (families/dermosegdiff/layers.py) line for line.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .layers import DIM_HEAD, HEADS
+from ..families.dermosegdiff.layers import DIM_HEAD, HEADS
 
 __all__ = ["ff_parser_ref", "ff_parser_out_ref", "group_norm_silu_ref", "gated_conv1x1_ref",
            "linear_attention_ref"]

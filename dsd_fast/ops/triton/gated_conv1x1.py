@@ -80,26 +80,26 @@ def gated_conv1x1(g: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """(conv1x1(g, weight) + bias) * x; returns (B, Cx, H, W) in x's dtype and memory format."""
     require_triton("gated_conv1x1")
     if g.dim() != 4 or x.dim() != 4:
-        raise ValueError(f"kernels.gated_conv1x1: g and x must be (B, C, H, W), got "
+        raise ValueError(f"ops.triton.gated_conv1x1: g and x must be (B, C, H, W), got "
                          f"{tuple(g.shape)} and {tuple(x.shape)}")
     B, CG, H, W = g.shape
     CX = x.shape[1]
     if (x.shape[0], x.shape[2], x.shape[3]) != (B, H, W):
-        raise ValueError(f"kernels.gated_conv1x1: x {tuple(x.shape)} and g {tuple(g.shape)} must "
+        raise ValueError(f"ops.triton.gated_conv1x1: x {tuple(x.shape)} and g {tuple(g.shape)} must "
                          "agree in batch and plane size")
     if weight.dim() == 4 and weight.shape[2:] == (1, 1):
         weight = weight[:, :, 0, 0]
     if tuple(weight.shape) != (CX, CG):
-        raise ValueError(f"kernels.gated_conv1x1: weight must be (Cx, Cg, 1, 1) or (Cx, Cg) = "
+        raise ValueError(f"ops.triton.gated_conv1x1: weight must be (Cx, Cg, 1, 1) or (Cx, Cg) = "
                          f"{(CX, CG)}, got {tuple(weight.shape)}")
     if tuple(bias.shape) != (CX,):
-        raise ValueError(f"kernels.gated_conv1x1: bias must be (Cx,) = ({CX},), got "
+        raise ValueError(f"ops.triton.gated_conv1x1: bias must be (Cx,) = ({CX},), got "
                          f"{tuple(bias.shape)}")
     if g.dtype not in _DTYPES or g.dtype != x.dtype:
-        raise TypeError(f"kernels.gated_conv1x1: g and x must share one of float32, bfloat16, "
+        raise TypeError(f"ops.triton.gated_conv1x1: g and x must share one of float32, bfloat16, "
                         f"float16, got {g.dtype} and {x.dtype}")
     if weight.dtype not in _DTYPES or bias.dtype not in _DTYPES:
-        raise TypeError(f"kernels.gated_conv1x1: weight and bias must be floating, got "
+        raise TypeError(f"ops.triton.gated_conv1x1: weight and bias must be floating, got "
                         f"{weight.dtype} and {bias.dtype}")
     device = check_device("gated_conv1x1", g, weight, bias, x)
 

@@ -19,18 +19,17 @@ the C++ extension is not built, so the fast model always runs; `ops.AVAILABLE` s
 from __future__ import annotations
 
 import copy
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from ... import ops
 from .fast_attention import FastLAtt
 from .fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                             is_published_upsample)
 from .layers import RB, Block, LAtt, ResnetBlock, standardize_weight, ws_eps
-from .model import DermoSegDiff, EncoderLevel
+from .reference import DermoSegDiff, EncoderLevel
 
 
 class FoldedBlock(nn.Module):
@@ -136,24 +135,3 @@ def build_fast_model(model: DermoSegDiff) -> DermoSegDiff:
         p.requires_grad_(False)
     fast.is_fast = True
     return fast
-
-
-_cache: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: nn.Module) -> tuple:
-    # Parameter version counters move on every in-place update (optimizer steps, loads):
-    # a cached fast model is rebuilt whenever the reference weights have changed.
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
-
-
-def fast_model_for(model: DermoSegDiff) -> DermoSegDiff:
-    """The cached fast model of `model`, rebuilt if the reference weights changed."""
-    if getattr(model, "is_fast", False):
-        return model
-    fp = _fingerprint(model)
-    hit = _cache.get(model)
-    if hit is None or hit[0] != fp:
-        hit = (fp, build_fast_model(model))
-        _cache[model] = hit
-    return hit[1]

@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model, read_metadata, save_model
-from .config import ModelConfig, Preprocessing, get_config
+from ..checkpoint import load_model, read_metadata, save_model
+from ..diffusion import Schedule, sample_ensemble
+from ..families.dermosegdiff import DERMOSEGDIFF, DermoSegDiff, ModelConfig, get_config
+from ..io import torch_save
+from ..metrics import dice
+from ..preprocess import minmax_normalise
+from ..results import samples_to_result
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
-from .diffusion import Schedule
-from .images import minmax_normalise
 from .losses import GAMMA_PH2, dermosegdiff_loss
-from .model import DermoSegDiff
-from .segmentation import sample_ensemble
 
 
 @dataclass
@@ -96,38 +95,22 @@ class EMA:
         model.load_state_dict(self.shadow)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def dice_score(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    """Binary Dice, empty-vs-empty = 1 (ISIC convention)."""
-    pred, gt = pred.bool(), gt.bool()
-    denom = pred.sum().item() + gt.sum().item()
-    return 1.0 if denom == 0 else 2.0 * (pred & gt).sum().item() / denom
-
-
 @torch.no_grad()
 def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
-             batch_images: int = 10) -> float:
-    """Mean per-image Dice at each image's original size (DDIM, ensemble mean > 0)."""
-    from .segmentation import samples_to_result
+             batch_images: int = 10, schedule: Schedule | None = None) -> float:
+    """Mean per-image Dice at each image's original size (clipped DDIM, ensemble mean > 0).
+    Image i's noise is keyed by its index in `samples`, so figures compare across runs."""
     model.eval()
+    schedule = schedule or DERMOSEGDIFF.default_schedule(model.config)
     dices = []
     for start in range(0, len(samples), batch_images):
         chunk = samples[start:start + batch_images]
         inp = minmax_normalise(torch.stack([s.image for s in chunk]))
-        out = sample_ensemble(model, inp, steps, ensemble, seed, first_index=start)
+        out = sample_ensemble(model, schedule, inp, steps, ensemble, seed,
+                              noise_keys=list(range(start, start + len(chunk))))
         for s, smp in zip(chunk, out):
             res = samples_to_result(smp, s.original_size)
-            dices.append(dice_score(torch.from_numpy(res.mask), s.original_mask))
+            dices.append(dice(res.mask, s.original_mask.numpy()))
     return sum(dices) / len(dices)
 
 
@@ -148,12 +131,9 @@ class Trainer:
                             if opts.val_ids else [])
         torch.manual_seed(opts.seed)
         self.model = DermoSegDiff(self.config)
-        self.model.schedule = self.schedule
-        self.model.preprocessing = Preprocessing(size)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=tuple(opts.betas))
         self.ema = EMA(self.model, opts.ema_beta, opts.ema_update_after, opts.ema_power)
         self.ema_model = DermoSegDiff(self.config)
-        self.ema_model.schedule, self.ema_model.preprocessing = self.schedule, self.model.preprocessing
         self.gen = torch.Generator().manual_seed(opts.seed)
         self.batches = PairBatches(self.train_samples, opts.batch_size, self.gen)
         self.step = 0
@@ -174,7 +154,7 @@ class Trainer:
                 "config": self.config.to_json()}
 
     def save(self) -> None:
-        _atomic_torch_save(self._state(), self.last_path)
+        torch_save(self._state(), self.last_path)
 
     def _resume(self) -> None:
         st = torch.load(self.last_path, map_location="cpu", weights_only=True)
@@ -231,7 +211,7 @@ class Trainer:
     def validate_ema(self) -> float:
         self.ema.copy_to(self.ema_model)
         return validate(self.ema_model, self.val_samples, self.opts.val_steps,
-                        self.opts.val_ensemble, seed=self.opts.seed)
+                        self.opts.val_ensemble, seed=self.opts.seed, schedule=self.schedule)
 
     def run(self, progress: bool = True) -> float:
         o = self.opts

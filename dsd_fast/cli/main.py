@@ -8,7 +8,8 @@ from pathlib import Path
 
 def cmd_segment(args) -> int:
     # Argument parsing only: the run (inputs, batching, outputs, resume) is batch.py's.
-    from .batch import BatchOptions, UsageError, run
+    from .errors import UsageError
+    from .run import BatchOptions, run
     try:
         opts = BatchOptions(
             output=args.output, checkpoint=args.checkpoint, steps=args.steps,
@@ -24,7 +25,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainOptions, Trainer
+    from ..train import TrainOptions, Trainer
     opts = TrainOptions(image_dir=args.images, mask_dir=args.masks, out_dir=args.out,
                         train_ids=args.train_ids, val_ids=args.val_ids, config=args.config,
                         total_steps=args.steps, batch_size=args.batch_size, lr=args.lr,

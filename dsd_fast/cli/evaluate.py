@@ -1,16 +1,18 @@
-"""Scoring predicted masks against ground truth: folders in, a per-image CSV and a summary out."""
+"""Scoring predicted masks against ground truth: folders in, a per-image CSV and a summary
+out (`dsd-fast eval`), and the ground truth of `dsd-fast segment --gt` (GroundTruth)."""
 from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .data import list_images, load_mask
-from .metrics import METRIC_KEYS, score_image, summarise
+from ..images import IMAGE_SUFFIXES, ImageInputError, list_images, load_mask
+from ..io import write_text
+from ..metrics import METRIC_KEYS, score_image, summarise
+from .discover import InputImage
+from .errors import UsageError
 
 CSV_COLUMNS = ("image",) + METRIC_KEYS
 PRED_SUFFIX = "_mask"           # `dsd-fast segment` writes <stem>_mask.png
@@ -58,7 +60,7 @@ def evaluate_folders(pred_dir, gt_dir) -> tuple[list[dict], dict]:
 
 
 def write_csv(rows: list[dict], path) -> Path:
-    """Per-image metrics CSV (CSV_COLUMNS), written to a temp file and renamed."""
+    """Per-image metrics CSV (CSV_COLUMNS), written atomically."""
     path = Path(path)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
@@ -66,12 +68,7 @@ def write_csv(rows: list[dict], path) -> Path:
     for r in rows:
         writer.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
                          for k in CSV_COLUMNS})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_text(path, buf.getvalue())
 
 
 def format_summary(summary: dict, n: int) -> str:
@@ -86,3 +83,40 @@ def format_summary(summary: dict, n: int) -> str:
         pooled_s = f"{pooled:>10.4f}" if pooled is not None else f"{'':>10}"
         lines.append(f"{k:<18}{mean:>10.4f}{std:>10.4f}{pooled_s}")
     return "\n".join(lines)
+
+
+class GroundTruth:
+    """Ground-truth masks in a folder, found for an input at GT/<rel_dir>/<stem>.* (mirrored
+    layout) or else GT/<stem>.* (flat, as `dsd-fast eval` expects)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UsageError(f"--gt {folder}: no such folder")
+        try:
+            self.flat = list_images(self.folder)
+        except ValueError as e:
+            raise UsageError(f"--gt: {e}") from None
+
+    def find(self, item: InputImage) -> Path | None:
+        if item.rel_dir:
+            sub = self.folder / item.rel_dir
+            for suffix in sorted(IMAGE_SUFFIXES):
+                for cand in (sub / f"{item.stem}{suffix}", sub / f"{item.stem}{suffix.upper()}"):
+                    if cand.is_file():
+                        return cand
+        return self.flat.get(item.stem)
+
+    def score(self, item: InputImage, mask: np.ndarray) -> dict:
+        """score_image metrics of `mask` against the item's ground truth; ValueError names
+        the image when there is none or the sizes differ."""
+        path = self.find(item)
+        if path is None:
+            raise ValueError(f"{item.path}: no ground-truth mask with stem {item.stem!r} "
+                             f"in {self.folder}")
+        try:
+            gt = load_mask(path).numpy()
+        except ImageInputError as e:
+            raise ValueError(f"{item.path}: ground truth {e}") from None
+        row = score_pair(mask, gt, item.key)
+        return {k: v for k, v in row.items() if k != "image"}

@@ -1,0 +1,210 @@
+"""The input side of `dsd-fast segment`: which files are images to segment, their output
+names (keys), and decoding each into its network input.
+
+Inputs are files, folders (with `recursive`, their subfolders too) and glob patterns. Each
+input gets a key, its path relative to the folder (or the glob's fixed leading part) it was
+found under, without the suffix: `in/sub/a.png` found under `in` is `sub/a`. Outputs mirror
+the key, so two `a.png` in different subfolders cannot overwrite each other.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced,
+                      open_image, pil_to_array)
+from ..preprocess import to_model_input
+from . import memory
+
+BYTES_PER_OUTPUT_PIXEL = 24    # peak bytes per pixel while an image's outputs are written
+# Names this command writes: in the output folder such files are not inputs.
+OUTPUT_NAME = re.compile(r".*(_mask|_prob|_uncertainty|_overlay)\.png$", re.IGNORECASE)
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+@dataclass
+class InputImage:
+    path: Path
+    key: str            # output name without suffix, posix, relative: "sub/a"
+    rel_dir: str        # folder of the input relative to where it was found ("" at the top)
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+@dataclass
+class Discovery:
+    images: list[InputImage]
+    missing: list[tuple[str, str]]          # (argument, why nothing came of it)
+    input_dirs: list[Path]                  # resolved folders that hold or gave inputs
+
+
+def is_inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _glob_base(pattern: str) -> Path:
+    """The fixed leading folders of a glob pattern: `data/*/x*.png` -> `data`."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts[:-1]:
+        if _GLOB_CHARS.search(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def discover(specs: Sequence[str], recursive: bool = False,
+             exclude: Path | None = None) -> Discovery:
+    """Expand files, folders and globs into InputImages with unique keys.
+
+    Folders list image files (IMAGE_SUFFIXES, hidden files skipped), recursively with
+    `recursive`; a file named explicitly is always tried, whatever its suffix. `exclude`
+    (the output folder) is never walked into, and in it files named like this command's
+    outputs are not inputs (so `--allow-inplace` re-runs do not segment their own masks).
+    """
+    found: list[tuple[Path, Path | None]] = []      # (file, folder its key is relative to)
+    missing: list[tuple[str, str]] = []
+    dirs: list[Path] = []
+    excl = exclude.resolve() if exclude is not None else None
+
+    def listable(p: Path) -> bool:
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+            return False
+        if excl is not None and OUTPUT_NAME.match(p.name) and is_inside(p, excl):
+            return False
+        return p.is_file()
+
+    def walk(folder: Path, base: Path, deep: bool) -> None:
+        dirs.append(folder.resolve())
+        if not deep:
+            found.extend((p, base) for p in sorted(folder.iterdir()) if listable(p))
+            return
+        for root, subdirs, files in os.walk(folder):
+            root_p = Path(root)
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
+                                and not (excl is not None and (root_p / d).resolve() == excl))
+            found.extend((root_p / f, base) for f in sorted(files) if listable(root_p / f))
+
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            walk(p, p, recursive)
+        elif p.is_file():
+            found.append((p, None))
+            dirs.append(p.resolve().parent)
+        elif _GLOB_CHARS.search(spec):
+            matches = sorted(globlib.glob(spec, recursive=True))
+            base = _glob_base(spec)
+            n_before = len(found)
+            for m in map(Path, matches):
+                if m.is_dir():
+                    walk(m, base, recursive)
+                elif listable(m):
+                    found.append((m, base))
+                    dirs.append(m.resolve().parent)
+            if len(found) == n_before:
+                missing.append((spec, "no image files match this pattern"))
+            else:
+                dirs.append(base.resolve())
+        else:
+            missing.append((spec, "no such file or folder"))
+
+    images, seen = [], set()
+    for path, base in found:
+        real = path.resolve()
+        if real in seen:                      # the same file named twice
+            continue
+        seen.add(real)
+        rel = PurePosixPath(path.name) if base is None else \
+            PurePosixPath(*path.relative_to(base).parts)
+        if ".." in rel.parts:                 # a glob like a/*/../b.png: keep outputs in OUT
+            rel = PurePosixPath(path.name)
+        rel_dir = "" if str(rel.parent) == "." else str(rel.parent)
+        images.append(InputImage(path, str(rel.with_suffix("")), rel_dir))
+    _make_keys_unique(images)
+    return Discovery(images, missing, sorted(set(dirs)))
+
+
+def _make_keys_unique(images: list[InputImage]) -> None:
+    """Keys that differ only in case or collide (`a.png` + `a.jpg` in one folder; `x/a.png`
+    and `y/a.png` named as files) get the input's suffix appended (`a_png`, `a_jpg`), and if
+    still equal a counter (`a_png_2`), in input order, so outputs never overwrite each other
+    (also on case-insensitive file systems) and the naming is the same on every re-run."""
+    groups: dict[str, list[InputImage]] = {}
+    for im in images:
+        groups.setdefault(im.key.casefold(), []).append(im)
+    taken = {k for k, g in groups.items() if len(g) == 1}
+    for group in groups.values():
+        if len(group) == 1:
+            continue
+        for im in group:
+            ext = im.path.suffix.lstrip(".").lower() or "noext"
+            key, n = f"{im.key}_{ext}", 1
+            while key.casefold() in taken:
+                n += 1
+                key = f"{im.key}_{ext}_{n}"
+            taken.add(key.casefold())
+            im.key = key
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _check_memory(path: Path, h: int, w: int) -> None:
+    need = BYTES_PER_OUTPUT_PIXEL * h * w
+    avail = memory.available_memory()
+    if avail is not None and need > 0.9 * avail:
+        raise ImageInputError(
+            f"{path}: {w} x {h} pixels needs about {need / 2**30:.1f} GiB to write its "
+            f"outputs, only {avail / 2**30:.1f} GiB is available")
+
+
+def reduced_pixels(size: int, max_pixels: int) -> int:
+    """Pixels of the reduced decode of a large image: (16 S)^2 for model size S (4.2 MP at
+    S = 128) is ample for the antialiased resize to S x S, and at most max_pixels."""
+    return max(1, min(max_pixels, (16 * size) ** 2))
+
+
+@dataclass
+class Prepared:
+    item: InputImage
+    model_chw: object                 # (3, S, S) float tensor: exactly the network's input
+    height: int
+    width: int
+    downscaled: tuple[int, int] | None   # (h, w) the model input was made from, if reduced
+    fingerprint: dict
+
+
+def fingerprint(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def prepare(item: InputImage, preprocessing, max_pixels: int) -> Prepared:
+    """Decode one image into its S x S model input (resized and normalised exactly as
+    `Pipeline.segment` does; doing it again there changes nothing: the resize is to the
+    same size and min-max normalisation is idempotent). Above `max_pixels` the input is
+    made from a reduced decode."""
+    path = item.path
+    fp = fingerprint(path) if path.exists() else {}
+    with open_image(path) as im:
+        w, h = im.size
+        _check_memory(path, h, w)
+        if w * h <= max_pixels:
+            im.load()
+            arr, downscaled = pil_to_array(im), None
+        else:
+            small = decode_reduced(im, reduced_pixels(preprocessing.image_size, max_pixels))
+            arr, downscaled = pil_to_array(small), (small.size[1], small.size[0])
+    chw = array_to_chw(arr, str(path))
+    del arr
+    return Prepared(item, to_model_input([chw], preprocessing)[0], h, w, downscaled, fp)

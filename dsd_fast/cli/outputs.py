@@ -1,0 +1,225 @@
+"""The output side of `dsd-fast segment`: each image's files and record, the run's summaries.
+
+    OUT/<key>_mask.png          0/255, at the original size (written last of the pictures)
+    OUT/<key>_prob.png          foreground probability, 16-bit (0..65535 for 0..1)
+    OUT/<key>_uncertainty.png   ensemble-std heatmap (visualise.heatmap)
+    OUT/<key>_overlay.png       lesion contour on the image, uncertain band shaded
+    OUT/results.json, results.csv, metrics.csv (with ground truth), index.html (report.py)
+    OUT/.dsd-fast/done/<key>.json   the per-image record; written after all of the image's
+                                    outputs, it is what makes an image "finished"
+    OUT/.dsd-fast/lock          held by the run (two runs cannot share a folder)
+
+Every file goes through io.atomic_write: a target is either absent or complete. An image
+is finished only when its record exists, the record's outputs all exist and the input
+file's size and mtime are the ones recorded.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..images import decode_rgb8, strip_rows
+from ..io import write_png, write_text
+from ..metrics import METRIC_KEYS
+from ..uncertainty import entropy_map
+from .discover import InputImage, Prepared, fingerprint
+from .errors import UsageError
+from .evaluate import GroundTruth, write_csv
+from .report import data_uri, render_report, thumbnail_size
+from .visualise import heatmap_strips, overlay, overlay_inplace
+
+OUTPUT_SUFFIXES = {"mask": "_mask.png", "probability": "_prob.png",
+                   "uncertainty": "_uncertainty.png", "overlay": "_overlay.png"}
+STATE_DIR = ".dsd-fast"
+UNCERTAIN_ABOVE = 0.2          # std above which a pixel is in the shaded "uncertain band"
+
+
+def output_paths(out: Path, key: str, kinds: Sequence[str]) -> dict[str, Path]:
+    return {k: out / f"{key}{OUTPUT_SUFFIXES[k]}" for k in kinds}
+
+
+def record_path(out: Path, key: str) -> Path:
+    return out / STATE_DIR / "done" / f"{key}.json"
+
+
+class OutputLock:
+    """An exclusive lock on OUT/.dsd-fast/lock for the run (released by the OS if the
+    process dies). Where fcntl is missing (Windows) it does nothing."""
+
+    def __init__(self, out: Path):
+        self.path = out / STATE_DIR / "lock"
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise UsageError(f"another dsd-fast segment run is writing into {self.path.parents[1]}"
+                             " (wait for it, or choose another -o)") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# ----------------------------------------------------------------------------- one image
+
+def _maps_at(res, h: int, w: int, antialias: bool = False):
+    """The model-size probability and std of a result, bilinearly resized to (h, w) exactly
+    as segment() resizes them (stacked, one interpolate): float32 arrays."""
+    maps = torch.stack((torch.from_numpy(res.probability), torch.from_numpy(res.std)))[None]
+    up = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False,
+                       antialias=antialias)[0]
+    return up[0].clamp_(0, 1).numpy(), up[1].clamp_min_(0).numpy()
+
+
+def _thumbnail(rgb: np.ndarray | None, res, h: int, w: int) -> tuple[str, list[int]]:
+    """The report's thumbnail: the overlay drawn at thumbnail size (so its contour stays
+    visible), as a JPEG data URI."""
+    from PIL import Image
+    th, tw = thumbnail_size(h, w)
+    if rgb is None:
+        small = np.full((th, tw, 3), 40, np.uint8)
+    else:
+        # Subsample to <= 4x the thumbnail first (cheap on 64 MP), then filter down.
+        sy, sx = max(1, h // (4 * th)), max(1, w // (4 * tw))
+        pre = np.ascontiguousarray(rgb[::sy, ::sx])
+        small = np.array(Image.fromarray(pre).resize((tw, th), Image.BOX))
+    prob, std = _maps_at(res, th, tw, antialias=True)
+    return data_uri(overlay(small, prob > 0.5, std)), [th, tw]
+
+
+def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
+                  settings: dict) -> tuple[dict, str | None]:
+    """Write one image's outputs (mask last), then its record. Returns (record, scoring
+    failure or None). `res` is segment()'s result at model size."""
+    item, h, w, out = prep.item, prep.height, prep.width, opts.output
+    paths = output_paths(out, item.key, opts.kinds())
+    prob, std = _maps_at(res, h, w)                      # 2 x 4 bytes per pixel
+    mask = prob > 0.5
+    n = h * w
+    entropy_sum = 0.0
+    for r0, r1 in strip_rows(h, w):
+        entropy_sum += float(entropy_map(prob[r0:r1]).sum())
+    stats = {"area_px": int(np.count_nonzero(mask)), "area_fraction": 0.0,
+             "mean_uncertainty": float(std.mean(dtype=np.float64)),
+             "mean_entropy": entropy_sum / n}
+    stats["area_fraction"] = stats["area_px"] / n
+    band = std > UNCERTAIN_ABOVE
+    stats["uncertain_fraction"] = int(np.count_nonzero(band)) / n
+    if opts.maps:
+        p16 = np.empty((h, w), np.uint16)
+        for r0, r1 in strip_rows(h, w):
+            p16[r0:r1] = (prob[r0:r1] * 65535 + 0.5).astype(np.uint16)
+        write_png(paths["probability"], p16)
+        del p16
+        write_png(paths["uncertainty"], heatmap_strips(std, vmax=0.5))
+    del prob, std
+    thumb, thumb_size = "", [0, 0]
+    if opts.overlay or opts.report:
+        rgb = decode_rgb8(item.path, h, w)
+        thumb, thumb_size = _thumbnail(rgb, res, h, w)
+        if opts.overlay:
+            write_png(paths["overlay"], overlay_inplace(rgb, mask, band))
+        del rgb
+    del band
+    write_png(paths["mask"], mask.astype(np.uint8) * 255, compress_level=6)
+    metrics, score_error = None, None
+    if gt is not None:
+        try:
+            metrics = gt.score(item, mask)
+        except ValueError as e:
+            score_error = str(e)
+    record = {"key": item.key, "input": str(item.path.resolve()), "width": w, "height": h,
+              "model_input": ("full" if prep.downscaled is None
+                              else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
+              **stats,
+              "outputs": {k: p.relative_to(out).as_posix() for k, p in paths.items()},
+              "input_fingerprint": prep.fingerprint, "settings": settings,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "thumbnail": thumb, "thumbnail_size": thumb_size}
+    write_text(record_path(out, item.key), json.dumps(record))
+    record["metrics"] = metrics
+    return record, score_error
+
+
+def finished_record(item: InputImage, opts) -> dict | None:
+    """The item's record if it is finished for these options, else None."""
+    rp = record_path(opts.output, item.key)
+    try:
+        rec = json.loads(rp.read_text())
+        if rec.get("input_fingerprint") != fingerprint(item.path):
+            return None
+    except (OSError, ValueError):
+        return None
+    paths = output_paths(opts.output, item.key, opts.kinds())
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    rec["outputs"] = {k: p.relative_to(opts.output).as_posix() for k, p in paths.items()}
+    return rec
+
+
+# ----------------------------------------------------------------------------- summaries
+
+RESULT_COLUMNS = ("image", "input", "status", "width", "height", "model_input", "area_px",
+                  "area_fraction", "mean_uncertainty", "mean_entropy", "uncertain_fraction")
+
+
+def _json_safe(x):
+    """Non-finite floats become null (JSON has no inf/nan; browsers reject them)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def write_summaries(out: Path, records: list[dict], failures: list[tuple[str, str]],
+                    info: dict, report: bool) -> None:
+    """results.json, results.csv, metrics.csv (when scored) and index.html, atomically."""
+    public = [{k: v for k, v in r.items() if k not in ("thumbnail", "thumbnail_size",
+                                                        "input_fingerprint", "settings")}
+              for r in records]
+    scored = [r for r in records if r.get("metrics") is not None]
+    doc = {"tool": "dsd-fast segment", "settings": info["settings"], "counts": info["counts"],
+           "images": public,
+           "failed": [{"input": n, "error": why} for n, why in failures]}
+    if info.get("summary") is not None:
+        doc["metrics_summary"] = info["summary"]
+    write_text(out / "results.json", json.dumps(_json_safe(doc), indent=1) + "\n")
+
+    columns = RESULT_COLUMNS + (METRIC_KEYS if scored else ())
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in records:
+        row = {**r, **(r.get("metrics") or {}), "image": r["key"]}
+        writer.writerow([(f"{row[c]:.6g}" if isinstance(row.get(c), float) else row.get(c, ""))
+                         for c in columns])
+    write_text(out / "results.csv", buf.getvalue())
+    if scored:
+        write_csv([{"image": r["key"], **r["metrics"]} for r in scored], out / "metrics.csv")
+    if report:
+        write_text(out / "index.html", render_report(records, failures, info))

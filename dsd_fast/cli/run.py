@@ -1,0 +1,433 @@
+"""`dsd-fast segment`: segment many image files into an output folder, safely.
+
+    discover.py   which inputs, their output names (keys), decoding into network inputs
+    outputs.py    each image's files and record, the run's summaries, the folder lock
+    run.py        this file: options, the loop, resume, failures, exit codes
+
+Crash safety. Every file is written through io.atomic_write, so a target is either absent
+or complete. A re-run skips finished images (unless `overwrite`) and redoes the rest. A lock
+file keeps two runs out of one folder, which also makes it safe to delete temporary files
+left by a killed run. Ctrl-C and SIGTERM stop the run between two Python operations:
+temporary files are removed and results.json / index.html are written for what finished.
+
+Memory. The network sees every image at its model size (S x S), so one batch of images
+costs the same however large the images are. Each image is decoded once for the model
+input (above `max_pixels` from a reduced decode: JPEG draft or PIL reduce) and once more
+when its outputs are written, one image at a time; the maps at the original size are built
+in strips (about 20 bytes per pixel at the peak, ~1.3 GB for a 64-megapixel image).
+
+Masks are those of `segment()`: for an image up to `max_pixels` the model input, the
+probability map and the mask are bit-identical to `segment(path, noise_keys=[key])`'s, key
+being the image's output name (e.g. "sub/a"): the initial noise is keyed by that name, so
+batch composition and resuming do not change an image's result.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..images import ImageInputError, load_mask
+from ..io import remove_stale_temp_files
+from ..metrics import summarise
+from .discover import InputImage, discover, is_inside, prepare
+from .errors import Interrupted, OutputError, UsageError
+from .evaluate import GroundTruth, format_summary
+from .memory import auto_batch_size
+from .outputs import (OutputLock, finished_record, output_paths, write_outputs,
+                      write_summaries)
+
+DEFAULT_MAX_PIXELS = 16_000_000
+SUMMARY_EVERY_S = 120.0        # rewrite results.json / index.html this often during a run
+
+
+@dataclass
+class BatchOptions:
+    output: Path
+    checkpoint: str | None = None
+    steps: int = 25
+    ensemble: int = 5
+    seed: int = 0
+    batch_size: int | None = None          # images per network batch; None: from memory
+    threads: int | None = None             # torch intra-op threads; None: torch's default
+    recursive: bool = False
+    overwrite: bool = False
+    allow_inplace: bool = False
+    fail_fast: bool = False
+    gt: str | None = None
+    overlay: bool = True
+    maps: bool = True                      # probability PNG + uncertainty heatmap
+    report: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS   # above this, the model input is a reduced decode
+    quiet: bool = False
+    clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
+
+    def __post_init__(self):
+        self.output = Path(self.output)
+        for name, lo in (("steps", 1), ("ensemble", 1), ("max_pixels", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {lo}, "
+                                 f"got {v!r}")
+        for name in ("batch_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, "
+                                 f"got {v!r}")
+
+    def kinds(self) -> list[str]:
+        """Output kinds every finished image must have, the mask last (written last)."""
+        return ((["probability", "uncertainty"] if self.maps else [])
+                + (["overlay"] if self.overlay else []) + ["mask"])
+
+
+@dataclass
+class RunSummary:
+    exit_code: int
+    segmented: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class RunState:
+    """Everything a run learns as it goes; what the summaries and the exit code come from."""
+    opts: BatchOptions
+    out_s: object                       # where the summary is printed
+    err_s: object                       # where progress, failures and notes go
+    t0: float
+    settings: dict = field(default_factory=dict)
+    gt: GroundTruth | None = None
+    order: list[str] = field(default_factory=list)          # keys in input order
+    done: dict[str, dict] = field(default_factory=dict)     # key -> record of finished images
+    failures: list[tuple[str, str]] = field(default_factory=list)   # (input, why)
+    segmented: int = 0
+    skipped: int = 0
+    interrupted: int = 0                # the signal that stopped the run, 0 if none
+    fatal: str | None = None            # why writing stopped the run
+    total: int | None = None            # inputs named (images found + arguments that gave none)
+
+    def fail(self, path, why: str) -> None:
+        self.failures.append((str(path), why))
+
+    def records(self) -> list[dict]:
+        return [self.done[k] for k in self.order if k in self.done]
+
+    def info(self) -> dict:
+        records = self.records()
+        scored = [dict(r["metrics"]) for r in records if r.get("metrics") is not None]
+        return {"title": f"dsd-fast segment: {self.opts.output.resolve().name}",
+                "settings": self.settings,
+                "counts": {"segmented": self.segmented, "skipped": self.skipped,
+                           "failed": len(self.failures)},
+                "summary": summarise(scored) if scored else None}
+
+
+def run(inputs: Sequence[str], opts: BatchOptions, model=None, out=None, err=None) -> RunSummary:
+    """Segment `inputs` into opts.output; prints progress and a summary; never raises for
+    bad images, bad arguments or interrupts (see RunSummary.exit_code: 0 all done, 1 some
+    image failed or writing failed, 2 the run could not start, 130 / 143 interrupted).
+    `model`: a Pipeline, network or checkpoint path instead of opts.checkpoint."""
+    state = RunState(opts, out or sys.stdout, err or sys.stderr, time.monotonic())
+    try:
+        with _signals_interrupt():
+            return _run(inputs, state, model)
+    except UsageError as e:
+        print(f"error: {e}", file=state.err_s)
+        return RunSummary(exit_code=2, elapsed_s=time.monotonic() - state.t0)
+    except KeyboardInterrupt as e:               # before anything was written
+        signum = getattr(e, "signum", signal.SIGINT)
+        print("interrupted", file=state.err_s)
+        return RunSummary(exit_code=128 + signum, interrupted=True)
+
+
+def _run(inputs, state: RunState, model) -> RunSummary:
+    opts = state.opts
+    out = opts.output
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} exists and is not a folder")
+    found = discover(inputs, opts.recursive, exclude=out)
+    if not found.images and not found.missing:
+        raise UsageError("no input images found")
+    if not opts.allow_inplace and any(is_inside(out, d) for d in found.input_dirs):
+        raise UsageError(f"output folder {out} is inside an input folder; choose another -o, "
+                         "or pass --allow-inplace")
+    state.gt = GroundTruth(opts.gt) if opts.gt else None
+    state.failures = list(found.missing)
+    state.total = len(found.images) + len(found.missing)
+    if not found.images:
+        return _finish(state, write=False)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):
+        remove_stale_temp_files(out)
+        state.settings = _settings(opts, model)
+        state.order = [im.key for im in found.images]
+        todo = _plan(state, found.images)
+        try:
+            if todo:
+                _segment_all(state, todo, model)
+        except OutputError as e:
+            state.fatal = str(e)
+        except KeyboardInterrupt as e:
+            state.interrupted = getattr(e, "signum", signal.SIGINT)
+            remove_stale_temp_files(out)      # a temp file created in the last instant
+        if opts.overwrite:                     # stopped early: earlier outputs still count
+            _keep_earlier_outputs(state, found.images)
+        if state.gt is not None:               # score the skipped images from their masks
+            _score_skipped(state, found.images)
+        return _finish(state)
+
+
+def _plan(state: RunState, images: list[InputImage]) -> list[InputImage]:
+    """Split the inputs into finished ones (recorded as skipped) and the ones to do."""
+    opts, out = state.opts, state.opts.output
+    inputs_real = {im.path.resolve() for im in images}
+    todo: list[InputImage] = []
+    mismatched, example = 0, None
+    for im in images:
+        clash = [p for p in output_paths(out, im.key, opts.kinds()).values()
+                 if p.resolve() in inputs_real]
+        if clash:
+            state.fail(im.path, f"output {clash[0]} would overwrite an input")
+            continue
+        rec = None if opts.overwrite else finished_record(im, opts)
+        if rec is None:
+            todo.append(im)
+            continue
+        if rec.get("settings") != state.settings:
+            mismatched += 1
+            example = example or rec.get("settings") or {}
+        rec["status"] = "skipped"
+        state.done[im.key] = rec
+    if mismatched:
+        diff = ", ".join(f"{k} {example.get(k)} instead of {v}"
+                         for k, v in state.settings.items() if example.get(k) != v)
+        print(f"note: {mismatched} finished image(s) were made with other settings "
+              f"({diff}); they are kept, pass --overwrite to redo them", file=state.err_s)
+    state.skipped = len(state.done)
+    return todo
+
+
+def _segment_all(state: RunState, todo: list[InputImage], model) -> None:
+    """Decode, segment and write `todo`, a batch at a time (failures recorded, not raised)."""
+    import torch
+    from tqdm.auto import tqdm
+    opts = state.opts
+    threads_before = torch.get_num_threads()
+    try:
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        pipe = _load_pipeline(model, opts)
+        batch = opts.batch_size or auto_batch_size(pipe, opts.ensemble)
+        bar = tqdm(total=len(todo), unit="img", desc="segment", disable=opts.quiet,
+                   file=state.err_s, dynamic_ncols=True)
+        last_summary = time.monotonic()
+        try:
+            queue = list(todo)
+            while queue and not (opts.fail_fast and state.failures):
+                chunk, queue = _take_prepared(state, queue, batch, pipe.preprocessing, bar)
+                if not chunk:
+                    continue
+                results, batch = _segment_chunk(state, chunk, pipe, batch, bar)
+                for prep, res in results:
+                    _write_one(state, prep, res)
+                    bar.update(1)
+                    if opts.fail_fast and state.failures:
+                        break
+                if time.monotonic() - last_summary > SUMMARY_EVERY_S:
+                    _write_summaries_quietly(state)
+                    last_summary = time.monotonic()
+        finally:
+            bar.close()
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _load_pipeline(model, opts: BatchOptions):
+    from ..api import as_pipeline
+    from ..checkpoint import CheckpointError
+    try:
+        return as_pipeline(model if model is not None else opts.checkpoint)
+    except (FileNotFoundError, CheckpointError, OSError, ValueError, TypeError) as e:
+        raise UsageError(f"cannot load the model: {e}") from None
+
+
+def _take_prepared(state: RunState, queue, batch, preprocessing, bar):
+    """Decode images from the queue until `batch` are ready (failures recorded)."""
+    chunk = []
+    while queue and len(chunk) < batch:
+        item = queue.pop(0)
+        try:
+            chunk.append(prepare(item, preprocessing, state.opts.max_pixels))
+        except ImageInputError as e:
+            state.fail(item.path, str(e))
+            bar.update(1)
+            if state.opts.fail_fast:           # finish the images before it, then stop
+                return chunk, []
+        except MemoryError:
+            state.fail(item.path, "out of memory while decoding it")
+            bar.update(1)
+    return chunk, queue
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower() \
+        or "can't allocate memory" in str(e).lower()
+
+
+def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
+    """pipe.segment on the chunk, `batch` images per call (one network batch each). When the
+    network runs out of memory the batch is halved, for the rest of the run too.
+    Returns ([(prepared, result)], batch)."""
+    opts = state.opts
+    done, i = [], 0
+    while i < len(chunk):
+        piece = chunk[i:i + batch]
+        try:
+            # Noise keyed by each image's output name: a resumed or re-batched run gives
+            # every image the same chains as an uninterrupted one.
+            res = pipe.segment([p.model_chw for p in piece], steps=opts.steps,
+                               ensemble=opts.ensemble, seed=opts.seed, batch_size=len(piece),
+                               noise_keys=[p.item.key for p in piece], clip_x0=opts.clip_x0)
+        except (MemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
+            if len(piece) > 1:
+                batch = max(1, len(piece) // 2)
+                continue
+            state.fail(piece[0].item.path, "out of memory in the network")
+            bar.update(1)
+        except FloatingPointError as e:
+            for p in piece:
+                state.fail(p.item.path, f"the sampler failed: {e}")
+                bar.update(1)
+        else:
+            done.extend(zip(piece, res))
+        i += len(piece)
+    return done, batch
+
+
+def _write_one(state: RunState, prep, res) -> None:
+    try:
+        rec, score_error = write_outputs(prep, res, state.opts, state.gt, state.settings)
+    except ImageInputError as e:
+        state.fail(prep.item.path, str(e))
+    except MemoryError:
+        state.fail(prep.item.path, "out of memory while writing its outputs")
+    else:
+        rec["status"] = "segmented"
+        state.done[prep.item.key] = rec
+        state.segmented += 1
+        if score_error:
+            state.fail(prep.item.path, score_error)
+
+
+def _keep_earlier_outputs(state: RunState, images) -> None:
+    failed_names = {n for n, _ in state.failures}
+    for im in images:
+        if im.key not in state.done and str(im.path) not in failed_names:
+            rec = finished_record(im, state.opts)
+            if rec is not None:
+                rec["status"] = "earlier"
+                state.done[im.key] = rec
+
+
+def _score_skipped(state: RunState, images) -> None:
+    for im in images:
+        rec = state.done.get(im.key)
+        if rec is None or rec.get("status") not in ("skipped", "earlier"):
+            continue
+        try:
+            mask = load_mask(state.opts.output / rec["outputs"]["mask"]).numpy()
+            rec["metrics"] = state.gt.score(im, mask)
+        except (ValueError, ImageInputError) as e:
+            rec["metrics"] = None
+            state.fail(im.path, str(e))
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM (plain `kill`) interrupts like Ctrl-C, so temp files get cleaned up too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _settings(opts: BatchOptions, model) -> dict:
+    if opts.checkpoint is not None:
+        ckpt = str(Path(opts.checkpoint).resolve())
+    elif model is not None:
+        ckpt = "(model object)"
+    else:
+        ckpt = "(bundled default)"
+    return {"checkpoint": ckpt, "steps": opts.steps, "ensemble": opts.ensemble,
+            "seed": opts.seed, "clip_x0": opts.clip_x0}
+
+
+def _write_summaries_quietly(state: RunState) -> None:
+    """Periodic update during the run: a failure here must not stop the segmentation."""
+    try:
+        write_summaries(state.opts.output, state.records(), state.failures, state.info(),
+                        state.opts.report)
+    except OutputError as e:
+        print(f"warning: {e}", file=state.err_s)
+
+
+def _finish(state: RunState, write: bool = True) -> RunSummary:
+    opts, out = state.opts, state.opts.output
+    info = state.info()
+    if write:
+        try:
+            write_summaries(out, state.records(), state.failures, info, opts.report)
+        except OutputError as e:
+            state.fatal = state.fatal or str(e)
+        except KeyboardInterrupt as e:
+            state.interrupted = state.interrupted or getattr(e, "signum", signal.SIGINT)
+    elapsed = time.monotonic() - state.t0
+    out_s, err_s = state.out_s, state.err_s
+    if info["summary"] is not None:
+        print(format_summary(info["summary"], info["summary"]["n_images"]), file=out_s)
+        print(f"per-image metrics: {out / 'metrics.csv'}", file=out_s)
+    for name, why in state.failures:
+        print(f"failed: {why if name in why else f'{name}: {why}'}", file=err_s)
+    records = state.records()
+    total = state.total if state.total is not None else len(records) + len(state.failures)
+    rate = (f", {state.segmented / elapsed:.2f} images/s"
+            if state.segmented and elapsed > 0 else "")
+    print(f"segmented {state.segmented}, skipped {state.skipped} (already done), failed "
+          f"{len(state.failures)} of {total} inputs in {elapsed:.1f} s{rate}; outputs in {out}",
+          file=out_s)
+    if write:
+        print(f"results: {out / 'results.json'}, {out / 'results.csv'}"
+              + (f"; report: {out / 'index.html'}" if opts.report else ""), file=out_s)
+    if state.fatal:
+        print(f"error: {state.fatal}; stopped", file=err_s)
+    if state.interrupted:
+        print(f"interrupted: {len(records)} of {total} inputs finished; run the same command "
+              "again to resume", file=err_s)
+        code = 128 + int(state.interrupted)
+    elif state.fatal or state.failures:
+        code = 1
+    else:
+        code = 0
+    return RunSummary(exit_code=code, segmented=state.segmented, skipped=state.skipped,
+                      failures=state.failures, records=records,
+                      interrupted=bool(state.interrupted), elapsed_s=elapsed)

@@ -1,0 +1,71 @@
+"""The training noise schedule (kept apart from the network and the samplers).
+
+Notation (Ho et al. 2020; Song et al. 2021):
+    beta_t          noise variance added at step t          `betas`
+    alpha_t         1 - beta_t                              `alphas`
+    abar_t          prod_{s<=t} alpha_s                     `alphas_cumprod`
+    abar_prev_t     abar_{t-1}, with abar_{-1} = 1          `alphas_cumprod_prev`
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps           `q_sample`
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PUBLISHED_T = 250
+PUBLISHED_BETA_START, PUBLISHED_BETA_END = 4e-4, 8e-2
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The training noise schedule as float64 tables (cast once when a sampler is built)."""
+    betas: torch.Tensor          # (T,)
+
+    @classmethod
+    def linear(cls, timesteps: int = PUBLISHED_T, beta_start: float = PUBLISHED_BETA_START,
+               beta_end: float = PUBLISHED_BETA_END) -> "Schedule":
+        # The published code builds the betas with torch.linspace in float32; keep those
+        # exact float32 values and do the products in float64.
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float32)
+        return cls(betas.double())
+
+    @classmethod
+    def published(cls) -> "Schedule":
+        return cls.linear()
+
+    @property
+    def T(self) -> int:
+        return self.betas.numel()
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.cumprod(self.alphas, dim=0)
+
+    @property
+    def alphas_cumprod_prev(self) -> torch.Tensor:
+        ac = self.alphas_cumprod
+        return torch.cat((ac.new_ones(1), ac[:-1]))
+
+    @property
+    def posterior_variance(self) -> torch.Tensor:
+        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    def to_dict(self) -> dict:
+        return {"kind": "table", "betas": [float(b) for b in self.betas]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Schedule":
+        if d.get("kind") != "table" or "betas" not in d:
+            raise ValueError(f"unrecognised schedule description: keys {sorted(d)}")
+        return cls(torch.tensor(d["betas"], dtype=torch.float64))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, per sample t (B,)."""
+        ac = self.alphas_cumprod.to(device=x0.device)[t].to(x0.dtype)
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        return ac.sqrt().view(shape) * x0 + (1 - ac).sqrt().view(shape) * noise

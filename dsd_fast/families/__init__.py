@@ -1,0 +1,40 @@
+"""Model families: one folder per network (reference, fast model, checkpoint reading).
+
+    FAMILIES["dermosegdiff"]      DermoSegDiff (Bozorgpour et al., MICCAI 2023 PRIME)
+
+`get_family(name)`, `family_of_network(net)` and `detect_family(obj)` are how the rest of
+the engine finds a family; none of them imports a family's fast path.
+"""
+from __future__ import annotations
+
+from .base import ModelFamily
+from .dermosegdiff import DERMOSEGDIFF
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF,)}
+
+
+def get_family(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}") from None
+
+
+def family_of_network(net) -> ModelFamily:
+    for fam in FAMILIES.values():
+        if fam.owns(net):
+            return fam
+    raise TypeError(f"{type(net).__name__} is not a network of a known model family "
+                    f"({', '.join(sorted(FAMILIES))}); wrap it in a Pipeline with its family")
+
+
+def detect_family(obj: dict) -> tuple[ModelFamily, dict] | None:
+    """(family, state dict) of the first family that recognises a loaded file object."""
+    for fam in FAMILIES.values():
+        sd = fam.state_dict_from(obj)
+        if sd is not None and fam.recognises(sd):
+            return fam, sd
+    return None
+
+
+__all__ = ["ModelFamily", "FAMILIES", "get_family", "family_of_network", "detect_family"]

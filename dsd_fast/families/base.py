@@ -1,0 +1,100 @@
+"""The model-family interface: what the engine needs to know about a network to load it,
+feed it, sample with it and make it fast. Adding a network is adding a folder beside
+`dermosegdiff/` whose `__init__` registers one `ModelFamily` (families/__init__.py).
+
+Every mask-diffusion network is called the same way,
+
+    net(x_t, image, t) -> raw output, as the original code's network returns it
+        x_t   (B, C_mask, S, S) noisy mask in the family's mask space
+        image (B, C_img, S, S)  the preprocessed image (`preprocessing(config)`)
+        t     (B,) int64        training step in [0, T-1]
+
+and `prediction(config)` says what that output is: "eps" (noise), "x0" (the clean mask) or
+"v"; the samplers convert to noise estimates (diffusion/ensemble.py). Tests, benchmarks and
+samplers rely on nothing else.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from ..diffusion import Schedule
+from ..preprocess import Preprocessing
+
+
+class ModelFamily:
+    """Subclass per family; instances are stateless apart from the fast-model cache."""
+
+    name: str = ""                    # registry key, stored in own-format checkpoints
+    title: str = ""                   # human name for messages ("DermoSegDiff (MICCAI 2023)")
+    config_class: type = object       # frozen dataclass with to_json / from_dict
+
+    # ------------------------------------------------------------------ networks
+    def build_reference(self, config) -> nn.Module:
+        """The readable reference network (never imports the fast path or the ops)."""
+        raise NotImplementedError
+
+    def build_fast(self, net: nn.Module) -> nn.Module:
+        """An inference-only fast copy of a reference network; default: the network itself."""
+        return net
+
+    def config_of(self, net: nn.Module):
+        return net.config
+
+    def owns(self, net: nn.Module) -> bool:
+        """Whether `net` is this family's reference (or fast) network."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ diffusion
+    def prediction(self, config) -> str:
+        """What `net(x_t, image, t)` returns: "eps", "x0" or "v"."""
+        return "eps"
+
+    def default_schedule(self, config) -> Schedule:
+        raise NotImplementedError
+
+    def preprocessing(self, config) -> Preprocessing:
+        raise NotImplementedError
+
+    def chain_bytes(self, config) -> int:
+        """Rough peak activation bytes of one chain in a forward (sizes batches from memory).
+        Default: 12 float32 copies of 256 channels at the input size. Deliberately high."""
+        s = self.preprocessing(config).image_size
+        return 4 * 12 * 256 * s * s
+
+    # ------------------------------------------------------------------ checkpoints
+    def recognises(self, state_dict: dict[str, torch.Tensor]) -> bool:
+        """Whether a state dict's keys are this family's (key patterns only, no shapes)."""
+        raise NotImplementedError
+
+    def state_dict_from(self, obj: dict) -> dict[str, torch.Tensor] | None:
+        """The network's state dict inside a loaded file object (a bare state dict, or a
+        training checkpoint of the original code), or None when this family sees none."""
+        raise NotImplementedError
+
+    def infer_config(self, state_dict: dict[str, torch.Tensor], **settings):
+        """The config from tensor shapes; `settings` give what shapes cannot tell."""
+        raise NotImplementedError
+
+    def schedule_from(self, obj: dict, config) -> Schedule:
+        """The schedule stored in a file object of the original code, else the default."""
+        return self.default_schedule(config)
+
+    # ------------------------------------------------------------------ fast-model cache
+    def fast_model_for(self, net: nn.Module) -> nn.Module:
+        """The cached fast copy of `net`, rebuilt whenever the reference weights changed
+        (parameter version counters move on every in-place update: optimiser steps, loads)."""
+        if getattr(net, "is_fast", False):
+            return net
+        cache = self.__dict__.setdefault("_fast_cache", weakref.WeakKeyDictionary())
+        fp = tuple((p.data_ptr(), p._version) for p in net.parameters())
+        hit = cache.get(net)
+        if hit is None or hit[0] != fp:
+            hit = (fp, self.build_fast(net))
+            cache[net] = hit
+        return hit[1]
+
+    def __repr__(self) -> str:
+        return f"<model family {self.name!r}>"

@@ -1,0 +1,69 @@
+"""DermoSegDiff (Bozorgpour et al., MICCAI 2023 PRIME): the first family.
+
+    config.py       ModelConfig, the published and the small CPU configurations
+    layers.py       blocks of the reference network (published key names)
+    reference.py    the reference network, bit-identical to the published code
+    checkpoint.py   published training checkpoints and state dicts; config from shapes
+    fast.py         the fast model: folded weights, fused ops (imports dsd_fast.ops)
+    fast_attention.py, fast_resample.py   its linear attention and resampling
+
+The network predicts noise: net(x_t, image, t) -> eps_hat, with x_t the noisy mask in
+[-1, 1] and image the RGB image resized to S x S and min-max normalised per image.
+"""
+from __future__ import annotations
+
+from ...diffusion import Schedule
+from ...preprocess import Preprocessing
+from ..base import ModelFamily
+from . import checkpoint as _ckpt
+from .config import CONFIGS, ModelConfig, get_config
+from .reference import DermoSegDiff, build_model
+
+
+class DermoSegDiffFamily(ModelFamily):
+    name = "dermosegdiff"
+    title = "DermoSegDiff"
+    config_class = ModelConfig
+    signature_keys = _ckpt.SIGNATURE_KEYS
+
+    def build_reference(self, config: ModelConfig) -> DermoSegDiff:
+        return DermoSegDiff(config)
+
+    def build_fast(self, net):
+        from .fast import build_fast_model      # the fast path imports the ops: only here
+        return build_fast_model(net)
+
+    def owns(self, net) -> bool:
+        return isinstance(net, DermoSegDiff)
+
+    def prediction(self, config) -> str:
+        return "eps"
+
+    def default_schedule(self, config) -> Schedule:
+        return Schedule.published()
+
+    def preprocessing(self, config: ModelConfig) -> Preprocessing:
+        return Preprocessing(image_size=config.image_size, resize="bilinear", normalise="minmax")
+
+    def chain_bytes(self, config: ModelConfig) -> int:
+        """The feature maps of both streams at every level, ~12 float32 copies alive at once
+        (skips kept for the decoder, residual and norm temporaries). Deliberately high."""
+        s = config.image_size
+        per = sum((cx + cg) * max(1, s >> lvl) ** 2
+                  for lvl, (cx, cg) in enumerate(zip(config.dims_x, config.dims_g)))
+        return 4 * 12 * per
+
+    def recognises(self, state_dict) -> bool:
+        return _ckpt.recognises(state_dict)
+
+    def state_dict_from(self, obj):
+        return _ckpt.state_dict_from(obj)
+
+    def infer_config(self, state_dict, **settings) -> ModelConfig:
+        return _ckpt.infer_config(state_dict, **settings)
+
+
+DERMOSEGDIFF = DermoSegDiffFamily()
+
+__all__ = ["DERMOSEGDIFF", "DermoSegDiffFamily", "DermoSegDiff", "build_model", "ModelConfig",
+           "CONFIGS", "get_config"]

@@ -1,0 +1,89 @@
+"""Writing files safely: every writer in the package goes through `atomic_write`.
+
+A file is written to a temporary name in the target's own folder (same file system, so the
+rename is atomic), flushed and fsync'ed, then renamed over the target: a reader, or a crash
+at any moment, sees either the old file or the complete new one, never a part. The temporary
+file is removed on any error, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+TMP_SUFFIX = ".dsd.tmp"        # temporary files are `.<target name>.<random>.dsd.tmp`
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, permissions, read-only file system); the
+    message names the file. An OSError, so callers that catch OSError keep working."""
+
+
+def atomic_write(target, write: Callable) -> Path:
+    """Write `target` through `write(binary_file)`, atomically (see the module docstring).
+    OSErrors become WriteError naming the target."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                   suffix=TMP_SUFFIX)
+    except OSError as e:
+        raise WriteError(f"cannot write {target}: {e}") from e
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; outputs get the usual mode
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:            # also KeyboardInterrupt: never leave the temp file
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(f"cannot write {target}: {e}") from e
+        raise
+    return target
+
+
+def write_text(target, text: str) -> Path:
+    return atomic_write(target, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_png(target, arr, compress_level: int = 1) -> Path:
+    """uint8 (H, W) / (H, W, 3) or uint16 (H, W) (16-bit PNG) array -> PNG, atomically.
+    Level 1 zlib: ~5x faster than PIL's default 6 for ~15% larger photos."""
+    from PIL import Image
+    im = Image.fromarray(arr)
+    return atomic_write(target, lambda f: im.save(f, format="PNG",
+                                                  compress_level=compress_level))
+
+
+def torch_save(obj, target) -> Path:
+    """torch.save, atomically (training checkpoints)."""
+    import torch
+    return atomic_write(target, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temp_files(folder) -> int:
+    """Delete temporary files a killed writer left under `folder` (only names made here)."""
+    n = 0
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.startswith(".") and f.endswith(TMP_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, f))
+                    n += 1
+    return n
+
+
+_UMASK = None
+
+
+def _umask() -> int:
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)    # reading the umask means setting it: set it back at once
+        os.umask(_UMASK)
+    return _UMASK

@@ -1,0 +1,152 @@
+"""The fused ops behind typed wrappers: C++ on the CPU, Triton on CUDA, twins elsewhere.
+
+    from dsd_fast import ops
+    y = ops.ff_parser(x, weight)                       # irfft2(rfft2(x) * w), one pass
+    ops.ff_parser(x, weight, out=buf[:, :c])           # straight into a cat buffer's slice
+    h = ops.group_norm_silu(x, gamma, beta, 8, 1e-5, scale, shift)
+    x = ops.gated_conv1x1(g, weight, bias, x)          # (conv1x1(g) + bias) * x
+    y = ops.linear_attention(xn, w_qkv, w_out, b_out)  # LinearAttention before its norm
+
+    reference.py   the twins: the same formulas in plain PyTorch (the oracle, the fallback)
+    cpu.py         loading the C++ kernels (csrc/, the extension `dsd_fast._C`)
+    schemas.py     the ops' schemas and fake kernels (torch.compile / export)
+    triton/        the CUDA kernels, one file per op, registered as the ops' CUDA kernels
+
+Each wrapper runs its reference twin instead of a registered kernel when
+  - the inputs are CPU tensors and the extension is not built (`AVAILABLE` is False; one
+    warning at import says so) or `DSD_FAST_DISABLE_EXT=1` is set (no warning: asked for),
+    or they are not float32;
+  - the inputs are CUDA tensors and the Triton kernels are not registered (`GPU_KERNELS`);
+  - autograd is recording for an input (the kernels are inference-only: no backward).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import reference as _ref
+from . import schemas
+from .cpu import BUILD_HINT, DISABLE_ENV, load_extension
+
+__all__ = ["AVAILABLE", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
+           "linear_attention", "fast_path_available", "register_gpu_kernels"]
+
+AVAILABLE, _why = load_extension()          # the C++ CPU kernels
+if _why is not None:
+    warnings.warn(_why, RuntimeWarning, stacklevel=2)
+if AVAILABLE:
+    schemas.register_fakes()
+
+GPU_KERNELS = False                          # the Triton kernels serve CUDA tensors
+
+
+def register_gpu_kernels() -> bool:
+    """Serve the ops on CUDA tensors with the Triton kernels (ops/triton), defining the
+    schemas first if the C++ extension did not. Returns whether they are registered."""
+    global GPU_KERNELS
+    if GPU_KERNELS:
+        return True
+    from .triton import TRITON_AVAILABLE, register_cuda_impls
+    if not TRITON_AVAILABLE:
+        return False
+    schemas.define_missing()
+    schemas.register_fakes()
+    GPU_KERNELS = bool(register_cuda_impls())
+    return GPU_KERNELS
+
+
+def fast_path_available(device) -> bool:
+    """Whether the fused kernels serve float32 tensors on `device` (else the twins run)."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return AVAILABLE
+    if kind == "cuda":
+        return GPU_KERNELS or register_gpu_kernels()
+    return False
+
+
+def _fast(*tensors: torch.Tensor | None) -> bool:
+    """True when a registered kernel can take these inputs: the C++ kernel for float32 CPU
+    tensors, the Triton kernel (once registered) for float32/float16/bfloat16 CUDA tensors."""
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if grad and t.requires_grad:
+            return False                   # no backward in the fused kernels
+        if t.device.type == "cpu":
+            if not AVAILABLE or t.dtype != torch.float32:
+                return False
+        elif t.device.type == "cuda":
+            if not GPU_KERNELS or t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                return False
+        else:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Typed wrappers
+
+
+def ff_parser(x: torch.Tensor, weight: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """irfft2(rfft2(x, norm="ortho") * complex(weight), s=(H, W), norm="ortho").
+
+    x (B, C, H, W) float32; weight (C, H, W//2+1, 2) (real, imag). With `out` (x's shape,
+    each (b, c) plane contiguous, e.g. `buf[:, :C]` of a contiguous concatenation buffer) the
+    result is written there and `out` is returned; the rest of the buffer is untouched.
+    """
+    if out is None:
+        if _fast(x, weight):
+            return torch.ops.dsd_fast.ff_parser.default(x, weight)
+        return _ref.ff_parser_ref(x, weight)
+    if _fast(x, weight, out):
+        torch.ops.dsd_fast.ff_parser_out.default(x, weight, out)
+        return out
+    return _ref.ff_parser_out_ref(x, weight, out)
+
+
+def group_norm_silu(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, groups: int,
+                    eps: float = 1e-5, scale: torch.Tensor | None = None,
+                    shift: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(group_norm(x, groups, gamma, beta, eps) * (scale + 1) + shift).
+
+    x (B, C, H, W); gamma, beta (C,); scale, shift (B, C) or (B, C, 1, 1) or None.
+    """
+    b, c = x.shape[:2]
+    scale = None if scale is None else scale.reshape(b, c)
+    shift = None if shift is None else shift.reshape(b, c)
+    if _fast(x, gamma, beta, scale, shift):
+        return torch.ops.dsd_fast.group_norm_silu.default(x, gamma, beta, int(groups),
+                                                          float(eps), scale, shift)
+    return _ref.group_norm_silu_ref(x, gamma, beta, groups, eps, scale, shift)
+
+
+def gated_conv1x1(g: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  x: torch.Tensor) -> torch.Tensor:
+    """(conv1x1(g, weight) + bias) * x.
+
+    g (B, Cg, H, W); weight (Cx, Cg, 1, 1) or (Cx, Cg); bias (Cx,); x (B, Cx, H, W).
+    """
+    if _fast(g, weight, bias, x):
+        return torch.ops.dsd_fast.gated_conv1x1.default(g, weight, bias, x)
+    return _ref.gated_conv1x1_ref(g, weight, bias, x)
+
+
+def linear_attention(xn: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
+                     b_out: torch.Tensor) -> torch.Tensor:
+    """The published LinearAttention (heads 4, dim_head 32) up to its output GroupNorm:
+    to_out_conv(attention(xn)), computed without forming q, k, v or the attention output.
+
+    xn (B, C, H, W) (the PreNorm'd input); w_qkv (384, C[, 1, 1]); w_out (Co, 128[, 1, 1]);
+    b_out (Co,) -> (B, Co, H, W). CPU only (no Triton twin): elsewhere the reference runs.
+    """
+    if _fast(xn, w_qkv, w_out, b_out) and xn.device.type == "cpu":
+        return torch.ops.dsd_fast.linear_attention.default(xn, w_qkv, w_out, b_out)
+    return _ref.linear_attention_ref(xn, w_qkv, w_out, b_out)
+
+
+if torch.cuda.is_available():
+    register_gpu_kernels()

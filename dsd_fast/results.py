@@ -1,0 +1,87 @@
+"""From an image's ensemble of samples to what the user gets: mask, maps, fusion, CRF.
+
+    samples (E, S, S) in mask space [-1, 1]
+    probability p = clamp((mean + 1) / 2, 0, 1); std of each sample mapped to [0, 1]
+    p and std upsampled bilinearly to the original (H, W); mask = p > 0.5
+The published rule "mean of samples > 0" is the same threshold as p > 0.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FUSIONS = ("mean", "staple")
+REFINES = (None, "crf")
+
+
+@dataclass
+class SegmentationResult:
+    mask: np.ndarray              # (H, W) bool, at the image's original size
+    probability: np.ndarray       # (H, W) float32 in [0, 1]: ensemble mean mapped to [0, 1]
+    std: np.ndarray               # (H, W) float32: per-pixel std across the ensemble, [0, 1] units
+    entropy: np.ndarray           # (H, W) float32: binary entropy (bits) of `probability`
+    samples: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) bool when asked
+    fusion: str = "mean"          # how `mask` was made: "mean", "staple", or "mean+crf"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape
+
+
+def check_fusion(fusion: str, refine: str | None) -> None:
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if refine not in REFINES:
+        raise ValueError(f"refine must be None or 'crf', got {refine!r}")
+    if refine == "crf" and fusion != "mean":
+        raise ValueError("refine='crf' follows DiffSeg's protocol (CRF on the means of random "
+                         "sample subsets) and replaces the fusion: use it with fusion='mean'")
+    if refine == "crf":
+        from .crf import _densecrf
+        _densecrf()                      # fail before sampling if the extra is missing
+
+
+def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
+                      return_samples: bool = False, fusion: str = "mean",
+                      refine: str | None = None, image: torch.Tensor | None = None,
+                      rng: np.random.Generator | None = None) -> SegmentationResult:
+    """(E, S, S) samples in mask space of one image -> result at the original (H, W).
+
+    probability = clamp((mean of the raw samples + 1) / 2, 0, 1): thresholding it at 0.5 is
+    the published rule "mean > 0" (samples are not clipped, as published).
+    std = std over the ensemble of each sample mapped to [0, 1] and clipped there, so a
+    wild sample cannot make the spread exceed what a binary disagreement gives (0.5).
+    fusion="staple" makes the mask from STAPLE over the binary samples instead of the mean;
+    refine="crf" refines with DenseCRF on `image` (3, H, W) (DiffSeg's protocol).
+    """
+    from .uncertainty import entropy_map, staple_fusion
+    samples = samples.float()
+    prob = ((samples.mean(dim=0) + 1) / 2).clamp(0, 1)
+    fg = ((samples + 1) / 2).clamp(0, 1)
+    std = fg.std(dim=0, unbiased=False)
+    maps = torch.stack((prob, std))[None]                          # (1, 2, S, S)
+    up = F.interpolate(maps, size=size_hw, mode="bilinear", align_corners=False)[0]
+    probability = up[0].clamp(0, 1).numpy().astype(np.float32)
+    mask = probability > 0.5
+    need_samples = return_samples or fusion == "staple" or refine == "crf"
+    fg_up = (F.interpolate(fg[None], size=size_hw, mode="bilinear", align_corners=False)[0]
+             .numpy() if need_samples else None)                   # (E, H, W) in [0, 1]
+    binary = fg_up > 0.5 if need_samples else None
+    if fusion == "staple":
+        mask = staple_fusion(binary)
+    if refine == "crf":
+        from .crf import diffseg_refine
+        from .images import to_uint8_rgb
+        refined = diffseg_refine(to_uint8_rgb(image.numpy()), fg_up,
+                                 rng or np.random.default_rng(0))
+        mask = refined > 0.5
+    res = SegmentationResult(mask=mask, probability=probability,
+                             std=up[1].clamp_min(0).numpy().astype(np.float32),
+                             entropy=entropy_map(probability).astype(np.float32),
+                             fusion=fusion + ("+crf" if refine == "crf" else ""))
+    if return_samples:
+        res.samples = binary
+    return res

@@ -1,0 +1,9 @@
+"""Training (DermoSegDiff): data, losses, the resumable loop.
+
+    data.py     image/mask pairs from folders, held at model size; augmentations
+    losses.py   eps-MSE and the published boundary-aware loss
+    loop.py     TrainOptions, Trainer (Adam, EMA, validation, checkpoints), validate
+"""
+from .loop import EMA, TrainOptions, Trainer, train, validate
+
+__all__ = ["TrainOptions", "Trainer", "EMA", "train", "validate"]
