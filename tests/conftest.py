@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from dsd_fast import DermoSegDiff, get_config
-from dsd_fast.config import Preprocessing
-from dsd_fast.diffusion import Schedule
 
-SHARED_PH2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ph2"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PH2 = REPO.parent / "shared" / "data" / "ph2"
 
 
 @pytest.fixture(scope="session")
@@ -22,14 +21,13 @@ def ph2_dir() -> Path:
 
 def make_model(name: str = "tiny", seed: int = 0, perturb: float = 0.05) -> DermoSegDiff:
     """A small model with every weight (FF-Parser gates and GroupNorm affines included)
-    moved off its initial value, so tests cannot pass by an identity or zero path."""
+    moved off its initial value, so tests cannot pass by an identity or zero path. It is a
+    plain network: segment() gives it the family's default schedule and preprocessing."""
     torch.manual_seed(seed)
     model = DermoSegDiff(get_config(name))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * perturb)
-    model.schedule = Schedule.published()
-    model.preprocessing = Preprocessing(model.config.image_size)
     return model.eval()
 
 

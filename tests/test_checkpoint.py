@@ -1,13 +1,16 @@
-"""Checkpoint formats: published training checkpoint, bare state dict, own safetensors."""
+"""Checkpoint formats: published training checkpoint, bare state dict, own safetensors;
+family detection."""
 import json
 import pickle
 
 import pytest
 import torch
 
-from dsd_fast import CheckpointError, ModelConfig, get_config, load_model, save_model
-from dsd_fast.checkpoint import infer_config
+import dsd_fast
+from dsd_fast import CheckpointError, ModelConfig, Pipeline, get_config, load_model, save_model
 from dsd_fast.diffusion import Schedule
+from dsd_fast.families.dermosegdiff.checkpoint import infer_config
+from dsd_fast.preprocess import Preprocessing
 
 from conftest import make_model
 
@@ -53,19 +56,55 @@ def test_bare_state_dict_file_and_in_memory(tmp_path, tiny_model):
     assert _same_outputs(tiny_model, load_model(tiny_model.state_dict(), config=get_config("tiny")))
 
 
-def test_own_format_round_trip_keeps_config_schedule_preprocessing(tmp_path, tiny_ff_model):
-    tiny_ff_model.schedule = Schedule.linear(100, 1e-4, 2e-2)
-    path = save_model(tiny_ff_model, tmp_path / "m.safetensors")
+def test_own_format_round_trip_keeps_family_config_schedule_preprocessing(tmp_path,
+                                                                          tiny_ff_model):
+    sched = Schedule.linear(100, 1e-4, 2e-2)
+    pre = Preprocessing(16, normalise="none")
+    path = save_model(tiny_ff_model, tmp_path / "m.safetensors", schedule=sched,
+                      preprocessing=pre)
     loaded = load_model(path)                  # no config given: read from metadata
     assert loaded.config == tiny_ff_model.config
-    assert torch.equal(loaded.schedule.betas, tiny_ff_model.schedule.betas)
-    assert loaded.preprocessing.image_size == 16
     assert _same_outputs(tiny_ff_model, loaded)
+    pipe = dsd_fast.load(path)
+    assert torch.equal(pipe.schedule.betas, sched.betas) and pipe.preprocessing == pre
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "dsd_fast" and json.loads(meta["config"])["ff_parser"] is True
+    assert meta["family"] == "dermosegdiff" and meta["format_version"] == "2"
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    # a Pipeline saves its own schedule and preprocessing
+    path2 = save_model(pipe, tmp_path / "p.safetensors")
+    again = dsd_fast.load(path2)
+    assert torch.equal(again.schedule.betas, sched.betas) and again.preprocessing == pre
+
+
+def test_version_1_files_without_a_family_load_as_dermosegdiff(tmp_path, tiny_model):
+    """Files written before families existed (format 1: no "family" key), e.g. the bundled
+    default model, are DermoSegDiff."""
+    from safetensors.torch import save_file
+    meta = {"format": "dsd_fast", "format_version": "1", "config": tiny_model.config.to_json(),
+            "schedule": json.dumps(Schedule.published().to_dict()),
+            "preprocessing": json.dumps({"image_size": 16, "resize": "bilinear",
+                                         "normalise": "minmax"})}
+    path = tmp_path / "v1.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path),
+              metadata=meta)
+    pipe = dsd_fast.load(path)
+    assert pipe.family.name == "dermosegdiff" and _same_outputs(tiny_model, pipe.model)
+
+
+def test_unknown_weights_name_the_families_tried(tiny_model):
+    with pytest.raises(CheckpointError, match=r"no model family.*dermosegdiff.*time_mlp_x"):
+        load_model({"encoder.weight": torch.zeros(3), "decoder.bias": torch.zeros(3)})
+    with pytest.raises(KeyError, match="unknown model family 'medsegdiff'.*dermosegdiff"):
+        load_model(tiny_model.state_dict(), family="medsegdiff")
+    # the family named explicitly: its own message
+    with pytest.raises(CheckpointError, match="DermoSegDiff"):
+        load_model({"epoch": 3}, family="dermosegdiff")
+    # a network that is not of any family cannot be saved or segmented
+    with pytest.raises(TypeError, match="model family"):
+        Pipeline.from_model(torch.nn.Conv2d(1, 1, 1))
 
 
 def test_config_inference_from_shapes():

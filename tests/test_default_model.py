@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import dsd_fast
 from dsd_fast import get_config, segment
+from dsd_fast.api import DEFAULT_MODEL_PATH
 from dsd_fast.metrics import dice
-from dsd_fast.segmentation import DEFAULT_MODEL_PATH, default_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "dsd_fast" / "samples"
-# Measured with the bundled weights (step 12000; steps 10, ensemble 3, seed 0, clipped DDIM)
-# on IMD009: Dice 0.903 (IMD019 0.967, IMD031 0.973); see MODEL_CARD.md. The floor sits
-# well below it so only a broken bundle fails.
+# Measured with the bundled weights (step 12000; steps 10, ensemble 3, seed 0, clipped DDIM,
+# noise keyed by the image's content, the default since 0.2) on IMD009: Dice 0.861 (IMD019
+# 0.950, IMD031 0.964); keyed by list position, as before 0.2, IMD009 gave 0.903: the draw
+# of initial noise alone moves one image's Dice by ~0.04 at this small ensemble. The floor
+# sits below both so only a broken bundle fails.
 DICE_FLOOR = 0.80
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(),
@@ -23,14 +26,14 @@ pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(),
 
 
 def test_bundled_model_loads_with_its_config():
-    model = default_model()
-    assert model.config == get_config("default")
-    assert model.schedule.T == 250 and model.preprocessing.image_size == 64
+    pipe = dsd_fast.load()
+    assert pipe.family.name == "dermosegdiff" and pipe.config == get_config("default")
+    assert pipe.schedule.T == 250 and pipe.preprocessing.image_size == 64
     assert DEFAULT_MODEL_PATH.stat().st_size < 20 * 2 ** 20
 
 
 def test_bundled_model_segments_a_sample(ph2_dir):
-    from dsd_fast.data import load_mask
+    from dsd_fast.images import load_mask
     res = segment(SAMPLES / "IMD009.png", steps=10, ensemble=3)[0]   # model=None: bundled
     gt = load_mask(ph2_dir / "masks" / "IMD009.png").numpy()
     assert res.mask.shape == gt.shape

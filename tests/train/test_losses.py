@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsd_fast.losses import (BOUNDARY_SPREAD, canny_zero_thresholds, boundary_weight_map,
+from dsd_fast.train.losses import (BOUNDARY_SPREAD, canny_zero_thresholds, boundary_weight_map,
                              dermosegdiff_loss, time_exponent)
 
 

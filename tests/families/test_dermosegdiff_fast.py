@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from dsd_fast import DermoSegDiff, get_config, ops, segment
-from dsd_fast.fast import build_fast_model, fast_model_for
+from dsd_fast.families.dermosegdiff import DERMOSEGDIFF
+from dsd_fast.families.dermosegdiff.fast import build_fast_model
 from dsd_fast.metrics import dice
 
 from conftest import make_model
@@ -38,8 +39,8 @@ def test_fast_denoiser_matches_reference(name):
 @pytest.mark.parametrize("shape", [(5, 16, 16, 16), (2, 7, 5, 9), (1, 64, 8, 8)])
 def test_reassociated_linear_attention_matches_published_block(shape):
     """FastLAtt's PyTorch order (GPU tensors, or no C++ extension) against layers.LAtt."""
-    from dsd_fast.fast_attention import FastLAtt
-    from dsd_fast.layers import LAtt
+    from dsd_fast.families.dermosegdiff.fast_attention import FastLAtt
+    from dsd_fast.families.dermosegdiff.layers import LAtt
     torch.manual_seed(3)
     latt = LAtt(shape[1]).eval()
     with torch.no_grad():
@@ -74,11 +75,11 @@ def test_fast_model_folds_weights_and_leaves_reference_alone():
 
 def test_fast_model_cache_follows_weight_changes():
     ref = make_model("tiny")
-    f1 = fast_model_for(ref)
-    assert fast_model_for(ref) is f1
+    f1 = DERMOSEGDIFF.fast_model_for(ref)
+    assert DERMOSEGDIFF.fast_model_for(ref) is f1
     with torch.no_grad():
         ref.final_conv.bias.add_(1.0)
-    f2 = fast_model_for(ref)
+    f2 = DERMOSEGDIFF.fast_model_for(ref)
     assert f2 is not f1
     x, g, t = _inputs(2, 16)
     with torch.no_grad():

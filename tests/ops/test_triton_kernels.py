@@ -1,4 +1,4 @@
-"""Parity of the Triton kernels (kernels/) with pure-torch references.
+"""Parity of the Triton kernels (dsd_fast/ops/triton/) with pure-torch references.
 
 Without a GPU the kernels run on CPU tensors in Triton's interpreter (numpy), which checks
 the indexing, masking, padding and arithmetic of each kernel but not GPU-only behaviour
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -28,28 +27,25 @@ import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     # Triton decides interpreted vs compiled when a kernel is *defined*, i.e. when
-    # kernels.<op> is imported, so this must precede that import (and triton's).
+    # dsd_fast.ops.triton.<op> is imported, so this must precede that import (and triton's).
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-# `kernels` is a top-level package beside dsd_fast; setup.py packages only dsd_fast, so an
-# installed (non-checkout) run needs the repository root on the path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import kernels  # noqa: E402
-from kernels.ff_parser import ff_parser  # noqa: E402
-from kernels.gated_conv1x1 import gated_conv1x1  # noqa: E402
-from kernels.group_norm_silu import group_norm_silu  # noqa: E402
+from dsd_fast.ops import triton as kernels  # noqa: E402
+from dsd_fast.ops.schemas import SCHEMAS, argument_names  # noqa: E402
+from dsd_fast.ops.triton.ff_parser import ff_parser  # noqa: E402
+from dsd_fast.ops.triton.gated_conv1x1 import gated_conv1x1  # noqa: E402
+from dsd_fast.ops.triton.group_norm_silu import group_norm_silu  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (real Triton compilation)")
 
 if not CUDA and not kernels.INTERPRET:
-    pytest.skip("kernels was imported before TRITON_INTERPRET=1 was set, so its kernels are "
+    pytest.skip("dsd_fast.ops.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are "
                 "compiled for a GPU and there is none", allow_module_level=True)
 
 FP32_TOL = (2e-5, 1e-5)
@@ -275,13 +271,7 @@ def test_gated_conv1x1_rejects_bad_shapes():
 # ----------------------------------------------------------------------------- registration
 
 _TEST_NS = "dsd_fast_triton_test"      # look-alike ops: never collide with dsd_fast._C
-_SCHEMAS = {
-    "ff_parser": "(Tensor x, Tensor weight) -> Tensor",
-    "ff_parser_out": "(Tensor x, Tensor weight, Tensor(a!) out) -> ()",
-    "group_norm_silu": "(Tensor x, Tensor gamma, Tensor beta, int groups, float eps, "
-                       "Tensor? scale=None, Tensor? shift=None) -> Tensor",
-    "gated_conv1x1": "(Tensor g, Tensor weight, Tensor bias, Tensor x) -> Tensor",
-}
+_SCHEMAS = {name: SCHEMAS[name] for name in kernels.TRITON_OPS}
 
 
 @pytest.fixture(scope="module")
@@ -302,19 +292,20 @@ def test_register_cuda_impls(test_namespace):
     assert kernels.register_cuda_impls(test_namespace) is True     # idempotent
 
 
-def test_expected_schemas_match_csrc():
-    """The argument names register_cuda_impls checks are those csrc/register.cpp defines."""
+def test_python_schemas_match_csrc():
+    """ops/schemas.py (used without the extension, and by register_cuda_impls' argument
+    check) defines exactly what csrc/register.cpp defines."""
     import re
-    src = Path(__file__).resolve().parents[1] / "csrc" / "register.cpp"
+    src = Path(__file__).resolve().parents[2] / "csrc" / "register.cpp"
     if not src.is_file():
         pytest.skip("csrc/register.cpp not present")
     defs = {}
     for body in re.findall(r"m\.def\(\s*((?:\"[^\"]*\"\s*)+)\)", src.read_text()):
         schema = torch._C.parse_schema("dsd_fast::" + "".join(re.findall(r'"([^"]*)"', body)))
         defs[schema.name.split("::")[1]] = [a.name for a in schema.arguments]
-    for name, args in kernels._EXPECTED_ARGS.items():
-        assert defs.get(name) == args, f"{name}: csrc has {defs.get(name)}, kernels expects {args}"
-    for name, schema in _SCHEMAS.items():
+    assert sorted(defs) == sorted(SCHEMAS)
+    for name, schema in SCHEMAS.items():
+        assert argument_names(name) == defs[name], f"{name}: csrc has {defs[name]}"
         parsed = torch._C.parse_schema(f"dsd_fast::{name}{schema}")
         assert [a.name for a in parsed.arguments] == defs[name]
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dsd_fast import save_model
 from dsd_fast.cli import main
-from dsd_fast.report import render_report
+from dsd_fast.cli.report import render_report
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser",
                                                "google-chrome")) if p), None)

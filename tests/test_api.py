@@ -1,11 +1,14 @@
-"""segment(): input handling, outputs at the original size, determinism, every error."""
+"""segment() and Pipeline: input handling, outputs at the original size, determinism,
+reproducibility by content, every error."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dsd_fast import ImageInputError, save_model, segment
-from dsd_fast.images import minmax_normalise, to_chw
+from dsd_fast import ImageInputError, Pipeline, save_model, segment
+from dsd_fast.diffusion import Schedule, sample_ensemble
+from dsd_fast.images import to_chw
+from dsd_fast.preprocess import content_key, minmax_normalise
 
 
 def test_accepts_every_input_kind(tmp_path, tiny_model):
@@ -27,15 +30,14 @@ def test_accepts_every_input_kind(tmp_path, tiny_model):
         assert r.mask.shape == (21, 33) and r.mask.dtype == bool
         assert r.probability.dtype == np.float32 and r.std.dtype == np.float32
         assert r.probability.min() >= 0 and r.probability.max() <= 1
-    # all inputs are the same picture -> the same result (same seed, per-image noise index
-    # differs, so compare a re-run of one input instead)
-    again = segment(inputs[3], steps=3, ensemble=2, model=tiny_model)[0]
-    first_as_array = segment([rgb], steps=3, ensemble=2, model=tiny_model)[0]
-    assert np.array_equal(again.probability, first_as_array.probability)
-    # different kinds of the same picture give the same model input
+    # Every kind of the same picture becomes the same (3, H, W) values, hence the same noise
+    # key (keys are made from the pixels) and the same result, wherever it stands.
     chws = [to_chw(x) for x in inputs]
     for c in chws[1:]:
-        torch.testing.assert_close(c, chws[0], atol=1 / 255 + 1e-6, rtol=0)
+        assert torch.equal(c, chws[0])
+    # (the 7 images run as batches of 4 and 3: oneDNN's batch-size-dependent rounding, ~1e-6)
+    for r in res[1:]:
+        np.testing.assert_allclose(r.probability, res[0].probability, atol=1e-5)
 
 
 def test_grayscale_and_batched_tensor(tiny_model):
@@ -62,8 +64,8 @@ def test_probability_and_std_are_ensemble_statistics(tiny_model):
     img = torch.rand(3, 16, 16)          # the model size: no resizing of the maps
     r = segment(img, steps=3, ensemble=4, model=tiny_model, return_samples=True,
                 backend="reference")[0]
-    from dsd_fast.segmentation import sample_ensemble
-    x = sample_ensemble(tiny_model, minmax_normalise(img[None]), 3, 4, seed=0)[0]
+    x = sample_ensemble(tiny_model, Schedule.published(), minmax_normalise(img[None]), 3, 4,
+                        seed=0, noise_keys=[content_key(img)])[0]
     fg = ((x + 1) / 2).clamp(0, 1)
     np.testing.assert_allclose(r.probability, ((x.mean(0) + 1) / 2).clamp(0, 1).numpy(), atol=1e-6)
     np.testing.assert_allclose(r.std, fg.std(0, unbiased=False).numpy(), atol=1e-6)
@@ -74,23 +76,23 @@ def test_probability_and_std_are_ensemble_statistics(tiny_model):
 
 
 def test_ddpm_sampler_option(tiny_model):
-    from dsd_fast.diffusion import Schedule
     # A shorter schedule keeps the test cheap (the published T = 250 is covered in
-    # test_diffusion); eps_hat = 0 with small betas keeps the chains near unit scale
-    # (large activations make softmax produce slow denormals on CPUs).
-    tiny_model.schedule = Schedule.linear(40, 1e-4, 0.02)
+    # diffusion/test_samplers.py); eps_hat = 0 with small betas keeps the chains near unit
+    # scale (large activations make softmax produce slow denormals on CPUs).
     with torch.no_grad():
         tiny_model.final_conv.weight.zero_()
         tiny_model.final_conv.bias.zero_()
-    r = segment(torch.rand(3, 16, 16), sampler="ddpm", ensemble=2, model=tiny_model)[0]
+    pipe = Pipeline.from_model(tiny_model, schedule=Schedule.linear(40, 1e-4, 0.02))
+    r = segment(torch.rand(3, 16, 16), sampler="ddpm", ensemble=2, model=pipe)[0]
     assert r.mask.shape == (16, 16) and np.isfinite(r.probability).all()
+    with pytest.raises(ValueError, match="1..40"):       # the pipeline's own schedule counts
+        pipe.segment(torch.rand(3, 16, 16), steps=41)
 
 
 def test_diverging_chains_raise_a_clear_error(tiny_model):
-    from dsd_fast.segmentation import sample_ensemble
     nan_eps = lambda x, image, t: torch.full_like(x, float("nan"))
     with pytest.raises(FloatingPointError, match="diverged"):
-        sample_ensemble(tiny_model, torch.rand(1, 3, 16, 16), 2, 1, 0, eps_model=nan_eps)
+        sample_ensemble(nan_eps, Schedule.published(), torch.rand(1, 3, 16, 16), 2, 1, 0)
 
 
 def test_model_from_checkpoint_path(tmp_path, tiny_model):
@@ -129,6 +131,8 @@ def test_corrupt_and_missing_files_are_named(tmp_path, tiny_model):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "1..250"), (dict(steps=251), "1..250"), (dict(steps=2.5), "integer"),
     (dict(ensemble=0), ">= 1"), (dict(sampler="euler"), "ddim"),
+    (dict(batch_size=0), "batch_size"), (dict(batch_size=-1), "batch_size"),
+    (dict(batch_size=1.5), "batch_size"), (dict(backend="gpu"), "backend"),
 ])
 def test_bad_arguments(kwargs, message, tiny_model):
     with pytest.raises(ValueError, match=message):
@@ -136,8 +140,8 @@ def test_bad_arguments(kwargs, message, tiny_model):
 
 
 def test_default_model_missing_gives_instructions(monkeypatch, tmp_path):
-    import dsd_fast.segmentation as seg
-    monkeypatch.setattr(seg, "DEFAULT_MODEL_PATH", tmp_path / "none.safetensors")
+    import dsd_fast.api as api
+    monkeypatch.setattr(api, "DEFAULT_MODEL_PATH", tmp_path / "none.safetensors")
     with pytest.raises(FileNotFoundError, match="--checkpoint"):
         segment(torch.rand(3, 8, 8))
 
@@ -205,7 +209,64 @@ def test_noise_keys_make_results_independent_of_position(tiny_model):
     # Same noise, different batch: only oneDNN's batch-size-dependent rounding differs
     # (~1e-7), amplified by DDIM's x0 estimate (1/sqrt(abar) ~ 10 at t = 166); 1.4e-6 seen.
     np.testing.assert_allclose(together[2].probability, alone.probability, atol=1e-5)
-    by_index = segment(imgs[2], steps=3, ensemble=2, model=tiny_model, backend="reference")[0]
-    assert not np.allclose(by_index.probability, alone.probability)
+    by_content = segment(imgs[2], steps=3, ensemble=2, model=tiny_model, backend="reference")[0]
+    assert not np.allclose(by_content.probability, alone.probability)   # the key matters
     with pytest.raises(ValueError, match="noise_keys"):
         segment(imgs, steps=1, ensemble=1, model=tiny_model, noise_keys=["a"])
+
+
+def test_default_noise_is_keyed_by_content_not_position(tiny_model):
+    """segment([a, b]) and segment([b]) give b the same mask: the default noise key is a
+    digest of the image's pixels, not its index."""
+    a, b = (torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in (7, 8))
+    pair = segment([a, b], steps=3, ensemble=2, model=tiny_model, backend="reference")
+    alone = segment([b], steps=3, ensemble=2, model=tiny_model, backend="reference")[0]
+    swapped = segment([b, a], steps=3, ensemble=2, model=tiny_model, backend="reference")
+    # only oneDNN's batch-size-dependent rounding differs (see the noise_keys test above)
+    np.testing.assert_allclose(pair[1].probability, alone.probability, atol=1e-5)
+    np.testing.assert_allclose(swapped[0].probability, alone.probability, atol=1e-5)
+    np.testing.assert_allclose(swapped[1].probability, pair[0].probability, atol=1e-5)
+    assert content_key(a) != content_key(b) and content_key(b) == content_key(b.clone())
+    # a one-pixel change is another image: another key
+    b2 = b.clone()
+    b2[0, 0, 0] = 1 - b2[0, 0, 0]
+    assert content_key(b2) != content_key(b)
+
+
+def test_a_network_built_in_memory_segments(tiny_model):
+    """build_model(cfg) has no schedule or preprocessing attached: the family's defaults
+    apply, and the result equals a Pipeline given those defaults explicitly."""
+    from dsd_fast import build_model, get_config
+    from dsd_fast.preprocess import Preprocessing
+    net = build_model(get_config("tiny")).eval()
+    img = torch.rand(3, 20, 24)
+    got = segment(img, steps=2, ensemble=2, model=net)[0]
+    assert got.mask.shape == (20, 24)
+    pipe = Pipeline(net, dsd_fast_family(), Schedule.published(), Preprocessing(16))
+    want = pipe.segment(img, steps=2, ensemble=2)[0]
+    np.testing.assert_array_equal(got.probability, want.probability)
+
+
+def dsd_fast_family():
+    from dsd_fast import get_family
+    return get_family("dermosegdiff")
+
+
+def test_load_returns_a_pipeline_with_the_files_schedule(tmp_path, tiny_model):
+    import dsd_fast
+    sched = Schedule.linear(60, 1e-4, 0.05)
+    path = save_model(Pipeline.from_model(tiny_model, schedule=sched), tmp_path / "m.safetensors")
+    pipe = dsd_fast.load(path)
+    assert isinstance(pipe, Pipeline) and pipe.family.name == "dermosegdiff"
+    assert torch.equal(pipe.schedule.betas, sched.betas)
+    assert pipe.preprocessing.image_size == 16 and pipe.config == tiny_model.config
+    img = torch.rand(3, 16, 16)
+    r1 = pipe.segment(img, steps=3, ensemble=2)[0]
+    r2 = segment(img, steps=3, ensemble=2, model=str(path))[0]
+    r3 = pipe(img, steps=3, ensemble=2)[0]
+    np.testing.assert_array_equal(r1.probability, r2.probability)
+    np.testing.assert_array_equal(r1.probability, r3.probability)
+    # the network alone takes the family's default schedule (T = 250): other results
+    r4 = segment(img, steps=3, ensemble=2, model=pipe.model)[0]
+    assert not np.array_equal(r1.probability, r4.probability)
+    assert "dermosegdiff" in repr(pipe) and "T=60" in repr(pipe)

@@ -1,4 +1,4 @@
-"""The fused CPU ops (csrc/, dsd_fast.ops) against their reference twins (dsd_fast._reference_ops).
+"""The fused CPU ops (csrc/, dsd_fast.ops) against their reference twins (dsd_fast.ops.reference).
 
 Tolerances: every comparison is |actual - expected| <= atol + rtol * |expected| elementwise,
 with atol = ATOL_REL * max|expected| (so values near zero are judged against the tensor's
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsd_fast import _reference_ops as ref
+from dsd_fast.ops import reference as ref
 from dsd_fast import ops
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 needs_ext = pytest.mark.skipif(
     not ops.AVAILABLE,
@@ -373,18 +373,45 @@ def test_torch_compile_fullgraph_traces_the_ops():
     assert_close(compiled(*args), level(*args), 1e-6, 1e-6, "compiled vs eager")
 
 
-@needs_ext
-def test_wrappers_fall_back_to_reference_under_autograd():
-    # The C++ kernels have no backward: with grad recording, the wrappers must route to the
-    # twins so that training still gets gradients.
+def _grad_cases():
+    """(name, wrapper, twin, float32 inputs) for every op."""
     x, w = ff_inputs((1, 2, 8, 8), seed=24)
-    x.requires_grad_(True)
-    y = ops.ff_parser(x, w)
-    assert y.grad_fn is not None
-    y.sum().backward()
-    assert x.grad is not None
+    g = gen(25)
+    gn = (torch.randn(2, 8, 6, 6, generator=g), torch.randn(8, generator=g),
+          torch.randn(8, generator=g))
+    gc = (torch.randn(2, 6, 5, 5, generator=g), torch.randn(4, 6, 1, 1, generator=g),
+          torch.randn(4, generator=g), torch.randn(2, 4, 5, 5, generator=g))
+    return [("ff_parser", ops.ff_parser, ref.ff_parser_ref, (x, w)),
+            ("group_norm_silu", lambda a, b, c: ops.group_norm_silu(a, b, c, 4, 1e-5),
+             lambda a, b, c: ref.group_norm_silu_ref(a, b, c, 4, 1e-5), gn),
+            ("gated_conv1x1", ops.gated_conv1x1, ref.gated_conv1x1_ref, gc),
+            ("linear_attention", ops.linear_attention, ref.linear_attention_ref,
+             la_inputs((2, 8, 8, 5, 5), seed=26))]
+
+
+@needs_ext
+@pytest.mark.parametrize("case", range(4), ids=["ff_parser", "group_norm_silu",
+                                                "gated_conv1x1", "linear_attention"])
+def test_wrappers_give_the_twins_gradients_under_autograd(case):
+    # The C++ kernels have no backward: with grad recording, the wrappers must route to the
+    # twins so that training gets the right gradients. Every input's gradient, under a
+    # non-uniform upstream gradient, must equal the twin's (same formula, same order: equal).
+    name, op, twin, inputs = _grad_cases()[case]
+    upstream = None
+    grads = []
+    for fn in (op, twin):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        y = fn(*leaves)
+        assert y.grad_fn is not None, f"{name}: no autograd graph"
+        if upstream is None:
+            upstream = torch.randn(y.shape, generator=gen(27))
+        y.backward(upstream)
+        grads.append([t.grad for t in leaves])
+    for i, (got, want) in enumerate(zip(*grads)):
+        assert got is not None and want.abs().max() > 0, f"{name}: input {i} has no gradient"
+        assert torch.equal(got, want), f"{name}: input {i} gradient differs from the twin's"
     with torch.no_grad():
-        assert ops.ff_parser(x, w).grad_fn is None
+        assert op(*inputs).grad_fn is None
 
 
 # --------------------------------------------------------------------------------------
@@ -397,7 +424,7 @@ with warnings.catch_warnings(record=True) as caught:
     import torch
     {setup}
     from dsd_fast import ops
-    from dsd_fast import _reference_ops as ref
+    from dsd_fast.ops import reference as ref
 ours = [w for w in caught if "dsd_fast" in str(w.message)]
 assert not ops.AVAILABLE
 assert len(ours) == {n_warnings}, [str(w.message) for w in ours]

@@ -1,4 +1,4 @@
-"""`dsd-fast segment` as a batch tool (dsd_fast/batch.py): inputs, outputs, resume, crash
+"""`dsd-fast segment` as a batch tool (dsd_fast/cli/): inputs, outputs, resume, crash
 safety, bad input, large images.
 
 Every run here passes --threads 1: the tiny model's forward is ~30x slower with two threads
@@ -20,9 +20,11 @@ from PIL import Image
 
 import dsd_fast
 from dsd_fast import load_model, save_model, segment
-from dsd_fast.batch import (BatchOptions, OutputLock, atomic_write, discover,
-                            remove_stale_temp_files)
 from dsd_fast.cli import main
+from dsd_fast.cli.discover import discover
+from dsd_fast.cli.outputs import OutputLock
+from dsd_fast.cli.run import BatchOptions
+from dsd_fast.io import atomic_write, remove_stale_temp_files
 
 REPO = Path(dsd_fast.__file__).resolve().parents[1]
 FAST = ["--steps", "1", "--ensemble", "2", "--threads", "1", "-q"]
@@ -276,15 +278,15 @@ def test_fail_fast_stops_at_first_bad_image(tmp_path, ckpt, capsys):
 
 
 def test_network_out_of_memory_halves_the_batch(tmp_path, ckpt, capsys, monkeypatch):
-    import dsd_fast.segmentation as seg
-    real, sizes = seg.segment, []
+    from dsd_fast import Pipeline
+    real, sizes = Pipeline.segment, []
 
-    def tight(images, *a, **kw):
+    def tight(self, images, *a, **kw):
         sizes.append(len(images))
         if len(images) > 1:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")
-        return real(images, *a, **kw)
-    monkeypatch.setattr(seg, "segment", tight)
+        return real(self, images, *a, **kw)
+    monkeypatch.setattr(Pipeline, "segment", tight)
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(5):
@@ -454,10 +456,20 @@ def test_glob_recursive_ground_truth_and_output_choice(tmp_path, ckpt, capsys):
     assert (out / "s" / "a_overlay.png").is_file() and (out / "index.html").is_file()
 
 
-def test_auto_batch_size_follows_the_memory_budget(tiny_model):
-    from dsd_fast.batch import AUTO_BATCH_MAX, auto_batch_size, chain_bytes
-    per_image = chain_bytes(tiny_model.config) * 5
-    assert auto_batch_size(tiny_model, 5, budget=per_image // 2) == 1
-    assert auto_batch_size(tiny_model, 5, budget=3 * per_image) == 3
-    assert auto_batch_size(tiny_model, 5, budget=1 << 40) == AUTO_BATCH_MAX
-    assert 1 <= auto_batch_size(tiny_model, 5) <= AUTO_BATCH_MAX      # from this machine
+def test_auto_batch_size_follows_the_memory_budget(tiny_model, monkeypatch):
+    from dsd_fast import Pipeline
+    from dsd_fast.cli import memory
+    from dsd_fast.cli.memory import AUTO_BATCH_MAX, CPU_BUDGET_FRACTION, auto_batch_size
+    pipe = Pipeline.from_model(tiny_model)
+    per_image = pipe.family.chain_bytes(pipe.config) * 5
+    assert auto_batch_size(pipe, 5, budget=per_image // 2) == 1
+    assert auto_batch_size(pipe, 5, budget=3 * per_image) == 3
+    assert auto_batch_size(pipe, 5, budget=1 << 40) == AUTO_BATCH_MAX
+    # Without a budget it comes from the available memory (faked here so the expected
+    # numbers are known): 40% of it, in whole images.
+    for images in (1, 2, 5):
+        avail = int((images + 0.5) * per_image / CPU_BUDGET_FRACTION)
+        monkeypatch.setattr(memory, "available_memory", lambda: avail)
+        assert auto_batch_size(pipe, 5) == images
+    monkeypatch.setattr(memory, "available_memory", lambda: None)     # unknown: 2 GiB
+    assert auto_batch_size(pipe, 5) == min(AUTO_BATCH_MAX, (2 << 30) // per_image)

@@ -111,7 +111,8 @@ def test_ddim_loop_matches_an_unoptimised_loop():
     s = Schedule.published()
     img = torch.rand(2, 3, 8, 8)
     x_init = torch.randn(2, 1, 8, 8)
-    got = DDIMSampler(s, 12, 0.0).sample(_toy_eps, img, torch.Generator(), x_init=x_init)
+    got = DDIMSampler(s, 12, 0.0, clip_x0=False).sample(_toy_eps, img, torch.Generator(),
+                                                      x_init=x_init)
     ac = s.alphas_cumprod
     ts = ddim_timesteps(s.T, 12).tolist()
     x = x_init.double()
@@ -123,7 +124,7 @@ def test_ddim_loop_matches_an_unoptimised_loop():
         x = a_n.sqrt() * x0 + (1 - a_n).sqrt() * eps
     torch.testing.assert_close(got.double(), x, rtol=1e-4, atol=1e-4)
     # a sampler reused for a second batch gives the same answer (static buffers are reset)
-    sampler = DDIMSampler(s, 12, 0.0)
+    sampler = DDIMSampler(s, 12, 0.0, clip_x0=False)
     first = sampler.sample(_toy_eps, img, torch.Generator(), x_init=x_init)
     sampler.sample(_toy_eps, img, torch.Generator(), x_init=torch.randn(2, 1, 8, 8))
     assert torch.equal(sampler.sample(_toy_eps, img, torch.Generator(), x_init=x_init), first)
@@ -162,8 +163,8 @@ def test_clipped_ddim_matches_a_plain_clipped_loop(eta):
     assert clipped_any                       # the case exercises the clamp
     torch.testing.assert_close(got.double(), x, rtol=1e-4, atol=1e-4)
     assert got.abs().max() <= 1.0 + 1e-6     # the last step returns the clipped x0
-    unclipped = DDIMSampler(s, 10, eta).sample(_wild_eps, img, torch.Generator().manual_seed(1),
-                                               x_init=x_init)
+    unclipped = DDIMSampler(s, 10, eta, clip_x0=False).sample(
+        _wild_eps, img, torch.Generator().manual_seed(1), x_init=x_init)
     assert not torch.allclose(unclipped, got)
 
 
@@ -173,3 +174,42 @@ def test_schedule_serialises():
     assert torch.equal(s.betas, s2.betas)
     with pytest.raises(ValueError):
         Schedule.from_dict({"kind": "cosine"})
+
+
+def test_x0_clipping_is_the_default_everywhere():
+    """One default for DDIM's x0 clipping: the sampler, the graph sampler, segment(), CLI."""
+    import inspect
+
+    import dsd_fast
+    from dsd_fast.cli.run import BatchOptions
+    from dsd_fast.diffusion import ddim_sample, sample_ensemble
+    from dsd_fast.diffusion.graph import StaticDDIM, static_ddim
+    assert DDIMSampler(Schedule.published(), 5).clip_x0 is True
+    for fn in (ddim_sample, sample_ensemble, static_ddim, StaticDDIM, dsd_fast.segment,
+               dsd_fast.Pipeline.segment, BatchOptions):
+        assert inspect.signature(fn).parameters["clip_x0"].default is True, fn
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_x0_and_v_networks_sample_like_the_eps_network_they_convert_to(prediction):
+    """as_eps_model turns an x0- or v-predicting network into the noise predictor whose
+    x0 / v it returns: DDIM over the converted network equals DDIM over the eps network."""
+    from dsd_fast.diffusion import as_eps_model
+    s = Schedule.linear(100, 1e-4, 0.05)
+    ac = s.alphas_cumprod
+
+    def as_prediction(x, image, t):
+        eps = _toy_eps(x, image, t).double()
+        a = ac[t].sqrt().view(-1, 1, 1, 1)
+        r = (1 - ac[t]).sqrt().view(-1, 1, 1, 1)
+        x0 = (x.double() - r * eps) / a
+        return (x0 if prediction == "x0" else a * eps - r * x0).float()
+
+    img, x_init = torch.rand(3, 3, 8, 8), torch.randn(3, 1, 8, 8)
+    want = DDIMSampler(s, 7, clip_x0=False).sample(_toy_eps, img, None, x_init=x_init)
+    got = DDIMSampler(s, 7, clip_x0=False).sample(as_eps_model(as_prediction, prediction, s),
+                                                  img, None, x_init=x_init)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert as_eps_model(_toy_eps, "eps", s) is _toy_eps
+    with pytest.raises(ValueError, match="prediction"):
+        as_eps_model(_toy_eps, "score", s)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dsd_fast import DermoSegDiff, ModelConfig, get_config
-from dsd_fast.layers import FFParser, SpaceToDepth, standardize_weight
+from dsd_fast.families.dermosegdiff.layers import FFParser, SpaceToDepth, standardize_weight
 
 from conftest import make_model
 
