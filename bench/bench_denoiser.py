@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dsd_fast import DermoSegDiff, ModelConfig, get_config, ops  # noqa: E402
-from dsd_fast.fast import build_fast_model  # noqa: E402
+from dsd_fast import DermoSegDiff, ModelConfig, get_config, ops
+from dsd_fast.families.dermosegdiff.fast import build_fast_model
 
 BATCH = 5
 CONFIGS = {

@@ -18,15 +18,12 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout
-
-from dsd_fast import ops  # noqa: E402
-from dsd_fast._reference_ops import ff_parser_ref  # noqa: E402
+from dsd_fast import ops
+from dsd_fast.ops.reference import ff_parser_ref
 
 BATCH = 5
 CHANNELS = (32, 64, 128)

@@ -1,4 +1,4 @@
-"""GPU benchmark of the Triton kernels (kernels/) against eager PyTorch.
+"""GPU benchmark of the Triton kernels (dsd_fast/ops/triton/) against eager PyTorch.
 
     python bench/bench_gpu.py                  # batch 5, C in {32, 64, 128}, sizes 8..128
     python bench/bench_gpu.py --sizes 32 128 --channels 64 --dtype bf16
@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the top-level `kernels`
-
-import kernels  # noqa: E402
+from dsd_fast.ops import triton as kernels
 
 BATCH = 5
 CHANNELS = (32, 64, 128)
@@ -37,7 +34,7 @@ def _ready() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device: the Triton GPU benchmark needs one (nothing to measure here)"
     if not kernels.TRITON_AVAILABLE:
-        return "Triton is not installed: pip install 'triton==3.9.*'"
+        return "Triton is not installed (a CUDA build of torch ships it)"
     if kernels.INTERPRET:
         return "TRITON_INTERPRET=1 is set: unset it to time compiled kernels"
     return None
@@ -46,7 +43,7 @@ def _ready() -> str | None:
 # ----------------------------------------------------------------------------- cases
 
 def _ff_case(B, C, S, dtype):
-    from kernels.ff_parser import ff_parser
+    from dsd_fast.ops.triton.ff_parser import ff_parser
     x = torch.randn(B, C, S, S, device="cuda", dtype=dtype)
     w = torch.randn(C, S, S // 2 + 1, 2, device="cuda") * 0.02 + torch.tensor([1.0, 0.0],
                                                                                device="cuda")
@@ -61,7 +58,7 @@ def _ff_case(B, C, S, dtype):
 
 
 def _gn_case(B, C, S, dtype, channels_last=False):
-    from kernels.group_norm_silu import group_norm_silu
+    from dsd_fast.ops.triton.group_norm_silu import group_norm_silu
     x = torch.randn(B, C, S, S, device="cuda", dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
@@ -77,7 +74,7 @@ def _gn_case(B, C, S, dtype, channels_last=False):
 
 
 def _gc_case(B, C, S, dtype):
-    from kernels.gated_conv1x1 import gated_conv1x1
+    from dsd_fast.ops.triton.gated_conv1x1 import gated_conv1x1
     g = torch.randn(B, C, S, S, device="cuda", dtype=dtype)
     x = torch.randn(B, C, S, S, device="cuda", dtype=dtype)
     weight = (torch.randn(C, C, 1, 1, device="cuda") / C ** 0.5).to(dtype)
@@ -99,7 +96,7 @@ CASES = {
 
 
 def _tolerance(dtype):
-    # float32: DFT-as-matmul vs cuFFT, both float32 (see tests/test_triton_kernels.py);
+    # float32: DFT-as-matmul vs cuFFT, both float32 (see tests/ops/test_triton_kernels.py);
     # cuDNN may use TF32 for the reference conv, hence 1e-3 there too.
     return (1e-3, 1e-3) if dtype == torch.float32 else (2e-2, 2e-2)
 

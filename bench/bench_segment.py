@@ -23,30 +23,26 @@ ROOT = Path(__file__).resolve().parents[1]
 PH2 = ROOT.parent / "shared" / "data" / "ph2"
 
 
-def load_model(checkpoint: str | None):
+def load_pipeline(checkpoint: str | None):
     import torch
 
-    from dsd_fast import DermoSegDiff, get_config, load_model as load
-    from dsd_fast.config import Preprocessing
-    from dsd_fast.diffusion import Schedule
-    from dsd_fast.segmentation import DEFAULT_MODEL_PATH
+    from dsd_fast import DermoSegDiff, Pipeline, get_config, load
+    from dsd_fast.api import DEFAULT_MODEL_PATH
     if checkpoint:
         return load(checkpoint), checkpoint
     if DEFAULT_MODEL_PATH.exists():
-        return load(DEFAULT_MODEL_PATH), "bundled default"
+        return load(), "bundled default"
     torch.manual_seed(0)
     model = DermoSegDiff(get_config("default")).eval()
     with torch.no_grad():
         model.final_conv.weight.mul_(0.05)
-    model.schedule, model.preprocessing = Schedule.published(), Preprocessing(64)
-    return model, "random default config (timing only)"
+    return Pipeline.from_model(model), "random default config (timing only)"
 
 
 def child(args) -> None:
     """Runs in the subprocess: time segment() per image, print one JSON line."""
-    sys.path.insert(0, str(ROOT))
     from dsd_fast import segment
-    model, what = load_model(args.checkpoint)
+    model, what = load_pipeline(args.checkpoint)
     ids = (PH2 / "val.txt").read_text().split()[:args.images]
     paths = [PH2 / "images" / f"{i}.png" for i in ids]
     segment(paths[0], steps=2, ensemble=args.ensemble, model=model, backend=args.backend)  # warm-up

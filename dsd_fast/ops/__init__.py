@@ -27,7 +27,7 @@ import torch
 
 from . import reference as _ref
 from . import schemas
-from .cpu import BUILD_HINT, DISABLE_ENV, load_extension
+from .cpu import load_extension
 
 __all__ = ["AVAILABLE", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
            "linear_attention", "fast_path_available", "register_gpu_kernels"]
