@@ -1,11 +1,12 @@
 # The two set-up commands of the README, as make targets.
 PY ?= python3
 
-# --no-build-isolation builds sdists with what is installed: setuptools-scm is there for the
-# test extra's zipfile-deflate64 (an sdist only), which otherwise builds as version 0.0.0 and
-# is rejected.
+# torch first (the CPU build; a bare torch requirement would pull a CUDA build), and the
+# triton whose CPU interpreter the kernel tests use. --no-build-isolation builds the C++ ops
+# against that torch, and sdists with what is installed: setuptools-scm is there for the
+# test extra's zipfile-deflate64 (an sdist only), which otherwise builds as version 0.0.0.
 install:
-	$(PY) -m pip install torch==2.13.0 setuptools wheel setuptools-scm
+	$(PY) -m pip install torch==2.13.0 'triton==3.9.*' setuptools wheel setuptools-scm
 	$(PY) -m pip install --no-build-isolation --use-pep517 -e '.[test,crf]'
 
 # Main job: segment the bundled PH2 samples with the bundled default model.

@@ -1,37 +1,51 @@
 """dsd_fast packaging.
 
-torch is pinned to a range that torch 2.13.0 (the CPU build on this project's machines)
-satisfies: a bare `torch` requirement would pull a multi-GB CUDA build. The set-up commands
-install torch==2.13.0 first, so this range installs nothing more.
+torch: `install_requires` accepts any torch from 2.4 on (torch.library.register_fake, which
+the ops' fake kernels use, is 2.4's), so a CUDA user's own torch is kept. A bare `torch`
+requirement with no torch installed would pull a multi-GB CUDA build: the set-up commands
+(Makefile) install torch==2.13.0, the CPU build on this project's machines, first.
+
+The C++ CPU ops (csrc/*.cpp -> dsd_fast._C) are built against the installed torch, so the
+install needs `--no-build-isolation`. DSD_FAST_NO_EXT=1 skips them: the package then runs
+the ops' pure-PyTorch twins on the CPU (one warning at import says so) and the Triton
+kernels on CUDA GPUs.
 """
 import glob
+import os
 import platform
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-# The CPU fused ops (csrc/*.cpp) -> dsd_fast._C. AVX2 + FMA is the baseline on x86_64 (not
-# -march=native: the build must run on any AVX2 machine); elsewhere the kernels' portable
-# vector code is compiled with the default flags.
-_SIMD = ["-mavx2", "-mfma"] if platform.machine().lower() in ("x86_64", "amd64") else []
-_EXT = CppExtension(
-    "dsd_fast._C",
-    sources=sorted(glob.glob("csrc/*.cpp")),
-    extra_compile_args={"cxx": ["-O3", "-fopenmp", *_SIMD]},
-    extra_link_args=["-fopenmp"],
-)
+NO_EXT = os.environ.get("DSD_FAST_NO_EXT", "") == "1"
+
+
+def extensions():
+    """The CPU fused ops, unless DSD_FAST_NO_EXT=1. AVX2 + FMA is the baseline on x86_64
+    (not -march=native: the build must run on any AVX2 machine; the import checks the CPU);
+    elsewhere the kernels' portable vector code is compiled with the default flags."""
+    if NO_EXT:
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    simd = ["-mavx2", "-mfma"] if platform.machine().lower() in ("x86_64", "amd64") else []
+    ext = CppExtension("dsd_fast._C", sources=sorted(glob.glob("csrc/*.cpp")),
+                       extra_compile_args={"cxx": ["-O3", "-fopenmp", *simd]},
+                       extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": BuildExtension}
+
+
+EXT_MODULES, CMDCLASS = extensions()
 
 setup(
     name="dsd_fast",
-    version="0.1.0",
+    version="0.2.0",
     description="Fast, faithful inference for diffusion skin-lesion segmenters (DermoSegDiff)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["dsd_fast", "dsd_fast.*", "kernels"]),
+    packages=find_packages(include=["dsd_fast", "dsd_fast.*"]),
     package_data={"dsd_fast": ["weights/*.safetensors", "samples/*.png"]},
     install_requires=[
-        "torch>=2.13.0,<2.14",
+        "torch>=2.4",
         "numpy>=1.24",
         "pillow>=10",
         "safetensors>=0.4",
@@ -40,12 +54,13 @@ setup(
     ],
     extras_require={
         # isic-challenge-scoring and SimpleITK are independent oracles the metric and STAPLE
-        # tests compare against; triton runs the GPU kernels through its CPU interpreter.
+        # tests compare against; triton runs the GPU kernels through its CPU interpreter
+        # (not pinned: a CUDA torch brings its own; the Makefile pins it for the CPU CI).
         "test": ["pytest>=8", "pytest-benchmark>=4", "isic-challenge-scoring==5.6.0",
-                 "SimpleITK>=2.3", "triton==3.9.*; platform_system == 'Linux'"],
+                 "SimpleITK>=2.3", "triton>=3.0; platform_system == 'Linux'"],
         "crf": ["pydensecrf2>=1.1"],
     },
     entry_points={"console_scripts": ["dsd-fast=dsd_fast.cli:main"]},
-    ext_modules=[_EXT],
-    cmdclass={"build_ext": BuildExtension},
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
 )
