@@ -4,7 +4,7 @@
     python bench/bench_ff_parser.py --threads 1 --channels 64 --sizes 32 128
     python -m pytest bench/bench_ff_parser.py --benchmark-only      # pytest-benchmark variant
 
-Per shape: the reference (dsd_fast._reference_ops.ff_parser_ref: rfft2 -> complex multiply
+Per shape: the reference (dsd_fast.ops.reference.ff_parser_ref: rfft2 -> complex multiply
 -> irfft2, norm="ortho") and the op through its wrapper (dsd_fast.ops.ff_parser), median
 wall-clock milliseconds over interleaved runs in this one process, and the speed-up. Both are
 first checked against each other on the same tensors; nothing is timed unless all match.

@@ -3,8 +3,8 @@
 //   x (B, C, H, W), gamma/beta (C,), scale/shift (B, C) optional, float32
 //   y = silu(((x - mean_bg) * rstd_bg * gamma_c + beta_c) * (scale_bc + 1) + shift_bc)
 //
-// (the `Block` of layers.py: norm -> x * (scale + 1) + shift -> SiLU). Per (b, c) plane the
-// whole affine chain folds to y = silu((x - m_bg) * a_bc + d_bc), so the output pass is a
+// (the `Block` of families/dermosegdiff/layers.py: norm -> x * (scale + 1) + shift -> SiLU).
+// Per (b, c) plane the whole affine chain folds to y = silu((x - m_bg) * a_bc + d_bc), so the output pass is a
 // subtract, an FMA, an exp and a reciprocal per element. The mean stays outside the fold: a
 // folded a*x + (d - m*a) would cancel catastrophically when |mean| >> std.
 //

@@ -1,7 +1,8 @@
 // Schemas and CPU kernels of the dsd_fast ops, plus the (empty) Python module `dsd_fast._C`:
 // importing it loads this library, and the static TORCH_LIBRARY registrations below run.
-// Python wrappers, fake (meta) kernels and reference twins: dsd_fast/ops.py and
-// dsd_fast/_reference_ops.py.
+// Python wrappers, fake (meta) kernels and reference twins: dsd_fast/ops/__init__.py,
+// ops/schemas.py and ops/reference.py (schemas.py repeats these schemas for builds without
+// this extension; tests/ops/test_triton_kernels.py checks that the two agree).
 #include <torch/extension.h>
 
 #include <optional>

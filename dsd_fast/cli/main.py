@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cmd_segment(args) -> int:
-    # Argument parsing only: the run (inputs, batching, outputs, resume) is batch.py's.
+    # Argument parsing only: the run (inputs, batching, outputs, resume) is run.py's.
     from .errors import UsageError
     from .run import BatchOptions, run
     try:

@@ -13,7 +13,8 @@ v and W_out enter linearly, so the same y comes from
     y = GroupNorm(1, C)(M q + b_out)                                    128 C N  MACs
 with v and the (B, 128, N) output never formed: 512 C N instead of 512 C N + 8192 N MACs,
 which halves the cost at the 64 x 64 level of the default model (C = 16). Only rounding
-differs from the published order (float32: ~1e-6 relative, checked in tests/test_fast.py).
+differs from the published order (float32: ~1e-6 relative, checked in
+tests/families/test_dermosegdiff_fast.py).
 
 On the CPU the fused C++ op `ops.linear_attention` (csrc/linear_attention.cpp) computes this
 order in 16-pixel panels, never writing q or k to memory; `FastLAtt._reassociated` is the same
