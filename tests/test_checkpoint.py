@@ -1,7 +1,6 @@
 """Checkpoint formats: published training checkpoint, bare state dict, own safetensors;
 family detection."""
 import json
-import pickle
 
 import pytest
 import torch
@@ -11,8 +10,6 @@ from dsd_fast import CheckpointError, ModelConfig, Pipeline, get_config, load_mo
 from dsd_fast.diffusion import Schedule
 from dsd_fast.families.dermosegdiff.checkpoint import infer_config
 from dsd_fast.preprocess import Preprocessing
-
-from conftest import make_model
 
 
 def _inputs(size=16, b=2):

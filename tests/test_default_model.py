@@ -5,7 +5,6 @@ benchmark: MODEL_CARD.md has the measured validation figures.
 """
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import dsd_fast
