@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .diffusion import Schedule, as_eps_model, noise_seed, sample_ensemble
+from .diffusion.ensemble import MAX_SEED
 from .families import ModelFamily, family_of_network
 from .images import as_image_list, to_chw
 from .preprocess import Preprocessing, content_key, to_model_input
@@ -100,7 +101,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ segmentation
     def check_args(self, steps, ensemble, sampler="ddim", fusion="mean", refine=None,
-                   batch_size=1) -> None:
+                   batch_size=1, seed=0) -> None:
         check_fusion(fusion, refine)
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
@@ -110,6 +111,8 @@ class Pipeline:
         for name, v in (("ensemble", ensemble), ("batch_size", batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
     def segment(self, images, steps: int = 25, ensemble: int = 5, seed: int = 0,
                 sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
@@ -121,7 +124,7 @@ class Pipeline:
         items = as_image_list(images)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
-        self.check_args(steps, ensemble, sampler, fusion, refine, batch_size)
+        self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed)
         eps_model = self.eps_model(backend)
         chws = [to_chw(item, i) for i, item in enumerate(items)]   # validates every image first
         keys = list(noise_keys) if noise_keys is not None else [content_key(c) for c in chws]

@@ -51,7 +51,7 @@ def read_file(path) -> tuple[dict, dict]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path, with_tensors=True)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -67,17 +67,24 @@ def read_metadata(path) -> dict[str, str]:
     """The string metadata of an own-format .safetensors file ({} for .pt/.pth files).
     Reads the header only: no tensor is loaded."""
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         return {}
     return _read_safetensors(path, with_tensors=False)[1]
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
-    """Strict key and shape check; the error names the first key that does not fit."""
+    """Strict key, type and shape check; the error names the first key that does not fit.
+    A float weight stored as integers would be silently truncated by load_state_dict: it
+    is refused (integer buffers, e.g. BatchNorm's step counter, stay integers)."""
     for k, v in expected.items():
         if k not in given:
             raise CheckpointError(f"checkpoint lacks weight {k!r} (expected shape "
                                   f"{tuple(v.shape)}); it does not match the model config")
+        if not isinstance(given[k], torch.Tensor):
+            raise CheckpointError(f"weight {k!r} is a {type(given[k]).__name__}, not a tensor")
+        if v.is_floating_point() and not given[k].is_floating_point():
+            raise CheckpointError(f"weight {k!r} has dtype {given[k].dtype}; a floating-point "
+                                  "tensor is expected")
         if tuple(given[k].shape) != tuple(v.shape):
             raise CheckpointError(
                 f"weight {k!r} has shape {tuple(given[k].shape)}, the model config expects "
@@ -115,12 +122,16 @@ def _resolve(obj, meta: dict, family, config, settings: dict):
     if "config" in meta:                                   # own format
         family = family or get_family(meta.get("family", LEGACY_FAMILY))
         sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        config = config or family.config_class.from_dict(json.loads(meta["config"]))
-        schedule = (Schedule.from_dict(json.loads(meta["schedule"])) if "schedule" in meta
-                    else family.default_schedule(config))
-        pre = family.preprocessing(config)
-        if "preprocessing" in meta:
-            pre = Preprocessing(**{**pre.to_dict(), **json.loads(meta["preprocessing"])})
+        try:
+            config = config or family.config_class.from_dict(json.loads(meta["config"]))
+            schedule = (Schedule.from_dict(json.loads(meta["schedule"])) if "schedule" in meta
+                        else family.default_schedule(config))
+            pre = family.preprocessing(config)
+            if "preprocessing" in meta:
+                pre = Preprocessing(**{**pre.to_dict(), **json.loads(meta["preprocessing"])})
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            # json.JSONDecodeError is a ValueError; a field of the wrong type a TypeError
+            raise CheckpointError(f"the file's metadata is not valid: {e}") from None
         return family, sd, config, schedule, pre
     family = family or (_family_for_config(config) if config is not None else None)
     if family is None:
@@ -179,7 +190,7 @@ def save_model(model, path, schedule: Schedule | None = None,
     preprocessing are used unless given)."""
     from safetensors.torch import save as safetensors_bytes
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         raise ValueError(f"own-format checkpoints end in .safetensors, got {path.name}")
     net = getattr(model, "model", model)            # a Pipeline holds its network as .model
     family = family_of_network(net)

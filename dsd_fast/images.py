@@ -8,7 +8,10 @@ Every image becomes a float32 (3, H, W) tensor in [0, 1] at its original size
 (`to_chw`); preprocess.py then makes the network's input from it.
 
 Everything that opens an image file (the API, the command line, ground-truth masks, training
-data) goes through `open_image` and `pil_to_array`, so every reader treats modes alike.
+data) goes through `open_image`, `upright` and `pil_to_array`, so every reader treats modes
+alike and every reader applies the EXIF orientation tag: a phone or dermatoscope JPEG stored
+240 x 120 with Orientation = 6 is the 120 x 240 picture every viewer shows, and its mask
+and overlay are 120 x 240 too.
 """
 from __future__ import annotations
 
@@ -31,17 +34,30 @@ class ImageInputError(ValueError):
     """A user-supplied image could not be used; the message says which and why."""
 
 
+# EXIF Orientation (tag 0x0112) -> the transpose that shows the picture upright.
+_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
 # ----------------------------------------------------------------------------- files
 
 @contextlib.contextmanager
 def open_image(path):
-    """The PIL image of `path`, not yet decoded; any decoding error inside the block becomes
-    an ImageInputError naming the file."""
+    """The PIL image of `path`, not yet decoded (nor turned upright: see `upright`); any
+    decoding error inside the block becomes an ImageInputError naming the file. Anything
+    but a regular file (a folder, a FIFO, a device) is refused before it is opened: a
+    decoder reading a FIFO would wait forever."""
     path = Path(path)
     if not path.exists():
         raise ImageInputError(f"{path}: no such file")
     if path.is_dir():
         raise ImageInputError(f"{path}: is a folder, expected an image file")
+    if not path.is_file():
+        raise ImageInputError(f"{path}: not a regular file (a FIFO, socket or device?); "
+                              "expected an image file")
     try:
         im = Image.open(path)
     except Image.DecompressionBombError as e:
@@ -56,6 +72,28 @@ def open_image(path):
         raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
     finally:
         im.close()
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image, 1 (as stored) when absent or invalid."""
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block must not stop the decode: ignore the tag
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of the picture as shown, i.e. after `upright`."""
+    w, h = im.size
+    return (h, w) if orientation(im) in (5, 6, 7, 8) else (w, h)
+
+
+def upright(im: Image.Image, tag: int | None = None) -> Image.Image:
+    """The decoded image turned as its EXIF orientation says (`tag`: the orientation read
+    before a reduced decode, which may drop the EXIF block)."""
+    tag = orientation(im) if tag is None else tag
+    return im.transpose(_UPRIGHT[tag]) if tag in _UPRIGHT else im
 
 
 def pil_to_array(im: Image.Image) -> np.ndarray:
@@ -77,15 +115,34 @@ def load_image_file(path) -> np.ndarray:
     """Read an image file to a numpy array (H, W[, C]); errors name the file."""
     with open_image(path) as im:
         im.load()
-        return pil_to_array(im)
+        return pil_to_array(upright(im))
+
+
+class NonBinaryMaskWarning(UserWarning):
+    """A mask file held more than two grey levels (JPEG ringing, anti-aliased edges)."""
+
+
+MASK_THRESHOLD_8BIT = 128       # > 128 of 255 is lesion, as the ISIC scorer binarises
 
 
 def load_mask(path) -> torch.Tensor:
-    """Mask file -> (H, W) bool; any nonzero pixel is lesion."""
-    arr = load_image_file(path)
+    """Mask file -> (H, W) bool, upright. A binary mask (two values, one of them 0: 0/255,
+    0/1, ...) is lesion where nonzero. Anything else, typically a JPEG mask whose edges
+    rang into grey levels, is binarised at > 128 of 255 (0.5 of the range for 16-bit and
+    float masks) with a NonBinaryMaskWarning naming the file: "any nonzero pixel" would
+    count the ringing as lesion."""
+    arr = np.asarray(load_image_file(path))
     if arr.ndim == 3:
         arr = arr[..., 0]
-    return torch.from_numpy(np.asarray(arr) > 0)
+    values = np.unique(arr)
+    if values.size <= 1 or (values.size == 2 and values[0] == 0):
+        return torch.from_numpy(arr > 0)
+    cut = MASK_THRESHOLD_8BIT if arr.dtype == np.uint8 else MASK_THRESHOLD_8BIT / 255
+    import warnings
+    warnings.warn(f"{path}: not a binary mask ({values.size} grey levels, e.g. from JPEG "
+                  f"compression); binarised at > {MASK_THRESHOLD_8BIT} of 255",
+                  NonBinaryMaskWarning, stacklevel=2)
+    return torch.from_numpy(arr > cut)
 
 
 def list_images(folder) -> dict[str, Path]:
@@ -101,9 +158,10 @@ def list_images(folder) -> dict[str, Path]:
 
 
 def decode_reduced(im: Image.Image, max_pixels: int) -> Image.Image:
-    """A decoded copy of `im` with at most ~max_pixels pixels, never decoding more than
-    needed: JPEG draft decodes at 1/2, 1/4 or 1/8 scale directly; other formats are decoded
-    and box-averaged by an integer factor (Image.reduce)."""
+    """A decoded, upright copy of `im` with at most ~max_pixels pixels, never decoding more
+    than needed: JPEG draft decodes at 1/2, 1/4 or 1/8 scale directly; other formats are
+    decoded and box-averaged by an integer factor (Image.reduce)."""
+    tag = orientation(im)
     w, h = im.size
     k = math.sqrt(w * h / max_pixels)
     im.draft(im.mode, (max(1, math.ceil(w / k)), max(1, math.ceil(h / k))))  # JPEG only
@@ -113,7 +171,7 @@ def decode_reduced(im: Image.Image, max_pixels: int) -> Image.Image:
     elif im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
     factor = math.ceil(math.sqrt(im.size[0] * im.size[1] / max_pixels))
-    return im.reduce(factor) if factor > 1 else im
+    return upright(im.reduce(factor) if factor > 1 else im, tag)
 
 
 def strip_rows(height: int, width: int, pixels: int = STRIP_PIXELS):
@@ -124,13 +182,14 @@ def strip_rows(height: int, width: int, pixels: int = STRIP_PIXELS):
 
 
 def decode_rgb8(path, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) uint8 picture of an image file, the pixels an overlay is drawn on (16-bit
-    and float images scaled as the model input is, converted strip by strip). The size must
-    still be (height, width): the file may not change while it is being segmented."""
+    """(H, W, 3) uint8 upright picture of an image file, the pixels an overlay is drawn on
+    (16-bit and float images scaled as the model input is, converted strip by strip). The
+    size must still be (height, width): the file may not change while it is segmented."""
     with open_image(path) as im:
-        if im.size != (width, height):
+        if upright_size(im) != (width, height):
             raise ImageInputError(f"{path}: changed while it was being segmented")
         im.load()
+        im = upright(im)
         if im.mode in INTEGER_MODES + ("F",):
             arr = pil_to_array(im)                       # float32 in [0, 1]
             if im.mode == "F" and (not np.isfinite(arr).all() or arr.min() < 0

@@ -8,6 +8,7 @@ file is removed on any error, Ctrl-C included.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -17,8 +18,21 @@ TMP_SUFFIX = ".dsd.tmp"        # temporary files are `.<target name>.<random>.ds
 
 
 class WriteError(OSError):
-    """A file could not be written (disk full, permissions, read-only file system); the
-    message names the file. An OSError, so callers that catch OSError keep working."""
+    """A file could not be written (disk full, permissions, read-only file system, a name
+    too long); the message names the file and `.errno` is the cause's. An OSError, so
+    callers that catch OSError keep working."""
+
+
+# Causes that will fail every later write as well (the run should stop), as opposed to
+# ones that concern one file (a name too long, a character the file system refuses).
+WHOLE_FOLDER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                       errno.EIO}
+
+
+def _write_error(target: Path, cause: OSError) -> WriteError:
+    err = WriteError(f"cannot write {target}: {cause}")
+    err.errno = cause.errno
+    return err
 
 
 def atomic_write(target, write: Callable) -> Path:
@@ -27,10 +41,12 @@ def atomic_write(target, write: Callable) -> Path:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+        # `.<start of the name>.<random>.dsd.tmp`: cut so that a target name near the
+        # 255-byte limit still leaves room for the temporary name's additions.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:64]}.",
                                    suffix=TMP_SUFFIX)
     except OSError as e:
-        raise WriteError(f"cannot write {target}: {e}") from e
+        raise _write_error(target, e) from e
     try:
         os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -42,13 +58,28 @@ def atomic_write(target, write: Callable) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, WriteError):
-            raise WriteError(f"cannot write {target}: {e}") from e
+            raise _write_error(target, e) from e
         raise
     return target
 
 
 def write_text(target, text: str) -> Path:
-    return atomic_write(target, lambda f: f.write(text.encode("utf-8")))
+    """UTF-8 text. File names that are not valid UTF-8 reach Python as lone surrogates
+    (surrogateescape); they are written back as the file name's own bytes."""
+    data = text.encode("utf-8", errors="surrogateescape")
+    return atomic_write(target, lambda f: f.write(data))
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text value for a CSV cell that a spreadsheet will not run as a formula: text
+    starting with = + - @, tab or CR (a file named `=cmd|calc!A1.png`) gets a leading
+    apostrophe (OWASP's advice for CSV injection). Other values are returned as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def write_png(target, arr, compress_level: int = 1) -> Path:

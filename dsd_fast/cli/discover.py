@@ -8,7 +8,9 @@ the key, so two `a.png` in different subfolders cannot overwrite each other.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob as globlib
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -16,11 +18,16 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced,
-                      open_image, pil_to_array)
+                      open_image, pil_to_array, upright, upright_size)
 from ..preprocess import to_model_input
 from . import memory
 
 BYTES_PER_OUTPUT_PIXEL = 24    # peak bytes per pixel while an image's outputs are written
+# File names are at most 255 bytes on common file systems; the longest name made from a key
+# is "<stem>_uncertainty.png" (16 bytes added). Longer stems are cut and given a digest.
+NAME_MAX = 255
+LONGEST_OUTPUT_SUFFIX = len("_uncertainty.png")
+DISAMBIGUATION_ROOM = 16       # what _make_keys_unique may append ("_jpeg_12")
 # Names this command writes: in the output folder such files are not inputs.
 OUTPUT_NAME = re.compile(r".*(_mask|_prob|_uncertainty|_overlay)\.png$", re.IGNORECASE)
 _GLOB_CHARS = re.compile(r"[*?[]")
@@ -63,6 +70,71 @@ def _glob_base(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+def _glob(pattern: str) -> list[str]:
+    """glob.glob(pattern, recursive=True), except that `**` never descends into symbolic
+    links to folders, as folder walking does not (os.walk): a link loop (`d/loop -> d`)
+    cannot make it run forever. `*`, `?` and `[...]` match within one name and, as in glob,
+    not a leading dot."""
+    if "**" not in pattern:
+        return sorted(globlib.glob(pattern))
+    parts = Path(pattern).parts
+    fixed = len(_glob_base(pattern).parts) if str(_glob_base(pattern)) != "." else 0
+    start = Path(*parts[:fixed]) if fixed else Path(".")
+    out: set[str] = set()
+
+    def entries(folder: Path):
+        try:
+            with os.scandir(folder) as it:
+                return sorted(it, key=lambda e: e.name)
+        except OSError:
+            return []
+
+    def expand(folder: Path, segs: tuple[str, ...], shown: Path) -> None:
+        if not segs:
+            out.add(str(shown))
+            return
+        head, rest = segs[0], segs[1:]
+        if head == "**":
+            expand(folder, rest, shown)                     # zero folders
+            for e in entries(folder):
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    expand(Path(e.path), segs, shown / e.name)   # one more folder
+                elif not rest:
+                    out.add(str(shown / e.name))                 # trailing ** lists files
+            return
+        for e in entries(folder):
+            if e.name.startswith(".") and not head.startswith("."):
+                continue
+            if not fnmatch.fnmatchcase(e.name, head):
+                continue
+            if rest:
+                if e.is_dir():
+                    expand(Path(e.path), rest, shown / e.name)
+            else:
+                out.add(str(shown / e.name))
+
+    expand(start, tuple(parts[fixed:]), start)
+    return sorted(out)
+
+
+def short_name(stem: str) -> str:
+    """`stem` if every output name made from it fits in NAME_MAX bytes, else its start cut
+    at a character boundary plus "~" and a 10-digit digest of the whole stem (stable, so a
+    re-run finds the same outputs)."""
+    raw = os.fsencode(stem)
+    budget = NAME_MAX - LONGEST_OUTPUT_SUFFIX - DISAMBIGUATION_ROOM
+    if len(raw) <= budget:
+        return stem
+    digest = hashlib.sha256(raw).hexdigest()[:10]
+    room = budget - len(digest) - 1
+    cut = stem[:room]
+    while len(os.fsencode(cut)) > room:             # multi-byte characters: cut further
+        cut = cut[:-1]
+    return f"{cut}~{digest}"
+
+
 def discover(specs: Sequence[str], recursive: bool = False,
              exclude: Path | None = None) -> Discovery:
     """Expand files, folders and globs into InputImages with unique keys.
@@ -102,8 +174,10 @@ def discover(specs: Sequence[str], recursive: bool = False,
         elif p.is_file():
             found.append((p, None))
             dirs.append(p.resolve().parent)
+        elif p.exists():
+            missing.append((spec, "not a regular file (a FIFO, socket or device?)"))
         elif _GLOB_CHARS.search(spec):
-            matches = sorted(globlib.glob(spec, recursive=True))
+            matches = _glob(spec)
             base = _glob_base(spec)
             n_before = len(found)
             for m in map(Path, matches):
@@ -130,7 +204,7 @@ def discover(specs: Sequence[str], recursive: bool = False,
         if ".." in rel.parts:                 # a glob like a/*/../b.png: keep outputs in OUT
             rel = PurePosixPath(path.name)
         rel_dir = "" if str(rel.parent) == "." else str(rel.parent)
-        images.append(InputImage(path, str(rel.with_suffix("")), rel_dir))
+        images.append(InputImage(path, str(rel.parent / short_name(rel.stem)), rel_dir))
     _make_keys_unique(images)
     return Discovery(images, missing, sorted(set(dirs)))
 
@@ -197,11 +271,11 @@ def prepare(item: InputImage, preprocessing, max_pixels: int) -> Prepared:
     path = item.path
     fp = fingerprint(path) if path.exists() else {}
     with open_image(path) as im:
-        w, h = im.size
+        w, h = upright_size(im)                 # the picture as shown (EXIF orientation)
         _check_memory(path, h, w)
         if w * h <= max_pixels:
             im.load()
-            arr, downscaled = pil_to_array(im), None
+            arr, downscaled = pil_to_array(upright(im)), None
         else:
             small = decode_reduced(im, reduced_pixels(preprocessing.image_size, max_pixels))
             arr, downscaled = pil_to_array(small), (small.size[1], small.size[0])

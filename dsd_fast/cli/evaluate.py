@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..images import IMAGE_SUFFIXES, ImageInputError, list_images, load_mask
-from ..io import write_text
+from ..io import csv_cell, write_text
 from ..metrics import METRIC_KEYS, score_image, summarise
 from .discover import InputImage
 from .errors import UsageError
@@ -66,7 +66,7 @@ def write_csv(rows: list[dict], path) -> Path:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k])
+        writer.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else csv_cell(r[k]))
                          for k in CSV_COLUMNS})
     return write_text(path, buf.getvalue())
 

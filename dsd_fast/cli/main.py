@@ -24,6 +24,19 @@ def cmd_segment(args) -> int:
     return run(args.images, opts).exit_code
 
 
+def _user_errors(cmd):
+    """A data or argument error (bad folder, corrupt file, mismatched masks, a value out of
+    range) is the user's: one line on stderr and exit status 2, no traceback."""
+    def wrapped(args) -> int:
+        try:
+            return cmd(args)
+        except (ValueError, OSError) as e:      # ImageInputError, CheckpointError included
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+@_user_errors
 def cmd_train(args) -> int:
     from ..train import TrainOptions, Trainer
     opts = TrainOptions(image_dir=args.images, mask_dir=args.masks, out_dir=args.out,
@@ -32,17 +45,34 @@ def cmd_train(args) -> int:
                         val_every=args.val_every, seed=args.seed, threads=args.threads,
                         init_from=args.init_from)
     best = Trainer(opts).run(progress=not args.quiet)
-    print(f"done: best validation Dice {best:.4f}; weights in {Path(args.out) / 'best.safetensors'}")
+    weights = Path(args.out) / "best.safetensors"
+    if args.val_ids:
+        print(f"done: best validation Dice {best:.4f}; weights in {weights}")
+    else:
+        print(f"done: {args.steps} steps, no validation set (--val-ids); the final EMA weights "
+              f"are in {weights}")
     return 0
 
 
+@_user_errors
 def cmd_eval(args) -> int:
+    import warnings
+
+    from ..images import NonBinaryMaskWarning
     from .evaluate import evaluate_folders, format_summary, write_csv
-    rows, summary = evaluate_folders(args.pred, args.gt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonBinaryMaskWarning)
+        rows, summary = evaluate_folders(args.pred, args.gt)
+    grey = [str(w.message).split(": not a binary mask")[0] for w in caught
+            if issubclass(w.category, NonBinaryMaskWarning)]
     out = Path(args.out) if args.out else Path.cwd()
     path = write_csv(rows, out / "metrics.csv")
     print(format_summary(summary, len(rows)))
     print(f"per-image metrics: {path}")
+    if grey:
+        print(f"note: {len(grey)} mask file(s) were not binary (grey levels, e.g. JPEG) and "
+              f"were binarised at > 128 of 255, as the ISIC scorer does: "
+              f"{', '.join(grey[:3])}{' ...' if len(grey) > 3 else ''}", file=sys.stderr)
     return 0
 
 
@@ -73,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: as many as fit in 40%% of the available memory, at most 8")
     s.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
     s.add_argument("--overwrite", action="store_true",
-                   help="redo images whose outputs already exist (default: skip them)")
+                   help="redo images whose outputs already exist (default: skip them), and "
+                   "replace files at the output names that dsd-fast did not write (a "
+                   "<name>_mask.png of your own beside <name>.png, a results.csv); without "
+                   "it such files are never touched")
     s.add_argument("--allow-inplace", action="store_true",
                    help="allow the output folder to be inside an input folder")
     fail = s.add_mutually_exclusive_group()

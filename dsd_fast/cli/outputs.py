@@ -5,9 +5,15 @@
     OUT/<key>_uncertainty.png   ensemble-std heatmap (visualise.heatmap)
     OUT/<key>_overlay.png       lesion contour on the image, uncertain band shaded
     OUT/results.json, results.csv, metrics.csv (with ground truth), index.html (report.py)
+    OUT/.dsd-fast/claims/<key>.json the names about to be written, before the first of them
     OUT/.dsd-fast/done/<key>.json   the per-image record; written after all of the image's
                                     outputs, it is what makes an image "finished"
     OUT/.dsd-fast/lock          held by the run (two runs cannot share a folder)
+
+Files the tool did not write are never replaced without --overwrite: an existing output
+name is the tool's only if a claim or a record of this folder lists it (a user's own
+`a_mask.png` beside `a.png` is not), and the run's summaries are the tool's only if the
+folder already has its state folder.
 
 Every file goes through io.atomic_write: a target is either absent or complete. An image
 is finished only when its record exists, the record's outputs all exist and the input
@@ -29,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import decode_rgb8, strip_rows
-from ..io import write_png, write_text
+from ..io import csv_cell, write_png, write_text
 from ..metrics import METRIC_KEYS
 from ..uncertainty import entropy_map
 from .discover import InputImage, Prepared, fingerprint
@@ -52,6 +58,41 @@ def record_path(out: Path, key: str) -> Path:
     return out / STATE_DIR / "done" / f"{key}.json"
 
 
+def claim_path(out: Path, key: str) -> Path:
+    return out / STATE_DIR / "claims" / f"{key}.json"
+
+
+SUMMARY_FILES = ("results.json", "results.csv", "metrics.csv", "index.html")
+
+
+def written_by_us(out: Path, key: str) -> set[str]:
+    """Output names (relative to OUT) a claim or record of this folder says the tool wrote
+    (or was about to write) for `key`."""
+    names: set[str] = set()
+    for p in (claim_path(out, key), record_path(out, key)):
+        try:
+            doc = json.loads(p.read_text())
+            names.update(doc.get("outputs", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue
+    return names
+
+
+def foreign_outputs(out: Path, key: str, kinds: Sequence[str]) -> list[Path]:
+    """Existing files at `key`'s output names that the tool did not write."""
+    ours = written_by_us(out, key)
+    return [p for p in output_paths(out, key, kinds).values()
+            if (p.exists() or p.is_symlink()) and p.relative_to(out).as_posix() not in ours]
+
+
+def foreign_summaries(out: Path) -> list[Path]:
+    """Summary files in OUT that a run of the tool cannot have written (OUT has no state
+    folder yet)."""
+    if (out / STATE_DIR).is_dir():
+        return []
+    return [out / n for n in SUMMARY_FILES if (out / n).exists()]
+
+
 class OutputLock:
     """An exclusive lock on OUT/.dsd-fast/lock for the run (released by the OS if the
     process dies). Where fcntl is missing (Windows) it does nothing."""
@@ -61,6 +102,11 @@ class OutputLock:
         self.fd = None
 
     def __enter__(self):
+        return self if self.fd is not None else self.acquire()
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock (UsageError if another run holds it; OSError if the folder cannot
+        be written)."""
         try:
             import fcntl
         except ImportError:
@@ -115,6 +161,8 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
     failure or None). `res` is segment()'s result at model size."""
     item, h, w, out = prep.item, prep.height, prep.width, opts.output
     paths = output_paths(out, item.key, opts.kinds())
+    rel = {k: p.relative_to(out).as_posix() for k, p in paths.items()}
+    write_text(claim_path(out, item.key), json.dumps({"key": item.key, "outputs": rel}))
     prob, std = _maps_at(res, h, w)                      # 2 x 4 bytes per pixel
     mask = prob > 0.5
     n = h * w
@@ -154,8 +202,7 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
               "model_input": ("full" if prep.downscaled is None
                               else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
               **stats,
-              "outputs": {k: p.relative_to(out).as_posix() for k, p in paths.items()},
-              "input_fingerprint": prep.fingerprint, "settings": settings,
+              "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "thumbnail": thumb, "thumbnail_size": thumb_size}
     write_text(record_path(out, item.key), json.dumps(record))
@@ -216,8 +263,8 @@ def write_summaries(out: Path, records: list[dict], failures: list[tuple[str, st
     writer.writerow(columns)
     for r in records:
         row = {**r, **(r.get("metrics") or {}), "image": r["key"]}
-        writer.writerow([(f"{row[c]:.6g}" if isinstance(row.get(c), float) else row.get(c, ""))
-                         for c in columns])
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else csv_cell(v)
+                         for v in (row.get(c, "") for c in columns)])
     write_text(out / "results.csv", buf.getvalue())
     if scored:
         write_csv([{"image": r["key"], **r["metrics"]} for r in scored], out / "metrics.csv")

@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import math
+import os
 from urllib.parse import quote
 
 import numpy as np
@@ -58,7 +59,9 @@ def _reason(name: str, why: str) -> str:
 
 
 def _href(rel: str) -> str:
-    return quote(rel, safe="/")
+    # The file name's own bytes, percent-encoded: names that are not valid UTF-8 (held as
+    # lone surrogates) still link to the file on disk.
+    return quote(os.fsencode(rel), safe="/")
 
 
 _CSS = """

@@ -32,15 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..diffusion.ensemble import MAX_SEED
 from ..images import ImageInputError, load_mask
-from ..io import remove_stale_temp_files
+from ..io import WHOLE_FOLDER_ERRNOS, remove_stale_temp_files
 from ..metrics import summarise
 from .discover import InputImage, discover, is_inside, prepare
 from .errors import Interrupted, OutputError, UsageError
 from .evaluate import GroundTruth, format_summary
 from .memory import auto_batch_size
-from .outputs import (OutputLock, finished_record, output_paths, write_outputs,
-                      write_summaries)
+from .outputs import (OutputLock, finished_record, foreign_outputs, foreign_summaries,
+                      output_paths, write_outputs, write_summaries)
 
 DEFAULT_MAX_PIXELS = 16_000_000
 SUMMARY_EVERY_S = 120.0        # rewrite results.json / index.html this often during a run
@@ -79,6 +80,9 @@ class BatchOptions:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                  f"got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
 
     def kinds(self) -> list[str]:
         """Output kinds every finished image must have, the mask last (written last)."""
@@ -165,9 +169,16 @@ def _run(inputs, state: RunState, model) -> RunSummary:
     state.total = len(found.images) + len(found.missing)
     if not found.images:
         return _finish(state, write=False)
-
-    out.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out):
+    theirs = [] if opts.overwrite else foreign_summaries(out)
+    if theirs:
+        raise UsageError(f"{theirs[0]} exists and was not written by dsd-fast; choose another "
+                         "-o, or pass --overwrite to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out).acquire()
+    except OSError as e:
+        raise UsageError(f"cannot write into the output folder {out}: {e}") from None
+    with lock:
         remove_stale_temp_files(out)
         state.settings = _settings(opts, model)
         state.order = [im.key for im in found.images]
@@ -199,6 +210,11 @@ def _plan(state: RunState, images: list[InputImage]) -> list[InputImage]:
         if clash:
             state.fail(im.path, f"output {clash[0]} would overwrite an input")
             continue
+        theirs = [] if opts.overwrite else foreign_outputs(out, im.key, opts.kinds())
+        if theirs:
+            state.fail(im.path, f"output {theirs[0]} exists and was not written by dsd-fast "
+                       "(pass --overwrite to replace it)")
+            continue
         rec = None if opts.overwrite else finished_record(im, opts)
         if rec is None:
             todo.append(im)
@@ -227,6 +243,10 @@ def _segment_all(state: RunState, todo: list[InputImage], model) -> None:
         if opts.threads:
             torch.set_num_threads(opts.threads)
         pipe = _load_pipeline(model, opts)
+        try:
+            pipe.check_args(opts.steps, opts.ensemble)      # T is the model's
+        except ValueError as e:
+            raise UsageError(f"--{e}") from None
         batch = opts.batch_size or auto_batch_size(pipe, opts.ensemble)
         bar = tqdm(total=len(todo), unit="img", desc="segment", disable=opts.quiet,
                    file=state.err_s, dynamic_ncols=True)
@@ -319,6 +339,10 @@ def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
 def _write_one(state: RunState, prep, res) -> None:
     try:
         rec, score_error = write_outputs(prep, res, state.opts, state.gt, state.settings)
+    except OutputError as e:
+        if e.errno in WHOLE_FOLDER_ERRNOS:
+            raise                          # disk full, read-only: every later image fails too
+        state.fail(prep.item.path, str(e))
     except ImageInputError as e:
         state.fail(prep.item.path, str(e))
     except MemoryError:

@@ -21,6 +21,8 @@ from .ddpm import ddpm_sample
 from .schedule import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
+# noise_seed(seed, key) = seed * 1_000_003 + (key < 2^32) must fit torch's 64-bit seeds.
+MAX_SEED = (2 ** 64 - 2 ** 32) // 1_000_003 - 1
 SAMPLERS = ("ddim", "ddpm")
 
 

@@ -22,6 +22,14 @@ class Schedule:
     """The training noise schedule as float64 tables (cast once when a sampler is built)."""
     betas: torch.Tensor          # (T,)
 
+    def __post_init__(self):
+        b = self.betas
+        if not isinstance(b, torch.Tensor) or b.dim() != 1 or b.numel() == 0:
+            raise ValueError("a schedule needs a non-empty 1-D tensor of betas, got "
+                             f"{getattr(b, 'shape', type(b).__name__)}")
+        if not (torch.isfinite(b).all() and (b > 0).all() and (b < 1).all()):
+            raise ValueError(f"betas must be finite and in (0, 1), got range "
+                             f"[{b.min().item():.4g}, {b.max().item():.4g}]")
     @classmethod
     def linear(cls, timesteps: int = PUBLISHED_T, beta_start: float = PUBLISHED_BETA_START,
                beta_end: float = PUBLISHED_BETA_END) -> "Schedule":
@@ -60,8 +68,9 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
-        if d.get("kind") != "table" or "betas" not in d:
-            raise ValueError(f"unrecognised schedule description: keys {sorted(d)}")
+        if not isinstance(d, dict) or d.get("kind") != "table" or "betas" not in d:
+            raise ValueError(f"unrecognised schedule description: "
+                             f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
         return cls(torch.tensor(d["betas"], dtype=torch.float64))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,27 @@ class TrainOptions:
     # optimizer starts fresh and the step counter continues from the file's "step" metadata.
     # This is how a run continues across machines that keep only the bundled weights.
     init_from: str | None = None
+
+    def __post_init__(self):
+        """Refuse what would train nothing or garbage (steps <= 0, a NaN learning rate)."""
+        ints = {"total_steps": 1, "batch_size": 1, "val_every": 1, "val_steps": 1,
+                "val_ensemble": 1, "checkpoint_every": 1, "log_every": 1, "seed": 0}
+        for name, lo in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1, got {self.threads!r}")
+        for name in ("lr", "ema_beta", "ema_power", "gamma"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (name == "lr" and v == 0):
+                bound = "> 0" if name == "lr" else ">= 0"
+                raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
+        try:
+            get_config(self.config)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -157,7 +179,15 @@ class Trainer:
         torch_save(self._state(), self.last_path)
 
     def _resume(self) -> None:
-        st = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        try:
+            st = torch.load(self.last_path, map_location="cpu", weights_only=True)
+            if not isinstance(st, dict) or not {"model", "ema", "optimizer", "step",
+                                                "config"} <= set(st):
+                raise ValueError("not a training checkpoint of this tool")
+        except Exception as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]   # torch's run long
+            raise ValueError(f"{self.last_path}: cannot resume from it ({why}); move it away "
+                             "to start the run over") from None
         if st["config"] != self.config.to_json():
             raise ValueError(f"{self.last_path} was trained with config {st['config']}, "
                              f"not {self.config.to_json()}; use another --out folder")

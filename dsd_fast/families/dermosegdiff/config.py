@@ -33,6 +33,9 @@ class ModelConfig:
             raise ValueError(
                 f"dim_x_mults {self.dim_x_mults} and dim_g_mults {self.dim_g_mults} must be "
                 "non-empty and of the same length (one entry per level)")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) \
+                or self.image_size < 1:
+            raise ValueError(f"image_size must be an integer >= 1, got {self.image_size!r}")
         if self.image_size % (2 ** (self.levels - 1)):
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by 2^(levels-1) = "
