@@ -13,6 +13,8 @@ preprocessing as real fields. Per call:
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,18 +103,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------ segmentation
     def check_args(self, steps, ensemble, sampler="ddim", fusion="mean", refine=None,
-                   batch_size=1, seed=0) -> None:
+                   batch_size=1, seed=0, eta=0.0) -> None:
         check_fusion(fusion, refine)
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
         T = self.schedule.T
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        if not _is_int(steps) or not 1 <= steps <= T:
             raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
         for name, v in (("ensemble", ensemble), ("batch_size", batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not _is_int(v) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+        if not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
 
     def segment(self, images, steps: int = 25, ensemble: int = 5, seed: int = 0,
                 sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
@@ -124,7 +128,8 @@ class Pipeline:
         items = as_image_list(images)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
-        self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed)
+        self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta)
+        steps, ensemble, batch_size, seed = int(steps), int(ensemble), int(batch_size), int(seed)
         eps_model = self.eps_model(backend)
         chws = [to_chw(item, i) for i, item in enumerate(items)]   # validates every image first
         keys = list(noise_keys) if noise_keys is not None else [content_key(c) for c in chws]
@@ -224,6 +229,11 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         batch_size=batch_size, fusion=fusion, refine=refine, backend=backend,
         return_samples=return_samples, progress=progress, noise_keys=noise_keys,
         clip_x0=clip_x0)
+
+
+def _is_int(v) -> bool:
+    """An integer of any kind (Python, numpy), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -56,8 +56,9 @@ def read_file(path) -> tuple[dict, dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]   # torch's run long
         raise CheckpointError(
-            f"{path}: could not be read as a weights-only torch checkpoint ({e}). Only "
+            f"{path}: could not be read as a weights-only torch checkpoint ({why}). Only "
             "tensors, numbers and dicts are accepted; arbitrary pickled objects are refused."
         ) from None
     return obj, {}

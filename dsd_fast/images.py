@@ -247,6 +247,9 @@ def array_to_chw(arr: np.ndarray, where: str) -> torch.Tensor:
 
 
 def tensor_to_chw(t: torch.Tensor, where: str) -> torch.Tensor:
+    if t.device.type == "meta" or t.is_sparse:
+        raise ImageInputError(f"{where}: a {'meta' if t.device.type == 'meta' else 'sparse'} "
+                              "tensor holds no pixel values; pass a dense tensor")
     if t.dim() != 3 or t.shape[0] not in (1, 3):
         raise ImageInputError(
             f"{where}: expected a tensor of shape (3, H, W) or (1, H, W), got {tuple(t.shape)}")

@@ -370,3 +370,42 @@ def test_upper_case_suffix_is_read_as_safetensors(tmp_path, tiny_model):
     path = save_model(tiny_model, tmp_path / "M.SAFETENSORS")
     net = load_model(path)
     assert net.config == tiny_model.config
+
+
+# ----------------------------------------------------------------------------- found here
+
+def test_numpy_integers_are_integers(tiny_model):
+    r = segment(torch.rand(3, 8, 8), steps=np.int64(2), ensemble=np.int32(2),
+                batch_size=np.int64(1), seed=np.int64(3), model=tiny_model)[0]
+    same = segment(torch.rand(3, 8, 8), steps=2, ensemble=2, seed=3, model=tiny_model)[0]
+    assert r.mask.shape == same.mask.shape == (8, 8)
+
+
+def test_eta_must_be_finite(tiny_model):
+    # NaN used to reach the sampler and come back as "the model's predictions diverged"
+    with pytest.raises(ValueError, match="eta must be a finite number"):
+        segment(torch.rand(3, 8, 8), steps=2, ensemble=1, eta=float("nan"), model=tiny_model)
+
+
+def test_a_meta_tensor_is_refused_as_an_image(tiny_model):
+    with pytest.raises(ImageInputError, match="meta tensor"):
+        segment(torch.empty(3, 8, 8, device="meta"), steps=1, ensemble=1, model=tiny_model)
+
+
+@pytest.mark.parametrize("key", [-5, 2 ** 70, 1.5, None])
+def test_any_noise_key_makes_a_valid_seed(tiny_model, key):
+    r = segment(torch.rand(3, 8, 8), steps=1, ensemble=1, model=tiny_model, noise_keys=[key],
+                refine=None)
+    assert r[0].mask.shape == (8, 8)
+
+
+def test_empty_output_argument_and_broken_links_are_named(tmp_path, ckpt, capsys):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_pattern(20, 30)).save(tmp_path / "in" / "a.png")
+    # `-o "$OUT"` with OUT unset used to write into the current folder
+    assert main(["segment", str(tmp_path / "in"), "-o", "", "--checkpoint", ckpt, *FAST]) == 2
+    assert "-o/--output is empty" in capsys.readouterr().err
+    os.symlink(tmp_path / "gone.png", tmp_path / "in" / "dead.png")
+    assert main(["segment", str(tmp_path / "in" / "dead.png"), "-o", str(tmp_path / "out"),
+                 "--checkpoint", ckpt, *FAST]) == 1
+    assert "symbolic link to" in capsys.readouterr().err

@@ -176,6 +176,8 @@ def discover(specs: Sequence[str], recursive: bool = False,
             dirs.append(p.resolve().parent)
         elif p.exists():
             missing.append((spec, "not a regular file (a FIFO, socket or device?)"))
+        elif p.is_symlink():
+            missing.append((spec, f"a symbolic link to {os.readlink(p)}, which does not exist"))
         elif _GLOB_CHARS.search(spec):
             matches = _glob(spec)
             base = _glob_base(spec)

@@ -69,6 +69,8 @@ class BatchOptions:
     clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
 
     def __post_init__(self):
+        if not str(self.output).strip():
+            raise UsageError("-o/--output is empty (an unset shell variable?); name a folder")
         self.output = Path(self.output)
         for name, lo in (("steps", 1), ("ensemble", 1), ("max_pixels", 1)):
             v = getattr(self, name)

@@ -87,11 +87,11 @@ def flush_denormals():
 
 def noise_seed(seed: int, key) -> int:
     """The generator seed of one image's chains, from the call's seed and the image's key:
-    an int is used as it is, a string (a file's output name, a content digest) through
+    an int is used modulo 2^32 (so a negative or huge key still makes a valid seed), a string (a file's output name, a content digest) through
     crc32 of its UTF-8 bytes; undecodable characters (a non-UTF-8 file name surfaces as
     lone surrogates) are escaped rather than refused."""
     if isinstance(key, int):
-        return seed * 1_000_003 + key
+        return seed * 1_000_003 + key % 2 ** 32    # any int; 0 .. 2^32-1 kept as they are
     text = str(key)
     try:
         data = text.encode("utf-8", errors="surrogateescape")   # a file name's own bytes
