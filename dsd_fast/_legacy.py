@@ -20,7 +20,7 @@ MOVED = {
     "dsd_fast.config": ("dsd_fast.families.dermosegdiff.config", "dsd_fast.preprocess"),
     "dsd_fast.fast": ("dsd_fast.families.dermosegdiff.fast",),
     "dsd_fast.fast_attention": ("dsd_fast.families.dermosegdiff.fast_attention",),
-    "dsd_fast.fast_resample": ("dsd_fast.families.dermosegdiff.fast_resample",),
+    "dsd_fast.fast_resample": ("dsd_fast.families.fast_resample",),
     "dsd_fast.segmentation": ("dsd_fast.api", "dsd_fast.results",
                               "dsd_fast.diffusion.ensemble"),
     "dsd_fast.graph_sampler": ("dsd_fast.diffusion.graph",),

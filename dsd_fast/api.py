@@ -93,9 +93,23 @@ class Pipeline:
         return self.family.fast_model_for(self.model)
 
     def eps_model(self, backend: str = "auto"):
-        """denoiser(backend) as a noise predictor (x0 / v outputs converted)."""
+        """denoiser(backend) as a noise predictor (x0 / v outputs converted, self-conditioning
+        fed back)."""
+        conv = self.family.sampling_conventions(self.config)
         return as_eps_model(self.denoiser(backend), self.family.prediction(self.config),
-                            self.schedule)
+                            self.schedule, conv["self_condition"])
+
+    def sample(self, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
+               noise_keys: list, sampler: str = "ddim", eta: float = 0.0,
+               clip_x0: bool = True, backend: str = "auto", eps_model=None) -> torch.Tensor:
+        """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in [-1, 1], with the
+        family's sampling conventions (its DDPM, its DDIM grid and clipping)."""
+        conv = self.family.sampling_conventions(self.config)
+        return sample_ensemble(eps_model or self.eps_model(backend), self.schedule, model_input,
+                               steps, ensemble, seed, noise_keys=noise_keys, sampler=sampler,
+                               eta=eta, clip_x0=clip_x0, ddpm=conv["ddpm"],
+                               keep_eps=conv["keep_eps"],
+                               ddim_timesteps=conv["ddim_timesteps"])
 
     def model_input(self, chws: list[torch.Tensor]) -> torch.Tensor:
         """(3, H, W) images in [0, 1] -> (N, 3, S, S) network input on the model's device."""
@@ -137,9 +151,8 @@ class Pipeline:
         bar = _progress_bar(len(chws), progress)
         for start in range(0, len(chws), batch_size):
             chunk, chunk_keys = chws[start:start + batch_size], keys[start:start + batch_size]
-            samples = sample_ensemble(eps_model, self.schedule, self.model_input(chunk), steps,
-                                      ensemble, seed, noise_keys=chunk_keys, sampler=sampler,
-                                      eta=eta, clip_x0=clip_x0).cpu()
+            samples = self.sample(self.model_input(chunk), steps, ensemble, seed, chunk_keys,
+                                  sampler, eta, clip_x0, eps_model=eps_model).cpu()
             for k, chw in enumerate(chunk):
                 rng = np.random.default_rng(noise_seed(seed, chunk_keys[k]))  # CRF's draws
                 results.append(samples_to_result(samples[k], tuple(chw.shape[1:]),

@@ -149,7 +149,12 @@ def _resolve(obj, meta: dict, family, config, settings: dict):
                 f"{sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__}")
     if config is None:
         try:
-            config = family.infer_config(sd, **settings)
+            stored = family.settings_from(obj)
+            clash = [f"{k}={v!r}, not {settings[k]!r}" for k, v in stored.items()
+                     if k in settings and settings[k] != v]
+            if clash:
+                raise ValueError(f"the file itself says {'; '.join(clash)}")
+            config = family.infer_config(sd, **{**stored, **settings})
         except ValueError as e:
             raise CheckpointError(str(e)) from None
     return family, sd, config, family.schedule_from(obj, config), family.preprocessing(config)

@@ -52,10 +52,17 @@ class DDIMTables:
     dir_next: torch.Tensor    # sqrt(1 - abar_n - sigma^2)
 
     @classmethod
-    def build(cls, schedule: Schedule, steps: int, eta: float = 0.0) -> "DDIMTables":
+    def build(cls, schedule: Schedule, steps: int, eta: float = 0.0,
+              timesteps: torch.Tensor | None = None) -> "DDIMTables":
+        """`timesteps`: the descending steps to visit (default `ddim_timesteps`); a family
+        whose original code walks another grid gives its own (medsegdiff/sampling.py)."""
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        ts = ddim_timesteps(schedule.T, steps)
+        ts = ddim_timesteps(schedule.T, steps) if timesteps is None else timesteps.long()
+        if ts.numel() != steps or not (ts[:-1] > ts[1:]).all() or ts.min() < 0 \
+                or ts.max() >= schedule.T:
+            raise ValueError(f"DDIM timesteps must be {steps} descending steps in "
+                             f"0..{schedule.T - 1}, got {ts.tolist()}")
         ac = schedule.alphas_cumprod
         a_t = ac[ts]
         a_n = torch.cat((ac[ts[1:]], ac.new_ones(1)))
@@ -80,17 +87,26 @@ class DDIMSampler:
     beyond what the network itself allocates. Build once per (batch, size, steps, eta, clip).
 
     clip_x0: clamp each step's x0 estimate to the mask range [-1, 1] and continue from the
-    eps it implies (the usual DDIM practice, e.g. lucidrains' ddim_sample; the published
-    DDPM sampler does not clip). On by default, here as in `segment()` and the CLI
-    (MODEL_CARD.md gives the measured effect); clip_x0=False is textbook DDIM.
+    eps it implies (the usual DDIM practice; the published DermoSegDiff DDPM sampler does not
+    clip). On by default, here as in `segment()` and the CLI (MODEL_CARD.md gives the
+    measured effect); clip_x0=False is textbook DDIM.
+    keep_eps: with clip_x0, continue from the network's own eps instead (lucidrains'
+    ddim_sample does this for noise-predicting models: x_next = sqrt(abar_n) clamp(x0_hat)
+    + sqrt(1 - abar_n - sigma^2) eps).
+    timesteps: the grid to walk (DDIMTables.build).
+
+    A stateful eps model (self-conditioning, diffusion/ensemble.py) is reset at the start of
+    each run through its `reset()`.
     """
 
-    def __init__(self, schedule: Schedule, steps: int, eta: float = 0.0, clip_x0: bool = True):
+    def __init__(self, schedule: Schedule, steps: int, eta: float = 0.0, clip_x0: bool = True,
+                 keep_eps: bool = False, timesteps: torch.Tensor | None = None):
         self.schedule = schedule
         self.steps = steps
         self.eta = float(eta)
         self.clip_x0 = bool(clip_x0)
-        self.tables64 = DDIMTables.build(schedule, steps, eta)
+        self.keep_eps = bool(keep_eps)
+        self.tables64 = DDIMTables.build(schedule, steps, eta, timesteps)
         self._key = None
 
     def _prepare(self, shape, device, dtype):
@@ -117,14 +133,17 @@ class DDIMSampler:
             x.normal_(generator=generator)
         else:
             x.copy_(x_init)
+        if hasattr(eps_model, "reset"):
+            eps_model.reset()
         stochastic = self.eta > 0          # Python flags, fixed per sampler: no tensor branch
         for i in range(self.steps):
             eps = eps_model(x, image, self.t_per_step[i])
             if self.clip_x0:
                 x0, e = self.x0, self.e
                 torch.mul(x, tab.inv_s0[i], out=x0).addcmul_(eps, tab.neg_r[i]).clamp_(-1, 1)
-                torch.addcmul(x, x0, tab.neg_s0[i], out=e).mul_(tab.inv_s1[i])
-                torch.mul(x0, tab.s0_next[i], out=x).addcmul_(e, tab.dir_next[i])
+                if not self.keep_eps:
+                    eps = torch.addcmul(x, x0, tab.neg_s0[i], out=e).mul_(tab.inv_s1[i])
+                torch.mul(x0, tab.s0_next[i], out=x).addcmul_(eps, tab.dir_next[i])
             else:
                 # x <- c_x x + c_eps eps, in place
                 x.mul_(tab.c_x[i]).addcmul_(eps, tab.c_eps[i])
@@ -137,5 +156,6 @@ class DDIMSampler:
 
 
 def ddim_sample(eps_model, image, schedule, steps, generator, eta=0.0, progress=None,
-                clip_x0=True):
-    return DDIMSampler(schedule, steps, eta, clip_x0).sample(eps_model, image, generator, progress)
+                clip_x0=True, keep_eps=False, timesteps=None):
+    return DDIMSampler(schedule, steps, eta, clip_x0, keep_eps, timesteps).sample(
+        eps_model, image, generator, progress)

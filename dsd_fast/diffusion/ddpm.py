@@ -40,10 +40,56 @@ def ddpm_sample(eps_model, image: torch.Tensor, schedule: Schedule,
         x = x_init.to(dev, dt).clone()
     t_buf = torch.empty(b, dtype=torch.long, device=dev)
     z = torch.empty_like(x)
+    if hasattr(eps_model, "reset"):
+        eps_model.reset()
     for t in reversed(range(schedule.T)):
         eps = eps_model(x, image, t_buf.fill_(t))
         z.normal_(generator=generator)
         x = c_x[t] * x + c_eps[t] * eps + std[t] * z
+        if progress is not None:
+            progress()
+    return x
+
+
+def clipped_posterior_tables(schedule: Schedule):
+    """(1/sqrt(abar), sqrt(1/abar - 1), coef1, coef2, std) for the x0-clipped ancestral step
+    of lucidrains' and guided-diffusion's p_sample:
+        x0   = clamp(x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) eps, -1, 1)
+        mean = coef1_t x0 + coef2_t x_t,  coef1 = beta sqrt(abar_prev) / (1 - abar),
+                                          coef2 = (1 - abar_prev) sqrt(alpha) / (1 - abar)
+        x_{t-1} = mean + exp(0.5 log(max(posterior variance, 1e-20))) z   (no z at t = 0)."""
+    b, a, ac, acp = (schedule.betas, schedule.alphas, schedule.alphas_cumprod,
+                     schedule.alphas_cumprod_prev)
+    var = schedule.posterior_variance
+    return ((1 / ac).sqrt(), (1 / ac - 1).sqrt(), b * acp.sqrt() / (1 - ac),
+            (1 - acp) * a.sqrt() / (1 - ac), (0.5 * var.clamp(min=1e-20).log()).exp())
+
+
+@torch.no_grad()
+def ddpm_sample_clipped(eps_model, image: torch.Tensor, schedule: Schedule,
+                        generator: torch.Generator, progress=None, x_init=None,
+                        mask_channels: int = 1) -> torch.Tensor:
+    """The x0-clipped ancestral sampler (MedSegDiff's codes): t = T-1 .. 0, noise drawn for
+    t > 0 only, in that order, from `generator` (after x_T when x_init is not given).
+    Tables are cast to float32 (the run dtype) as the original code stores them."""
+    b, _, h, w = image.shape
+    dev, dt = image.device, image.dtype
+    r_a, r_m1, coef1, coef2, std = (c.to(dev, dt) for c in clipped_posterior_tables(schedule))
+    if x_init is None:
+        x = torch.randn((b, mask_channels, h, w), generator=generator, device=dev, dtype=dt)
+    else:
+        x = x_init.to(dev, dt).clone()
+    t_buf = torch.empty(b, dtype=torch.long, device=dev)
+    if hasattr(eps_model, "reset"):
+        eps_model.reset()
+    for t in reversed(range(schedule.T)):
+        eps = eps_model(x, image, t_buf.fill_(t))
+        x0 = (r_a[t] * x - r_m1[t] * eps).clamp_(-1, 1)
+        mean = coef1[t] * x0 + coef2[t] * x
+        if t > 0:
+            x = mean + std[t] * torch.randn(x.shape, generator=generator, device=dev, dtype=dt)
+        else:
+            x = mean
         if progress is not None:
             progress()
     return x

@@ -17,7 +17,7 @@ import zlib
 import torch
 
 from .ddim import DDIMSampler
-from .ddpm import ddpm_sample
+from .ddpm import ddpm_sample, ddpm_sample_clipped
 from .schedule import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -26,24 +26,31 @@ MAX_SEED = (2 ** 64 - 2 ** 32) // 1_000_003 - 1
 SAMPLERS = ("ddim", "ddpm")
 
 
-class EpsFromPrediction:
-    """Wraps `net(x_t, image, t)` that predicts x0 or v into one that returns eps.
+class NoisePredictor:
+    """Wraps `net(x_t, image, t[, x_self_cond])` into the noise predictor the samplers call.
 
         x_t = sqrt(abar) x0 + sqrt(1 - abar) eps        (schedule.py)
         x0 prediction: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
         v  prediction: v = sqrt(abar) eps - sqrt(1 - abar) x0  =>  eps = sqrt(1 - abar) x_t
-                       + sqrt(abar) v
-    Tables are float64, cast once per (device, dtype); `t` indexes them on the device, so
-    the call has no host synchronisation (CUDA-graph safe).
+                       + sqrt(abar) v,  x0 = sqrt(abar) x_t - sqrt(1 - abar) v
+    Self-conditioning (lucidrains): the network also sees the previous step's x0 estimate,
+    clamped to [-1, 1], zeros at the first step; the samplers call `reset()` when a run
+    starts. The estimate lives in one static buffer (CUDA-graph safe), the tables are cast
+    once per (device, dtype) and indexed by `t` on the device (no host synchronisation).
     """
 
-    def __init__(self, net, prediction: str, schedule: Schedule):
-        if prediction not in ("x0", "v"):
-            raise ValueError(f"prediction must be 'x0' or 'v' here, got {prediction!r}")
-        self.net, self.prediction = net, prediction
+    def __init__(self, net, prediction: str, schedule: Schedule, self_condition: bool = False):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.net, self.prediction, self.self_condition = net, prediction, self_condition
         ac = schedule.alphas_cumprod
         self._tables64 = (ac.sqrt(), (1 - ac).sqrt())
         self._tables: dict = {}
+        self._prev = None            # (B, C, H, W) previous clamped x0 estimate
+        self._fresh = True
+
+    def reset(self) -> None:
+        self._fresh = True
 
     def _at(self, t: torch.Tensor, like: torch.Tensor):
         key = (like.device, like.dtype)
@@ -54,18 +61,37 @@ class EpsFromPrediction:
         return a[t].view(shape), s[t].view(shape)
 
     def __call__(self, x_t, image, t):
-        out = self.net(x_t, image, t)
+        if not self.self_condition:
+            out = self.net(x_t, image, t)
+        else:
+            if self._prev is None or self._prev.shape != x_t.shape or \
+                    self._prev.device != x_t.device or self._prev.dtype != x_t.dtype:
+                self._prev = torch.zeros_like(x_t)
+            if self._fresh:
+                self._prev.zero_()
+                self._fresh = False
+            out = self.net(x_t, image, t, self._prev)
+        if self.prediction == "eps" and not self.self_condition:
+            return out
         a, s = self._at(t, x_t)
-        if self.prediction == "x0":
-            return (x_t - a * out) / s
-        return s * x_t + a * out
+        if self.prediction == "eps":
+            eps, x0 = out, (x_t - s * out) / a
+        elif self.prediction == "x0":
+            eps, x0 = (x_t - a * out) / s, out
+        else:
+            eps, x0 = s * x_t + a * out, a * x_t - s * out
+        if self.self_condition:
+            self._prev.copy_(x0.clamp(-1, 1))
+        return eps
 
 
-def as_eps_model(net, prediction: str, schedule: Schedule):
-    """The callable the samplers use: `net` itself when it predicts noise."""
+def as_eps_model(net, prediction: str, schedule: Schedule, self_condition: bool = False):
+    """The callable the samplers use: `net` itself when it predicts noise unconditioned."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    return net if prediction == "eps" else EpsFromPrediction(net, prediction, schedule)
+    if prediction == "eps" and not self_condition:
+        return net
+    return NoisePredictor(net, prediction, schedule, self_condition)
 
 
 @contextlib.contextmanager
@@ -114,13 +140,16 @@ def initial_noise(keys: list, ensemble: int, size: int, seed: int) -> torch.Tens
 def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, steps: int,
                     ensemble: int, seed: int, noise_keys: list | None = None,
                     sampler: str = "ddim", eta: float = 0.0, clip_x0: bool = True,
-                    progress=None) -> torch.Tensor:
-    """(N, 3, S, S) network inputs -> (N, ensemble, S, S) samples in mask space [-1, 1].
+                    progress=None, ddpm: str = "published", keep_eps: bool = False,
+                    ddim_timesteps=None) -> torch.Tensor:
+    """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in mask space [-1, 1].
 
     eps_model(x_t, image, t) -> eps_hat (see `as_eps_model`). Image i's noise is keyed by
     noise_keys[i] (default: its index i). clip_x0 applies to DDIM (see DDIMSampler); the
-    published DDPM sampler never clips. On a CUDA device, eta = 0 DDIM replays one captured
-    CUDA graph per (network, batch, size, steps) (graph.py).
+    DDPM sampler is the family's: "published" (DermoSegDiff's, never clipped) or "clipped"
+    (the x0-clipped posterior step of MedSegDiff's codes). keep_eps and ddim_timesteps(T,
+    steps) are the family's DDIM conventions (DDIMSampler). On a CUDA device, eta = 0 DDIM
+    replays one captured CUDA graph per (network, batch, size, steps) (graph.py).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -131,14 +160,17 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
         raise ValueError(f"{len(keys)} noise keys for {n} images")
     x_init = initial_noise(keys, ensemble, s, seed).to(image)
     gen = torch.Generator(device=image.device).manual_seed(seed)
+    grid = ddim_timesteps(schedule.T, steps) if ddim_timesteps is not None else None
     with flush_denormals():
         if sampler == "ddpm":
-            x = ddpm_sample(eps_model, image, schedule, gen, progress=progress, x_init=x_init)
+            run = ddpm_sample_clipped if ddpm == "clipped" else ddpm_sample
+            x = run(eps_model, image, schedule, gen, progress=progress, x_init=x_init)
         elif image.is_cuda and eta == 0:
             from .graph import static_ddim
-            x = static_ddim(eps_model, schedule, steps, image, clip_x0).run(image, x_init)
+            x = static_ddim(eps_model, schedule, steps, image, clip_x0, keep_eps,
+                            grid).run(image, x_init)
         else:
-            x = DDIMSampler(schedule, steps, eta, clip_x0).sample(
+            x = DDIMSampler(schedule, steps, eta, clip_x0, keep_eps, grid).sample(
                 eps_model, image, gen, progress=progress, x_init=x_init)
     if not torch.isfinite(x).all():
         raise FloatingPointError(

@@ -9,6 +9,7 @@ Notation (Ho et al. 2020; Song et al. 2021):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,23 @@ class Schedule:
     @classmethod
     def published(cls) -> "Schedule":
         return cls.linear()
+
+    @classmethod
+    def cosine(cls, timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> "Schedule":
+        """Nichol & Dhariwal's cosine schedule, in float64 as lucidrains' code builds it:
+        abar(x) = cos^2(((x / T) + s) / (1 + s) * pi / 2) / abar(0) on x = 0..T,
+        beta_t = 1 - abar(t + 1) / abar(t), clipped to [0, max_beta]."""
+        x = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
+        abar = torch.cos(((x / timesteps) + s) / (1 + s) * math.pi * 0.5) ** 2
+        abar = abar / abar[0]
+        return cls(torch.clip(1 - abar[1:] / abar[:-1], 0, max_beta))
+
+    @classmethod
+    def scaled_linear(cls, timesteps: int) -> "Schedule":
+        """The DDPM linear schedule stretched to T steps, in float64 (lucidrains' and the
+        official MedSegDiff's "linear"): linspace(1e-4 k, 0.02 k, T), k = 1000 / T."""
+        k = 1000 / timesteps
+        return cls(torch.linspace(1e-4 * k, 0.02 * k, timesteps, dtype=torch.float64))
 
     @property
     def T(self) -> int:

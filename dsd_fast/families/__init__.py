@@ -1,6 +1,7 @@
 """Model families: one folder per network (reference, fast model, checkpoint reading).
 
     FAMILIES["dermosegdiff"]      DermoSegDiff (Bozorgpour et al., MICCAI 2023 PRIME)
+    FAMILIES["medsegdiff"]        MedSegDiff as lucidrains' med-seg-diff-pytorch builds it
 
 `get_family(name)`, `family_of_network(net)` and `detect_family(obj)` are how the rest of
 the engine finds a family; none of them imports a family's fast path.
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 from .base import ModelFamily
 from .dermosegdiff import DERMOSEGDIFF
+from .medsegdiff import MEDSEGDIFF
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF,)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF, MEDSEGDIFF)}
 
 
 def get_family(name: str) -> ModelFamily:
@@ -28,6 +30,16 @@ def family_of_network(net) -> ModelFamily:
                     f"({', '.join(sorted(FAMILIES))}); wrap it in a Pipeline with its family")
 
 
+def find_config(name: str):
+    """(family, config) of a named config of any family ("default", "msd_ph2_64", ...)."""
+    from .dermosegdiff import CONFIGS
+    from .medsegdiff import MSD_CONFIGS
+    for fam, table in ((DERMOSEGDIFF, CONFIGS), (MEDSEGDIFF, MSD_CONFIGS)):
+        if name in table:
+            return fam, table[name]
+    raise KeyError(f"unknown config {name!r}; known: {sorted(CONFIGS) + sorted(MSD_CONFIGS)}")
+
+
 def detect_family(obj: dict) -> tuple[ModelFamily, dict] | None:
     """(family, state dict) of the first family that recognises a loaded file object."""
     for fam in FAMILIES.values():
@@ -37,4 +49,5 @@ def detect_family(obj: dict) -> tuple[ModelFamily, dict] | None:
     return None
 
 
-__all__ = ["ModelFamily", "FAMILIES", "get_family", "family_of_network", "detect_family"]
+__all__ = ["ModelFamily", "FAMILIES", "get_family", "family_of_network", "detect_family",
+           "find_config"]

@@ -55,6 +55,14 @@ class ModelFamily:
     def default_schedule(self, config) -> Schedule:
         raise NotImplementedError
 
+    def sampling_conventions(self, config) -> dict:
+        """How the original code samples, beyond the schedule: its DDPM ("published": the
+        plain eps form, or "clipped": the x0-clipped posterior), whether its clipped DDIM
+        keeps the network's eps (`keep_eps`), its DDIM grid (`ddim_timesteps(T, steps)`,
+        None = diffusion.ddim_timesteps), and whether the network is self-conditioned."""
+        return {"ddpm": "published", "keep_eps": False, "ddim_timesteps": None,
+                "self_condition": False}
+
     def preprocessing(self, config) -> Preprocessing:
         raise NotImplementedError
 
@@ -77,6 +85,11 @@ class ModelFamily:
     def infer_config(self, state_dict: dict[str, torch.Tensor], **settings):
         """The config from tensor shapes; `settings` give what shapes cannot tell."""
         raise NotImplementedError
+
+    def settings_from(self, obj: dict) -> dict:
+        """Config settings a file of the original code stores beside the weights (e.g. a
+        wrapper's schedule buffers), to pass to `infer_config`; default none."""
+        return {}
 
     def schedule_from(self, obj: dict, config) -> Schedule:
         """The schedule stored in a file object of the original code, else the default."""

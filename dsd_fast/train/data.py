@@ -107,19 +107,21 @@ def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator,
 
 
 class PairBatches:
-    """Endless random batches: (image (B,3,S,S) min-max normalised, x0 (B,1,S,S) in [-1,1])."""
+    """Endless random batches: (image (B,3,S,S) in [0, 1], min-max normalised per image
+    unless `normalise` is False, x0 (B,1,S,S) in [-1,1])."""
 
     def __init__(self, samples: list[Sample], batch_size: int, gen: torch.Generator,
-                 augment_data: bool = True):
+                 augment_data: bool = True, normalise: bool = True):
         self.images = torch.stack([s.image for s in samples])
         self.masks = torch.stack([s.mask for s in samples])
         self.batch_size = batch_size
         self.gen = gen
         self.augment_data = augment_data
+        self.normalise = normalise
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, self.images.shape[0], (self.batch_size,), generator=self.gen)
         img, msk = self.images[idx], self.masks[idx]
         if self.augment_data:
             img, msk = augment(img, msk, self.gen)
-        return minmax_normalise(img), msk * 2 - 1
+        return (minmax_normalise(img) if self.normalise else img), msk * 2 - 1

@@ -1,4 +1,5 @@
-"""DermoSegDiff training: eps-prediction MSE + boundary-aware loss, Adam, EMA, resumable.
+"""Training, for every family: its loss (DermoSegDiff: eps-MSE + boundary-aware loss;
+MedSegDiff: the package's MSE on its objective), Adam, EMA, validation, resumable.
 
 A run lives in one folder:
     last.pt              everything needed to resume (model, EMA, optimizer, step, RNG),
@@ -20,14 +21,14 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model, read_metadata, save_model
-from ..diffusion import Schedule, sample_ensemble
-from ..families.dermosegdiff import DERMOSEGDIFF, DermoSegDiff, ModelConfig, get_config
+from ..diffusion import Schedule
+from ..families import find_config
 from ..io import torch_save
 from ..metrics import dice
 from ..preprocess import minmax_normalise
 from ..results import samples_to_result
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
-from .losses import GAMMA_PH2, dermosegdiff_loss
+from .losses import GAMMA_PH2, dermosegdiff_loss, medsegdiff_loss
 
 
 @dataclass
@@ -77,7 +78,7 @@ class TrainOptions:
                 bound = "> 0" if name == "lr" else ">= 0"
                 raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
         try:
-            get_config(self.config)
+            find_config(self.config)
         except KeyError as e:
             raise ValueError(e.args[0]) from None
 
@@ -120,16 +121,20 @@ class EMA:
 @torch.no_grad()
 def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
              batch_images: int = 10, schedule: Schedule | None = None) -> float:
-    """Mean per-image Dice at each image's original size (clipped DDIM, ensemble mean > 0).
-    Image i's noise is keyed by its index in `samples`, so figures compare across runs."""
+    """Mean per-image Dice at each image's original size (clipped DDIM with the family's
+    conventions, ensemble mean > 0). Image i's noise is keyed by its index in `samples`,
+    so figures compare across runs."""
+    from ..api import Pipeline
     model.eval()
-    schedule = schedule or DERMOSEGDIFF.default_schedule(model.config)
+    pipe = Pipeline.from_model(model, schedule)
     dices = []
     for start in range(0, len(samples), batch_images):
         chunk = samples[start:start + batch_images]
-        inp = minmax_normalise(torch.stack([s.image for s in chunk]))
-        out = sample_ensemble(model, schedule, inp, steps, ensemble, seed,
-                              noise_keys=list(range(start, start + len(chunk))))
+        inp = torch.stack([s.image for s in chunk])
+        if pipe.preprocessing.normalise == "minmax":
+            inp = minmax_normalise(inp)
+        out = pipe.sample(inp, steps, ensemble, seed, list(range(start, start + len(chunk))),
+                          backend="reference")
         for s, smp in zip(chunk, out):
             res = samples_to_result(smp, s.original_size)
             dices.append(dice(res.mask, s.original_mask.numpy()))
@@ -143,8 +148,8 @@ class Trainer:
             torch.set_num_threads(opts.threads)
         self.out = Path(opts.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.config: ModelConfig = get_config(opts.config)
-        self.schedule = Schedule.published()
+        self.family, self.config = find_config(opts.config)
+        self.schedule = self.family.default_schedule(self.config)
         size = self.config.image_size
         train_ids = read_id_list(opts.train_ids) if opts.train_ids else None
         self.train_samples = load_pairs(match_pairs(opts.image_dir, opts.mask_dir, train_ids), size)
@@ -152,12 +157,14 @@ class Trainer:
                                                    read_id_list(opts.val_ids)), size)
                             if opts.val_ids else [])
         torch.manual_seed(opts.seed)
-        self.model = DermoSegDiff(self.config)
+        self.model = self.family.build_reference(self.config)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=tuple(opts.betas))
         self.ema = EMA(self.model, opts.ema_beta, opts.ema_update_after, opts.ema_power)
-        self.ema_model = DermoSegDiff(self.config)
+        self.ema_model = self.family.build_reference(self.config)
         self.gen = torch.Generator().manual_seed(opts.seed)
-        self.batches = PairBatches(self.train_samples, opts.batch_size, self.gen)
+        normalise = self.family.preprocessing(self.config).normalise == "minmax"
+        self.batches = PairBatches(self.train_samples, opts.batch_size, self.gen,
+                                   normalise=normalise)
         self.step = 0
         self.best_dice = -1.0
         self.last_path = self.out / "last.pt"
@@ -223,14 +230,19 @@ class Trainer:
         o = self.opts
         self.model.train()
         image, x0 = self.batches.next()
-        b = x0.shape[0]
-        # Published: t ~ randint(1, T); t = 0 is never trained.
-        t = torch.randint(1, self.schedule.T, (b,), generator=self.gen)
-        noise = torch.randn(x0.shape, generator=self.gen)
-        x_t = self.schedule.q_sample(x0, t, noise)
-        eps_hat = self.model(x_t, image, t)
-        loss, parts = dermosegdiff_loss(eps_hat, noise, x0, t, self.schedule.T, o.gamma,
-                                        o.boundary_loss)
+        if self.family.name == "medsegdiff":
+            loss, parts = medsegdiff_loss(self.model, image, x0, self.schedule,
+                                          self.config.objective, self.config.self_condition,
+                                          self.gen)
+        else:
+            b = x0.shape[0]
+            # Published: t ~ randint(1, T); t = 0 is never trained.
+            t = torch.randint(1, self.schedule.T, (b,), generator=self.gen)
+            noise = torch.randn(x0.shape, generator=self.gen)
+            x_t = self.schedule.q_sample(x0, t, noise)
+            eps_hat = self.model(x_t, image, t)
+            loss, parts = dermosegdiff_loss(eps_hat, noise, x0, t, self.schedule.T, o.gamma,
+                                            o.boundary_loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -255,7 +267,7 @@ class Trainer:
         running = None
         while self.step < o.total_steps:
             parts = self.train_step()
-            loss = parts.get("loss", parts["l2"])
+            loss = parts["loss"] if "loss" in parts else parts["l2"]
             running = loss if running is None else 0.98 * running + 0.02 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}", refresh=False)

@@ -1,4 +1,6 @@
-"""DermoSegDiff's training loss: eps-MSE plus the boundary-aware weighted MSE.
+"""Training losses of the families: DermoSegDiff's (below) and MedSegDiff's (at the end).
+
+DermoSegDiff: eps-MSE plus the boundary-aware weighted MSE.
 
     L = 1.0 * mean((eps_hat - eps)^2) + 0.25 * mean(W * (eps_hat - eps)^2)
 
@@ -109,3 +111,27 @@ def dermosegdiff_loss(eps_hat: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor
     lb = (boundary_weight_map(x0, t, T, gamma) * sq).mean()
     total = L2_WEIGHT * l2 + BOUNDARY_WEIGHT * lb
     return total, {"l2": l2.item(), "boundary": lb.item(), "loss": total.item()}
+
+
+def medsegdiff_loss(model, image: torch.Tensor, x0: torch.Tensor, schedule, objective: str,
+                    self_condition: bool, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """med-seg-diff-pytorch's p_losses: t ~ U{0..T-1} (t = 0 included), x_t from fresh noise,
+    plain MSE against the objective's target (noise, x0, or v = sqrt(abar) eps -
+    sqrt(1 - abar) x0). Self-conditioned models see, half of the time (a coin per batch),
+    their own no-grad x0 estimate at the same x_t, unclamped, as the package does."""
+    b = x0.shape[0]
+    t = torch.randint(0, schedule.T, (b,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    x_t = schedule.q_sample(x0, t, noise)
+    ac = schedule.alphas_cumprod[t].to(x0.dtype).view(-1, 1, 1, 1)
+    a, r = ac.sqrt(), (1 - ac).sqrt()
+    kwargs = {}
+    if self_condition and torch.rand((), generator=gen).item() < 0.5:
+        with torch.no_grad():
+            out = model(x_t, image, t)
+            kwargs["x_self_cond"] = {"pred_noise": (x_t - r * out) / a, "pred_x0": out,
+                                     "pred_v": a * x_t - r * out}[objective].detach()
+    pred = model(x_t, image, t, **kwargs)
+    target = {"pred_noise": noise, "pred_x0": x0, "pred_v": a * noise - r * x0}[objective]
+    loss = ((pred - target) ** 2).mean()
+    return loss, {"loss": loss.item()}

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from dsd_fast import DermoSegDiff, ModelConfig, get_config
-from dsd_fast.families.dermosegdiff.layers import FFParser, SpaceToDepth, standardize_weight
+from dsd_fast.families.common_layers import SpaceToDepth
+from dsd_fast.families.dermosegdiff.layers import FFParser, standardize_weight
 
 from conftest import make_model
 

@@ -5,7 +5,7 @@
     reference.py    the reference network, bit-identical to the published code
     checkpoint.py   published training checkpoints and state dicts; config from shapes
     fast.py         the fast model: folded weights, fused ops (imports dsd_fast.ops)
-    fast_attention.py, fast_resample.py   its linear attention and resampling
+    fast_attention.py  its linear attention (resampling: ../fast_resample.py, shared)
 
 The network predicts noise: net(x_t, image, t) -> eps_hat, with x_t the noisy mask in
 [-1, 1] and image the RGB image resized to S x S and min-max normalised per image.

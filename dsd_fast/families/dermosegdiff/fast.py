@@ -21,50 +21,26 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
+from ..fast_blocks import FusedBlock, FusedResnetBlock
+from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
+                             is_published_upsample)
 from .fast_attention import FastLAtt
-from .fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
-                            is_published_upsample)
 from .layers import RB, Block, LAtt, ResnetBlock, standardize_weight, ws_eps
 from .reference import DermoSegDiff, EncoderLevel
 
 
-class FoldedBlock(nn.Module):
-    """Block with its weight standardisation folded: conv -> fused GroupNorm/modulation/SiLU."""
-
-    def __init__(self, block: Block):
-        super().__init__()
-        w = block.proj.weight.detach()
-        self.register_buffer("weight", standardize_weight(w, ws_eps(torch.float32)).contiguous())
-        self.register_buffer("bias", block.proj.bias.detach().clone())
-        self.register_buffer("gamma", block.norm.weight.detach().clone())
-        self.register_buffer("beta", block.norm.bias.detach().clone())
-        self.groups, self.eps = block.norm.num_groups, block.norm.eps
-
-    def forward(self, x, scale=None, shift=None):
-        h = F.conv2d(x, self.weight, self.bias, padding=1)
-        return ops.group_norm_silu(h, self.gamma, self.beta, self.groups, self.eps, scale, shift)
+def fold_block(block: Block) -> FusedBlock:
+    """Block with its weight standardisation folded: w' = (w - mean) / sqrt(var + eps), once."""
+    w = standardize_weight(block.proj.weight.detach(), ws_eps(torch.float32))
+    return FusedBlock(w, block.proj.bias, block.norm)
 
 
-class FastResnetBlock(nn.Module):
-    def __init__(self, rb: ResnetBlock):
-        super().__init__()
-        lin = rb.mlp[1]
-        self.register_buffer("mlp_weight", lin.weight.detach().clone())
-        self.register_buffer("mlp_bias", lin.bias.detach().clone())
-        self.block1 = FoldedBlock(rb.block1)
-        self.block2 = FoldedBlock(rb.block2)
-        self.res_conv = copy.deepcopy(rb.res_conv)
-        self.dim_out = lin.weight.shape[0] // 2
-
-    def forward(self, x, time_emb):
-        ss = F.linear(F.silu(time_emb), self.mlp_weight, self.mlp_bias)     # (B, 2 C)
-        scale, shift = ss[:, :self.dim_out], ss[:, self.dim_out:]
-        h = self.block2(self.block1(x, scale, shift))
-        return h.add_(self.res_conv(x))          # h is a fresh tensor: add in place
+def fast_resnet_block(rb: ResnetBlock) -> FusedResnetBlock:
+    return FusedResnetBlock(rb.mlp[1], fold_block(rb.block1), fold_block(rb.block2),
+                            rb.res_conv)
 
 
 class FastEncoderLevel(nn.Module):
@@ -118,7 +94,7 @@ def build_fast_model(model: DermoSegDiff) -> DermoSegDiff:
     fast = copy.deepcopy(model).eval()
     for mod in fast.modules():
         if isinstance(mod, RB) and isinstance(mod.rb, ResnetBlock):
-            mod.rb = FastResnetBlock(mod.rb)
+            mod.rb = fast_resnet_block(mod.rb)
     for parent in list(fast.modules()):
         for name, child in parent.named_children():
             if isinstance(child, LAtt):

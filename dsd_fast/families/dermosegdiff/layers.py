@@ -6,11 +6,11 @@ This file is the readable oracle: no fused ops, no fast-path imports.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..common_layers import Residual
 
 
 def standardize_weight(weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -139,15 +139,6 @@ class PreNorm(nn.Module):
         return self.fn(self.norm(x))
 
 
-class Residual(nn.Module):
-    def __init__(self, fn: nn.Module):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x) + x
-
-
 class LAtt(nn.Module):
     """Residual(PreNorm(LinearAttention)); the wrapper gives the key prefix `att.fn.`."""
 
@@ -157,45 +148,6 @@ class LAtt(nn.Module):
 
     def forward(self, x):
         return self.att(x)
-
-
-class SpaceToDepth(nn.Module):
-    """(B, C, 2H', 2W') -> (B, 4C, H', W'), new channel = c*4 + row_offset*2 + col_offset."""
-
-    def forward(self, x):
-        b, c, h, w = x.shape
-        x = x.reshape(b, c, h // 2, 2, w // 2, 2)
-        return x.permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
-
-
-def downsample(dim: int, dim_out: int) -> nn.Sequential:
-    # Index 1 holds the conv: published key `<...>.1.weight`.
-    return nn.Sequential(SpaceToDepth(), nn.Conv2d(dim * 4, dim_out, 1))
-
-
-def upsample(dim: int, dim_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                         nn.Conv2d(dim, dim_out, 3, padding=1))
-
-
-class SinusoidalEmbedding(nn.Module):
-    """t (B,) integer steps -> (B, dim): [sin(t f), cos(t f)], f_i = exp(-i ln(1e4)/(half-1))."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, t):
-        half = self.dim // 2
-        freqs = torch.exp(torch.arange(half, device=t.device) * -(math.log(10000) / (half - 1)))
-        args = t[:, None] * freqs[None, :]
-        return torch.cat((args.sin(), args.cos()), dim=-1)
-
-
-def time_mlp(dim: int) -> nn.Sequential:
-    # Indices 1 and 3 hold weights: keys `time_mlp_x.1.*`, `time_mlp_x.3.*`.
-    return nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
-                         nn.Linear(4 * dim, 4 * dim))
 
 
 class FFParser(nn.Module):

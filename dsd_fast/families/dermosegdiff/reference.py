@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import (RB, Attention, FFParser, LAtt, PreNorm, Residual, downsample, time_mlp,
-                     upsample)
+from ..common_layers import Residual, downsample, time_mlp, upsample
+from .layers import RB, Attention, FFParser, LAtt, PreNorm
 
 BOTTLENECK_GROUPS = 4   # published: the bottleneck's ResnetBlocks use 4 groups, whatever G is
 HEAD_GROUPS = 1         # published: the final ResnetBlock uses GroupNorm(1, .)

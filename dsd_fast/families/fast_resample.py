@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import SpaceToDepth
+from .common_layers import SpaceToDepth
 
 # For output parity a: which 3x3 tap rows fall on input offset 0 and 1 of the 2x2 window
 # (the window starts one row above for a = 0, at the row itself for a = 1).
@@ -73,7 +73,8 @@ class FastUpsample(nn.Module):
 
 
 def is_published_downsample(m: nn.Module) -> bool:
-    return isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], SpaceToDepth)
+    return (isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], SpaceToDepth)
+            and m[0].p == 2)
 
 
 def is_published_upsample(m: nn.Module) -> bool:

@@ -1,0 +1,109 @@
+"""The fast MedSegDiff model: a factory over the reference network, not a fork of it.
+
+`build_fast_model(net)` returns an inference-only copy with
+  * every ResnetBlock's GroupNorm + time scale/shift + SiLU as one op (`ops.group_norm_silu`);
+  * the FF-Parser through the fused half-spectrum op `ops.ff_parser` (C++ on the CPU,
+    Triton on CUDA). The package filters with a real map A on the full fft2 spectrum and
+    keeps the real part; since A is real but not Hermitian-symmetric, the same result comes
+    from the half spectrum with the symmetrised map
+        A_s[u, v] = (A[u, v] + A[-u mod H, -v mod W]) / 2,  gate = (A_s[:, :W/2+1], 0)
+    (the real part of a spectrum's inverse only sees its Hermitian part), and any matched
+    norm pair gives the same filter, so the op's ortho pair serves (medsegdiff.md 1.4;
+    checked against the package in tests/families/test_medsegdiff_parity.py). The dynamic
+    variant's per-sample map keeps the reference path;
+  * linear attention reassociated (`families.fast_attention`, the fused C++ op for the
+    default 4 x 32 heads) between the channel LayerNorms;
+  * space-to-depth + 1x1 conv and nearest x2 + 3x3 conv as cheaper convolutions
+    (`families.fast_resample`).
+Everything else (full attention, the mid transformer, time MLP, 7x7 stems) is the reference
+code. The reference network is not modified; the ops fall back to their twins when no
+kernel can take the inputs, so the fast model always runs.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ... import ops
+from ..common_layers import Residual
+from ..fast_attention import LinearAttentionCore
+from ..fast_blocks import FusedBlock, FusedResnetBlock
+from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
+                             is_published_upsample)
+from .layers import ChannelLayerNorm, Conditioning, LinearAttention, ResnetBlock
+from .reference import MedSegDiffUnet
+
+
+def half_spectrum_gate(attn_map: torch.Tensor) -> torch.Tensor:
+    """Real full-spectrum map A (C, H, W) -> the complex half-spectrum gate (C, H, W//2+1, 2)
+    that `ops.ff_parser` applies, equal in effect to Re(ifft2(fft2(x) * A))."""
+    a = attn_map.detach().double()
+    mirrored = torch.roll(torch.flip(a, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+    sym = (a + mirrored) / 2                             # A_s[u, v] = (A[u,v] + A[-u,-v]) / 2
+    half = sym[..., : a.shape[-1] // 2 + 1]
+    return torch.stack((half, torch.zeros_like(half)), dim=-1).float().contiguous()
+
+
+def fast_resnet_block(rb: ResnetBlock) -> FusedResnetBlock:
+    blocks = [FusedBlock(b.proj.weight, b.proj.bias, b.norm) for b in (rb.block1, rb.block2)]
+    return FusedResnetBlock(rb.mlp[1] if rb.mlp is not None else None, *blocks, rb.res_conv)
+
+
+class FastLinearAttention(nn.Module):
+    """The package's LinearAttention: channel LayerNorm -> reassociated core -> channel
+    LayerNorm (g only). Its Residual wrapper stays outside, as in the reference."""
+
+    def __init__(self, attn: LinearAttention):
+        super().__init__()
+        self.prenorm = copy.deepcopy(attn.prenorm)
+        conv_out = attn.to_out[0]
+        hidden = conv_out.weight.shape[1]
+        self.core = LinearAttentionCore(attn.to_qkv.weight, conv_out.weight, conv_out.bias,
+                                        attn.heads, hidden // attn.heads)
+        self.out_norm: ChannelLayerNorm = copy.deepcopy(attn.to_out[1])
+
+    def forward(self, x):
+        return self.out_norm(self.core(self.prenorm(x)))
+
+
+class FastConditioning(nn.Module):
+    """Conditioning with the fused FF-Parser (module docstring) and fused ResnetBlock."""
+
+    def __init__(self, cond: Conditioning):
+        super().__init__()
+        self.register_buffer("gate", half_spectrum_gate(cond.ff_parser_attn_map))
+        self.norm_input = copy.deepcopy(cond.norm_input)
+        self.norm_condition = copy.deepcopy(cond.norm_condition)
+        self.block = fast_resnet_block(cond.block)
+
+    def forward(self, x, c):
+        x_f = ops.ff_parser(x.float().contiguous(), self.gate).to(x.dtype)
+        c = self.norm_input(x_f) * self.norm_condition(c) * c
+        return self.block(c)
+
+
+@torch.no_grad()
+def build_fast_model(net: MedSegDiffUnet) -> MedSegDiffUnet:
+    """Inference-only fast copy of a reference network (float32). The reference is untouched."""
+    fast = copy.deepcopy(net).eval()
+    for i, cond in enumerate(fast.conditioners):          # first: they own a ResnetBlock
+        if not hasattr(cond, "to_dynamic_ff_parser_attn_map"):
+            fast.conditioners[i] = FastConditioning(cond)
+    for parent in list(fast.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, ResnetBlock):
+                setattr(parent, name, fast_resnet_block(child))
+            elif isinstance(child, Residual) and isinstance(child.fn, LinearAttention):
+                child.fn = FastLinearAttention(child.fn)
+    for level in (*fast.downs, *fast.cond_downs):
+        if is_published_downsample(level[3]):
+            level[3] = FastDownsample(level[3])
+    for level in fast.ups:
+        if is_published_upsample(level[3]):
+            level[3] = FastUpsample(level[3])
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    fast.is_fast = True
+    return fast
