@@ -22,7 +22,7 @@ import numpy as np
 from dsd_fast import load, segment
 from dsd_fast.images import load_mask
 from dsd_fast.metrics import score_image, summarise
-from dsd_fast.uncertainty import ged
+from dsd_fast.uncertainty import error_rates_by_uncertainty, ged
 
 ROOT = Path(__file__).resolve().parents[1]
 PH2 = ROOT.parent / "shared" / "data" / "ph2"
@@ -55,17 +55,9 @@ def uncertainty_rows(res, gts) -> dict:
     """GED per image (samples vs the annotation), and error rate in the 10% most uncertain
     pixels (by ensemble std) against the rest."""
     geds = [ged(r.samples, g[None])["ged"] for r, g in zip(res, gts)]
-    top, rest = [], []
-    for r, g in zip(res, gts):
-        err = r.mask != g
-        cut = np.quantile(r.std, 0.9)
-        hi = r.std >= cut
-        if hi.all():
-            continue
-        top.append(err[hi].mean())
-        rest.append(err[~hi].mean())
-    return {"ged_mean": float(np.mean(geds)), "error_rate_top10pct_std": float(np.mean(top)),
-            "error_rate_rest": float(np.mean(rest))}
+    rates = error_rates_by_uncertainty([r.mask for r in res], gts, [r.std for r in res])
+    return {"ged_mean": float(np.mean(geds)), "error_rate_top10pct_std": rates["error_rate_top"],
+            "error_rate_rest": rates["error_rate_rest"]}
 
 
 def main(argv=None):

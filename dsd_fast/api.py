@@ -30,7 +30,11 @@ from .images import as_image_list, to_chw
 from .preprocess import Preprocessing, content_key, to_model_input
 from .results import SegmentationResult, check_fusion, samples_to_result
 
-DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "default.safetensors"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL_PATH = WEIGHTS_DIR / "default.safetensors"
+# Bundled models by name (MODEL_CARD.md): load("medsegdiff-ph2"), segment(model="...").
+BUNDLED = {"default": "default.safetensors", "dermosegdiff-ph2": "default.safetensors",
+           "medsegdiff-ph2": "medsegdiff-ph2.safetensors"}
 BACKENDS = ("auto", "fast", "reference")
 
 
@@ -46,12 +50,11 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path=None, device="cpu", family=None, config=None,
                         **settings) -> "Pipeline":
-        """A model file (own .safetensors or the original code's .pt/.pth), or None for
-        the bundled default. `family`, `config` and `settings` are for files that do not
-        say what they are (see checkpoint.load_parts)."""
+        """A model file (own .safetensors or the original code's .pt/.pth), a bundled model's
+        name (BUNDLED), or None for the bundled default. `family`, `config` and `settings`
+        are for files that do not say what they are (see checkpoint.load_parts)."""
         from .checkpoint import load_parts
-        if path is None:
-            path = _default_path()
+        path = _model_path(path)
         fam, net, schedule, pre = load_parts(path, config, family, device, **settings)
         return cls(net, fam, schedule, pre)
 
@@ -180,9 +183,26 @@ def _default_path() -> Path:
     return DEFAULT_MODEL_PATH
 
 
-@functools.lru_cache(maxsize=2)
+def _model_path(path):
+    """None -> the bundled default; a bundled model's name (not an existing file) -> its
+    file; anything else as given."""
+    if path is None:
+        return _default_path()
+    if isinstance(path, str) and path in BUNDLED and not Path(path).exists():
+        if BUNDLED[path] == DEFAULT_MODEL_PATH.name:
+            return _default_path()
+        bundled = WEIGHTS_DIR / BUNDLED[path]
+        if not bundled.exists():
+            raise FileNotFoundError(f"the bundled model {path!r} is not in this install "
+                                    f"({bundled} is missing)")
+        return bundled
+    return path
+
+
+@functools.lru_cache(maxsize=4)
 def _shared_default(path: Path) -> Pipeline:
-    # segment(model=None) calls reuse one loaded default (and so its cached fast model).
+    # segment(model=None or a bundled name) calls reuse one loaded pipeline (and so its
+    # cached fast model).
     return Pipeline.from_pretrained(path)
 
 
@@ -202,6 +222,8 @@ def as_pipeline(model) -> Pipeline:
         return _shared_default(_default_path())
     if isinstance(model, Pipeline):
         return model
+    if isinstance(model, str) and model in BUNDLED and not Path(model).exists():
+        return _shared_default(_model_path(model))
     if isinstance(model, (str, os.PathLike)):
         return Pipeline.from_pretrained(model)
     if isinstance(model, nn.Module):
@@ -220,7 +242,8 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
         [0, 1]), tensor (3 x H x W or B x 3 x H x W), or a list of these.
     steps: DDIM steps (1..T); ensemble: chains per image, averaged; model: None (bundled
-        default), a checkpoint path, a network, or a Pipeline (`dsd_fast.load`);
+        default), a bundled model's name ("medsegdiff-ph2"), a checkpoint path, a network,
+        or a Pipeline (`dsd_fast.load`);
     seed: same seed and image, same mask;
     sampler: "ddim" (default) or "ddpm" (the published T-step sampler; ignores steps);
     batch_size: images per network batch (each brings `ensemble` chains);
@@ -257,4 +280,4 @@ def _progress_bar(total: int, enabled: bool):
 
 
 __all__ = ["Pipeline", "load", "segment", "SegmentationResult", "default_model",
-           "as_pipeline", "DEFAULT_MODEL_PATH", "BACKENDS"]
+           "as_pipeline", "DEFAULT_MODEL_PATH", "BACKENDS", "BUNDLED"]

@@ -113,6 +113,23 @@ def ged(samples, annotations) -> dict:
 
 # --------------------------------------------------------------------------- STAPLE
 
+def error_rates_by_uncertainty(masks, truths, stds, top: float = 0.1) -> dict:
+    """Does the ensemble's std point at the errors? Per image, the error rate (mask != truth)
+    among its `top` fraction of highest-std pixels and among the rest, averaged over images
+    (images whose std is constant are left out). (H, W) arrays per image."""
+    hi_rates, rest_rates = [], []
+    for mask, truth, std in zip(masks, truths, stds):
+        err = np.asarray(mask) != np.asarray(truth)
+        hi = std >= np.quantile(std, 1 - top)
+        if hi.all() or not hi.any():
+            continue
+        hi_rates.append(err[hi].mean())
+        rest_rates.append(err[~hi].mean())
+    return {"error_rate_top": float(np.mean(hi_rates)) if hi_rates else float("nan"),
+            "error_rate_rest": float(np.mean(rest_rates)) if rest_rates else float("nan"),
+            "images": len(hi_rates)}
+
+
 def staple(decisions, max_iter: int = 100, tol: float = 1e-7, prior=None):
     """STAPLE (Warfield, Zou & Wells, IEEE TMI 2004) for binary decisions.
 

@@ -286,3 +286,16 @@ def test_staple_perfect_rater_whose_rate_rounds_above_one():
     np.testing.assert_array_equal(w > 0.5, w_ref > 0.5)
     np.testing.assert_allclose(p, p_ref, rtol=0, atol=1e-10)
     np.testing.assert_allclose(q, q_ref, rtol=0, atol=1e-10)
+
+
+def test_error_rates_by_uncertainty_counts_errors_where_the_std_is_high():
+    from dsd_fast.uncertainty import error_rates_by_uncertainty
+    truth = np.zeros((10, 10), bool)
+    mask = truth.copy()
+    mask[0, :5] = True                       # 5 errors
+    std = np.zeros((10, 10))
+    std[0, :] = 1.0                          # the top 10% (10 pixels) holds them all
+    r = error_rates_by_uncertainty([mask], [truth], [std])
+    assert r == {"error_rate_top": 0.5, "error_rate_rest": 0.0, "images": 1}
+    flat = error_rates_by_uncertainty([mask], [truth], [np.ones((10, 10))])   # no ranking
+    assert flat["images"] == 0

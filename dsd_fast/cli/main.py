@@ -17,11 +17,31 @@ def cmd_segment(args) -> int:
             threads=args.threads, recursive=args.recursive, overwrite=args.overwrite,
             allow_inplace=args.allow_inplace, fail_fast=args.fail_fast, gt=args.gt,
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
-            max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip)
+            max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
+            model_settings=_parse_settings(args.model_setting))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return run(args.images, opts).exit_code
+
+
+def _parse_settings(pairs) -> dict:
+    """KEY=VALUE strings -> {KEY: value}, values read as int, float, true/false or text."""
+    from .errors import UsageError
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--model-setting takes KEY=VALUE, got {pair!r}")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
 
 
 def _user_errors(cmd):
@@ -90,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, folders or glob patterns (quote them: 'data/**/*.jpg')")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--checkpoint", default=None,
-                   help="model file (.safetensors, or published .pt/.pth); default: bundled")
+                   help="model file (.safetensors, a DermoSegDiff or MedSegDiff .pt/.pth), or "
+                   "a bundled model's name (default, medsegdiff-ph2); default: bundled default")
+    s.add_argument("--model-setting", action="append", metavar="KEY=VALUE",
+                   help="what a checkpoint of the original code does not store, e.g. "
+                   "objective=pred_x0 or timesteps=500 for a bare MedSegDiff state dict "
+                   "(repeatable; the loader names what it needs)")
     s.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     s.add_argument("--ensemble", type=int, default=5, help="chains per image (default 5)")
     s.add_argument("--seed", type=int, default=0)

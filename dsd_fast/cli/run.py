@@ -67,6 +67,9 @@ class BatchOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS   # above this, the model input is a reduced decode
     quiet: bool = False
     clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
+    # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
+    # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
+    model_settings: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not str(self.output).strip():
@@ -275,9 +278,11 @@ def _segment_all(state: RunState, todo: list[InputImage], model) -> None:
 
 
 def _load_pipeline(model, opts: BatchOptions):
-    from ..api import as_pipeline
+    from ..api import Pipeline, as_pipeline
     from ..checkpoint import CheckpointError
     try:
+        if model is None and opts.checkpoint is not None and opts.model_settings:
+            return Pipeline.from_pretrained(opts.checkpoint, **opts.model_settings)
         return as_pipeline(model if model is not None else opts.checkpoint)
     except (FileNotFoundError, CheckpointError, OSError, ValueError, TypeError) as e:
         raise UsageError(f"cannot load the model: {e}") from None
@@ -398,14 +403,20 @@ def _signals_interrupt():
 
 
 def _settings(opts: BatchOptions, model) -> dict:
-    if opts.checkpoint is not None:
+    from ..api import BUNDLED
+    if opts.checkpoint in BUNDLED and not Path(opts.checkpoint).exists():
+        ckpt = f"(bundled {opts.checkpoint})"
+    elif opts.checkpoint is not None:
         ckpt = str(Path(opts.checkpoint).resolve())
     elif model is not None:
         ckpt = "(model object)"
     else:
         ckpt = "(bundled default)"
-    return {"checkpoint": ckpt, "steps": opts.steps, "ensemble": opts.ensemble,
-            "seed": opts.seed, "clip_x0": opts.clip_x0}
+    out = {"checkpoint": ckpt, "steps": opts.steps, "ensemble": opts.ensemble,
+           "seed": opts.seed, "clip_x0": opts.clip_x0}
+    if opts.model_settings:
+        out["model_settings"] = dict(opts.model_settings)
+    return out
 
 
 def _write_summaries_quietly(state: RunState) -> None:
