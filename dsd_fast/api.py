@@ -53,9 +53,13 @@ class Pipeline:
         """A model file (own .safetensors or the original code's .pt/.pth), a bundled model's
         name (BUNDLED), or None for the bundled default. `family`, `config` and `settings`
         are for files that do not say what they are (see checkpoint.load_parts)."""
-        from .checkpoint import load_parts
+        from .checkpoint import load_diffseg_pair, load_parts, read_metadata
         path = _model_path(path)
+        if isinstance(path, (str, os.PathLike)) and \
+                read_metadata(path).get("family") == "diffseg":
+            return load_diffseg_pair(path, device)            # a DiffSegPipeline
         fam, net, schedule, pre = load_parts(path, config, family, device, **settings)
+        _need_mask_diffusion(fam)
         return cls(net, fam, schedule, pre)
 
     @classmethod
@@ -64,6 +68,7 @@ class Pipeline:
         """A network built or loaded in memory, with its family's default schedule and
         preprocessing unless given."""
         fam = family_of_network(net)
+        _need_mask_diffusion(fam)
         config = fam.config_of(net)
         return cls(net, fam, schedule or fam.default_schedule(config),
                    preprocessing or fam.preprocessing(config))
@@ -174,6 +179,15 @@ class Pipeline:
                 f"T={self.schedule.T}, {self.preprocessing}, device={self.device})")
 
 
+def _need_mask_diffusion(fam) -> None:
+    if not fam.mask_diffusion:
+        from .checkpoint import CheckpointError
+        raise CheckpointError(
+            f"a {fam.title} network is one of a pair and segments nothing alone: use "
+            "dsd_fast.families.diffseg.DiffSegPipeline.from_files(have_path, no_path), or "
+            "load a pair saved with dsd_fast.save_model(pipeline, 'pair.safetensors')")
+
+
 def _default_path() -> Path:
     if not DEFAULT_MODEL_PATH.exists():
         raise FileNotFoundError(
@@ -220,8 +234,8 @@ def as_pipeline(model) -> Pipeline:
     """None (bundled default), a checkpoint path, a network, or a Pipeline -> Pipeline."""
     if model is None:
         return _shared_default(_default_path())
-    if isinstance(model, Pipeline):
-        return model
+    if isinstance(model, Pipeline) or hasattr(model, "segment"):
+        return model            # a Pipeline, or another family's pipeline (DiffSeg)
     if isinstance(model, str) and model in BUNDLED and not Path(model).exists():
         return _shared_default(_model_path(model))
     if isinstance(model, (str, os.PathLike)):

@@ -187,17 +187,46 @@ def load_model(source, config=None, device="cpu", family=None, **settings) -> to
     return load_parts(source, config, family, device, **settings)[1]
 
 
+def load_diffseg_pair(path, device="cpu"):
+    """An own-format DiffSeg file (both networks, keys `have.*` and `no.*`) -> a
+    DiffSegPipeline."""
+    from .families.diffseg import DIFFSEG
+    from .families.diffseg.pipeline import DiffSegPipeline
+    obj, meta = read_file(path)
+    try:
+        config = DIFFSEG.config_class.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: the file's metadata is not valid: {e}") from None
+    nets = []
+    for part in ("have", "no"):
+        sd = {k[len(part) + 1:]: v for k, v in obj.items() if k.startswith(part + ".")}
+        net = DIFFSEG.build_reference(config)
+        check_state_dict(net.state_dict(), sd)
+        net.load_state_dict(sd, strict=True)
+        nets.append(net.to(device).eval())
+    return DiffSegPipeline(*nets, crop=meta.get("crop", "full"))
+
+
 # ----------------------------------------------------------------------------- writing
 def save_model(model, path, schedule: Schedule | None = None,
                preprocessing: Preprocessing | None = None,
                extra_metadata: dict | None = None) -> Path:
     """Write weights + family + config + schedule + preprocessing as one .safetensors file,
-    atomically. `model` is a reference network or a Pipeline (whose schedule and
-    preprocessing are used unless given)."""
+    atomically. `model` is a reference network, a Pipeline (whose schedule and
+    preprocessing are used unless given) or a DiffSegPipeline (both networks)."""
     from safetensors.torch import save as safetensors_bytes
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"own-format checkpoints end in .safetensors, got {path.name}")
+    if hasattr(model, "have") and hasattr(model, "no"):              # a DiffSeg pair
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": "diffseg",
+                "config": model.config.to_json(), "crop": model.crop}
+        for k, v in (extra_metadata or {}).items():
+            meta[k] = v if isinstance(v, str) else json.dumps(v)
+        tensors = {f"{part}.{k}": v.detach().cpu().contiguous()
+                   for part in ("have", "no") for k, v in getattr(model, part).state_dict().items()}
+        data = safetensors_bytes(tensors, metadata=meta)
+        return atomic_write(path, lambda f: f.write(data))
     net = getattr(model, "model", model)            # a Pipeline holds its network as .model
     family = family_of_network(net)
     config = family.config_of(net)

@@ -113,6 +113,25 @@ def ged(samples, annotations) -> dict:
 
 # --------------------------------------------------------------------------- STAPLE
 
+def diffseg_code_ged(samples) -> float:
+    """What DiffSeg's optimize.py prints as "GED", for comparison only: NOT the generalised
+    energy distance of Kohl et al. (`ged` above). Over N uint8 masks (0/255): d_ij =
+    sqrt(sum((a_i - a_j)^2)) computed in uint8, so differences and squares wrap modulo 256
+    (every differing 0/255 pixel adds 1, not 65025: d_ij = sqrt(number of differing
+    pixels)), then sqrt(2 / N^2 * sum over i < j of d_ij). Samples only, no annotation."""
+    a = np.asarray(samples)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    a = a.astype(np.uint8)
+    n = len(a)
+    total = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            diff = (a[i].ravel() - a[j].ravel()).astype(np.uint8)      # wraps, as published
+            total += float(np.sqrt(np.sum((diff ** 2).astype(np.uint8))))
+    return float(np.sqrt(2 * total / n ** 2))
+
+
 def error_rates_by_uncertainty(masks, truths, stds, top: float = 0.1) -> dict:
     """Does the ensemble's std point at the errors? Per image, the error rate (mask != truth)
     among its `top` fraction of highest-std pixels and among the rest, averaged over images

@@ -45,16 +45,22 @@ import torch
 import dsd_fast
 from dsd_fast import FAMILIES, Pipeline
 
+from dsd_fast.families.diffseg import DIFFSEG_CONFIGS
+from dsd_fast.families.diffseg.pipeline import DiffSegPipeline
 from dsd_fast.families.medsegdiff import MSD_CONFIGS
 SMALL = {{"dermosegdiff": dsd_fast.get_config("tiny_ff"),
-          "medsegdiff": MSD_CONFIGS["msd_tiny_sc"]}}
+          "medsegdiff": MSD_CONFIGS["msd_tiny_sc"], "diffseg": DIFFSEG_CONFIGS["diffseg_tiny"]}}
 assert set(SMALL) == set(FAMILIES), "a new family needs a small config here"
 for fam in FAMILIES.values():
     net = fam.build_reference(SMALL[fam.name]).eval()
-    pipe = Pipeline.from_model(net)
-    s = pipe.preprocessing.image_size
+    s = SMALL[fam.name].image_size
     with torch.no_grad():
-        out = net(torch.randn(2, 1, s, s), torch.rand(2, 3, s, s), torch.tensor([3, 200]))
+        if fam.mask_diffusion:
+            pipe = Pipeline.from_model(net)
+            out = net(torch.randn(2, 1, s, s), torch.rand(2, 3, s, s), torch.tensor([3, 200]))
+        else:
+            pipe = DiffSegPipeline(net, fam.build_reference(SMALL[fam.name]).eval())
+            out = net(torch.randn(2, 3, s, s), torch.tensor([0, 200]))
     assert torch.isfinite(out).all()
     res = pipe.segment(torch.rand(3, 20, 24), steps=2, ensemble=2, backend="reference")
     assert res[0].mask.shape == (20, 24)
@@ -69,7 +75,7 @@ def test_reference_networks_run_with_the_fast_path_blocked():
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "reference ok: dermosegdiff, medsegdiff" in proc.stdout
+    assert "reference ok: dermosegdiff, medsegdiff, diffseg" in proc.stdout
 
 
 def test_the_block_really_blocks():
@@ -97,11 +103,13 @@ def test_no_top_level_kernels_package_and_no_sys_path_edits():
 
 def small_network(name: str):
     from conftest import make_model
+    from dsd_fast.families.diffseg import DIFFSEG_CONFIGS
     from dsd_fast.families.medsegdiff import MSD_CONFIGS
     if name == "dermosegdiff":
         return make_model("tiny_ff")
     torch.manual_seed(0)
-    net = FAMILIES[name].build_reference(MSD_CONFIGS["msd_tiny_sc"]).eval()
+    cfg = MSD_CONFIGS["msd_tiny_sc"] if name == "medsegdiff" else DIFFSEG_CONFIGS["diffseg_tiny"]
+    net = FAMILIES[name].build_reference(cfg).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -121,7 +129,8 @@ def test_every_family_answers_the_interface(name):
     sd = net.state_dict()
     assert fam.recognises(sd) and fam.state_dict_from(sd) is not None
     # what shapes cannot tell is a setting (the tiny DermoSegDiff uses 4 groups, not 8)
-    settings = {"resnet_block_groups": 4} if name == "dermosegdiff" else {}
+    settings = {"dermosegdiff": {"resnet_block_groups": 4}, "medsegdiff": {},
+                "diffseg": {"image_size": config.image_size}}[name]
     assert fam.infer_config(sd, **settings).to_dict() == config.to_dict()
     fast = fam.fast_model_for(net)
     assert fam.fast_model_for(net) is fast                     # cached
@@ -129,6 +138,9 @@ def test_every_family_answers_the_interface(name):
     assert conv["ddpm"] in ("published", "clipped") and set(conv) == {
         "ddpm", "keep_eps", "ddim_timesteps", "self_condition"}
     s = config.image_size
-    x, img, t = torch.randn(2, 1, s, s), torch.rand(2, 3, s, s), torch.tensor([1, 100])
+    if fam.mask_diffusion:
+        args = (torch.randn(2, 1, s, s), torch.rand(2, 3, s, s), torch.tensor([1, 100]))
+    else:                       # an image denoiser called at t = 0 only
+        args = (torch.randn(2, 3, s, s), torch.tensor([0, 0]))
     with torch.no_grad():
-        torch.testing.assert_close(fast(x, img, t), net(x, img, t), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast(*args), net(*args), rtol=1e-4, atol=1e-4)

@@ -2,6 +2,7 @@
 
     FAMILIES["dermosegdiff"]      DermoSegDiff (Bozorgpour et al., MICCAI 2023 PRIME)
     FAMILIES["medsegdiff"]        MedSegDiff as lucidrains' med-seg-diff-pytorch builds it
+    FAMILIES["diffseg"]           DiffSeg (Shuai et al. 2024), two denoisers at t = 0
 
 `get_family(name)`, `family_of_network(net)` and `detect_family(obj)` are how the rest of
 the engine finds a family; none of them imports a family's fast path.
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from .base import ModelFamily
 from .dermosegdiff import DERMOSEGDIFF
+from .diffseg import DIFFSEG
 from .medsegdiff import MEDSEGDIFF
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF, MEDSEGDIFF)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF, MEDSEGDIFF, DIFFSEG)}
 
 
 def get_family(name: str) -> ModelFamily:
@@ -33,11 +35,14 @@ def family_of_network(net) -> ModelFamily:
 def find_config(name: str):
     """(family, config) of a named config of any family ("default", "msd_ph2_64", ...)."""
     from .dermosegdiff import CONFIGS
+    from .diffseg import DIFFSEG_CONFIGS
     from .medsegdiff import MSD_CONFIGS
-    for fam, table in ((DERMOSEGDIFF, CONFIGS), (MEDSEGDIFF, MSD_CONFIGS)):
+    tables = ((DERMOSEGDIFF, CONFIGS), (MEDSEGDIFF, MSD_CONFIGS), (DIFFSEG, DIFFSEG_CONFIGS))
+    for fam, table in tables:
         if name in table:
             return fam, table[name]
-    raise KeyError(f"unknown config {name!r}; known: {sorted(CONFIGS) + sorted(MSD_CONFIGS)}")
+    raise KeyError(f"unknown config {name!r}; known: "
+                   f"{sorted(n for _, t in tables for n in t)}")
 
 
 def detect_family(obj: dict) -> tuple[ModelFamily, dict] | None:

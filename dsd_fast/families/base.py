@@ -28,6 +28,7 @@ class ModelFamily:
     """Subclass per family; instances are stateless apart from the fast-model cache."""
 
     name: str = ""                    # registry key, stored in own-format checkpoints
+    mask_diffusion: bool = True       # net(x_t, image, t) over a mask, run by a Pipeline
     title: str = ""                   # human name for messages ("DermoSegDiff (MICCAI 2023)")
     config_class: type = object       # frozen dataclass with to_json / from_dict
 

@@ -1,0 +1,88 @@
+"""The fast DiffSeg denoiser: a factory over the reference U-Net, inference at t = 0 only.
+
+DiffSeg calls its networks at one timestep, t = 0, so the time embedding and every residual
+block's time bias are constants (diffseg.md 13): they are folded into the first convolution's
+bias once. GroupNorm + SiLU before each convolution run as one op (`ops.group_norm_silu`,
+no scale/shift). The middle attention, the stems and the resampling convs are the reference
+code. Calling the fast network at another t raises: it was built for t = 0.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ... import ops
+from .reference import DiffSegUNet, ResidualBlock, Stage, timestep_embedding
+
+
+class FastResidualBlock(nn.Module):
+    """GN+SiLU -> conv1 (time bias folded in) -> GN+SiLU -> conv2, + shortcut."""
+
+    def __init__(self, rb: ResidualBlock, time_emb: torch.Tensor):
+        super().__init__()
+        gn1, conv1 = rb.conv1[0], rb.conv1[2]
+        gn2, conv2 = rb.conv2[0], rb.conv2[3]
+        t_bias = rb.time_emb(time_emb)[0]                                  # (Cout,) at t = 0
+        self.register_buffer("g1", gn1.weight.detach().clone())
+        self.register_buffer("b1", gn1.bias.detach().clone())
+        self.register_buffer("w1", conv1.weight.detach().contiguous().clone())
+        self.register_buffer("c1", (conv1.bias + t_bias).detach().clone())
+        self.register_buffer("g2", gn2.weight.detach().clone())
+        self.register_buffer("b2", gn2.bias.detach().clone())
+        self.register_buffer("w2", conv2.weight.detach().contiguous().clone())
+        self.register_buffer("c2", conv2.bias.detach().clone())
+        self.groups, self.eps1, self.eps2 = gn1.num_groups, gn1.eps, gn2.eps
+        self.shortcut = copy.deepcopy(rb.shortcut)
+
+    def forward(self, x, emb=None):
+        h = F.conv2d(ops.group_norm_silu(x, self.g1, self.b1, self.groups, self.eps1),
+                     self.w1, self.c1, padding=1)
+        h = F.conv2d(ops.group_norm_silu(h, self.g2, self.b2, self.groups, self.eps2),
+                     self.w2, self.c2, padding=1)
+        return h.add_(self.shortcut(x))
+
+
+class FastDiffSegUNet(nn.Module):
+    """The reference U-Net's stages with FastResidualBlocks; forward(x_t, t) with t = 0."""
+    family_name = "diffseg"
+
+    def __init__(self, net: DiffSegUNet):
+        super().__init__()
+        self.config = net.config
+        emb = net.time_embed(timestep_embedding(torch.zeros(1, dtype=torch.long),
+                                                net.config.model_channels))
+        fast = copy.deepcopy(net)
+        for stage in (*fast.down_blocks, fast.middle_block, *fast.up_blocks):
+            for i, layer in enumerate(stage):
+                if isinstance(layer, ResidualBlock):
+                    stage[i] = FastResidualBlock(layer, emb)
+        self.down_blocks, self.middle_block = fast.down_blocks, fast.middle_block
+        self.up_blocks, self.out = fast.up_blocks, fast.out
+        self.is_fast = True
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if bool((t != 0).any()):
+            raise ValueError("the fast DiffSeg network is built for t = 0 (its time bias is "
+                             "folded); use the reference network for other steps")
+        skips, h = [], x_t
+        for stage in self.down_blocks:
+            h = stage(h, None)
+            skips.append(h)
+        h = self.middle_block(h, None)
+        for stage in self.up_blocks:
+            h = stage(torch.cat((h, skips.pop()), dim=1), None)
+        return self.out(h)
+
+
+@torch.no_grad()
+def build_fast_model(net: DiffSegUNet) -> FastDiffSegUNet:
+    fast = FastDiffSegUNet(net.eval()).eval()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    return fast
+
+
+__all__ = ["build_fast_model", "FastDiffSegUNet", "Stage"]
