@@ -166,3 +166,18 @@ def test_the_published_ged_is_not_kohls():
     # uint8 wrap: each differing 0/255 pixel adds 1, so d = sqrt(2) twice, 0 once
     assert diffseg_code_ged(a) == pytest.approx(np.sqrt(2 * (2 * np.sqrt(2)) / 9))
     assert ged(a, a[:1])["ged"] != pytest.approx(diffseg_code_ged(a))
+
+
+def test_a_pair_file_runs_through_the_command_line(tmp_path):
+    from PIL import Image
+
+    from dsd_fast.cli import main
+    path = dsd_fast.save_model(pair("c32"), tmp_path / "pair.safetensors")
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+                    ).save(src / "a.png")
+    assert main(["segment", str(src), "-o", str(tmp_path / "out"), "--checkpoint", str(path),
+                 "--ensemble", "3", "--threads", "1", "-q"]) == 0
+    assert Image.open(tmp_path / "out" / "a_mask.png").size == (56, 40)
+    assert (tmp_path / "out" / "index.html").is_file()

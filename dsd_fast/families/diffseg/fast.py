@@ -2,9 +2,13 @@
 
 DiffSeg calls its networks at one timestep, t = 0, so the time embedding and every residual
 block's time bias are constants (diffseg.md 13): they are folded into the first convolution's
-bias once. GroupNorm + SiLU before each convolution run as one op (`ops.group_norm_silu`,
-no scale/shift). The middle attention, the stems and the resampling convs are the reference
-code. Calling the fast network at another t raises: it was built for t = 0.
+bias once. The network runs in channels_last: this U-Net is made of 3x3 convolutions on
+96-192 channels, which oneDNN runs faster in NHWC (measured, published config, batch 5 at
+128 px, 2 threads: reference NCHW 3.58 s, channels_last 3.20 s, the fast network 2.92 s;
+the NCHW-only fused GroupNorm + SiLU op made it slower, 3.72 s, so on the CPU torch's
+channels_last GroupNorm and SiLU run instead; elsewhere `ops.group_norm_silu`). The middle
+attention, the stems and the resampling convs are the reference code. Calling the fast
+network at another t raises: it was built for t = 0.
 """
 from __future__ import annotations
 
@@ -37,11 +41,16 @@ class FastResidualBlock(nn.Module):
         self.groups, self.eps1, self.eps2 = gn1.num_groups, gn1.eps, gn2.eps
         self.shortcut = copy.deepcopy(rb.shortcut)
 
+    def _norm_silu(self, x, gamma, beta, eps):
+        if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+            return F.silu(F.group_norm(x, self.groups, gamma, beta, eps))
+        return ops.group_norm_silu(x, gamma, beta, self.groups, eps)
+
     def forward(self, x, emb=None):
-        h = F.conv2d(ops.group_norm_silu(x, self.g1, self.b1, self.groups, self.eps1),
-                     self.w1, self.c1, padding=1)
-        h = F.conv2d(ops.group_norm_silu(h, self.g2, self.b2, self.groups, self.eps2),
-                     self.w2, self.c2, padding=1)
+        h = F.conv2d(self._norm_silu(x, self.g1, self.b1, self.eps1), self.w1, self.c1,
+                     padding=1)
+        h = F.conv2d(self._norm_silu(h, self.g2, self.b2, self.eps2), self.w2, self.c2,
+                     padding=1)
         return h.add_(self.shortcut(x))
 
 
@@ -62,19 +71,20 @@ class FastDiffSegUNet(nn.Module):
         self.down_blocks, self.middle_block = fast.down_blocks, fast.middle_block
         self.up_blocks, self.out = fast.up_blocks, fast.out
         self.is_fast = True
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if bool((t != 0).any()):
             raise ValueError("the fast DiffSeg network is built for t = 0 (its time bias is "
                              "folded); use the reference network for other steps")
-        skips, h = [], x_t
+        skips, h = [], x_t.contiguous(memory_format=torch.channels_last)
         for stage in self.down_blocks:
             h = stage(h, None)
             skips.append(h)
         h = self.middle_block(h, None)
         for stage in self.up_blocks:
             h = stage(torch.cat((h, skips.pop()), dim=1), None)
-        return self.out(h)
+        return self.out(h).contiguous()
 
 
 @torch.no_grad()
