@@ -59,7 +59,8 @@ def pair(name: str) -> DiffSegPipeline:
         net = DIFFSEG.build_reference(CONFIGS[name])
         sd = deterministic_weights(net.state_dict(), tag)
         # through the family loader: the key set is recognised and loads strictly
-        loaded = dsd_fast.load_model(sd, image_size=32)
+        loaded = dsd_fast.load_model(sd, image_size=32, timesteps=1000, input_range="-1..1",
+                                     num_heads=4)
         assert DIFFSEG.owns(loaded) and loaded.config == CONFIGS[name]
         nets.append(loaded)
     return DiffSegPipeline(*nets)
@@ -181,3 +182,17 @@ def test_a_pair_file_runs_through_the_command_line(tmp_path):
                  "--ensemble", "3", "--threads", "1", "-q"]) == 0
     assert Image.open(tmp_path / "out" / "a_mask.png").size == (56, 40)
     assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_assumed_settings_are_announced(tmp_path):
+    from dsd_fast.families.diffseg.checkpoint import AssumedSettingsWarning
+    net = DIFFSEG.build_reference(CONFIGS["c32"])
+    torch.save(net.state_dict(), tmp_path / "model_train8.pth")
+    with pytest.warns(AssumedSettingsWarning, match="timesteps=1000.*input_range='-1..1'.*"
+                                                     "num_heads=4"):
+        dsd_fast.load_model(tmp_path / "model_train8.pth")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumedSettingsWarning)       # all given: silent
+        dsd_fast.load_model(tmp_path / "model_train8.pth", timesteps=200, input_range="0..1",
+                            num_heads=4)

@@ -8,6 +8,7 @@ the GroupNorm groups (32).
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 
@@ -20,6 +21,10 @@ DEFAULTS = dict(num_heads=4, timesteps=1000, input_range="-1..1", groups=32, ima
 
 class ConfigInferenceError(ValueError):
     """Shapes do not tell a DiffSeg config."""
+
+
+class AssumedSettingsWarning(UserWarning):
+    """A DiffSeg setting no checkpoint stores was taken from the defaults."""
 
 
 def state_dict_from(obj) -> dict[str, torch.Tensor] | None:
@@ -41,6 +46,14 @@ def infer_config(sd: dict[str, torch.Tensor], **settings) -> DiffSegConfig:
         raise ConfigInferenceError(f"unknown DiffSeg settings {sorted(unknown)}; known: "
                                    f"{sorted(DEFAULTS)}")
     s = {**DEFAULTS, **settings}
+    assumed = [f"{k}={DEFAULTS[k]!r}" for k in ("timesteps", "input_range", "num_heads")
+               if k not in settings]
+    if assumed:
+        warnings.warn(
+            f"DiffSeg files do not store T, the input range or the head count; assumed "
+            f"{', '.join(assumed)} (the newest official code's values). Pass timesteps=, "
+            "input_range=, num_heads= if your model was trained otherwise (the initial "
+            "notebook used T=200).", AssumedSettingsWarning, stacklevel=4)
     for k in SIGNATURE_KEYS:
         if k not in sd:
             raise ConfigInferenceError(f"cannot infer the DiffSeg config: key {k!r} is "
