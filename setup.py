@@ -59,6 +59,8 @@ setup(
         "test": ["pytest>=8", "pytest-benchmark>=4", "isic-challenge-scoring==5.6.0",
                  "SimpleITK>=2.3", "triton>=3.0; platform_system == 'Linux'"],
         "crf": ["pydensecrf2>=1.1"],
+        # scale-out: `dsd-fast segment --ray` (Ray Data's actor pools)
+        "ray": ["ray[data]>=2.40"],
     },
     entry_points={"console_scripts": ["dsd-fast=dsd_fast.cli:main"]},
     ext_modules=EXT_MODULES,

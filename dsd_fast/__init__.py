@@ -10,6 +10,7 @@ io / metrics / uncertainty / crf beside them.
 """
 from . import _legacy
 from .api import Pipeline, load, segment
+from .cli.run import segment_files
 from .checkpoint import CheckpointError, load_model, save_model
 from .families import FAMILIES, get_family
 from .families.dermosegdiff import CONFIGS, DermoSegDiff, ModelConfig, build_model, get_config
@@ -20,6 +21,6 @@ from .results import SegmentationResult
 _legacy.install()
 
 __version__ = "0.2.0"
-__all__ = ["load", "Pipeline", "segment", "SegmentationResult", "load_model", "save_model",
+__all__ = ["load", "Pipeline", "segment", "segment_files", "SegmentationResult", "load_model", "save_model",
            "DermoSegDiff", "build_model", "ModelConfig", "get_config", "CONFIGS",
            "CheckpointError", "ImageInputError", "Preprocessing", "FAMILIES", "get_family"]

@@ -18,11 +18,21 @@ def cmd_segment(args) -> int:
             allow_inplace=args.allow_inplace, fail_fast=args.fail_fast, gt=args.gt,
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
             max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
-            model_settings=_parse_settings(args.model_setting))
+            model_settings=_parse_settings(args.model_setting), ray=args.ray,
+            workers=args.workers)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return run(args.images, opts).exit_code
+
+
+def _batch_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer or 'auto', got {text!r}") from None
 
 
 def _parse_settings(pairs) -> dict:
@@ -123,10 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="textbook DDIM: do not clamp each step's clean-mask estimate to [-1, 1]")
     s.add_argument("-r", "--recursive", action="store_true",
                    help="also take images from subfolders; outputs mirror the subfolders")
-    s.add_argument("--batch-size", type=int, default=None,
-                   help="images per network batch (each brings --ensemble chains); "
-                   "default: as many as fit in 40%% of the available memory, at most 8")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
+    s.add_argument("--batch-size", type=_batch_size, default=None,
+                   help="images per network batch (each brings --ensemble chains); default 1, "
+                   "which keeps every image's maps independent of the rest of the run; "
+                   "'auto': as many as fit in 40%% of the available memory, at most 8 "
+                   "(faster on GPUs)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the network (with --ray: per worker, default 1)")
+    s.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="segment on a Ray cluster: alone, start or join a Ray instance on "
+                   "this machine; with an address, join that cluster (auto, ray://host:10001)."
+                   " Inputs, model and -o must be on a file system every node sees. Needs "
+                   "pip install 'dsd_fast[ray]'")
+    s.add_argument("--workers", type=int, default=None,
+                   help="with --ray: actors in the pool (default: the cluster's CPUs / "
+                   "--threads)")
     s.add_argument("--overwrite", action="store_true",
                    help="redo images whose outputs already exist (default: skip them), and "
                    "replace files at the output names that dsd-fast did not write (a "

@@ -1,0 +1,114 @@
+"""`dsd-fast segment --ray` on a real local Ray instance (the [ray] extra): the same outputs as
+the local command, a worker killed mid-run, an interrupted driver resumed.
+
+Each run is a subprocess (its own Ray instance, started and shut down by the command) with
+the tiny model, 2 steps, ensemble 2, one-thread workers, so the file stays within about a
+minute on the 2-core CI machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray", reason="the [ray] extra is not installed")
+
+from dsd_fast import save_model  # noqa: E402
+
+ARGS = ["--steps", "2", "--ensemble", "2", "--threads", "1", "-q"]
+
+
+@pytest.fixture
+def folder(tmp_path, tiny_model):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for i in range(11):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (18, 26, 3), dtype=np.uint8)
+                        ).save(src / ("sub" if i % 3 == 0 else "") / f"im{i}.png")
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    return src, str(save_model(tiny_model, tmp_path / "tiny.safetensors"))
+
+
+def cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "dsd_fast.cli", "segment", *args],
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def comparable(out: Path) -> dict:
+    doc = json.loads((out / "results.json").read_text())
+    for r in doc["images"]:
+        r.pop("finished")                           # a timestamp: the one expected difference
+    return doc
+
+
+def test_ray_outputs_equal_the_local_command(folder, tmp_path):
+    src, ckpt = folder
+    local = cli(str(src), "-r", "-o", str(tmp_path / "local"), "--checkpoint", ckpt, *ARGS)
+    ray = cli(str(src), "-r", "-o", str(tmp_path / "ray"), "--checkpoint", ckpt, *ARGS,
+              "--ray", "--workers", "2")
+    assert local.returncode == ray.returncode == 1, ray.stderr     # the broken image
+    assert "broken.png" in ray.stderr and "segmented 11" in ray.stdout
+    assert outputs(tmp_path / "local") == outputs(tmp_path / "ray")
+    assert len(outputs(tmp_path / "ray")) == 4 * 11
+    assert comparable(tmp_path / "local") == comparable(tmp_path / "ray")
+
+
+def test_a_killed_worker_is_replaced_and_every_image_done_once(folder, tmp_path):
+    src, ckpt = folder
+    marker = tmp_path / "crashed"
+    res = cli(str(src), "-r", "-o", str(tmp_path / "out"), "--checkpoint", ckpt, *ARGS,
+              "--ray", "--workers", "2", env={"DSD_FAST_TEST_CRASH_ONCE": str(marker)})
+    assert marker.exists(), "no worker died: the test did not test anything"
+    assert res.returncode == 1 and "segmented 11" in res.stdout, res.stderr
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    keys = [r["key"] for r in doc["images"]]
+    assert len(keys) == len(set(keys)) == 11
+    assert not list((tmp_path / "out").rglob("*.dsd.tmp"))          # nothing half-written
+    assert len(list((tmp_path / "out").rglob("*_mask.png"))) == 11
+
+
+def test_an_interrupted_driver_resumes(folder, tmp_path):
+    src, ckpt = folder
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "dsd_fast.cli", "segment", str(src), "-r",
+                             "-o", str(out), "--checkpoint", ckpt, *ARGS, "--ray",
+                             "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    done = out / ".dsd-fast" / "done"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(done.rglob("*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    finished = len(list(done.rglob("*.json")))
+    assert 2 <= finished < 11, "interrupt before the end, after two images"
+    again = cli(str(src), "-r", "-o", str(out), "--checkpoint", ckpt, *ARGS, "--ray",
+                "--workers", "2")
+    assert again.returncode == 1
+    assert f"skipped {finished}" in again.stdout and f"segmented {11 - finished}" in again.stdout
+    assert len(list(out.rglob("*_mask.png"))) == 11
+
+
+def test_segment_files_runs_the_same_way_in_python(folder, tmp_path):
+    import dsd_fast
+    src, ckpt = folder
+    summary = dsd_fast.segment_files([str(src)], tmp_path / "py", checkpoint=ckpt, steps=2,
+                                     ensemble=2, threads=1, recursive=True, ray="local",
+                                     workers=2)
+    assert summary.segmented == 11 and len(summary.failures) == 1
+    local = cli(str(src), "-r", "-o", str(tmp_path / "local"), "--checkpoint", ckpt, *ARGS)
+    assert local.returncode == 1
+    assert outputs(tmp_path / "py") == outputs(tmp_path / "local")
