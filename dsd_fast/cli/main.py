@@ -106,6 +106,11 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import run
+    return run(timing=not args.no_timing)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsd-fast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(outputs stay at the original size; default 16000000)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)
+
+    d = sub.add_parser("doctor", help="versions, CPU/GPU, which kernels run and whether they "
+                       "agree with their twins, one timed step: paste it into bug reports")
+    d.add_argument("--no-timing", action="store_true", help="skip the timed denoiser steps")
+    d.set_defaults(func=cmd_doctor)
 
     e = sub.add_parser("eval", help="score predicted masks against ground truth")
     e.add_argument("--pred", required=True, help="folder of predicted masks (<stem>[_mask].png)")

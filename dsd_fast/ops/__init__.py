@@ -35,6 +35,8 @@ __all__ = ["AVAILABLE", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_co
 AVAILABLE, _why = load_extension()          # the C++ CPU kernels
 if _why is not None:
     warnings.warn(_why, RuntimeWarning, stacklevel=2)
+# Why the CPU runs the twins, when it does (for `dsd-fast doctor`).
+CPU_REASON = None if AVAILABLE else (_why or "DSD_FAST_DISABLE_EXT=1 asked for the twins")
 if AVAILABLE:
     schemas.register_fakes()
 
@@ -43,16 +45,22 @@ GPU_KERNELS = False                          # the Triton kernels serve CUDA ten
 
 def register_gpu_kernels() -> bool:
     """Serve the ops on CUDA tensors with the Triton kernels (ops/triton), defining the
-    schemas first if the C++ extension did not. Returns whether they are registered."""
+    schemas first if the C++ extension did not; guarded (ops/guard.py) unless
+    DSD_FAST_KERNELS=triton, not at all with DSD_FAST_KERNELS=reference. Returns whether
+    they are registered."""
     global GPU_KERNELS
     if GPU_KERNELS:
         return True
+    from .guard import kernel_mode
+    mode = kernel_mode()
+    if mode == "reference":
+        return False
     from .triton import TRITON_AVAILABLE, register_cuda_impls
     if not TRITON_AVAILABLE:
         return False
     schemas.define_missing()
     schemas.register_fakes()
-    GPU_KERNELS = bool(register_cuda_impls())
+    GPU_KERNELS = bool(register_cuda_impls(guarded=mode == "auto"))
     return GPU_KERNELS
 
 

@@ -124,3 +124,19 @@ def test_segment_a_medsegdiff_state_dict_with_model_settings(tmp_path, capsys):
     assert Image.open(tmp_path / "o" / "a_mask.png").size == (28, 20)
     assert main([*base, "-o", str(tmp_path / "o2"), "--model-setting", "heads=2"]) == 2
     assert "unknown MedSegDiff settings ['heads']" in capsys.readouterr().err
+
+
+def test_doctor_reports_every_op_and_fails_on_a_wrong_one(capsys, monkeypatch):
+    from dsd_fast import ops
+    assert main(["doctor", "--no-timing"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "ops on cpu:" in out and "all checks passed" in out
+    for op in ("ff_parser", "group_norm_silu", "gated_conv1x1", "linear_attention"):
+        assert op in out
+    if not ops.AVAILABLE:
+        return                              # the twins run: nothing of ours to find wrong
+    real = ops.gated_conv1x1
+    monkeypatch.setattr(ops, "gated_conv1x1", lambda g, w, b, x: real(g, w, b, x) * 1.01)
+    assert main(["doctor", "--no-timing"]) == 1
+    out = capsys.readouterr().out
+    assert "gated_conv1x1" in out and "parity FAILED" in out and "1 check(s) FAILED" in out

@@ -100,24 +100,46 @@ TRITON_OPS = ("ff_parser", "ff_parser_out", "group_norm_silu", "gated_conv1x1")
 REGISTERED: set[str] = set()
 
 
-def _cuda_impls():
+GUARDS: dict = {}          # op name -> KernelGuard, when registered guarded
+
+
+def _cuda_impls(guarded: bool = True):
+    """The CUDA implementations: each Triton kernel, behind a KernelGuard (ops/guard.py)
+    unless `guarded` is False (DSD_FAST_KERNELS=triton)."""
+    from .. import reference as ref
+    from ..guard import KernelGuard, input_class
     from .ff_parser import ff_parser
     from .gated_conv1x1 import gated_conv1x1
     from .group_norm_silu import group_norm_silu
 
-    def ff_parser_out(x, weight, out):
-        ff_parser(x, weight, out=out)          # schema returns () : mutates `out`
+    def gns(x, gamma, beta, groups, eps, scale=None, shift=None):
+        return group_norm_silu(x, gamma, beta, groups, eps, scale, shift)
 
-    return {
-        "ff_parser": lambda x, weight: ff_parser(x, weight),
-        "ff_parser_out": ff_parser_out,
-        "group_norm_silu": (lambda x, gamma, beta, groups, eps, scale=None, shift=None:
-                            group_norm_silu(x, gamma, beta, groups, eps, scale, shift)),
-        "gated_conv1x1": gated_conv1x1,
-    }
+    def gns_ref(x, gamma, beta, groups, eps, scale=None, shift=None):
+        return ref.group_norm_silu_ref(x, gamma, beta, groups, eps, scale, shift)
+
+    impls = {"ff_parser": lambda x, weight: ff_parser(x, weight), "group_norm_silu": gns,
+             "gated_conv1x1": gated_conv1x1}
+    if guarded:
+        twins = {"ff_parser": ref.ff_parser_ref, "group_norm_silu": gns_ref,
+                 "gated_conv1x1": ref.gated_conv1x1_ref}
+        for name in list(impls):
+            GUARDS[name] = impls[name] = KernelGuard(name, impls[name], twins[name])
+
+    def ff_parser_out(x, weight, out):          # schema returns (): mutates `out`
+        guard = GUARDS.get("ff_parser")
+        ok = True if guard is None else guard.verdicts.get(input_class(x, weight))
+        if ok is None:                          # first of its class: checked functionally
+            out.copy_(guard(x, weight))
+        elif ok:
+            ff_parser(x, weight, out=out)
+        else:
+            ref.ff_parser_out_ref(x, weight, out)
+    impls["ff_parser_out"] = ff_parser_out
+    return impls
 
 
-def register_cuda_impls(namespace: str = "dsd_fast") -> bool:
+def register_cuda_impls(namespace: str = "dsd_fast", guarded: bool = True) -> bool:
     """Register the Triton kernels as the CUDA kernels of `<namespace>::<op>`.
 
     Only ops that are already defined (by `dsd_fast._C` or ops/schemas.py) and whose schema
@@ -143,7 +165,7 @@ def register_cuda_impls(namespace: str = "dsd_fast") -> bool:
             continue
         if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA"):
             continue                                      # someone else serves CUDA already
-        impls = impls or _cuda_impls()
+        impls = impls or _cuda_impls(guarded)
         torch.library.impl(qualname, "CUDA", impls[name])
         REGISTERED.add(qualname)
     return any(q.startswith(f"{namespace}::") for q in REGISTERED)

@@ -1,0 +1,163 @@
+"""`dsd-fast doctor`: what this machine runs and whether it runs it right, for bug reports.
+
+Prints the versions (dsd_fast, Python, torch, triton, CUDA), the CPU's vector extensions,
+the GPUs, which implementation each fused op uses on each device and why, a parity check of
+every op there against its PyTorch twin, and one timed denoiser step per backend. Exit
+status 1 when a parity check fails (or a GPU's kernels cannot be used), else 0.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+
+import torch
+
+CPU_FLAGS = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+             "amx_tile")
+OPS = ("ff_parser", "group_norm_silu", "gated_conv1x1", "linear_attention")
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return name, [f for f in CPU_FLAGS if f in flags]
+
+
+def op_inputs(name: str, device: str, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+    if name == "ff_parser":
+        return (r(2, 8, 16, 16), torch.randn(8, 16, 9, 2, generator=g).to(device))
+    if name == "group_norm_silu":
+        return (r(2, 16, 12, 12), r(16), r(16), 4, 1e-5, r(2, 16), r(2, 16))
+    if name == "gated_conv1x1":
+        return (r(2, 12, 10, 10), r(8, 12, 1, 1) / 4, r(8), r(2, 8, 10, 10))
+    return (r(2, 16, 9, 9), r(384, 16) / 4, r(16, 128) / 11, r(16))
+
+
+def parity(name: str, device: str, impl) -> tuple[bool, float]:
+    """(ok, max |impl - twin| / scale) on fixed random inputs."""
+    from ..ops import reference as ref
+    from ..ops.guard import close_enough
+    args = op_inputs(name, device)
+    with torch.no_grad():
+        want = getattr(ref, f"{name}_ref")(*args)
+        got = impl(*args)
+    return close_enough(got, want)
+
+
+def implementations(device: str) -> dict[str, tuple[str, object]]:
+    """op -> (what runs and why, callable) on `device`."""
+    from .. import ops
+    out = {}
+    if device == "cpu":
+        for name in OPS:
+            if ops.AVAILABLE:
+                out[name] = ("C++ kernel (dsd_fast._C)", getattr(ops, name))
+            else:
+                out[name] = (f"PyTorch twin: {ops.CPU_REASON}", None)
+        return out
+    from ..ops.guard import kernel_mode
+    registered = ops.fast_path_available(device)
+    for name in OPS:
+        if name == "linear_attention":
+            out[name] = ("reassociated PyTorch (no Triton kernel)", None)
+        elif registered:
+            check = ", checked against its twin on first use" if kernel_mode() == "auto" else ""
+            out[name] = (f"Triton kernel ({kernel_mode()}{check})", _direct_triton(name))
+        else:
+            why = ("DSD_FAST_KERNELS=reference" if kernel_mode() == "reference"
+                   else "Triton unavailable")
+            out[name] = (f"PyTorch twin ({why})", None)
+    return out
+
+
+def _direct_triton(name: str):
+    """The Triton kernel itself, unguarded: the doctor wants its own verdict."""
+    from ..ops.triton import ff_parser, gated_conv1x1, group_norm_silu
+    return {"ff_parser": lambda x, w: ff_parser.ff_parser(x, w),
+            "group_norm_silu": group_norm_silu.group_norm_silu,
+            "gated_conv1x1": gated_conv1x1.gated_conv1x1}[name]
+
+
+def time_denoiser(device: str) -> dict[str, float]:
+    """Milliseconds of one forward of the bundled default config at batch 5, per backend."""
+    import dsd_fast
+    from ..diffusion import flush_denormals
+    from ..families.dermosegdiff import DERMOSEGDIFF
+    net = dsd_fast.build_model(dsd_fast.get_config("default")).eval().to(device)
+    x = torch.randn(5, 1, 64, 64, device=device)
+    img = torch.rand(5, 3, 64, 64, device=device)
+    t = torch.full((5,), 120, device=device, dtype=torch.long)
+    out = {}
+    for backend, model in (("reference", net), ("fast", DERMOSEGDIFF.fast_model_for(net))):
+        with torch.no_grad(), flush_denormals():
+            model(x, img, t)
+            model(x, img, t)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(3):
+                model(x, img, t)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        out[backend] = (time.perf_counter() - t0) / 3 * 1000
+    return out
+
+
+def run(out=None, timing: bool = True) -> int:
+    import dsd_fast
+    out = out or sys.stdout
+    bad = 0
+
+    def say(*a):
+        print(*a, file=out)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    say(f"dsd_fast {dsd_fast.__version__}  Python {platform.python_version()}  torch "
+        f"{torch.__version__}  triton {triton_version}  CUDA {torch.version.cuda or 'none'}")
+    name, flags = cpu_description()
+    say(f"CPU: {name}; {torch.get_num_threads()} torch threads; extensions: "
+        f"{' '.join(flags) or 'none found'}")
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            say(f"GPU {i}: {p.name}, compute capability {p.major}.{p.minor}, "
+                f"{p.total_memory / 2**30:.0f} GiB")
+        devices.append("cuda")
+    else:
+        say("GPU: none visible to torch")
+    for device in devices:
+        say(f"\nops on {device}:")
+        for op, (what, impl) in implementations(device).items():
+            line = f"  {op:<18}{what}"
+            if impl is not None:
+                try:
+                    ok, err = parity(op, device, impl)
+                    line += f"; parity {'ok' if ok else 'FAILED'} (max error {err:.2g} of scale)"
+                except Exception as e:
+                    ok = False
+                    line += f"; parity FAILED ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                bad += not ok
+            say(line)
+        if timing:
+            ms = time_denoiser(device)
+            say(f"  denoiser step (default config, batch 5): reference {ms['reference']:.1f} ms, "
+                f"fast {ms['fast']:.1f} ms")
+    say("\nall checks passed" if not bad else f"\n{bad} check(s) FAILED")
+    return 1 if bad else 0
