@@ -108,9 +108,12 @@ def _cuda_impls(guarded: bool = True):
     unless `guarded` is False (DSD_FAST_KERNELS=triton)."""
     from .. import reference as ref
     from ..guard import KernelGuard, input_class
-    from .ff_parser import ff_parser
+    from .ff_parser import MAX_SIZE, ff_parser
     from .gated_conv1x1 import gated_conv1x1
     from .group_norm_silu import group_norm_silu
+
+    def fits(x) -> bool:                        # larger planes: cuFFT through the twin
+        return max(x.shape[-2:]) <= MAX_SIZE
 
     def gns(x, gamma, beta, groups, eps, scale=None, shift=None):
         return group_norm_silu(x, gamma, beta, groups, eps, scale, shift)
@@ -126,7 +129,14 @@ def _cuda_impls(guarded: bool = True):
         for name in list(impls):
             GUARDS[name] = impls[name] = KernelGuard(name, impls[name], twins[name])
 
+    kernel_ff = impls["ff_parser"]
+    impls["ff_parser"] = lambda x, weight: (kernel_ff(x, weight) if fits(x)
+                                            else ref.ff_parser_ref(x, weight))
+
     def ff_parser_out(x, weight, out):          # schema returns (): mutates `out`
+        if not fits(x):
+            ref.ff_parser_out_ref(x, weight, out)
+            return
         guard = GUARDS.get("ff_parser")
         ok = True if guard is None else guard.verdicts.get(input_class(x, weight))
         if ok is None:                          # first of its class: checked functionally

@@ -37,7 +37,12 @@ import torch
 
 from . import check_device, device_guard, pad16, require_triton, tl, triton
 
-MAX_SIZE = 128   # a plane's whole spectrum lives in one program's registers
+# A plane's whole spectrum lives in one program (registers and shared memory). At 128 x 128
+# the fp32 DFT matmuls ask for 262,144 B of shared memory per block, more than any NVIDIA
+# GPU gives one block (sm_90: 232,448 B; sm_80: 166,912 B; checked by compiling for both,
+# tests/ops/test_triton_aot.py): larger planes are served by cuFFT through the twin
+# (ops/triton/__init__.py routes them), which is what they would otherwise fall back to.
+MAX_SIZE = 64
 
 
 @triton.jit
@@ -158,7 +163,7 @@ def ff_parser(x: torch.Tensor, weight: torch.Tensor, *, out: torch.Tensor | None
     out: optional preallocated (B, C, H, W) tensor of x's dtype, any strides, typically a
     channel slice `buf[:, c0:c0 + C]` of a concatenation buffer; only those channels are
     written. It may be x itself (each plane is read whole before it is written) but must
-    not otherwise overlap x. 1 <= H, W <= 128.
+    not otherwise overlap x. 1 <= H, W <= MAX_SIZE (64).
     """
     require_triton("ff_parser")
     if x.dim() != 4:
