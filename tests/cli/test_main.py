@@ -140,3 +140,24 @@ def test_doctor_reports_every_op_and_fails_on_a_wrong_one(capsys, monkeypatch):
     assert main(["doctor", "--no-timing"]) == 1
     out = capsys.readouterr().out
     assert "gated_conv1x1" in out and "parity FAILED" in out and "1 check(s) FAILED" in out
+
+
+def test_gpu_check_writes_its_report_and_skips_gpu_parts_without_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path),
+                           "--budget-s", "60"], cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(doc["sections"]) == {"environment", "tests", "ops", "denoiser", "segment"}
+    assert "ops on cpu:" in doc["sections"]["environment"]["report"]
+    assert (tmp_path / "gpu_check.log").read_text().startswith("[environment]")
+    if not torch.cuda.is_available():
+        assert doc["gpu"] is None and proc.returncode == 0, proc.stderr
+        for name in ("tests", "ops", "denoiser", "segment"):
+            assert doc["sections"][name] == {"skipped": "no CUDA GPU visible to torch"}
