@@ -92,8 +92,6 @@ def section_denoiser() -> dict:
                 row["graph_matches_eager"] = bool(torch.allclose(out, fast(x, img, t),
                                                                  rtol=1e-4, atol=1e-4))
             rows.append(row)
-            del x, img
-        del net, fast
         torch.cuda.empty_cache()
     return {"rows": rows}
 
