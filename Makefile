@@ -10,7 +10,7 @@ PY ?= python3
 # torch, einops and beartype).
 install:
 	$(PY) -m pip install torch==2.13.0 'triton==3.9.*' setuptools wheel setuptools-scm
-	$(PY) -m pip install --no-build-isolation --use-pep517 -e '.[test,crf,ray]'
+	$(PY) -m pip install --no-build-isolation --use-pep517 -e '.[test,crf,ray,onnx]'
 	$(PY) -m pip install --no-deps med-seg-diff-pytorch==0.3.3 einops beartype
 
 # Main job: segment the bundled PH2 samples with the bundled default model.

@@ -61,6 +61,10 @@ setup(
         "crf": ["pydensecrf2>=1.1"],
         # scale-out: `dsd-fast segment --ray` (Ray Data's actor pools)
         "ray": ["ray[data]>=2.40"],
+        # `dsd-fast export --onnx` (torch.onnx's dynamo exporter) and its check in ORT
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # the peer engines of bench/bench_peers.py
+        "bench": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "openvino>=2024.0"],
     },
     entry_points={"console_scripts": ["dsd-fast=dsd_fast.cli:main"]},
     ext_modules=EXT_MODULES,

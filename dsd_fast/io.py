@@ -63,6 +63,33 @@ def atomic_write(target, write: Callable) -> Path:
     return target
 
 
+def atomic_write_path(target, write_to: Callable[[str], None]) -> Path:
+    """For writers that want a file name (torch.onnx.export): `write_to(tmp_name)` writes a
+    temporary file beside `target`, which is then fsync'ed and renamed over it; removed on
+    any error."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:64]}.",
+                                   suffix=TMP_SUFFIX)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(target, e) from e
+    try:
+        write_to(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _write_error(target, e) from e
+        raise
+    return target
+
+
 def write_text(target, text: str) -> Path:
     """UTF-8 text. File names that are not valid UTF-8 reach Python as lone surrogates
     (surrogateescape); they are written back as the file name's own bytes."""

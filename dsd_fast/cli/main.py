@@ -106,6 +106,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+@_user_errors
+def cmd_export(args) -> int:
+    from ..api import Pipeline
+    from .export import export_onnx
+    settings = _parse_settings(args.model_setting)
+    model = Pipeline.from_pretrained(args.checkpoint, **settings) if settings else args.checkpoint
+    for path in export_onnx(model, args.onnx, batch=args.batch, dynamic_batch=args.dynamic_batch):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import run
     return run(timing=not args.no_timing)
@@ -178,6 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(outputs stay at the original size; default 16000000)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)
+
+    x = sub.add_parser("export", help="write a model's denoiser as ONNX (ONNX Runtime, "
+                       "OpenVINO, TensorRT)")
+    x.add_argument("--onnx", required=True, metavar="OUT.onnx", help="file to write")
+    x.add_argument("--checkpoint", default=None,
+                   help="model file or bundled name; default: the bundled default")
+    x.add_argument("--model-setting", action="append", metavar="KEY=VALUE",
+                   help="what a checkpoint of the original code does not store")
+    x.add_argument("--batch", type=int, default=5, help="batch of the example input (default 5)")
+    x.add_argument("--dynamic-batch", action="store_true", help="leave the batch axis free")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("doctor", help="versions, CPU/GPU, which kernels run and whether they "
                        "agree with their twins, one timed step: paste it into bug reports")
