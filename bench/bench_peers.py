@@ -5,8 +5,9 @@
 
 Per model (random weights; batch 5 = one ensemble; 2 torch threads, 2 intra-op threads for
 the peers): reference eager, torch.compile(reference), dsd_fast fast, ONNX Runtime (CPU EP,
-the model exported by `dsd-fast export --onnx`'s code), OpenVINO (CPU, fp32, converted with
+the model exported by `dsd-fast export --onnx`'s code), OpenVINO (CPU, fp32 and, as the bf16 peer, its bf16 hint, converted with
 ov.convert_model from the torch module: its ONNX reader rejects the FF-parser's DFT nodes);
+and the fast network under precision="bf16" (autocast; this CPU's native bfloat16);
 median milliseconds, each one's max error against the reference (as a fraction of the
 output's scale), and GFLOP/s against a peak measured in the same run with the op the
 networks are made of: a 3x3 convolution (256 -> 256 channels at 64 x 64, batch 5) in float32
@@ -87,13 +88,16 @@ def run_models(names, repeats, compile_ref) -> None:
     from dsd_fast.cli.export import export_onnx
     from dsd_fast.diffusion import flush_denormals
     from dsd_fast.families import family_of_network
+    from dsd_fast.precision import Bf16Denoiser
     from torch.utils.flop_counter import FlopCounterMode
     peak = conv_peak(repeats)
     print("conv 3x3 peak, GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
     f32 = max(v for k, v in peak.items() if k.startswith("float32"))
+    bf = max(v for k, v in peak.items() if k.startswith("bfloat16"))
     header = (f"{'model':<10}{'GFLOP':>7}{'ref':>9}{'compile':>9}{'fast':>9}{'ORT':>9}"
               f"{'OpenVINO':>9}{'fast/best peer':>15}{'fast GFLOP/s':>13}{'% f32 peak':>11}"
-              "   max err (fast, ORT, OV)")
+              f"{'fast bf16':>10}{'bf16/fast':>10}{'% bf16 peak':>12}{'OV bf16':>9}"
+              "   max err (fast, ORT, OV, bf16)")
     print(header)
     for name, net in models(names):
         fam = family_of_network(net)
@@ -111,6 +115,9 @@ def run_models(names, repeats, compile_ref) -> None:
                     ms["compile"] = median_ms(lambda: comp(*args), repeats)
                 ms["fast"] = median_ms(lambda: fast(*args), repeats)
                 errs["fast"] = float((fast(*args) - want).abs().max() / want.abs().max())
+                bf16 = Bf16Denoiser(fast)
+                ms["bf16"] = median_ms(lambda: bf16(*args), repeats)
+                errs["bf16"] = float((bf16(*args) - want).abs().max() / want.abs().max())
         with tempfile.TemporaryDirectory() as tmp:
             (path,) = export_onnx(net, Path(tmp) / f"{name}.onnx", batch=5)
             so = ort.SessionOptions()
@@ -131,12 +138,20 @@ def run_models(names, repeats, compile_ref) -> None:
             ms["OpenVINO"] = median_ms(lambda: req.infer(ov_in), repeats)
             errs["OV"] = float(np.abs(req.infer(ov_in)[0] - want.numpy()).max()
                                / want.abs().max())
+            # OpenVINO's own default on a CPU with native bfloat16: the bf16 peer
+            req16 = ov.Core().compile_model(ov_model, "CPU", {
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "INFERENCE_PRECISION_HINT": "bf16"}).create_infer_request()
+            ms["OV bf16"] = median_ms(lambda: req16.infer(ov_in), repeats)
         best_peer = min(ms["ORT"], ms["OpenVINO"])
         rate = gflop / ms["fast"] * 1000
         print(f"{name:<10}{gflop:>7.1f}{ms['ref']:>9.1f}{ms.get('compile', float('nan')):>9.1f}"
               f"{ms['fast']:>9.1f}{ms['ORT']:>9.1f}{ms['OpenVINO']:>9.1f}"
               f"{best_peer / ms['fast']:>14.2f}x{rate:>13.0f}{100 * rate / f32:>10.0f}%"
-              f"   {errs['fast']:.1e}, {errs['ORT']:.1e}, {errs['OV']:.1e}", flush=True)
+              f"{ms['bf16']:>10.1f}{ms['fast'] / ms['bf16']:>9.2f}x"
+              f"{100 * gflop / ms['bf16'] * 1000 / bf:>11.0f}%{ms['OV bf16']:>9.1f}"
+              f"   {errs['fast']:.1e}, {errs['ORT']:.1e}, {errs['OV']:.1e}, {errs['bf16']:.1e}",
+              flush=True)
 
 
 def run_segment(repeats: int) -> None:

@@ -27,6 +27,7 @@ from .diffusion import Schedule, as_eps_model, noise_seed, sample_ensemble
 from .diffusion.ensemble import MAX_SEED
 from .families import ModelFamily, family_of_network
 from .images import as_image_list, to_chw
+from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, content_key, to_model_input
 from .results import SegmentationResult, check_fusion, samples_to_result
 
@@ -100,12 +101,13 @@ class Pipeline:
                 return self.model
         return self.family.fast_model_for(self.model)
 
-    def eps_model(self, backend: str = "auto"):
-        """denoiser(backend) as a noise predictor (x0 / v outputs converted, self-conditioning
-        fed back)."""
+    def eps_model(self, backend: str = "auto", precision: str = "fp32"):
+        """denoiser(backend) at `precision` (precision.py) as a noise predictor (x0 / v
+        outputs converted, self-conditioning fed back)."""
         conv = self.family.sampling_conventions(self.config)
-        return as_eps_model(self.denoiser(backend), self.family.prediction(self.config),
-                            self.schedule, conv["self_condition"])
+        net = with_precision(self.denoiser(backend), resolve_precision(precision, self.device))
+        return as_eps_model(net, self.family.prediction(self.config), self.schedule,
+                            conv["self_condition"])
 
     def sample(self, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
                noise_keys: list, sampler: str = "ddim", eta: float = 0.0,
@@ -144,15 +146,15 @@ class Pipeline:
                 sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
                 fusion: str = "mean", refine: str | None = None, backend: str = "auto",
                 return_samples: bool = False, progress: bool = False,
-                noise_keys: list | None = None, clip_x0: bool = True
-                ) -> list[SegmentationResult]:
+                noise_keys: list | None = None, clip_x0: bool = True,
+                precision: str = "fp32") -> list[SegmentationResult]:
         """Segment skin lesions; see `dsd_fast.segment` for the arguments."""
         items = as_image_list(images)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
         self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta)
         steps, ensemble, batch_size, seed = int(steps), int(ensemble), int(batch_size), int(seed)
-        eps_model = self.eps_model(backend)
+        eps_model = self.eps_model(backend, precision)
         chws = [to_chw(item, i) for i, item in enumerate(items)]   # validates every image first
         keys = list(noise_keys) if noise_keys is not None else [content_key(c) for c in chws]
         results: list[SegmentationResult] = []
@@ -250,7 +252,8 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
             sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
             fusion: str = "mean", refine: str | None = None, backend: str = "auto",
             return_samples: bool = False, progress: bool = False,
-            noise_keys: list | None = None, clip_x0: bool = True) -> list[SegmentationResult]:
+            noise_keys: list | None = None, clip_x0: bool = True,
+            precision: str = "fp32") -> list[SegmentationResult]:
     """Segment skin lesions.
 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
@@ -271,6 +274,10 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
     clip_x0: DDIM only: clamp each step's estimate of the clean mask to [-1, 1] (default;
         measured +0.10 per-image Dice on PH2 val for the default model, MODEL_CARD.md);
         False gives the unclipped textbook DDIM.
+    precision: "fp32" (default) or "bf16": the network in bfloat16 (autocast), the sampler
+        in float32; ~2x faster on large networks where the CPU (AVX-512 BF16, AMX) or GPU
+        (sm_80+) has native bfloat16, float32 with a warning elsewhere; masks agree with
+        float32's to Dice >= 0.99 (precision.py, MODEL_CARD.md).
     Returns one SegmentationResult per image, in order.
     """
     items = as_image_list(images)            # image errors before a model is loaded
@@ -278,7 +285,7 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         items, steps=steps, ensemble=ensemble, seed=seed, sampler=sampler, eta=eta,
         batch_size=batch_size, fusion=fusion, refine=refine, backend=backend,
         return_samples=return_samples, progress=progress, noise_keys=noise_keys,
-        clip_x0=clip_x0)
+        clip_x0=clip_x0, precision=precision)
 
 
 def _is_int(v) -> bool:

@@ -18,6 +18,7 @@ def cmd_segment(args) -> int:
             allow_inplace=args.allow_inplace, fail_fast=args.fail_fast, gt=args.gt,
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
             max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
+            precision=args.precision,
             model_settings=_parse_settings(args.model_setting), ray=args.ray,
             workers=args.workers)
     except UsageError as e:
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-clip", action="store_true",
                    help="textbook DDIM: do not clamp each step's clean-mask estimate to [-1, 1]")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the network in bfloat16, ~2x faster on large networks where "
+                   "the CPU has AVX-512 BF16 or AMX (falls back to fp32 with a warning "
+                   "elsewhere); masks agree with fp32's to Dice >= 0.99 (default fp32)")
     s.add_argument("-r", "--recursive", action="store_true",
                    help="also take images from subfolders; outputs mirror the subfolders")
     s.add_argument("--batch-size", type=_batch_size, default=None,

@@ -71,6 +71,7 @@ class BatchOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS   # above this, the model input is a reduced decode
     quiet: bool = False
     clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
+    precision: str = "fp32"                # or "bf16" (precision.py)
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
@@ -102,6 +103,10 @@ class BatchOptions:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                  f"got {v!r}")
+        from ..precision import PRECISIONS
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
                 or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
@@ -389,7 +394,8 @@ def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
             # every image the same chains as an uninterrupted one.
             res = pipe.segment([p.model_chw for p in piece], steps=opts.steps,
                                ensemble=opts.ensemble, seed=opts.seed, batch_size=len(piece),
-                               noise_keys=[p.item.key for p in piece], clip_x0=opts.clip_x0)
+                               noise_keys=[p.item.key for p in piece], clip_x0=opts.clip_x0,
+                               precision=opts.precision)
         except (MemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -481,6 +487,11 @@ def _settings(opts: BatchOptions, model) -> dict:
            "seed": opts.seed, "clip_x0": opts.clip_x0}
     if opts.model_settings:
         out["model_settings"] = dict(opts.model_settings)
+    if opts.precision != "fp32":
+        # what this machine runs ("bf16" falls back to float32 without native bfloat16);
+        # recorded only when not the default, so runs from before the option still match
+        from ..precision import resolve_precision
+        out["precision"] = resolve_precision(opts.precision, "cpu")
     return out
 
 

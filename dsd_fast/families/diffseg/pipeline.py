@@ -32,6 +32,7 @@ from torch import nn
 
 from ...diffusion import flush_denormals, noise_seed
 from ...images import as_image_list, to_chw
+from ...precision import resolve_precision, with_precision
 from ...preprocess import Preprocessing, content_key, to_model_input
 from ...results import SegmentationResult, samples_to_result
 from .difference import difference_map, mask_from_difference, residual, t0_coefficients
@@ -87,16 +88,20 @@ class DiffSegPipeline:
         self.no.to(device)
         return self
 
-    def denoisers(self, backend: str = "auto") -> tuple[nn.Module, nn.Module]:
+    def denoisers(self, backend: str = "auto",
+                  precision: str = "fp32") -> tuple[nn.Module, nn.Module]:
+        """The two networks the method runs (fast or reference) at `precision`."""
         if backend not in ("auto", "fast", "reference"):
             raise ValueError(f"backend must be 'auto', 'fast' or 'reference', got {backend!r}")
-        if backend == "reference":
-            return self.have, self.no
-        if backend == "auto":
-            from ... import ops
-            if not ops.fast_path_available(self.device):
-                return self.have, self.no
-        return self.family.fast_model_for(self.have), self.family.fast_model_for(self.no)
+        precision = resolve_precision(precision, self.device)
+        pair = (self.have, self.no)
+        if backend == "fast" or (backend == "auto" and self._fast_ops()):
+            pair = (self.family.fast_model_for(self.have), self.family.fast_model_for(self.no))
+        return tuple(with_precision(net, precision) for net in pair)
+
+    def _fast_ops(self) -> bool:
+        from ... import ops
+        return ops.fast_path_available(self.device)
 
     # ------------------------------------------------------------------ the method
     def check_args(self, steps=1, ensemble=1, sampler="ddim", fusion="mean", refine=None,
@@ -126,7 +131,7 @@ class DiffSegPipeline:
 
     @torch.no_grad()
     def draw(self, x: torch.Tensor, ensemble: int, seed: int, noise_keys: list,
-             backend: str = "auto", noises=None) -> dict:
+             backend: str = "auto", noises=None, precision: str = "fp32") -> dict:
         """(N, 3, S, S) model inputs -> per draw: mask (N, E, S, S) bool and difference map
         (N, E, S, S). Image i's draws come from its own generator (seed, noise_keys[i]):
         eps_have (E, 3, S, S) first, then eps_no; `noises` [(eps_have, eps_no)] per image
@@ -142,7 +147,7 @@ class DiffSegPipeline:
         eps_no = torch.cat([e[1] for e in noises]).to(x)
         xs = x.repeat_interleave(ensemble, dim=0)
         a, s = t0_coefficients(self.config.timesteps)
-        have, no = self.denoisers(backend)
+        have, no = self.denoisers(backend, precision)
         with flush_denormals():
             r_have = residual(have, xs, eps_have, a, s)
             r_no = residual(no, xs, eps_no, a, s)
@@ -155,7 +160,7 @@ class DiffSegPipeline:
                 fusion: str = "mean", refine: str | None = None, backend: str = "auto",
                 return_samples: bool = False, progress: bool = False,
                 noise_keys: list | None = None, clip_x0: bool = True,
-                noises=None) -> list[SegmentationResult]:
+                noises=None, precision: str = "fp32") -> list[SegmentationResult]:
         """Segment skin lesions; arguments as `dsd_fast.segment` (steps, sampler, eta and
         clip_x0 do not apply and are ignored). refine: None, "crf" (this project's DenseCRF
         on the draws' masks) or "crf-published" (the official protocol: crf.py)."""
@@ -163,13 +168,15 @@ class DiffSegPipeline:
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
         self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta)
+        precision = resolve_precision(precision, self.device)
         chws = [to_chw(item, i) for i, item in enumerate(items)]
         keys = list(noise_keys) if noise_keys is not None else [content_key(c) for c in chws]
         results = []
         for start in range(0, len(chws), int(batch_size)):
             chunk, ck = chws[start:start + batch_size], keys[start:start + batch_size]
             cn = None if noises is None else noises[start:start + batch_size]
-            out = self.draw(self.model_input(chunk), int(ensemble), int(seed), ck, backend, cn)
+            out = self.draw(self.model_input(chunk), int(ensemble), int(seed), ck, backend, cn,
+                            precision)
             for k, chw in enumerate(chunk):
                 samples = out["mask"][k].float() * 2 - 1                 # mask space [-1, 1]
                 rng = np.random.default_rng(noise_seed(seed, ck[k]))
