@@ -70,14 +70,16 @@ def _user_errors(cmd):
 @_user_errors
 def cmd_train(args) -> int:
     from ..train import TrainOptions, Trainer
+    from ..train.sources import parse_source
+    sources = [parse_source(s).to_dict() for s in args.source] if args.source else None
     opts = TrainOptions(image_dir=args.images, mask_dir=args.masks, out_dir=args.out,
                         train_ids=args.train_ids, val_ids=args.val_ids, config=args.config,
                         total_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         val_every=args.val_every, seed=args.seed, threads=args.threads,
-                        init_from=args.init_from)
+                        init_from=args.init_from, sources=sources, augmentation=args.augment)
     best = Trainer(opts).run(progress=not args.quiet)
     weights = Path(args.out) / "best.safetensors"
-    if args.val_ids:
+    if args.val_ids or any(s.get("val") for s in sources or []):
         print(f"done: best validation Dice {best:.4f}; weights in {weights}")
     else:
         print(f"done: {args.steps} steps, no validation set (--val-ids); the final EMA weights "
@@ -218,8 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train", help="train a model (resumes from OUT/last.pt if present)")
-    t.add_argument("--images", required=True, help="folder of images")
-    t.add_argument("--masks", required=True, help="folder of masks (matched by file stem)")
+    t.add_argument("--images", help="folder of images (or use --source)")
+    t.add_argument("--masks", help="folder of masks (matched by file stem)")
+    t.add_argument("--source", action="append", metavar="SPEC",
+                   help="a dataset, repeatable: name=N,images=DIR,masks=DIR[,train=IDS]"
+                   "[,val=IDS][,weight=W][,val_limit=K]; W is its share of training images, "
+                   "selection is on the mean of the sources' val Dice")
+    t.add_argument("--augment", choices=("basic", "strong"), default="basic",
+                   help="basic: flips, rotation, small colour jitter (the PH2 model's); "
+                   "strong: also zoom/shift/aspect, illumination, vignette, hair")
     t.add_argument("--train-ids", help="file with one training stem per line (default: all)")
     t.add_argument("--val-ids", help="file with one validation stem per line")
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, best weights)")

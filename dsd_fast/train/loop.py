@@ -28,13 +28,14 @@ from ..metrics import dice
 from ..preprocess import minmax_normalise
 from ..results import samples_to_result
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
+from .sources import DataSource, MixedBatches, load_source
 from .losses import GAMMA_PH2, dermosegdiff_loss, medsegdiff_loss
 
 
 @dataclass
 class TrainOptions:
-    image_dir: str
-    mask_dir: str
+    image_dir: str | None
+    mask_dir: str | None
     out_dir: str
     train_ids: str | None = None        # file with one stem per line; None = every pair
     val_ids: str | None = None
@@ -60,9 +61,27 @@ class TrainOptions:
     # optimizer starts fresh and the step counter continues from the file's "step" metadata.
     # This is how a run continues across machines that keep only the bundled weights.
     init_from: str | None = None
+    # Several datasets at once (sources.py): a list of DataSource fields (dicts) used
+    # instead of image_dir/mask_dir/train_ids/val_ids. Selection is on the mean over sources
+    # of each source's val Dice, so a small source counts as much as a big one.
+    sources: list[dict] | None = None
+    augmentation: str = "basic"        # "basic" (the PH2 model's), "strong" (augment.py)
 
     def __post_init__(self):
         """Refuse what would train nothing or garbage (steps <= 0, a NaN learning rate)."""
+        if self.sources:
+            if self.image_dir or self.mask_dir or self.train_ids or self.val_ids:
+                raise ValueError("give either sources or image_dir/mask_dir/train_ids/"
+                                 "val_ids, not both")
+            self.sources = [DataSource(**s).to_dict() for s in self.sources]
+            names = [s["name"] for s in self.sources]
+            if len(set(names)) != len(names):
+                raise ValueError(f"source names must differ, got {names}")
+        elif not (self.image_dir and self.mask_dir):
+            raise ValueError("training needs image_dir and mask_dir, or sources")
+        if self.augmentation not in ("basic", "strong"):
+            raise ValueError(f"augmentation must be 'basic' or 'strong', "
+                             f"got {self.augmentation!r}")
         ints = {"total_steps": 1, "batch_size": 1, "val_every": 1, "val_steps": 1,
                 "val_ensemble": 1, "checkpoint_every": 1, "log_every": 1, "seed": 0}
         for name, lo in ints.items():
@@ -151,11 +170,6 @@ class Trainer:
         self.family, self.config = find_config(opts.config)
         self.schedule = self.family.default_schedule(self.config)
         size = self.config.image_size
-        train_ids = read_id_list(opts.train_ids) if opts.train_ids else None
-        self.train_samples = load_pairs(match_pairs(opts.image_dir, opts.mask_dir, train_ids), size)
-        self.val_samples = (load_pairs(match_pairs(opts.image_dir, opts.mask_dir,
-                                                   read_id_list(opts.val_ids)), size)
-                            if opts.val_ids else [])
         torch.manual_seed(opts.seed)
         self.model = self.family.build_reference(self.config)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=tuple(opts.betas))
@@ -163,9 +177,34 @@ class Trainer:
         self.ema_model = self.family.build_reference(self.config)
         self.gen = torch.Generator().manual_seed(opts.seed)
         normalise = self.family.preprocessing(self.config).normalise == "minmax"
-        self.batches = PairBatches(self.train_samples, opts.batch_size, self.gen,
-                                   normalise=normalise)
+        if opts.sources:
+            # Held at twice the model size so that zooming in shows real detail.
+            hold = 2 * size if opts.augmentation == "strong" else size
+            srcs = [DataSource(**d) for d in opts.sources]
+            loaded = [load_source(src, size, hold) for src in srcs]
+            self.val_sets = {src.name: val for src, (_, val) in zip(srcs, loaded) if val}
+            self.batches = MixedBatches([tr for tr, _ in loaded], [s.weight for s in srcs],
+                                        size, opts.batch_size, self.gen, opts.augmentation,
+                                        normalise=normalise)
+        else:
+            train_ids = read_id_list(opts.train_ids) if opts.train_ids else None
+            train = load_pairs(match_pairs(opts.image_dir, opts.mask_dir, train_ids),
+                               2 * size if opts.augmentation == "strong" else size)
+            self.val_sets = ({"val": load_pairs(match_pairs(opts.image_dir, opts.mask_dir,
+                                                            read_id_list(opts.val_ids)), size)}
+                             if opts.val_ids else {})
+            if opts.augmentation == "strong":
+                self.batches = MixedBatches([train], [1.0], size, opts.batch_size, self.gen,
+                                            "strong", normalise=normalise)
+            else:
+                self.batches = PairBatches(train, opts.batch_size, self.gen,
+                                           normalise=normalise)
+        self.val_samples = [s for v in self.val_sets.values() for s in v]
         self.step = 0
+        # The step the EMA's warm-up counts from: a warm start restarts it, or the EMA of a
+        # run fine-tuned on new data (decay ~0.9998 at step 12,000) would hold the old
+        # weights for thousands of steps.
+        self.ema_origin = 0
         self.best_dice = -1.0
         self.last_path = self.out / "last.pt"
         if self.last_path.exists():
@@ -178,6 +217,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "ema": self.ema.shadow,
                 "optimizer": self.opt.state_dict(), "step": self.step,
                 "best_dice": self.best_dice, "rng": self.gen.get_state(),
+                "ema_origin": self.ema_origin,
                 "torch_rng": torch.get_rng_state(),
                 "options": json.dumps(self.opts.to_dict()),
                 "config": self.config.to_json()}
@@ -202,6 +242,7 @@ class Trainer:
         self.ema.shadow = st["ema"]
         self.opt.load_state_dict(st["optimizer"])
         self.step, self.best_dice = int(st["step"]), float(st["best_dice"])
+        self.ema_origin = int(st.get("ema_origin", 0))
         self.gen.set_state(st["rng"])
         torch.set_rng_state(st["torch_rng"])
         self.log(f"resumed from {self.last_path} at step {self.step} "
@@ -215,7 +256,7 @@ class Trainer:
         self.model.load_state_dict(src.state_dict())
         self.ema.shadow = {k: v.detach().clone() for k, v in src.state_dict().items()}
         meta = read_metadata(path)
-        self.step = int(json.loads(meta.get("step", "0")))
+        self.step = self.ema_origin = int(json.loads(meta.get("step", "0")))
         self.log(f"warm start from {path} (step {self.step}, its val Dice "
                  f"{meta.get('val_dice', 'unknown')}); fresh optimizer")
         self._log_event(warm_start=str(path), source_step=meta.get("step"),
@@ -247,13 +288,20 @@ class Trainer:
         loss.backward()
         self.opt.step()
         self.step += 1
-        self.ema.update(self.model, self.step)
+        self.ema.update(self.model, self.step - self.ema_origin)
         return parts
 
     def validate_ema(self) -> float:
+        """The selection score: the mean over sources of each source's val Dice (one source:
+        its Dice). Per-source figures go to log.jsonl."""
         self.ema.copy_to(self.ema_model)
-        return validate(self.ema_model, self.val_samples, self.opts.val_steps,
-                        self.opts.val_ensemble, seed=self.opts.seed, schedule=self.schedule)
+        per_source = {name: validate(self.ema_model, val, self.opts.val_steps,
+                                     self.opts.val_ensemble, seed=self.opts.seed,
+                                     schedule=self.schedule)
+                      for name, val in self.val_sets.items()}
+        if len(per_source) > 1:
+            self._log_event(val_dice_per_source=per_source)
+        return sum(per_source.values()) / len(per_source)
 
     def run(self, progress: bool = True) -> float:
         o = self.opts
