@@ -93,3 +93,45 @@ def ddpm_sample_clipped(eps_model, image: torch.Tensor, schedule: Schedule,
         if progress is not None:
             progress()
     return x
+
+
+def learned_range_tables(schedule: Schedule) -> dict[str, torch.Tensor]:
+    """guided-diffusion's float64 tables for its learned-range DDPM step."""
+    b, ac, acp = schedule.betas, schedule.alphas_cumprod, schedule.alphas_cumprod_prev
+    post_var = b * (1 - acp) / (1 - ac)
+    return {"sqrt_recip_ac": (1 / ac).sqrt(), "sqrt_recipm1_ac": (1 / ac - 1).sqrt(),
+            "coef1": b * acp.sqrt() / (1 - ac), "coef2": (1 - acp) * (1 - b).sqrt() / (1 - ac),
+            "max_log": b.log(),
+            # the posterior variance is 0 at t = 0: its log is clipped to the t = 1 value
+            "min_log": torch.cat((post_var[1:2], post_var[1:])).log()}
+
+
+@torch.no_grad()
+def ddpm_sample_learned_range(eps_var_model, image: torch.Tensor, schedule: Schedule,
+                              generator: torch.Generator | None = None, progress=None,
+                              x_init=None, noise_fn=None) -> torch.Tensor:
+    """guided-diffusion's DDPM with a learned-range variance (the official MedSegDiff code):
+    `eps_var_model(x_t, image, t) -> (eps, v)`, v in [-1, 1] interpolating the log variance
+    between the clipped posterior variance and beta_t; x0 clamped to [-1, 1]. As the
+    original, a noise tensor is drawn at every step, t = 0 included (multiplied by 0 there),
+    and each table entry is cast to float32 before use. `noise_fn(shape)`, when given,
+    replaces the generator (parity tests inject the original run's noise)."""
+    b, _, h, w = image.shape
+    dev, dt = image.device, image.dtype
+    draw = noise_fn or (lambda shape: torch.randn(shape, generator=generator, device=dev,
+                                                  dtype=dt))
+    x = draw((b, 1, h, w)) if x_init is None else x_init.to(dev, dt).clone()
+    tab = {k: v.to(dev) for k, v in learned_range_tables(schedule).items()}
+    steps = list(range(schedule.T - 1, -1, -1))
+    for i in (progress(steps) if progress else steps):
+        t = torch.full((b,), i, device=dev, dtype=torch.long)
+        at = {k: v[t].float().view(b, 1, 1, 1) for k, v in tab.items()}
+        eps, v = eps_var_model(x, image, t)
+        x0 = (at["sqrt_recip_ac"] * x - at["sqrt_recipm1_ac"] * eps).clamp(-1, 1)
+        mean = at["coef1"] * x0 + at["coef2"] * x
+        frac = (v + 1) / 2
+        log_var = frac * at["max_log"] + (1 - frac) * at["min_log"]
+        noise = draw((b, 1, h, w))
+        nonzero = (t != 0).float().view(b, 1, 1, 1)
+        x = mean + nonzero * torch.exp(0.5 * log_var) * noise
+    return x

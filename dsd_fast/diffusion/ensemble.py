@@ -17,13 +17,14 @@ import zlib
 import torch
 
 from .ddim import DDIMSampler
-from .ddpm import ddpm_sample, ddpm_sample_clipped
+from .ddpm import ddpm_sample, ddpm_sample_clipped, ddpm_sample_learned_range
+from .dpm_solver import dpm_solver_pp_2m
 from .schedule import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
 # noise_seed(seed, key) = seed * 1_000_003 + (key < 2^32) must fit torch's 64-bit seeds.
 MAX_SEED = (2 ** 64 - 2 ** 32) // 1_000_003 - 1
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp")
 
 
 class NoisePredictor:
@@ -147,7 +148,9 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
     eps_model(x_t, image, t) -> eps_hat (see `as_eps_model`). Image i's noise is keyed by
     noise_keys[i] (default: its index i). clip_x0 applies to DDIM (see DDIMSampler); the
     DDPM sampler is the family's: "published" (DermoSegDiff's, never clipped) or "clipped"
-    (the x0-clipped posterior step of MedSegDiff's codes). keep_eps and ddim_timesteps(T,
+    (the x0-clipped posterior step of MedSegDiff's codes) or "learned_range" (the official
+    MedSegDiff's, eps_model.eps_and_variance giving the variance channel); "dpmpp" is
+    DPM-Solver++(2M) with `steps` evaluations (dpm_solver.py). keep_eps and ddim_timesteps(T,
     steps) are the family's DDIM conventions (DDIMSampler). On a CUDA device, eta = 0 DDIM
     replays one captured CUDA graph per (network, batch, size, steps) (graph.py).
     """
@@ -162,9 +165,14 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
     gen = torch.Generator(device=image.device).manual_seed(seed)
     grid = ddim_timesteps(schedule.T, steps) if ddim_timesteps is not None else None
     with flush_denormals():
-        if sampler == "ddpm":
+        if sampler == "ddpm" and ddpm == "learned_range":
+            x = ddpm_sample_learned_range(eps_model.eps_and_variance, image, schedule, gen,
+                                          progress=progress, x_init=x_init)
+        elif sampler == "ddpm":
             run = ddpm_sample_clipped if ddpm == "clipped" else ddpm_sample
             x = run(eps_model, image, schedule, gen, progress=progress, x_init=x_init)
+        elif sampler == "dpmpp":
+            x = dpm_solver_pp_2m(eps_model, image, schedule, steps, x_init, clip_x0, progress)
         elif image.is_cuda and eta == 0:
             from .graph import static_ddim
             x = static_ddim(eps_model, schedule, steps, image, clip_x0, keep_eps,
