@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diffusion import Schedule, as_eps_model, noise_seed, sample_ensemble
+from .diffusion import SAMPLERS, Schedule, as_eps_model, noise_seed, sample_ensemble
 from .diffusion.ensemble import MAX_SEED
 from .families import ModelFamily, family_of_network
 from .images import as_image_list, to_chw
@@ -105,7 +105,8 @@ class Pipeline:
         """denoiser(backend) at `precision` (precision.py) as a noise predictor (x0 / v
         outputs converted, self-conditioning fed back)."""
         conv = self.family.sampling_conventions(self.config)
-        net = with_precision(self.denoiser(backend), resolve_precision(precision, self.device))
+        net = with_precision(self.family.eps_network(self.denoiser(backend)),
+                             resolve_precision(precision, self.device))
         return as_eps_model(net, self.family.prediction(self.config), self.schedule,
                             conv["self_condition"])
 
@@ -115,11 +116,11 @@ class Pipeline:
         """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in [-1, 1], with the
         family's sampling conventions (its DDPM, its DDIM grid and clipping)."""
         conv = self.family.sampling_conventions(self.config)
-        return sample_ensemble(eps_model or self.eps_model(backend), self.schedule, model_input,
-                               steps, ensemble, seed, noise_keys=noise_keys, sampler=sampler,
-                               eta=eta, clip_x0=clip_x0, ddpm=conv["ddpm"],
-                               keep_eps=conv["keep_eps"],
-                               ddim_timesteps=conv["ddim_timesteps"])
+        x = sample_ensemble(eps_model or self.eps_model(backend), self.schedule, model_input,
+                            steps, ensemble, seed, noise_keys=noise_keys, sampler=sampler,
+                            eta=eta, clip_x0=clip_x0, ddpm=conv["ddpm"],
+                            keep_eps=conv["keep_eps"], ddim_timesteps=conv["ddim_timesteps"])
+        return self.family.signed_samples(x, self.config)
 
     def model_input(self, chws: list[torch.Tensor]) -> torch.Tensor:
         """(3, H, W) images in [0, 1] -> (N, 3, S, S) network input on the model's device."""
@@ -129,8 +130,8 @@ class Pipeline:
     def check_args(self, steps, ensemble, sampler="ddim", fusion="mean", refine=None,
                    batch_size=1, seed=0, eta=0.0) -> None:
         check_fusion(fusion, refine)
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         T = self.schedule.T
         if not _is_int(steps) or not 1 <= steps <= T:
             raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")

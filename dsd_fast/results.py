@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FUSIONS = ("mean", "staple")
+FUSIONS = ("mean", "staple", "mean-squared")
 REFINES = (None, "crf")
 
 
@@ -55,6 +55,7 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
     std = std over the ensemble of each sample mapped to [0, 1] and clipped there, so a
     wild sample cannot make the spread exceed what a binary disagreement gives (0.5).
     fusion="staple" makes the mask from STAPLE over the binary samples instead of the mean;
+    "mean-squared" is the official MedSegDiff code's rule (which it calls staple): mean^2 > 0.5;
     refine="crf" refines with DenseCRF on `image` (3, H, W) (DiffSeg's protocol).
     """
     from .uncertainty import entropy_map, staple_fusion
@@ -72,6 +73,12 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
     binary = fg_up > 0.5 if need_samples else None
     if fusion == "staple":
         mask = staple_fusion(binary)
+    elif fusion == "mean-squared":
+        # The official MedSegDiff code's ensemble rule (its `staple`): (pixel mean of the raw
+        # samples in its {0, 1} space)^2, here thresholded at 0.5 (mean > 0.707).
+        msq = (((samples + 1) / 2).mean(dim=0) ** 2)[None, None]
+        mask = (F.interpolate(msq, size=size_hw, mode="bilinear", align_corners=False)[0, 0]
+                > 0.5).numpy()
     if refine == "crf":
         from .crf import diffseg_refine
         from .images import to_uint8_rgb

@@ -270,3 +270,16 @@ def test_load_returns_a_pipeline_with_the_files_schedule(tmp_path, tiny_model):
     r4 = segment(img, steps=3, ensemble=2, model=pipe.model)[0]
     assert not np.array_equal(r1.probability, r4.probability)
     assert "dermosegdiff" in repr(pipe) and "T=60" in repr(pipe)
+
+
+def test_mean_squared_fusion_is_the_official_medsegdiff_rule():
+    from dsd_fast.results import samples_to_result
+    # three chains in [-1, 1]: at pixel (0, 0) two of three are foreground, mean in {0, 1}
+    # space 2/3 -> (2/3)^2 = 0.44 < 0.5: background under mean-squared, foreground under mean
+    s = -torch.ones(3, 4, 4)
+    s[:2, 0, 0] = 1
+    s[:, 1, 1] = 1
+    r_mean = samples_to_result(s, (4, 4))
+    r_msq = samples_to_result(s, (4, 4), fusion="mean-squared")
+    assert r_mean.mask[0, 0] and not r_msq.mask[0, 0]
+    assert r_msq.mask[1, 1] and r_msq.mask.sum() == 1 and r_msq.fusion == "mean-squared"

@@ -48,8 +48,10 @@ from dsd_fast import FAMILIES, Pipeline
 from dsd_fast.families.diffseg import DIFFSEG_CONFIGS
 from dsd_fast.families.diffseg.pipeline import DiffSegPipeline
 from dsd_fast.families.medsegdiff import MSD_CONFIGS
+from dsd_fast.families.medsegdiff_official import OFFICIAL_CONFIGS
 SMALL = {{"dermosegdiff": dsd_fast.get_config("tiny_ff"),
-          "medsegdiff": MSD_CONFIGS["msd_tiny_sc"], "diffseg": DIFFSEG_CONFIGS["diffseg_tiny"]}}
+          "medsegdiff": MSD_CONFIGS["msd_tiny_sc"], "diffseg": DIFFSEG_CONFIGS["diffseg_tiny"],
+          "medsegdiff-official": OFFICIAL_CONFIGS["msd_official_tiny"]}}
 assert set(SMALL) == set(FAMILIES), "a new family needs a small config here"
 for fam in FAMILIES.values():
     net = fam.build_reference(SMALL[fam.name]).eval()
@@ -61,7 +63,8 @@ for fam in FAMILIES.values():
         else:
             pipe = DiffSegPipeline(net, fam.build_reference(SMALL[fam.name]).eval())
             out = net(torch.randn(2, 3, s, s), torch.tensor([0, 200]))
-    assert torch.isfinite(out).all()
+    for o in (out if isinstance(out, tuple) else (out,)):   # official MedSegDiff: (out, cal)
+        assert torch.isfinite(o).all()
     res = pipe.segment(torch.rand(3, 20, 24), steps=2, ensemble=2, backend="reference")
     assert res[0].mask.shape == (20, 24)
 leaked = sorted(m for m in sys.modules if blocked(m))
@@ -75,7 +78,7 @@ def test_reference_networks_run_with_the_fast_path_blocked():
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "reference ok: dermosegdiff, medsegdiff, diffseg" in proc.stdout
+    assert "reference ok: dermosegdiff, medsegdiff, medsegdiff-official, diffseg" in proc.stdout
 
 
 def test_the_block_really_blocks():
@@ -105,10 +108,12 @@ def small_network(name: str):
     from conftest import make_model
     from dsd_fast.families.diffseg import DIFFSEG_CONFIGS
     from dsd_fast.families.medsegdiff import MSD_CONFIGS
+    from dsd_fast.families.medsegdiff_official import OFFICIAL_CONFIGS
     if name == "dermosegdiff":
         return make_model("tiny_ff")
     torch.manual_seed(0)
-    cfg = MSD_CONFIGS["msd_tiny_sc"] if name == "medsegdiff" else DIFFSEG_CONFIGS["diffseg_tiny"]
+    cfg = {"medsegdiff": MSD_CONFIGS["msd_tiny_sc"], "diffseg": DIFFSEG_CONFIGS["diffseg_tiny"],
+           "medsegdiff-official": OFFICIAL_CONFIGS["msd_official_tiny"]}[name]
     net = FAMILIES[name].build_reference(cfg).eval()
     with torch.no_grad():
         for p in net.parameters():
@@ -130,12 +135,14 @@ def test_every_family_answers_the_interface(name):
     assert fam.recognises(sd) and fam.state_dict_from(sd) is not None
     # what shapes cannot tell is a setting (the tiny DermoSegDiff uses 4 groups, not 8)
     settings = {"dermosegdiff": {"resnet_block_groups": 4}, "medsegdiff": {},
-                "diffseg": {"image_size": config.image_size}}[name]
+                "diffseg": {"image_size": config.image_size},
+                "medsegdiff-official": {"image_size": config.image_size, "num_heads": 1,
+                                        "timesteps": 1000}}[name]
     assert fam.infer_config(sd, **settings).to_dict() == config.to_dict()
     fast = fam.fast_model_for(net)
     assert fam.fast_model_for(net) is fast                     # cached
     conv = fam.sampling_conventions(config)
-    assert conv["ddpm"] in ("published", "clipped") and set(conv) == {
+    assert conv["ddpm"] in ("published", "clipped", "learned_range") and set(conv) == {
         "ddpm", "keep_eps", "ddim_timesteps", "self_condition"}
     s = config.image_size
     if fam.mask_diffusion:

@@ -2,6 +2,7 @@
 
     FAMILIES["dermosegdiff"]      DermoSegDiff (Bozorgpour et al., MICCAI 2023 PRIME)
     FAMILIES["medsegdiff"]        MedSegDiff as lucidrains' med-seg-diff-pytorch builds it
+    FAMILIES["medsegdiff-official"]  MedSegDiff V2 as its authors' code builds it
     FAMILIES["diffseg"]           DiffSeg (Shuai et al. 2024), two denoisers at t = 0
 
 `get_family(name)`, `family_of_network(net)` and `detect_family(obj)` are how the rest of
@@ -13,8 +14,10 @@ from .base import ModelFamily
 from .dermosegdiff import DERMOSEGDIFF
 from .diffseg import DIFFSEG
 from .medsegdiff import MEDSEGDIFF
+from .medsegdiff_official import MEDSEGDIFF_OFFICIAL
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF, MEDSEGDIFF, DIFFSEG)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF, MEDSEGDIFF,
+                                                        MEDSEGDIFF_OFFICIAL, DIFFSEG)}
 
 
 def get_family(name: str) -> ModelFamily:
@@ -37,7 +40,9 @@ def find_config(name: str):
     from .dermosegdiff import CONFIGS
     from .diffseg import DIFFSEG_CONFIGS
     from .medsegdiff import MSD_CONFIGS
-    tables = ((DERMOSEGDIFF, CONFIGS), (MEDSEGDIFF, MSD_CONFIGS), (DIFFSEG, DIFFSEG_CONFIGS))
+    from .medsegdiff_official import OFFICIAL_CONFIGS
+    tables = ((DERMOSEGDIFF, CONFIGS), (MEDSEGDIFF, MSD_CONFIGS),
+              (MEDSEGDIFF_OFFICIAL, OFFICIAL_CONFIGS), (DIFFSEG, DIFFSEG_CONFIGS))
     for fam, table in tables:
         if name in table:
             return fam, table[name]

@@ -31,6 +31,7 @@ class ModelFamily:
     mask_diffusion: bool = True       # net(x_t, image, t) over a mask, run by a Pipeline
     title: str = ""                   # human name for messages ("DermoSegDiff (MICCAI 2023)")
     config_class: type = object       # frozen dataclass with to_json / from_dict
+    signature_keys: tuple = ()        # state-dict keys that identify it (error messages)
 
     # ------------------------------------------------------------------ networks
     def build_reference(self, config) -> nn.Module:
@@ -66,6 +67,15 @@ class ModelFamily:
 
     def preprocessing(self, config) -> Preprocessing:
         raise NotImplementedError
+
+    def eps_network(self, net: nn.Module) -> nn.Module:
+        """What the samplers call, given denoiser(backend): the network itself, or an
+        adapter where the original's forward returns more than the prediction."""
+        return net
+
+    def signed_samples(self, samples: torch.Tensor, config) -> torch.Tensor:
+        """Final samples in the family's mask space -> the engine's [-1, 1] (mask > 0)."""
+        return samples
 
     def chain_bytes(self, config) -> int:
         """Rough peak activation bytes of one chain in a forward (sizes batches from memory).

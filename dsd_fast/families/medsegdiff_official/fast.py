@@ -1,0 +1,99 @@
+"""The fast official MedSegDiff V2 network (inference only; imports dsd_fast.ops).
+
+What changes against reference.py, each with a reference twin checked in
+tests/families/test_medsegdiff_official_fast.py:
+  - every ResBlock's GroupNorm -> SiLU (and, with use_scale_shift_norm, the FiLM between
+    them) runs as one fused `ops.group_norm_silu`; the time projection is added in place;
+  - attention through torch's scaled_dot_product_attention (no (HW)^2 float32 softmax
+    copy in Python), the q/k scaling folded into its scale argument;
+  - the anchor network is computed once per image by OfficialDenoiser (sampling.py), for
+    both backends (V2); here its eval-mode BatchNorms are folded into the preceding convs;
+  - V1's FF-Parsers run as the fused `ops.ff_parser`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ... import ops
+from .anchor import ConvUnit, FFParser
+from .layers import AttentionBlock, ResBlock
+from .reference import OfficialMedSegDiff
+
+
+class FastResBlock(ResBlock):
+    """ResBlock.forward with fused GroupNorm(+FiLM)+SiLU; same parameters, same keys."""
+
+    def forward(self, x, emb):
+        n_in, conv_in = self.in_layers[0], self.in_layers[2]
+        h = ops.group_norm_silu(x, n_in.weight, n_in.bias, n_in.num_groups, n_in.eps)
+        if self.updown:
+            h, x = self.h_upd(h), self.x_upd(x)
+        h = conv_in(h)
+        emb_out = self.emb_layers(emb).type(h.dtype)
+        n_out, conv_out = self.out_layers[0], self.out_layers[3]
+        if self.use_scale_shift_norm:
+            scale, shift = torch.chunk(emb_out, 2, dim=1)
+            h = ops.group_norm_silu(h, n_out.weight, n_out.bias, n_out.num_groups, n_out.eps,
+                                    scale, shift)
+        else:
+            h = h.add_(emb_out[..., None, None])
+            h = ops.group_norm_silu(h, n_out.weight, n_out.bias, n_out.num_groups, n_out.eps)
+        h = conv_out(h)
+        return h.add_(self.skip_connection(x))
+
+
+class FastAttentionBlock(AttentionBlock):
+    def attention(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        heads = self.num_heads
+        ch = width // (3 * heads)
+        if self.new_order:
+            q, k, v = (u.reshape(bs * heads, ch, length) for u in qkv.chunk(3, dim=1))
+        else:
+            q, k, v = qkv.reshape(bs * heads, ch * 3, length).split(ch, dim=1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                             v.transpose(1, 2), scale=1 / math.sqrt(ch))
+        return out.transpose(1, 2).reshape(bs, -1, length)
+
+
+class FastFFParser(FFParser):
+    """V1's FF-Parser through the fused `ops.ff_parser` (its weight is already the half
+    spectrum gate as (real, imag), and both transforms are "ortho")."""
+
+    def forward(self, x):
+        return ops.ff_parser(x.float().contiguous(), self.complex_weight)
+
+
+def fold_batchnorms(module: nn.Module) -> None:
+    """Fold the anchor network's eval-mode BatchNorms (ConvUnit: conv -> `instnorm` ->
+    LeakyReLU) into their convs: w' = w s, b' = (b - mean) s + beta, s = gamma / sqrt(var +
+    eps); the BatchNorm becomes Identity."""
+    for unit in module.modules():
+        if isinstance(unit, ConvUnit) and isinstance(unit.instnorm, nn.BatchNorm2d):
+            conv, bn = unit.conv, unit.instnorm
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.data = conv.weight.data * s.view(-1, 1, 1, 1)
+            conv.bias.data = (conv.bias.data - bn.running_mean) * s + bn.bias
+            unit.instnorm = nn.Identity()
+
+
+def build_fast_model(net: OfficialMedSegDiff) -> OfficialMedSegDiff:
+    fast = copy.deepcopy(net).eval()
+    for m in fast.modules():
+        if type(m) is ResBlock:
+            m.__class__ = FastResBlock          # same parameters and buffers, other forward
+        elif type(m) is AttentionBlock:
+            m.__class__ = FastAttentionBlock
+        elif type(m) is FFParser:
+            m.__class__ = FastFFParser
+    with torch.no_grad():
+        fold_batchnorms(fast.hwm)
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    fast.is_fast = True
+    return fast

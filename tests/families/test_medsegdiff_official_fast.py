@@ -1,0 +1,77 @@
+"""The fast official MedSegDiff network against its reference (1e-4 of scale), and masks
+end to end (Dice >= 0.999 against the reference backend)."""
+import pytest
+import torch
+from deterministic_weights import deterministic_weights
+
+import dsd_fast
+from dsd_fast import ops
+from dsd_fast.families.medsegdiff_official import (OFFICIAL_CONFIGS, OfficialDenoiser,
+                                                   build_official_medsegdiff)
+from dsd_fast.families.medsegdiff_official.fast import build_fast_model
+from dsd_fast.metrics import dice
+
+pytestmark = pytest.mark.skipif(not ops.fast_path_available(torch.device("cpu")),
+                                reason="the C++ ops are not built (DSD_FAST_NO_EXT=1?)")
+
+
+def net_for(name, **changes):
+    net = build_official_medsegdiff(OFFICIAL_CONFIGS[name].replace(**changes)).eval()
+    net.load_state_dict(deterministic_weights({k: v.shape for k, v in net.state_dict().items()}))
+    return net
+
+
+@pytest.mark.parametrize("name", ["msd_official_tiny", "msd_official_tiny_ss"])
+def test_fast_forward_matches_the_reference(name):
+    net = net_for(name)
+    fast = build_fast_model(net)
+    s = net.config.image_size
+    g = torch.Generator().manual_seed(0)
+    x_t, image = torch.randn(3, 1, s, s, generator=g), torch.rand(3, 3, s, s, generator=g)
+    t = torch.tensor([0, 400, 999])
+    with torch.no_grad():
+        ref_out, ref_cal = net(x_t, image, t)
+        out, cal = fast(x_t, image, t)
+    for a, b in ((out, ref_out), (cal, ref_cal)):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+    # the reference is untouched (its BatchNorms are still there)
+    assert isinstance(net.hwm.conv_blocks_context[0].blocks[0].instnorm, torch.nn.BatchNorm2d)
+
+
+def test_fast_masks_agree_with_the_reference_end_to_end():
+    net = net_for("msd_official_tiny", timesteps=50)
+    pipe = dsd_fast.Pipeline.from_model(net)
+    images = [torch.rand(3, 48, 40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for sampler in ("ddim", "dpmpp"):
+        ref = pipe.segment(images, steps=10, ensemble=3, sampler=sampler, backend="reference")
+        fast = pipe.segment(images, steps=10, ensemble=3, sampler=sampler, backend="fast")
+        for r, f in zip(ref, fast):
+            if r.mask.any() or f.mask.any():
+                assert dice(f.mask, r.mask) >= 0.999
+            assert abs(f.probability - r.probability).max() < 1e-3
+
+
+def test_pipeline_samples_through_the_denoiser_adapter():
+    net = net_for("msd_official_tiny")
+    pipe = dsd_fast.Pipeline.from_model(net)
+    assert isinstance(pipe.eps_model("fast"), OfficialDenoiser)
+    assert getattr(pipe.eps_model("fast").net, "is_fast", False)
+
+
+def test_fast_v1_with_fused_ff_parsers_matches_the_reference():
+    net = net_for("msd_official_isic_v1")
+    seeded = build_official_medsegdiff(net.config, v1_projection_seed=7).eval()
+    seeded.load_state_dict(net.state_dict())
+    fast = build_fast_model(seeded)
+    from dsd_fast.families.medsegdiff_official.fast import FastFFParser
+    assert sum(isinstance(m, FastFFParser) for m in fast.modules()) == 4
+    g = torch.Generator().manual_seed(0)
+    x_t, image = torch.randn(1, 1, 256, 256, generator=g), torch.rand(1, 3, 256, 256, generator=g)
+    with torch.no_grad():
+        ref_out, ref_cal = seeded(x_t, image, torch.tensor([10]))
+        out, cal = fast(x_t, image, torch.tensor([10]))
+    assert (out - ref_out).abs().max() <= 1e-4 * ref_out.abs().max()
+    assert (cal - ref_cal).abs().max() <= 1e-4
+    with torch.no_grad():
+        eps = OfficialDenoiser(fast)(x_t, image, torch.tensor([10]))   # V1: the full forward
+    assert (eps - out[:, :1]).abs().max() <= 1e-5 * out.abs().max()
