@@ -1,0 +1,89 @@
+"""A model on several validation sets at once (PH2 val, HAM10000 val): the default-model
+figures of MODEL_CARD.md.
+
+    python bench/eval_sources.py --checkpoint PATH [--ham-limit N] [--steps 25]
+        [--ensemble 5] [--shard K/N] [--out FILE.json]
+
+segment() defaults (DDIM 25, ensemble 5, seed 0; noise keyed by list position so runs
+compare), scored at each image's original resolution. Prints per-source mean per-image Dice,
+thresholded Jaccard, pooled Dice, the count of images below 0.5 and the worst five, and the
+pooled mean over all images. --ham-limit takes the first N ids of HAM10000's val.txt (a
+fixed subset; the split's order is the file's); --shard K/N evaluates every N-th image from
+the K-th, so N processes can share the work (merge their --out files with --merge).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dsd_fast import load
+from dsd_fast.images import load_mask
+from dsd_fast.metrics import score_image
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def val_items(ham_limit=None):
+    items = []
+    for source, limit in (("ph2", None), ("ham10000", ham_limit)):
+        root = DATA / source
+        ids = (root / "val.txt").read_text().split()[:limit]
+        for i in ids:
+            img = next(p for p in (root / "images").glob(f"{i}.*"))
+            mask = next(p for p in (root / "masks").glob(f"{i}.*"))
+            items.append((source, i, img, mask))
+    return items
+
+
+def summary(rows) -> dict:
+    out = {}
+    for source in sorted({r["source"] for r in rows}) + ["all"]:
+        rs = [r for r in rows if source in ("all", r["source"])]
+        d = np.array([r["dice"] for r in rs])
+        out[source] = {"images": len(rs), "dice_mean": float(d.mean()),
+                       "dice_median": float(np.median(d)),
+                       "threshold_jaccard_mean": float(np.mean([r["tj"] for r in rs])),
+                       "below_0.5": int((d < 0.5).sum()),
+                       "worst": sorted(((r["dice"], r["id"]) for r in rs))[:5]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--ham-limit", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--ensemble", type=int, default=5)
+    ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="*", default=None, help="JSON files of shards to merge")
+    args = ap.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(Path(f).read_text())["rows"]]
+        print(json.dumps(summary(rows), indent=1))
+        return
+    k, n = (int(v) for v in args.shard.split("/"))
+    items = val_items(args.ham_limit)
+    keyed = list(enumerate(items))[k::n]
+    pipe = load(args.checkpoint)
+    rows, t0 = [], time.perf_counter()
+    for pos, (source, i, img, mask) in keyed:
+        res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,
+                           noise_keys=[pos])[0]
+        s = score_image(res.mask, load_mask(mask).numpy())
+        rows.append({"source": source, "id": i, "dice": s["dice"],
+                     "tj": s["threshold_jaccard"]})
+    secs = (time.perf_counter() - t0) / max(len(rows), 1)
+    result = {"checkpoint": args.checkpoint, "steps": args.steps, "ensemble": args.ensemble,
+              "seconds_per_image": secs, "rows": rows, "summary": summary(rows)}
+    print(json.dumps(result["summary"], indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
