@@ -10,6 +10,9 @@ Writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.log:
   denoiser      one forward at batch 5 and 40: reference eager, fast (fused), fast replayed
                 as a CUDA graph, for the bundled default config and the published isic2018
   segment       segment() images/s, bundled default and isic2018 (random weights), float32
+                and bfloat16
+  families      every family on CUDA (reference vs fast, graph-captured DDIM), and the
+                bundled model's bfloat16 masks against float32 on the PH2 val images
 Each section records its seconds and stops being started once --budget-s is spent. On a
 machine without a GPU every GPU section is recorded as skipped, with the reason (this is
 what the CPU test of this script checks).
@@ -110,7 +113,53 @@ def section_segment() -> dict:
         torch.cuda.synchronize()
         rows.append({"config": name, "dtype": "float32",
                      "images_per_s": len(images) / (time.perf_counter() - t0)})
-    return {"rows": rows, "bfloat16": "not measured: segment() has no bfloat16 mode yet"}
+        pipe.segment(images[:2], steps=2, ensemble=5, batch_size=2, precision="bf16")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        pipe.segment(images, steps=25, ensemble=5, batch_size=8, precision="bf16")
+        torch.cuda.synchronize()
+        rows.append({"config": name, "dtype": "bfloat16",
+                     "images_per_s": len(images) / (time.perf_counter() - t0)})
+    return {"rows": rows}
+
+
+def section_families() -> dict:
+    """Every family on CUDA: small random-weight networks, reference vs fast (graph-captured
+    DDIM) masks; the bundled model's float32 vs bfloat16 masks on PH2 val images."""
+    import numpy as np
+
+    import dsd_fast
+    from dsd_fast.families import find_config
+    from dsd_fast.families.diffseg.pipeline import DiffSegPipeline
+    from dsd_fast.metrics import dice
+    rows = []
+    images = [torch.rand(3, 96, 120, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for name in ("tiny_ff", "msd_tiny_sc", "msd_official_tiny"):
+        fam, cfg = find_config(name)
+        torch.manual_seed(0)
+        pipe = dsd_fast.Pipeline.from_model(fam.build_reference(cfg).eval()).to("cuda")
+        ref = pipe.segment(images, steps=5, ensemble=3, backend="reference")
+        fast = pipe.segment(images, steps=5, ensemble=3, backend="fast")
+        rows.append({"config": name, "family": fam.name,
+                     "max_prob_diff": max(float(np.abs(a.probability - b.probability).max())
+                                          for a, b in zip(ref, fast))})
+    torch.manual_seed(0)
+    fam, cfg = find_config("diffseg_tiny")
+    ds = DiffSegPipeline(fam.build_reference(cfg).eval(), fam.build_reference(cfg).eval())
+    ds = ds.to("cuda")
+    out = ds.segment(images, ensemble=3)
+    rows.append({"config": "diffseg_tiny", "family": "diffseg", "masks": len(out)})
+    ph2 = ROOT.parent / "shared" / "data" / "ph2"
+    agreement = "skipped: ../shared/data/ph2 not found"
+    if ph2.exists():
+        ids = (ph2 / "val.txt").read_text().split()
+        paths = [ph2 / "images" / f"{i}.png" for i in ids]
+        pipe = dsd_fast.load().to("cuda")
+        f32 = pipe.segment(paths, noise_keys=list(range(len(paths))))
+        b16 = pipe.segment(paths, noise_keys=list(range(len(paths))), precision="bf16")
+        d = [float(dice(a.mask, b.mask)) for a, b in zip(f32, b16)]
+        agreement = {"images": len(d), "dice_min": min(d), "dice_median": float(np.median(d))}
+    return {"rows": rows, "bf16_vs_fp32_bundled_ph2_val": agreement}
 
 
 def main() -> int:
@@ -127,7 +176,8 @@ def main() -> int:
     for name, fn, needs_gpu in (("environment", section_environment, False),
                                 ("tests", section_tests, True), ("ops", section_ops, True),
                                 ("denoiser", section_denoiser, True),
-                                ("segment", section_segment, True)):
+                                ("segment", section_segment, True),
+                                ("families", section_families, True)):
         if needs_gpu and not gpu:
             result["sections"][name] = {"skipped": "no CUDA GPU visible to torch"}
             continue

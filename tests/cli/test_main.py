@@ -154,10 +154,11 @@ def test_gpu_check_writes_its_report_and_skips_gpu_parts_without_one(tmp_path):
                            "--budget-s", "60"], cwd=repo, capture_output=True, text=True,
                           timeout=300)
     doc = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(doc["sections"]) == {"environment", "tests", "ops", "denoiser", "segment"}
+    assert set(doc["sections"]) == {"environment", "tests", "ops", "denoiser", "segment",
+                                   "families"}
     assert "ops on cpu:" in doc["sections"]["environment"]["report"]
     assert (tmp_path / "gpu_check.log").read_text().startswith("[environment]")
     if not torch.cuda.is_available():
         assert doc["gpu"] is None and proc.returncode == 0, proc.stderr
-        for name in ("tests", "ops", "denoiser", "segment"):
+        for name in ("tests", "ops", "denoiser", "segment", "families"):
             assert doc["sections"][name] == {"skipped": "no CUDA GPU visible to torch"}
