@@ -37,3 +37,15 @@ def test_bundled_model_segments_a_sample(ph2_dir):
     gt = load_mask(ph2_dir / "masks" / "IMD009.png").numpy()
     assert res.mask.shape == gt.shape
     assert dice(res.mask, gt) >= DICE_FLOOR
+
+
+MSD_PATH = DEFAULT_MODEL_PATH.parent / "medsegdiff-ph2.safetensors"
+
+
+@pytest.mark.skipif(not MSD_PATH.exists(), reason="no MedSegDiff model bundled")
+def test_bundled_medsegdiff_model_loads_by_name():
+    from dsd_fast.families.medsegdiff import MSD_CONFIGS
+    pipe = dsd_fast.load("medsegdiff-ph2")
+    assert pipe.family.name == "medsegdiff" and pipe.config == MSD_CONFIGS["msd_ph2_64"]
+    assert pipe.preprocessing.image_size == 64 and pipe.schedule.T == 1000
+    assert MSD_PATH.stat().st_size < 20 * 2 ** 20
