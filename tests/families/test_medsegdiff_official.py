@@ -226,3 +226,13 @@ def test_v1_checkpoints_are_recognised_by_their_ff_parser_keys(v1_net):
         cfg = infer_config(shapes)
     assert cfg.version == "v1" and cfg == OFFICIAL_CONFIGS["msd_official_isic_v1"]
     assert any(k.startswith("hwm.ffparser.") for k in shapes)
+
+
+def test_own_format_keeps_the_settings_no_official_file_stores(tmp_path):
+    net = golden_net("msd_official_tiny", image_size=64, num_heads=2, timesteps=50)
+    dsd_fast.save_model(net, tmp_path / "m.safetensors")
+    pipe = dsd_fast.load(tmp_path / "m.safetensors")               # no settings, no warning
+    assert pipe.family is MEDSEGDIFF_OFFICIAL and pipe.config == net.config
+    assert pipe.schedule.T == 50 and pipe.preprocessing.image_size == 64
+    for k, v in net.state_dict().items():
+        assert torch.equal(pipe.model.state_dict()[k], v), k
