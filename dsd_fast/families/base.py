@@ -122,3 +122,14 @@ class ModelFamily:
 
     def __repr__(self) -> str:
         return f"<model family {self.name!r}>"
+
+
+def plain_state_dict(obj) -> dict[str, torch.Tensor] | None:
+    """The tensors of a plain state dict file (guided-diffusion codes save bare state
+    dicts), with the `module.` prefix of DataParallel training stripped; None if none."""
+    if not isinstance(obj, dict):
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+    return tensors or None

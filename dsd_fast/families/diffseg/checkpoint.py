@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from ..base import plain_state_dict
 from .config import DiffSegConfig
 
 SIGNATURE_KEYS = ("time_embed.0.weight", "down_blocks.0.0.weight",
@@ -28,12 +29,7 @@ class AssumedSettingsWarning(UserWarning):
 
 
 def state_dict_from(obj) -> dict[str, torch.Tensor] | None:
-    if not isinstance(obj, dict):
-        return None
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if any(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
-    return tensors or None
+    return plain_state_dict(obj)
 
 
 def recognises(sd: dict) -> bool:

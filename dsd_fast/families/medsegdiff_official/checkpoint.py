@@ -20,6 +20,7 @@ import warnings
 
 import torch
 
+from ..base import plain_state_dict
 from .config import OfficialMSDConfig
 
 SIGNATURE_KEYS = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight",
@@ -39,12 +40,7 @@ class AssumedSettingsWarning(UserWarning):
 
 
 def state_dict_from(obj) -> dict[str, torch.Tensor] | None:
-    if not isinstance(obj, dict):
-        return None
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if any(k.startswith("module.") for k in tensors):       # --multi_gpu (DataParallel)
-        tensors = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
-    return tensors or None
+    return plain_state_dict(obj)          # --multi_gpu (DataParallel) prefix stripped
 
 
 def recognises(sd: dict) -> bool:
