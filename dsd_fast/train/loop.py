@@ -1,5 +1,6 @@
 """Training, for every family: its loss (DermoSegDiff: eps-MSE + boundary-aware loss;
-MedSegDiff: the package's MSE on its objective), Adam, EMA, validation, resumable.
+MedSegDiff: the package's MSE on its objective; the official MedSegDiff code: MSE + VB +
+10 x MSE(cal)), Adam, EMA, validation, resumable.
 
 A run lives in one folder:
     last.pt              everything needed to resume (model, EMA, optimizer, step, RNG),
@@ -29,7 +30,8 @@ from ..preprocess import minmax_normalise
 from ..results import samples_to_result
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
 from .sources import DataSource, MixedBatches, load_source
-from .losses import GAMMA_PH2, dermosegdiff_loss, medsegdiff_loss
+from .losses import (GAMMA_PH2, dermosegdiff_loss, medsegdiff_loss,
+                     official_medsegdiff_loss)
 
 
 @dataclass
@@ -275,6 +277,9 @@ class Trainer:
             loss, parts = medsegdiff_loss(self.model, image, x0, self.schedule,
                                           self.config.objective, self.config.self_condition,
                                           self.gen)
+        elif self.family.name == "medsegdiff-official":
+            loss, parts = official_medsegdiff_loss(self.model, image, x0, self.schedule,
+                                                   self.gen)
         else:
             b = x0.shape[0]
             # Published: t ~ randint(1, T); t = 0 is never trained.

@@ -151,3 +151,22 @@ def test_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
         loss, _ = medsegdiff_loss(oracle, torch.rand(2, 3, 16, 16), x0, sched, objective, True,
                                   torch.Generator().manual_seed(0))
         assert loss.item() < 1e-6, objective
+
+
+def test_official_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
+    """The official MedSegDiff family trains with its own loss (test_official_loss.py) and
+    the bundle loads back as that family with its schedule."""
+    import dsd_fast
+    from dsd_fast.cli import main
+    root = make_disc_dataset(tmp_path / "data", size=32)
+    args = ["train", "--images", str(root / "images"), "--masks", str(root / "masks"),
+            "--train-ids", str(root / "train.txt"), "--val-ids", str(root / "val.txt"),
+            "--out", str(tmp_path / "run"), "--config", "msd_official_tiny", "--steps", "2",
+            "--batch-size", "2", "--val-every", "2", "--threads", "1", "-q"]
+    assert main(args) == 0
+    assert "best validation Dice" in capsys.readouterr().out
+    pipe = dsd_fast.load(tmp_path / "run" / "best.safetensors")
+    assert pipe.family.name == "medsegdiff-official" and pipe.schedule.T == 1000
+    trainer = Trainer(options(root, tmp_path / "again", config="msd_official_tiny",
+                              batch_size=2), log=lambda *_: None)
+    assert set(trainer.train_step()) == {"loss", "loss_diff", "vb", "loss_cal"}

@@ -4,8 +4,9 @@
     encoder   5 stages of 2 units, widths 32, 64, 128, 256, 480, max-pool 2 after each
     bottleneck 2 units of 480
     decoder   bilinear x2 (align_corners False), cat with the stage's skip, 2 units
-    unit      conv3x3 (bias) -> BatchNorm2d (running statistics; attribute `instnorm`)
-              -> LeakyReLU(0.01); the encoder's Dropout2d is inactive in eval
+    unit      conv3x3 (bias) -> [Dropout2d(0.5), encoder and bottleneck units, training
+              only] -> BatchNorm2d (running statistics in eval; attribute `instnorm`)
+              -> LeakyReLU(0.01)
     cal       sigmoid(1x1 conv 32 -> 1, no bias) of the last decoder stage
 
 V1 (`highway=True`) also gates each encoder stage with the main UNet's maps through
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ANCHOR_WIDTHS
+
+ENCODER_DROPOUT = 0.5        # nnU-Net's default, kept by MedSegDiff for encoder + bottleneck
 
 
 class FFParser(nn.Module):
@@ -43,24 +46,30 @@ class FFParser(nn.Module):
 
 
 class ConvUnit(nn.Module):
-    """conv3x3 -> BatchNorm (`instnorm`, eval statistics) -> LeakyReLU(0.01)."""
+    """conv3x3 -> [Dropout2d] -> BatchNorm (`instnorm`) -> LeakyReLU(0.01). The dropout
+    (nnU-Net's, p = 0.5 in the encoder and bottleneck, none in the decoder) acts only in
+    training (train/losses.py) and holds no weights."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
         self.instnorm = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
 
     def forward(self, x):
-        return F.leaky_relu(self.instnorm(self.conv(x)), 0.01)
+        x = self.conv(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return F.leaky_relu(self.instnorm(x), 0.01)
 
 
 class Stack(nn.Module):
     """`StackedConvLayers`: units in `blocks` (keys `.blocks.{k}.conv`, `.blocks.{k}.instnorm`)."""
 
-    def __init__(self, cin: int, cout: int, units: int):
+    def __init__(self, cin: int, cout: int, units: int, dropout: float = 0.0):
         super().__init__()
-        self.blocks = nn.Sequential(ConvUnit(cin, cout),
-                                    *[ConvUnit(cout, cout) for _ in range(units - 1)])
+        self.blocks = nn.Sequential(ConvUnit(cin, cout, dropout),
+                                    *[ConvUnit(cout, cout, dropout) for _ in range(units - 1)])
 
     def forward(self, x):
         return self.blocks(x)
@@ -87,9 +96,10 @@ class AnchorNet(nn.Module):
             self.conv_trans_blocks_b = nn.ModuleList(nn.Conv2d(w[d], 1, 1) for d in range(4))
             self.ffparser = nn.ModuleList(FFParser(w[d], 128 >> d) for d in range(4))
         ins = (in_channels,) + w[:-1]
+        p = ENCODER_DROPOUT
         self.conv_blocks_context = nn.ModuleList(
-            [Stack(ci, co, 2) for ci, co in zip(ins, w)]
-            + [nn.Sequential(Stack(w[-1], w[-1], 1), Stack(w[-1], w[-1], 1))])
+            [Stack(ci, co, 2, p) for ci, co in zip(ins, w)]
+            + [nn.Sequential(Stack(w[-1], w[-1], 1, p), Stack(w[-1], w[-1], 1, p))])
         # decoder stage u: cat(up(x), skip of width s) -> s -> the next skip's width
         skips = w[::-1]                                        # 480, 256, 128, 64, 32
         nxt = skips[1:] + (skips[-1],)                         # 256, 128, 64, 32, 32
