@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diffusion import SAMPLERS, Schedule, as_eps_model, noise_seed, sample_ensemble
+from .diffusion import SAMPLERS, SPACINGS, Schedule, as_eps_model, noise_seed, sample_ensemble
 from .diffusion.ensemble import MAX_SEED
 from .families import ModelFamily, family_of_network
 from .images import as_image_list, to_chw
@@ -112,14 +112,16 @@ class Pipeline:
 
     def sample(self, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
                noise_keys: list, sampler: str = "ddim", eta: float = 0.0,
-               clip_x0: bool = True, backend: str = "auto", eps_model=None) -> torch.Tensor:
+               clip_x0: bool = True, backend: str = "auto", eps_model=None,
+               spacing: str = "leading", tta: bool = False) -> torch.Tensor:
         """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in [-1, 1], with the
         family's sampling conventions (its DDPM, its DDIM grid and clipping)."""
         conv = self.family.sampling_conventions(self.config)
         x = sample_ensemble(eps_model or self.eps_model(backend), self.schedule, model_input,
                             steps, ensemble, seed, noise_keys=noise_keys, sampler=sampler,
                             eta=eta, clip_x0=clip_x0, ddpm=conv["ddpm"],
-                            keep_eps=conv["keep_eps"], ddim_timesteps=conv["ddim_timesteps"])
+                            keep_eps=conv["keep_eps"], ddim_timesteps=conv["ddim_timesteps"],
+                            spacing=spacing, tta=tta)
         return self.family.signed_samples(x, self.config)
 
     def model_input(self, chws: list[torch.Tensor]) -> torch.Tensor:
@@ -128,10 +130,19 @@ class Pipeline:
 
     # ------------------------------------------------------------------ segmentation
     def check_args(self, steps, ensemble, sampler="ddim", fusion="mean", refine=None,
-                   batch_size=1, seed=0, eta=0.0) -> None:
+                   batch_size=1, seed=0, eta=0.0, spacing="leading", tta=False) -> None:
         check_fusion(fusion, refine)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        if spacing != "leading" and (sampler != "ddim" or self.family.sampling_conventions(
+                self.config)["ddim_timesteps"] is not None):
+            raise ValueError(f"spacing={spacing!r} applies to the DDIM sampler of models "
+                             f"without their own DDIM grid (this: {self.family.title}, "
+                             f"sampler {sampler!r})")
+        if not isinstance(tta, bool):
+            raise ValueError(f"tta must be True or False, got {tta!r}")
         T = self.schedule.T
         if not _is_int(steps) or not 1 <= steps <= T:
             raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
@@ -148,12 +159,14 @@ class Pipeline:
                 fusion: str = "mean", refine: str | None = None, backend: str = "auto",
                 return_samples: bool = False, progress: bool = False,
                 noise_keys: list | None = None, clip_x0: bool = True,
-                precision: str = "fp32") -> list[SegmentationResult]:
+                precision: str = "fp32", spacing: str = "leading",
+                tta: bool = False) -> list[SegmentationResult]:
         """Segment skin lesions; see `dsd_fast.segment` for the arguments."""
         items = as_image_list(images)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
-        self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta)
+        self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta,
+                        spacing, tta)
         steps, ensemble, batch_size, seed = int(steps), int(ensemble), int(batch_size), int(seed)
         eps_model = self.eps_model(backend, precision)
         chws = [to_chw(item, i) for i, item in enumerate(items)]   # validates every image first
@@ -163,7 +176,8 @@ class Pipeline:
         for start in range(0, len(chws), batch_size):
             chunk, chunk_keys = chws[start:start + batch_size], keys[start:start + batch_size]
             samples = self.sample(self.model_input(chunk), steps, ensemble, seed, chunk_keys,
-                                  sampler, eta, clip_x0, eps_model=eps_model).cpu()
+                                  sampler, eta, clip_x0, eps_model=eps_model,
+                                  spacing=spacing, tta=tta).cpu()
             for k, chw in enumerate(chunk):
                 rng = np.random.default_rng(noise_seed(seed, chunk_keys[k]))  # CRF's draws
                 results.append(samples_to_result(samples[k], tuple(chw.shape[1:]),
@@ -254,7 +268,8 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
             fusion: str = "mean", refine: str | None = None, backend: str = "auto",
             return_samples: bool = False, progress: bool = False,
             noise_keys: list | None = None, clip_x0: bool = True,
-            precision: str = "fp32") -> list[SegmentationResult]:
+            precision: str = "fp32", spacing: str = "leading",
+            tta: bool = False) -> list[SegmentationResult]:
     """Segment skin lesions.
 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
@@ -279,6 +294,10 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         in float32; ~2x faster on large networks where the CPU (AVX-512 BF16, AMX) or GPU
         (sm_80+) has native bfloat16, float32 with a warning elsewhere; masks agree with
         float32's to Dice >= 0.99 (precision.py, MODEL_CARD.md).
+    spacing: DDIM's time grid: "leading" (default: evenly spaced, ending at t = 0) or
+        "trailing" (starting at t = T-1; better at 1-2 steps, MODEL_CARD.md);
+    tta: ensemble member e sees the image flipped/rotated (symmetry e mod 8) and its sample
+        is turned back before fusing; same compute as plain members (diffusion/tta.py).
     Returns one SegmentationResult per image, in order.
     """
     items = as_image_list(images)            # image errors before a model is loaded
@@ -286,7 +305,7 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         items, steps=steps, ensemble=ensemble, seed=seed, sampler=sampler, eta=eta,
         batch_size=batch_size, fusion=fusion, refine=refine, backend=backend,
         return_samples=return_samples, progress=progress, noise_keys=noise_keys,
-        clip_x0=clip_x0, precision=precision)
+        clip_x0=clip_x0, precision=precision, spacing=spacing, tta=tta)
 
 
 def _is_int(v) -> bool:

@@ -18,7 +18,7 @@ def cmd_segment(args) -> int:
             allow_inplace=args.allow_inplace, fail_fast=args.fail_fast, gt=args.gt,
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
             max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
-            precision=args.precision,
+            precision=args.precision, spacing=args.spacing, tta=args.tta,
             model_settings=_parse_settings(args.model_setting), ray=args.ray,
             workers=args.workers)
     except UsageError as e:
@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: the network in bfloat16, ~2x faster on large networks where "
                    "the CPU has AVX-512 BF16 or AMX (falls back to fp32 with a warning "
                    "elsewhere); masks agree with fp32's to Dice >= 0.99 (default fp32)")
+    s.add_argument("--spacing", choices=("leading", "trailing"), default="leading",
+                   help="DDIM's time grid: leading (default; evenly spaced, ending at t = 0) "
+                   "or trailing (starting at t = T-1; better at 1-2 steps)")
+    s.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: each ensemble member sees the image "
+                   "flipped/rotated, its mask turned back before fusing (same compute)")
     s.add_argument("-r", "--recursive", action="store_true",
                    help="also take images from subfolders; outputs mirror the subfolders")
     s.add_argument("--batch-size", type=_batch_size, default=None,

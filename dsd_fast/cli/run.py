@@ -72,6 +72,8 @@ class BatchOptions:
     quiet: bool = False
     clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
     precision: str = "fp32"                # or "bf16" (precision.py)
+    spacing: str = "leading"               # DDIM's time grid, or "trailing" (segment())
+    tta: bool = False                      # members see flipped/rotated views (segment())
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
@@ -107,6 +109,10 @@ class BatchOptions:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.precision!r}")
+        from ..diffusion import SPACINGS
+        if self.spacing not in SPACINGS:
+            raise UsageError(f"--spacing must be one of {', '.join(SPACINGS)}, got "
+                             f"{self.spacing!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
                 or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
@@ -395,7 +401,8 @@ def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
             res = pipe.segment([p.model_chw for p in piece], steps=opts.steps,
                                ensemble=opts.ensemble, seed=opts.seed, batch_size=len(piece),
                                noise_keys=[p.item.key for p in piece], clip_x0=opts.clip_x0,
-                               precision=opts.precision)
+                               precision=opts.precision, spacing=opts.spacing,
+                               tta=opts.tta)
         except (MemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -492,6 +499,10 @@ def _settings(opts: BatchOptions, model) -> dict:
         # recorded only when not the default, so runs from before the option still match
         from ..precision import resolve_precision
         out["precision"] = resolve_precision(opts.precision, "cpu")
+    if opts.spacing != "leading":
+        out["spacing"] = opts.spacing
+    if opts.tta:
+        out["tta"] = True
     return out
 
 

@@ -28,6 +28,20 @@ def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     return ts.flip(0)
 
 
+SPACINGS = ("leading", "trailing")
+
+
+def trailing_timesteps(T: int, steps: int) -> torch.Tensor:
+    """The "trailing" grid (Lin et al. 2024, diffusers' timestep_spacing="trailing"):
+    t_i = round(T - i * T / steps) - 1 for i = 0..steps-1, so the first step is always
+    T - 1 (pure noise is where sampling starts) and the last is at or above 0. For T = 250,
+    steps = 25: 249, 239, ..., 9; steps = 1: [249]. `ddim_timesteps` is the "leading" grid."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1..{T} (the schedule's length), got {steps}")
+    ts = (T - torch.arange(steps, dtype=torch.float64) * T / steps).round().long() - 1
+    return ts
+
+
 @dataclass(frozen=True)
 class DDIMTables:
     """Every per-step coefficient of DDIM, precomputed (float64 -> cast once to the run dtype).

@@ -16,10 +16,11 @@ import zlib
 
 import torch
 
-from .ddim import DDIMSampler
+from .ddim import SPACINGS, DDIMSampler, trailing_timesteps
 from .ddpm import ddpm_sample, ddpm_sample_clipped, ddpm_sample_learned_range
 from .dpm_solver import dpm_solver_pp_2m
 from .schedule import Schedule
+from .tta import member_views, undo_member_views
 
 PREDICTIONS = ("eps", "x0", "v")
 # noise_seed(seed, key) = seed * 1_000_003 + (key < 2^32) must fit torch's 64-bit seeds.
@@ -142,7 +143,8 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
                     ensemble: int, seed: int, noise_keys: list | None = None,
                     sampler: str = "ddim", eta: float = 0.0, clip_x0: bool = True,
                     progress=None, ddpm: str = "published", keep_eps: bool = False,
-                    ddim_timesteps=None) -> torch.Tensor:
+                    ddim_timesteps=None, spacing: str = "leading",
+                    tta: bool = False) -> torch.Tensor:
     """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in mask space [-1, 1].
 
     eps_model(x_t, image, t) -> eps_hat (see `as_eps_model`). Image i's noise is keyed by
@@ -151,13 +153,28 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
     (the x0-clipped posterior step of MedSegDiff's codes) or "learned_range" (the official
     MedSegDiff's, eps_model.eps_and_variance giving the variance channel); "dpmpp" is
     DPM-Solver++(2M) with `steps` evaluations (dpm_solver.py). keep_eps and ddim_timesteps(T,
-    steps) are the family's DDIM conventions (DDIMSampler). On a CUDA device, eta = 0 DDIM
+    steps) are the family's DDIM conventions (DDIMSampler). spacing "trailing" walks DDIM on
+    ddim.trailing_timesteps (from t = T-1) instead of the "leading" grid (ending at t = 0);
+    a family with its own grid has only that one. tta: member e sees the image under
+    symmetry e mod 8 and its sample is mapped back (tta.py). On a CUDA device, eta = 0 DDIM
     replays one captured CUDA graph per (network, batch, size, steps) (graph.py).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "trailing":
+        if ddim_timesteps is not None:
+            raise ValueError("this model family's DDIM walks its original code's own grid; "
+                             "spacing='trailing' is not available for it")
+        if sampler != "ddim":
+            raise ValueError(f"spacing applies to the DDIM sampler, not {sampler!r}")
+        ddim_timesteps = trailing_timesteps
     n, _, s, _ = model_input.shape
-    image = model_input.repeat_interleave(ensemble, dim=0)        # (N*E, 3, S, S)
+    if tta:
+        image = member_views(model_input, ensemble)                # (N*E, 3, S, S)
+    else:
+        image = model_input.repeat_interleave(ensemble, dim=0)    # (N*E, 3, S, S)
     keys = list(range(n)) if noise_keys is None else list(noise_keys)
     if len(keys) != n:
         raise ValueError(f"{len(keys)} noise keys for {n} images")
@@ -185,4 +202,6 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
             "the sampler produced NaN or infinite values: the model's noise predictions "
             "diverged (an untrained or corrupted checkpoint, or a schedule that does not "
             "match the one it was trained with)")
+    if tta:
+        x = undo_member_views(x, ensemble)
     return x.view(n, ensemble, s, s)

@@ -473,3 +473,25 @@ def test_auto_batch_size_follows_the_memory_budget(tiny_model, monkeypatch):
         assert auto_batch_size(pipe, 5) == images
     monkeypatch.setattr(memory, "available_memory", lambda: None)     # unknown: 2 GiB
     assert auto_batch_size(pipe, 5) == min(AUTO_BATCH_MAX, (2 << 30) // per_image)
+
+
+def test_tta_and_trailing_spacing_reach_segment_and_the_settings(tmp_path, ckpt):
+    """--tta and --spacing trailing give segment()'s masks for the same options, and are
+    recorded in results.json (so a resumed run with other options is noticed)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(_noise(30, 26, seed=4)).save(src / "y.png")
+    assert main(["segment", str(src / "y.png"), "-o", str(out), "--checkpoint", ckpt,
+                 "--steps", "2", "--ensemble", "3", "--tta", "--spacing", "trailing",
+                 "--threads", "1", "-q"]) == 0
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = segment(src / "y.png", steps=2, ensemble=3, model=load_model(ckpt),
+                      noise_keys=["y"], tta=True, spacing="trailing")[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.array(Image.open(out / "y_mask.png")) > 0, ref.mask)
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["tta"] is True and settings["spacing"] == "trailing"
