@@ -2,7 +2,7 @@
 figures of MODEL_CARD.md.
 
     python bench/eval_sources.py --checkpoint PATH [--ham-limit N] [--steps 25]
-        [--ensemble 5] [--shard K/N] [--out FILE.json]
+        [--ensemble 5] [--spacing leading|trailing] [--tta] [--shard K/N] [--out FILE.json]
 
 segment() defaults (DDIM 25, ensemble 5, seed 0; noise keyed by list position so runs
 compare), scored at each image's original resolution. Prints per-source mean per-image Dice,
@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--ham-limit", type=int, default=None)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--ensemble", type=int, default=5)
+    ap.add_argument("--spacing", choices=("leading", "trailing"), default="leading")
+    ap.add_argument("--tta", action="store_true", help="members see flipped/rotated views")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="*", default=None, help="JSON files of shards to merge")
@@ -73,12 +75,13 @@ def main() -> None:
     rows, t0 = [], time.perf_counter()
     for pos, (source, i, img, mask) in keyed:
         res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,
-                           noise_keys=[pos])[0]
+                           noise_keys=[pos], spacing=args.spacing, tta=args.tta)[0]
         s = score_image(res.mask, load_mask(mask).numpy())
         rows.append({"source": source, "id": i, "dice": s["dice"],
                      "tj": s["threshold_jaccard"]})
     secs = (time.perf_counter() - t0) / max(len(rows), 1)
     result = {"checkpoint": args.checkpoint, "steps": args.steps, "ensemble": args.ensemble,
+              "spacing": args.spacing, "tta": args.tta,
               "seconds_per_image": secs, "rows": rows, "summary": summary(rows)}
     print(json.dumps(result["summary"], indent=1))
     if args.out:

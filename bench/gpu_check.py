@@ -125,7 +125,8 @@ def section_segment() -> dict:
 
 def section_families() -> dict:
     """Every family on CUDA: small random-weight networks, reference vs fast (graph-captured
-    DDIM) masks; the bundled model's float32 vs bfloat16 masks on PH2 val images."""
+    DDIM) and fast float32 vs bfloat16 masks; the bundled model's float32 vs bfloat16 masks on
+    PH2 val images."""
     import numpy as np
 
     import dsd_fast
@@ -140,9 +141,14 @@ def section_families() -> dict:
         pipe = dsd_fast.Pipeline.from_model(fam.build_reference(cfg).eval()).to("cuda")
         ref = pipe.segment(images, steps=5, ensemble=3, backend="reference")
         fast = pipe.segment(images, steps=5, ensemble=3, backend="fast")
+        bf16 = pipe.segment(images, steps=5, ensemble=3, backend="fast", precision="bf16")
         rows.append({"config": name, "family": fam.name,
                      "max_prob_diff": max(float(np.abs(a.probability - b.probability).max())
-                                          for a, b in zip(ref, fast))})
+                                          for a, b in zip(ref, fast)),
+                     # random weights: masks can be near-empty, so Dice of two empty masks
+                     # counts as 1 (metrics.dice's convention)
+                     "bf16_vs_fp32_dice_min": min(float(dice(a.mask, b.mask))
+                                                  for a, b in zip(fast, bf16))})
     torch.manual_seed(0)
     fam, cfg = find_config("diffseg_tiny")
     ds = DiffSegPipeline(fam.build_reference(cfg).eval(), fam.build_reference(cfg).eval())

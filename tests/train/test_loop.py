@@ -154,7 +154,7 @@ def test_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
 
 
 def test_official_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
-    """The official MedSegDiff family trains with its own loss (test_official_loss.py) and
+    """The official MedSegDiff family trains with its own loss (families/test_medsegdiff_official_loss.py) and
     the bundle loads back as that family with its schedule."""
     import dsd_fast
     from dsd_fast.cli import main

@@ -102,6 +102,8 @@ MSD_CONFIGS: dict[str, MedSegDiffConfig] = {
     # the bundled PH2 model: the package's defaults at 16 wide and 64 px (3.46 M parameters;
     # a batch-5 forward costs about what the bundled DermoSegDiff's does, measured)
     "msd_ph2_64": MedSegDiffConfig(16, 64),
+    # the same network trained to predict the clean mask (the package's objective="pred_x0")
+    "msd_ph2_64_x0": MedSegDiffConfig(16, 64, objective="pred_x0"),
     # small configs for tests
     "msd_tiny": MedSegDiffConfig(8, 16, (1, 2), (False, True)),
     "msd_tiny_sc": MedSegDiffConfig(8, 16, (1, 2, 2), (False, False, True), self_condition=True,

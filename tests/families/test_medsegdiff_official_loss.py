@@ -12,19 +12,16 @@ statistics and its Dropout2d masks drawn from the global generator). Only its pe
 terms are stored. To regenerate: build the same model and diffusion there, load the same
 weights, call the loss with the stored image, mask, t and noise.
 """
-import sys
 from pathlib import Path
 
 import torch
+from deterministic_weights import deterministic_weights
 from safetensors.torch import load_file
 
 from dsd_fast.families.medsegdiff_official import (OFFICIAL_CONFIGS, build_official_medsegdiff,
                                                    official_schedule)
 from dsd_fast.train.losses import (CAL_WEIGHT, official_medsegdiff_loss,
                                    official_medsegdiff_terms)
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "families"))
-from deterministic_weights import deterministic_weights  # noqa: E402
 
 GOLDEN = load_file(str(Path(__file__).parent.parent / "data"
                        / "msd_official_loss_golden.safetensors"))
