@@ -295,7 +295,8 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         (sm_80+) has native bfloat16, float32 with a warning elsewhere; masks agree with
         float32's to Dice >= 0.99 (precision.py, MODEL_CARD.md).
     spacing: DDIM's time grid: "leading" (default: evenly spaced, ending at t = 0) or
-        "trailing" (starting at t = T-1; better at 1-2 steps, MODEL_CARD.md);
+        "trailing" (starting at t = T-1); which is better depends on the weights and the
+        step count (MODEL_CARD.md);
     tta: ensemble member e sees the image flipped/rotated (symmetry e mod 8) and its sample
         is turned back before fusing; same compute as plain members (diffusion/tta.py).
     Returns one SegmentationResult per image, in order.

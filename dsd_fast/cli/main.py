@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "elsewhere); masks agree with fp32's to Dice >= 0.99 (default fp32)")
     s.add_argument("--spacing", choices=("leading", "trailing"), default="leading",
                    help="DDIM's time grid: leading (default; evenly spaced, ending at t = 0) "
-                   "or trailing (starting at t = T-1; better at 1-2 steps)")
+                   "or trailing (starting at t = T-1; at few steps better for some weights: "
+                   "MODEL_CARD.md)")
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation: each ensemble member sees the image "
                    "flipped/rotated, its mask turned back before fusing (same compute)")

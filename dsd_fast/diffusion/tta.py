@@ -5,9 +5,10 @@ before the members are fused.
     e mod 8:  0 identity, 1 flip left-right, 2 flip up-down, 3 rotate 90, 4 rotate 180,
               5 rotate 270, 6 transpose, 7 anti-transpose
 Lesions have no preferred orientation and the training augmentation (rotations, flips)
-teaches the networks so, so each member's error becomes less correlated with the others'
-at no extra compute: the members run in the same batch as plain ones. Whether that beats
-plain members is measured per model (MODEL_CARD.md), not assumed; the default is off.
+shows the networks every orientation, so differently oriented members may err less alike,
+at no extra compute (the members run in the same batch as plain ones). Whether that beats
+plain members is measured per model (MODEL_CARD.md: for the HAM10000 + PH2 weights it does
+not), not assumed; the default is off.
 """
 from __future__ import annotations
 
