@@ -188,6 +188,26 @@ def test_a_pair_file_runs_through_the_command_line(tmp_path):
                  "--ensemble", "3", "--threads", "1", "-q"]) == 0
     assert Image.open(tmp_path / "out" / "a_mask.png").size == (56, 40)
     assert (tmp_path / "out" / "index.html").is_file()
+    # the command's --tta reaches DiffSeg too; --spacing has nothing to space there
+    assert main(["segment", str(src), "-o", str(tmp_path / "tta"), "--checkpoint", str(path),
+                 "--ensemble", "3", "--tta", "--threads", "1", "-q"]) == 0
+    assert Image.open(tmp_path / "tta" / "a_mask.png").size == (56, 40)
+
+
+def test_tta_draws_come_back_aligned_and_spacing_is_refused():
+    """Draw e under symmetry e mod 8, difference map turned back: with the same noises each
+    draw equals the plain draw of the transformed image, turned back."""
+    from dsd_fast.diffusion.tta import member_views, undo_member_views
+    pipe = pair("c32")
+    x = pipe.model_input([torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(2))])
+    out = pipe.draw(x, 8, 0, [0], tta=True)
+    views = member_views(x, 8)                                  # (8, 3, S, S)
+    for e in (0, 3, 6):
+        plain = pipe.draw(views[e:e + 1], 8, 0, [0])["difference"][0, e]
+        want = undo_member_views(torch.stack([plain] * 8)[:, None], 8)[e, 0]
+        assert torch.allclose(out["difference"][0, e], want, atol=1e-5), e
+    with pytest.raises(ValueError, match="no time grid"):
+        pipe.segment([torch.rand(3, 20, 20)], ensemble=2, spacing="trailing")
 
 
 def test_assumed_settings_are_announced(tmp_path):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...diffusion import flush_denormals, noise_seed
+from ...diffusion.tta import member_views, undo_member_views
 from ...images import as_image_list, to_chw
 from ...precision import resolve_precision, with_precision
 from ...preprocess import Preprocessing, content_key, to_model_input
@@ -131,11 +132,13 @@ class DiffSegPipeline:
 
     @torch.no_grad()
     def draw(self, x: torch.Tensor, ensemble: int, seed: int, noise_keys: list,
-             backend: str = "auto", noises=None, precision: str = "fp32") -> dict:
+             backend: str = "auto", noises=None, precision: str = "fp32",
+             tta: bool = False) -> dict:
         """(N, 3, S, S) model inputs -> per draw: mask (N, E, S, S) bool and difference map
         (N, E, S, S). Image i's draws come from its own generator (seed, noise_keys[i]):
         eps_have (E, 3, S, S) first, then eps_no; `noises` [(eps_have, eps_no)] per image
-        replaces them (parity tests)."""
+        replaces them (parity tests). tta: draw e sees the image under symmetry e mod 8
+        and its difference map is turned back (diffusion/tta.py)."""
         n, c, h, w = x.shape
         if noises is None:
             noises = []
@@ -145,13 +148,15 @@ class DiffSegPipeline:
                                torch.randn(ensemble, c, h, w, generator=gen)))
         eps_have = torch.cat([e[0] for e in noises]).to(x)        # (N*E, 3, S, S)
         eps_no = torch.cat([e[1] for e in noises]).to(x)
-        xs = x.repeat_interleave(ensemble, dim=0)
+        xs = member_views(x, ensemble) if tta else x.repeat_interleave(ensemble, dim=0)
         a, s = t0_coefficients(self.config.timesteps)
         have, no = self.denoisers(backend, precision)
         with flush_denormals():
             r_have = residual(have, xs, eps_have, a, s)
             r_no = residual(no, xs, eps_no, a, s)
         diff = difference_map(r_have.float().cpu(), r_no.float().cpu())
+        if tta:
+            diff = undo_member_views(diff, ensemble)
         return {"mask": mask_from_difference(diff).view(n, ensemble, h, w),
                 "difference": diff.view(n, ensemble, h, w)}
 
@@ -160,14 +165,21 @@ class DiffSegPipeline:
                 fusion: str = "mean", refine: str | None = None, backend: str = "auto",
                 return_samples: bool = False, progress: bool = False,
                 noise_keys: list | None = None, clip_x0: bool = True,
-                noises=None, precision: str = "fp32") -> list[SegmentationResult]:
+                noises=None, precision: str = "fp32", spacing: str = "leading",
+                tta: bool = False) -> list[SegmentationResult]:
         """Segment skin lesions; arguments as `dsd_fast.segment` (steps, sampler, eta and
-        clip_x0 do not apply and are ignored). refine: None, "crf" (this project's DenseCRF
-        on the draws' masks) or "crf-published" (the official protocol: crf.py)."""
+        clip_x0 do not apply and are ignored; there is no time grid, so only the default
+        spacing is accepted). refine: None, "crf" (this project's DenseCRF on the draws'
+        masks) or "crf-published" (the official protocol: crf.py)."""
         items = as_image_list(images)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
         self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta)
+        if spacing != "leading":
+            raise ValueError(f"DiffSeg runs its denoisers once at t = 0: there is no time "
+                             f"grid to space, got spacing={spacing!r}")
+        if not isinstance(tta, bool):
+            raise ValueError(f"tta must be True or False, got {tta!r}")
         precision = resolve_precision(precision, self.device)
         chws = [to_chw(item, i) for i, item in enumerate(items)]
         keys = list(noise_keys) if noise_keys is not None else [content_key(c) for c in chws]
@@ -176,7 +188,7 @@ class DiffSegPipeline:
             chunk, ck = chws[start:start + batch_size], keys[start:start + batch_size]
             cn = None if noises is None else noises[start:start + batch_size]
             out = self.draw(self.model_input(chunk), int(ensemble), int(seed), ck, backend, cn,
-                            precision)
+                            precision, tta)
             for k, chw in enumerate(chunk):
                 samples = out["mask"][k].float() * 2 - 1                 # mask space [-1, 1]
                 rng = np.random.default_rng(noise_seed(seed, ck[k]))
