@@ -33,7 +33,7 @@ def run_row(pipe, items, masks, **kw) -> dict:
         res = pipe.segment([img], seed=0, noise_keys=[pos], **kw)[0]
         per_source.setdefault(source, []).append(float(dice(res.mask, masks[pos])))
     secs = (time.perf_counter() - t0) / len(items)
-    row = {k: v for k, v in kw.items()}
+    row = dict(kw)
     for source, d in per_source.items():
         row[source] = float(np.mean(d))
         row[f"{source}_below_0.5"] = int((np.array(d) < 0.5).sum())

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diffusion import SAMPLERS, SPACINGS, Schedule, as_eps_model, noise_seed, sample_ensemble
-from .diffusion.ensemble import MAX_SEED
+from .diffusion import SAMPLERS, Schedule, as_eps_model, noise_seed, sample_ensemble
+from .diffusion.ensemble import MAX_SEED, ddim_grid
 from .families import ModelFamily, family_of_network
 from .images import as_image_list, to_chw
 from .precision import resolve_precision, with_precision
@@ -134,13 +134,8 @@ class Pipeline:
         check_fusion(fusion, refine)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-        if spacing != "leading" and (sampler != "ddim" or self.family.sampling_conventions(
-                self.config)["ddim_timesteps"] is not None):
-            raise ValueError(f"spacing={spacing!r} applies to the DDIM sampler of models "
-                             f"without their own DDIM grid (this: {self.family.title}, "
-                             f"sampler {sampler!r})")
+        ddim_grid(spacing, sampler,
+                  self.family.sampling_conventions(self.config)["ddim_timesteps"])
         if not isinstance(tta, bool):
             raise ValueError(f"tta must be True or False, got {tta!r}")
         T = self.schedule.T

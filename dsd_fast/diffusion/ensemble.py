@@ -139,6 +139,23 @@ def initial_noise(keys: list, ensemble: int, size: int, seed: int) -> torch.Tens
 
 
 @torch.no_grad()
+def ddim_grid(spacing: str, sampler: str, family_grid=None):
+    """The DDIM grid function `(T, steps) -> timesteps` that `spacing` asks for, or None for
+    ddim.ddim_timesteps ("leading"). A family whose original code walks its own grid
+    (`family_grid`) has only that one, and spacing applies only to the DDIM sampler: both
+    are refused with a ValueError (segment() calls this before any work)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "leading":
+        return family_grid
+    if family_grid is not None:
+        raise ValueError("this model family's DDIM walks its original code's own grid; "
+                         f"spacing={spacing!r} is not available for it")
+    if sampler != "ddim":
+        raise ValueError(f"spacing applies to the DDIM sampler, not {sampler!r}")
+    return trailing_timesteps
+
+
 def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, steps: int,
                     ensemble: int, seed: int, noise_keys: list | None = None,
                     sampler: str = "ddim", eta: float = 0.0, clip_x0: bool = True,
@@ -161,15 +178,7 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    if spacing == "trailing":
-        if ddim_timesteps is not None:
-            raise ValueError("this model family's DDIM walks its original code's own grid; "
-                             "spacing='trailing' is not available for it")
-        if sampler != "ddim":
-            raise ValueError(f"spacing applies to the DDIM sampler, not {sampler!r}")
-        ddim_timesteps = trailing_timesteps
+    ddim_timesteps = ddim_grid(spacing, sampler, ddim_timesteps)
     n, _, s, _ = model_input.shape
     if tta:
         image = member_views(model_input, ensemble)                # (N*E, 3, S, S)
