@@ -76,7 +76,8 @@ def cmd_train(args) -> int:
                         train_ids=args.train_ids, val_ids=args.val_ids, config=args.config,
                         total_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         val_every=args.val_every, seed=args.seed, threads=args.threads,
-                        init_from=args.init_from, sources=sources, augmentation=args.augment)
+                        init_from=args.init_from, sources=sources, augmentation=args.augment,
+                        lr_schedule=args.lr_schedule)
     best = Trainer(opts).run(progress=not args.quiet)
     weights = Path(args.out) / "best.safetensors"
     if args.val_ids or any(s.get("val") for s in sources or []):
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=20000)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: anneal --lr to 0 over this run's steps (from a warm start's "
+                   "step to --steps)")
     t.add_argument("--val-every", type=int, default=500)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)

@@ -34,6 +34,18 @@ from .losses import (GAMMA_PH2, dermosegdiff_loss, medsegdiff_loss,
                      official_medsegdiff_loss)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, first: int, last: int) -> float:
+    """The learning rate for the update that makes step `step + 1` of a run that started at
+    step `first` and ends at `last`."""
+    if schedule == "constant" or last <= first:
+        return lr
+    done = min(1.0, max(0.0, (step - first) / (last - first)))
+    return lr * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 @dataclass
 class TrainOptions:
     image_dir: str | None
@@ -68,6 +80,10 @@ class TrainOptions:
     # of each source's val Dice, so a small source counts as much as a big one.
     sources: list[dict] | None = None
     augmentation: str = "basic"        # "basic" (the PH2 model's), "strong" (augment.py)
+    # "constant", or "cosine": lr * (1 + cos(pi * p)) / 2, p the fraction done of the steps
+    # this run makes (from its warm-start step to total_steps). Fine-tuning at a constant lr
+    # flattened (MODEL_CARD.md); annealing is the usual way to take the last of it.
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         """Refuse what would train nothing or garbage (steps <= 0, a NaN learning rate)."""
@@ -81,6 +97,9 @@ class TrainOptions:
                 raise ValueError(f"source names must differ, got {names}")
         elif not (self.image_dir and self.mask_dir):
             raise ValueError("training needs image_dir and mask_dir, or sources")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, "
+                             f"got {self.lr_schedule!r}")
         if self.augmentation not in ("basic", "strong"):
             raise ValueError(f"augmentation must be 'basic' or 'strong', "
                              f"got {self.augmentation!r}")
@@ -291,6 +310,9 @@ class Trainer:
                                             o.boundary_loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        lr = scheduled_lr(o.lr, o.lr_schedule, self.step, self.ema_origin, o.total_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.step()
         self.step += 1
         self.ema.update(self.model, self.step - self.ema_origin)

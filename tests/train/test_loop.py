@@ -8,6 +8,7 @@ from PIL import Image
 
 from dsd_fast import load_model
 from dsd_fast.train import EMA, TrainOptions, Trainer
+from dsd_fast.train.loop import scheduled_lr
 
 
 def make_disc_dataset(root, n=6, size=24):
@@ -114,6 +115,27 @@ def test_warm_start_takes_weights_and_step_and_refuses_another_config(tmp_path):
     assert again.step == 30
     with pytest.raises(ValueError, match="config"):
         Trainer(options(root, tmp_path / "c", total_steps=30, init_from=str(best), config="tiny"))
+
+
+def test_cosine_lr_anneals_over_the_runs_own_steps(tmp_path):
+    # formula: full lr at the run's first step, half at its middle, 0 at its end
+    assert scheduled_lr(1e-3, "cosine", 100, 100, 200) == pytest.approx(1e-3)
+    assert scheduled_lr(1e-3, "cosine", 150, 100, 200) == pytest.approx(5e-4)
+    assert scheduled_lr(1e-3, "cosine", 200, 100, 200) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_lr(1e-3, "constant", 150, 100, 200) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        options(tmp_path, tmp_path / "x", lr_schedule="linear")
+    # a warm-started run counts from the file's step: at step 25 of 20..30 the optimizer's
+    # last update used lr(24) = lr * (1 + cos(0.4 pi)) / 2
+    root = make_disc_dataset(tmp_path / "data")
+    Trainer(options(root, tmp_path / "a", total_steps=20), log=lambda *_: None).run(progress=False)
+    warm = Trainer(options(root, tmp_path / "b", total_steps=30, lr_schedule="cosine",
+                           init_from=str(tmp_path / "a" / "best.safetensors")),
+                   log=lambda *_: None)
+    for _ in range(5):
+        warm.train_step()
+    expected = 2e-3 * 0.5 * (1 + np.cos(0.4 * np.pi))
+    assert warm.opt.param_groups[0]["lr"] == pytest.approx(expected)
 
 
 def test_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
