@@ -5,7 +5,7 @@ the ops' fake kernels use, is 2.4's), so a CUDA user's own torch is kept. A bare
 requirement with no torch installed would pull a multi-GB CUDA build: the set-up commands
 (Makefile) install torch==2.13.0, the CPU build on this project's machines, first.
 
-The C++ CPU ops (csrc/*.cpp -> dsd_fast._C) are built against the installed torch, so the
+The C++ CPU ops (csrc/*.cpp -> dsd_fast._C_<isa>) are built against the installed torch, so the
 install needs `--no-build-isolation`. DSD_FAST_NO_EXT=1 skips them: the package then runs
 the ops' pure-PyTorch twins on the CPU (one warning at import says so) and the Triton
 kernels on CUDA GPUs.
@@ -19,18 +19,34 @@ from setuptools import find_packages, setup
 NO_EXT = os.environ.get("DSD_FAST_NO_EXT", "") == "1"
 
 
+# One build of the kernels per instruction set, each a whole extension module of its own
+# (dsd_fast/ops/cpu.py imports exactly one, chosen from the CPU's features at run time).
+# Whole modules rather than per-ISA files inside one module: a module compiled with AVX-512
+# also holds its own copies of every inline/template function it uses (torch's, the standard
+# library's); within one shared object the linker would keep one copy of each, possibly the
+# AVX-512 one, and an AVX2 machine would crash in code that never asked for AVX-512.
+# Never -march=native: the build must run on other machines than the one it was made on.
+ISA_FLAGS = {
+    "portable": [],
+    "avx2": ["-mavx2", "-mfma"],
+    # Skylake-X / Zen 4 and later: F + CD + BW + DQ + VL (x86-64-v4).
+    "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512cd", "-mavx512bw", "-mavx512dq",
+               "-mavx512vl"],
+}
+
+
 def extensions():
-    """The CPU fused ops, unless DSD_FAST_NO_EXT=1. AVX2 + FMA is the baseline on x86_64
-    (not -march=native: the build must run on any AVX2 machine; the import checks the CPU);
-    elsewhere the kernels' portable vector code is compiled with the default flags."""
+    """The CPU fused ops, unless DSD_FAST_NO_EXT=1: on x86_64 one module per ISA
+    (dsd_fast._C_portable, _C_avx2, _C_avx512); elsewhere the portable one only."""
     if NO_EXT:
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
-    simd = ["-mavx2", "-mfma"] if platform.machine().lower() in ("x86_64", "amd64") else []
-    ext = CppExtension("dsd_fast._C", sources=sorted(glob.glob("csrc/*.cpp")),
-                       extra_compile_args={"cxx": ["-O3", "-fopenmp", *simd]},
-                       extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": BuildExtension}
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    exts = [CppExtension(f"dsd_fast._C_{isa}", sources=sorted(glob.glob("csrc/*.cpp")),
+                         extra_compile_args={"cxx": ["-O3", "-fopenmp", "-Wno-psabi", *flags]},
+                         extra_link_args=["-fopenmp"])
+            for isa, flags in ISA_FLAGS.items() if x86 or isa == "portable"]
+    return exts, {"build_ext": BuildExtension}
 
 
 EXT_MODULES, CMDCLASS = extensions()

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if not ops.AVAILABLE:
-        print("dsd_fast._C is not built (or DSD_FAST_DISABLE_EXT=1): nothing to measure. "
+        print("dsd_fast._C_<isa> is not built (or DSD_FAST_DISABLE_EXT=1): nothing to measure. "
               "Build it with `pip install --no-build-isolation -e .`")
         return 0
     if args.threads:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------- pytest-benchmark
 
-@pytest.mark.skipif(not ops.AVAILABLE, reason="dsd_fast._C is not built")
+@pytest.mark.skipif(not ops.AVAILABLE, reason="dsd_fast._C_<isa> is not built")
 @pytest.mark.parametrize("impl", ["torch_fft", "op"])
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("channels", CHANNELS)

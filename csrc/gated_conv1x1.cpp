@@ -4,9 +4,10 @@
 //   out[b, o, p] = (sum_i weight[o, i] * g[b, i, p] + bias[o]) * x[b, o, p],  p = pixel
 //
 // A register-blocked GEMM per batch entry, (Cx x Cg) @ (Cg x HW): each task takes a tile of
-// pixels, packs it as 16-pixel panels of g (Cg x 16, contiguous) and sweeps the output
-// channels 6 at a time; the 6 x 16 accumulator block (12 ymm registers) gets the bias and
-// the multiply by x before its only store. conv1x1(g) never exists in memory.
+// pixels, packs it as NR-pixel panels of g (Cg x NR, contiguous; NR = two native vectors,
+// 8 / 16 / 32 pixels in the portable / AVX2 / AVX-512 builds) and sweeps the output channels 6 at a time; the
+// 6 x NR accumulator block (12 vector registers) gets the bias and the multiply by x before
+// its only store. conv1x1(g) never exists in memory.
 #include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
@@ -20,28 +21,28 @@ namespace dsd {
 namespace {
 
 constexpr int64_t MR = 6;    // output channels per micro-tile
-constexpr int64_t NR = 16;   // pixels per micro-tile (two v8)
+constexpr int64_t NR = 2 * VL;   // pixels per micro-tile (two native vectors)
 
-// acc[r][h] = sum_i wp[i*MR + r] * gp[i*NR + 8h + 0..7]. The 12 accumulators are named
+// acc[r][h] = sum_i wp[i*MR + r] * gp[i*NR + VL*h + 0..VL-1]. The 12 accumulators are named
 // locals (an indexed array would be kept on the stack), written to acc once at the end.
-static inline void micro_kernel(const float* wp, const float* gp, int64_t K, v8 acc[MR][2]) {
-  v8 c00 = zero8(), c01 = zero8(), c10 = zero8(), c11 = zero8(), c20 = zero8(), c21 = zero8();
-  v8 c30 = zero8(), c31 = zero8(), c40 = zero8(), c41 = zero8(), c50 = zero8(), c51 = zero8();
+static inline void micro_kernel(const float* wp, const float* gp, int64_t K, vf acc[MR][2]) {
+  vf c00 = zerof(), c01 = zerof(), c10 = zerof(), c11 = zerof(), c20 = zerof(), c21 = zerof();
+  vf c30 = zerof(), c31 = zerof(), c40 = zerof(), c41 = zerof(), c50 = zerof(), c51 = zerof();
   for (int64_t i = 0; i < K; ++i) {
-    const v8 g0 = loadu(gp + i * NR), g1 = loadu(gp + i * NR + 8);
+    const vf g0 = loadf(gp + i * NR), g1 = loadf(gp + i * NR + VL);
     const float* w = wp + i * MR;
-    v8 b = bcast(w[0]); c00 = fmadd(b, g0, c00); c01 = fmadd(b, g1, c01);
-    b = bcast(w[1]);    c10 = fmadd(b, g0, c10); c11 = fmadd(b, g1, c11);
-    b = bcast(w[2]);    c20 = fmadd(b, g0, c20); c21 = fmadd(b, g1, c21);
-    b = bcast(w[3]);    c30 = fmadd(b, g0, c30); c31 = fmadd(b, g1, c31);
-    b = bcast(w[4]);    c40 = fmadd(b, g0, c40); c41 = fmadd(b, g1, c41);
-    b = bcast(w[5]);    c50 = fmadd(b, g0, c50); c51 = fmadd(b, g1, c51);
+    vf b = bcastf(w[0]); c00 = fmadd(b, g0, c00); c01 = fmadd(b, g1, c01);
+    b = bcastf(w[1]);    c10 = fmadd(b, g0, c10); c11 = fmadd(b, g1, c11);
+    b = bcastf(w[2]);    c20 = fmadd(b, g0, c20); c21 = fmadd(b, g1, c21);
+    b = bcastf(w[3]);    c30 = fmadd(b, g0, c30); c31 = fmadd(b, g1, c31);
+    b = bcastf(w[4]);    c40 = fmadd(b, g0, c40); c41 = fmadd(b, g1, c41);
+    b = bcastf(w[5]);    c50 = fmadd(b, g0, c50); c51 = fmadd(b, g1, c51);
   }
   acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
   acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
   acc[4][0] = c40; acc[4][1] = c41; acc[5][0] = c50; acc[5][1] = c51;
 }
-static_assert(MR == 6 && NR == 16, "micro_kernel is written out for a 6 x 16 tile");
+static_assert(MR == 6 && NR == 2 * VL, "micro_kernel is written out for a 6 x (2 VL) tile");
 
 }  // namespace
 
@@ -97,12 +98,12 @@ at::Tensor gated_conv1x1_cpu(const at::Tensor& g_in, const at::Tensor& weight_in
   const float* xp = x.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  // A task is a tile of P panels (16 P pixels) of one batch entry. Its g tile, packed as P
-  // panels of (K, 16), is at most 128 KiB (L2); the output channels are swept outside the
+  // A task is a tile of P panels (NR P pixels) of one batch entry. Its g tile, packed as P
+  // panels of (K, NR), is at most 128 KiB (L2); the output channels are swept outside the
   // panels so that each x / out row is walked contiguously over the tile (a few long streams
   // the prefetcher follows, instead of one 64-byte line from each of Cx rows per panel).
   const int64_t panels = (HW + NR - 1) / NR;
-  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(16, 2048 / K));
+  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(16, 32768 / (NR * K)));
   const int64_t tiles = (panels + P - 1) / P;
 
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
@@ -120,7 +121,7 @@ at::Tensor gated_conv1x1_cpu(const at::Tensor& g_in, const at::Tensor& weight_in
         for (int64_t i = 0; i < K; ++i) {
           const float* s = gb + i * HW + p0;
           float* d = panel + i * NR;
-          if (np == NR) { storeu(d, loadu(s)); storeu(d + 8, loadu(s + 8)); }
+          if (np == NR) { storef(d, loadf(s)); storef(d + VL, loadf(s + VL)); }
           else for (int64_t q = 0; q < NR; ++q) d[q] = q < np ? s[q] : 0.f;
         }
       }
@@ -128,21 +129,21 @@ at::Tensor gated_conv1x1_cpu(const at::Tensor& g_in, const at::Tensor& weight_in
         const int64_t rows = std::min(MR, Cx - ob * MR);
         for (int64_t pn = pn0; pn < pn1; ++pn) {
           const int64_t p0 = pn * NR, np = std::min(NR, HW - p0);
-          v8 acc[MR][2];
+          vf acc[MR][2];
           micro_kernel(wpack.data() + ob * K * MR, gtile.data() + (pn - pn0) * K * NR, K, acc);
           // Epilogue: (acc + bias) * x, straight from registers to out.
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t o = ob * MR + r;
-            const v8 bv = bcast(bp[o]);
+            const vf bv = bcastf(bp[o]);
             const float* xs = xb + o * HW + p0;
             float* os = ob_ + o * HW + p0;
             if (np == NR) {
-              storeu(os, (acc[r][0] + bv) * loadu(xs));
-              storeu(os + 8, (acc[r][1] + bv) * loadu(xs + 8));
+              storef(os, (acc[r][0] + bv) * loadf(xs));
+              storef(os + VL, (acc[r][1] + bv) * loadf(xs + VL));
             } else {
-              alignas(32) float tmp[NR];
-              storeu(tmp, acc[r][0] + bv);
-              storeu(tmp + 8, acc[r][1] + bv);
+              alignas(64) float tmp[NR];
+              storef(tmp, acc[r][0] + bv);
+              storef(tmp + VL, acc[r][1] + bv);
               for (int64_t q = 0; q < np; ++q) os[q] = tmp[q] * xs[q];
             }
           }

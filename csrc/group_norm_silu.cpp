@@ -27,35 +27,38 @@ namespace dsd {
 namespace {
 
 // Mean and sum of squared deviations of n floats. Blocks of 256 elements are summed in float
-// (4 x 8 lanes, 8 additions per lane), block sums are added in double: the error stays at
-// float rounding of one block, not of the whole plane. Pass 2 re-reads the plane from cache.
+// (4 vectors of VL lanes, 256 / (4 VL) additions per lane), block sums are added in double:
+// the error stays at float rounding of one block, not of the whole plane. Pass 2 re-reads the
+// plane from cache.
 void plane_moments(const float* p, int64_t n, double* mean_out, double* m2_out) {
   constexpr int64_t kBlock = 256;
+  static_assert(kBlock % (4 * VL) == 0, "a block is whole groups of 4 vectors");
   double sum = 0.0;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
-    v8 a0 = zero8(), a1 = zero8(), a2 = zero8(), a3 = zero8();
-    for (int64_t k = i; k < i + kBlock; k += 32) {
-      a0 += loadu(p + k); a1 += loadu(p + k + 8); a2 += loadu(p + k + 16); a3 += loadu(p + k + 24);
+    vf a0 = zerof(), a1 = zerof(), a2 = zerof(), a3 = zerof();
+    for (int64_t k = i; k < i + kBlock; k += 4 * VL) {
+      a0 += loadf(p + k); a1 += loadf(p + k + VL);
+      a2 += loadf(p + k + 2 * VL); a3 += loadf(p + k + 3 * VL);
     }
-    const v8 a = (a0 + a1) + (a2 + a3);
-    sum += (double(a[0]) + a[1]) + (double(a[2]) + a[3]) + (double(a[4]) + a[5]) + (double(a[6]) + a[7]);
+    const vf a = (a0 + a1) + (a2 + a3);
+    for (int j = 0; j < VL; j += 2) sum += double(a[j]) + a[j + 1];
   }
   for (; i < n; ++i) sum += p[i];
   const double mean = sum / static_cast<double>(n);
 
   const float mf = static_cast<float>(mean);
-  const v8 m = bcast(mf);
+  const vf m = bcastf(mf);
   double m2 = 0.0;
   for (i = 0; i + kBlock <= n; i += kBlock) {
-    v8 a0 = zero8(), a1 = zero8(), a2 = zero8(), a3 = zero8();
-    for (int64_t k = i; k < i + kBlock; k += 32) {
-      const v8 d0 = loadu(p + k) - m, d1 = loadu(p + k + 8) - m;
-      const v8 d2 = loadu(p + k + 16) - m, d3 = loadu(p + k + 24) - m;
+    vf a0 = zerof(), a1 = zerof(), a2 = zerof(), a3 = zerof();
+    for (int64_t k = i; k < i + kBlock; k += 4 * VL) {
+      const vf d0 = loadf(p + k) - m, d1 = loadf(p + k + VL) - m;
+      const vf d2 = loadf(p + k + 2 * VL) - m, d3 = loadf(p + k + 3 * VL) - m;
       a0 = fmadd(d0, d0, a0); a1 = fmadd(d1, d1, a1); a2 = fmadd(d2, d2, a2); a3 = fmadd(d3, d3, a3);
     }
-    const v8 a = (a0 + a1) + (a2 + a3);
-    m2 += (double(a[0]) + a[1]) + (double(a[2]) + a[3]) + (double(a[4]) + a[5]) + (double(a[6]) + a[7]);
+    const vf a = (a0 + a1) + (a2 + a3);
+    for (int j = 0; j < VL; j += 2) m2 += double(a[j]) + a[j + 1];
   }
   for (; i < n; ++i) {
     const double d = static_cast<double>(p[i]) - mf;
@@ -69,23 +72,23 @@ void plane_moments(const float* p, int64_t n, double* mean_out, double* m2_out) 
 
 // out[i] = silu((in[i] - m) * a + d)
 void apply_plane(const float* in, float* out, int64_t n, float m, float a, float d) {
-  const v8 vm = bcast(m), va = bcast(a), vd = bcast(d);
+  const vf vm = bcastf(m), va = bcastf(a), vd = bcastf(d);
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {   // 4 independent chains in flight
-    const v8 y0 = silu8(fmadd(loadu(in + i) - vm, va, vd));
-    const v8 y1 = silu8(fmadd(loadu(in + i + 8) - vm, va, vd));
-    const v8 y2 = silu8(fmadd(loadu(in + i + 16) - vm, va, vd));
-    const v8 y3 = silu8(fmadd(loadu(in + i + 24) - vm, va, vd));
-    storeu(out + i, y0);
-    storeu(out + i + 8, y1);
-    storeu(out + i + 16, y2);
-    storeu(out + i + 24, y3);
+  for (; i + 4 * VL <= n; i += 4 * VL) {   // 4 independent chains in flight
+    const vf y0 = silu(fmadd(loadf(in + i) - vm, va, vd));
+    const vf y1 = silu(fmadd(loadf(in + i + VL) - vm, va, vd));
+    const vf y2 = silu(fmadd(loadf(in + i + 2 * VL) - vm, va, vd));
+    const vf y3 = silu(fmadd(loadf(in + i + 3 * VL) - vm, va, vd));
+    storef(out + i, y0);
+    storef(out + i + VL, y1);
+    storef(out + i + 2 * VL, y2);
+    storef(out + i + 3 * VL, y3);
   }
-  for (; i + 8 <= n; i += 8) storeu(out + i, silu8(fmadd(loadu(in + i) - vm, va, vd)));
+  for (; i + VL <= n; i += VL) storef(out + i, silu(fmadd(loadf(in + i) - vm, va, vd)));
   if (i < n) {  // tail through a zero-padded lane buffer so it uses the same exp as the body
-    alignas(32) float buf[8] = {0};
+    alignas(64) float buf[VL] = {0};
     for (int64_t k = i; k < n; ++k) buf[k - i] = in[k];
-    storeu(buf, silu8(fmadd(loadu(buf) - vm, va, vd)));
+    storef(buf, silu(fmadd(loadf(buf) - vm, va, vd)));
     for (int64_t k = i; k < n; ++k) out[k] = buf[k - i];
   }
 }

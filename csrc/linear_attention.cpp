@@ -12,7 +12,8 @@
 //   ctx[h, d, e] = sum_c kx[h d, c] w_v[h e, c]
 //   M[o, h d]    = sum_e w_out[o, h e] ctx[h, d, e] / sqrt(32)
 //   y            = M @ softmax_d(q) + b_out
-// Two sweeps over 16-pixel panels of xn (packed once, (C, 16) each):
+// Two sweeps over NR-pixel panels of xn (packed once, (C, NR) each; NR = two native vectors,
+// 8 / 16 / 32 pixels in the portable / AVX2 / AVX-512 builds):
 //   K sweep, one task per (b, head), in chunks of 64 panels: the head's 32 k-logit rows of
 //     the chunk (128 KiB, stays in L2), an online softmax over the pixels (running row max,
 //     earlier sums rescaled when it grows), kx accumulated as a register-blocked GEMM; then
@@ -35,32 +36,27 @@ namespace dsd {
 namespace {
 
 constexpr int64_t HEADS = 4, DH = 32, HID = HEADS * DH;   // published attention geometry
-constexpr int64_t NR = 16;   // pixels per panel (two v8)
+constexpr int64_t NR = 2 * VL;   // pixels per panel (two native vectors)
 constexpr int64_t MR = 4;    // rows per micro-tile: divides 32 and 128 exactly
 
-// acc[r][h] = sum_i a[i*MR + r] * p[i*NR + 8h + 0..7]: A packed (K, MR), panel (K, NR).
-static inline void micro_4x16(const float* a, const float* p, int64_t K, v8 acc[MR][2]) {
-  v8 c00 = zero8(), c01 = zero8(), c10 = zero8(), c11 = zero8();
-  v8 c20 = zero8(), c21 = zero8(), c30 = zero8(), c31 = zero8();
+// acc[r][h] = sum_i a[i*MR + r] * p[i*NR + VL*h + 0..VL-1]: A packed (K, MR), panel (K, NR).
+static inline void micro_4xNR(const float* a, const float* p, int64_t K, vf acc[MR][2]) {
+  vf c00 = zerof(), c01 = zerof(), c10 = zerof(), c11 = zerof();
+  vf c20 = zerof(), c21 = zerof(), c30 = zerof(), c31 = zerof();
   for (int64_t i = 0; i < K; ++i) {
-    const v8 p0 = loadu(p + i * NR), p1 = loadu(p + i * NR + 8);
+    const vf p0 = loadf(p + i * NR), p1 = loadf(p + i * NR + VL);
     const float* w = a + i * MR;
-    v8 b = bcast(w[0]); c00 = fmadd(b, p0, c00); c01 = fmadd(b, p1, c01);
-    b = bcast(w[1]);    c10 = fmadd(b, p0, c10); c11 = fmadd(b, p1, c11);
-    b = bcast(w[2]);    c20 = fmadd(b, p0, c20); c21 = fmadd(b, p1, c21);
-    b = bcast(w[3]);    c30 = fmadd(b, p0, c30); c31 = fmadd(b, p1, c31);
+    vf b = bcastf(w[0]); c00 = fmadd(b, p0, c00); c01 = fmadd(b, p1, c01);
+    b = bcastf(w[1]);    c10 = fmadd(b, p0, c10); c11 = fmadd(b, p1, c11);
+    b = bcastf(w[2]);    c20 = fmadd(b, p0, c20); c21 = fmadd(b, p1, c21);
+    b = bcastf(w[3]);    c30 = fmadd(b, p0, c30); c31 = fmadd(b, p1, c31);
   }
   acc[0][0] = c00; acc[0][1] = c01; acc[1][0] = c10; acc[1][1] = c11;
   acc[2][0] = c20; acc[2][1] = c21; acc[3][0] = c30; acc[3][1] = c31;
 }
-static_assert(MR == 4 && NR == 16, "micro_4x16 is written out for a 4 x 16 tile");
+static_assert(MR == 4 && NR == 2 * VL, "micro_4xNR is written out for a 4 x (2 VL) tile");
 
-static inline float hsum(v8 v) {
-  float s = 0.f;
-  for (int j = 0; j < 8; ++j) s += v[j];
-  return s;
-}
-static inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
 // Rows [r0, r0 + rows) of a row-major (R, K) matrix packed as rows/MR blocks of (K, MR).
 static void pack_rows(const float* src, int64_t K, int64_t r0, int64_t rows, float* dst) {
@@ -116,7 +112,7 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
   std::vector<float> wq_pack(static_cast<size_t>(HID * C)), wk_pack(static_cast<size_t>(HID * C));
   pack_rows(wq, C, 0, HID, wq_pack.data());
   pack_rows(wq, C, HID, HID, wk_pack.data());
-  // xn as panels: xpan[b][p][c][16], zero past the last pixel.
+  // xn as panels: xpan[b][p][c][NR], zero past the last pixel.
   std::vector<float> xpan(static_cast<size_t>(B * P * C * NR));
   at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
@@ -124,7 +120,7 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
       float* d = xpan.data() + bp * C * NR;
       for (int64_t c = 0; c < C; ++c) {
         const float* s = xp + (b * C + c) * N + p0;
-        if (np == NR) { storeu(d + c * NR, loadu(s)); storeu(d + c * NR + 8, loadu(s + 8)); }
+        if (np == NR) { storef(d + c * NR, loadf(s)); storef(d + c * NR + VL, loadf(s + VL)); }
         else for (int64_t q = 0; q < NR; ++q) d[c * NR + q] = q < np ? s[q] : 0.f;
       }
     }
@@ -137,10 +133,10 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
   // ---- K sweep: one task per (b, head), in chunks of KC panels with an online softmax
   // (running row max; the sums and kx accumulated so far are rescaled when it grows), so
   // the head's logits never leave L2 whatever the plane size.
-  constexpr int64_t KC = 64;                            // panels per chunk: 128 KiB of logits
+  constexpr int64_t KC = 1024 / NR;                     // panels per chunk: 128 KiB of logits
   const float neg_inf = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, B * HEADS, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kbuf(static_cast<size_t>(KC * DH * NR));   // [p][d][16]
+    std::vector<float> kbuf(static_cast<size_t>(KC * DH * NR));   // [p][d][NR]
     std::vector<float> kxT(static_cast<size_t>(C * DH)), ctxT(static_cast<size_t>(DH * DH));
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / HEADS, h = bh % HEADS;
@@ -152,30 +148,30 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
       for (int64_t q0 = 0; q0 < P; q0 += KC) {
         const int64_t q1 = std::min(P, q0 + KC);
         // logits of the chunk and their row maxima
-        v8 cmax[DH];
-        for (int64_t d = 0; d < DH; ++d) cmax[d] = bcast(neg_inf);
+        vf cmax[DH];
+        for (int64_t d = 0; d < DH; ++d) cmax[d] = bcastf(neg_inf);
         for (int64_t p = q0; p < q1; ++p) {
           const int64_t np = std::min(NR, N - p * NR);
           float* kp = kbuf.data() + (p - q0) * DH * NR;
           for (int64_t blk = 0; blk < DH / MR; ++blk) {
-            v8 acc[MR][2];
-            micro_4x16(wkh + blk * C * MR, xb + p * C * NR, C, acc);
+            vf acc[MR][2];
+            micro_4xNR(wkh + blk * C * MR, xb + p * C * NR, C, acc);
             for (int64_t r = 0; r < MR; ++r) {
               const int64_t d = blk * MR + r;
-              storeu(kp + d * NR, acc[r][0]);
-              storeu(kp + d * NR + 8, acc[r][1]);
+              storef(kp + d * NR, acc[r][0]);
+              storef(kp + d * NR + VL, acc[r][1]);
             }
           }
           if (np < NR)   // pixels past the end do not take part in the softmax
             for (int64_t d = 0; d < DH; ++d)
               for (int64_t q = np; q < NR; ++q) kp[d * NR + q] = neg_inf;
           for (int64_t d = 0; d < DH; ++d)
-            cmax[d] = vmax(cmax[d], vmax(loadu(kp + d * NR), loadu(kp + d * NR + 8)));
+            cmax[d] = vmax(cmax[d], vmax(loadf(kp + d * NR), loadf(kp + d * NR + VL)));
         }
         // new running max; rescale what was summed under the old one; exp in place
         for (int64_t d = 0; d < DH; ++d) {
           float m = cmax[d][0];
-          for (int j = 1; j < 8; ++j) m = std::max(m, cmax[d][j]);
+          for (int j = 1; j < VL; ++j) m = std::max(m, cmax[d][j]);
           const float m_new = std::max(run_max[d], m);
           if (run_max[d] != neg_inf && m_new > run_max[d]) {
             const float f = std::exp(run_max[d] - m_new);
@@ -183,42 +179,42 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
             for (int64_t c = 0; c < C; ++c) kxT[c * DH + d] *= f;
           }
           run_max[d] = m_new;
-          const v8 mv = bcast(m_new);
-          v8 sv = zero8();
+          const vf mv = bcastf(m_new);
+          vf sv = zerof();
           for (int64_t p = q0; p < q1; ++p) {
             float* kp = kbuf.data() + (p - q0) * DH * NR + d * NR;
-            for (int hf = 0; hf < 16; hf += 8) {
-              const v8 k = loadu(kp + hf);
-              v8 e = exp8(k - mv);
-              e = k == bcast(neg_inf) ? zero8() : e;
-              storeu(kp + hf, e);
+            for (int64_t hf = 0; hf < NR; hf += VL) {
+              const vf k = loadf(kp + hf);
+              vf e = exp_lanes(k - mv);
+              e = k == bcastf(neg_inf) ? zerof() : e;
+              storef(kp + hf, e);
               sv += e;
             }
           }
-          run_sum[d] += hsum(sv);
+          run_sum[d] += hsumf(sv);
         }
         // kxT[c][d] += sum_n e[d][n] xn[c][n] over the chunk: 4 rows x 2 channels in registers
         for (int64_t d0 = 0; d0 < DH; d0 += 4) {
           for (int64_t c0 = 0; c0 < C; c0 += 2) {
             const bool two = c0 + 1 < C;
-            v8 a00 = zero8(), a01 = zero8(), a10 = zero8(), a11 = zero8();
-            v8 a20 = zero8(), a21 = zero8(), a30 = zero8(), a31 = zero8();
+            vf a00 = zerof(), a01 = zerof(), a10 = zerof(), a11 = zerof();
+            vf a20 = zerof(), a21 = zerof(), a30 = zerof(), a31 = zerof();
             for (int64_t p = q0; p < q1; ++p) {
               const float* kp = kbuf.data() + (p - q0) * DH * NR + d0 * NR;
               const float* x0 = xb + (p * C + c0) * NR;
               const float* x1 = two ? x0 + NR : x0;
-              for (int hf = 0; hf < 16; hf += 8) {
-                const v8 u0 = loadu(x0 + hf), u1 = loadu(x1 + hf);
-                v8 e = loadu(kp + hf);          a00 = fmadd(e, u0, a00); a01 = fmadd(e, u1, a01);
-                e = loadu(kp + NR + hf);        a10 = fmadd(e, u0, a10); a11 = fmadd(e, u1, a11);
-                e = loadu(kp + 2 * NR + hf);    a20 = fmadd(e, u0, a20); a21 = fmadd(e, u1, a21);
-                e = loadu(kp + 3 * NR + hf);    a30 = fmadd(e, u0, a30); a31 = fmadd(e, u1, a31);
+              for (int64_t hf = 0; hf < NR; hf += VL) {
+                const vf u0 = loadf(x0 + hf), u1 = loadf(x1 + hf);
+                vf e = loadf(kp + hf);          a00 = fmadd(e, u0, a00); a01 = fmadd(e, u1, a01);
+                e = loadf(kp + NR + hf);        a10 = fmadd(e, u0, a10); a11 = fmadd(e, u1, a11);
+                e = loadf(kp + 2 * NR + hf);    a20 = fmadd(e, u0, a20); a21 = fmadd(e, u1, a21);
+                e = loadf(kp + 3 * NR + hf);    a30 = fmadd(e, u0, a30); a31 = fmadd(e, u1, a31);
               }
             }
-            const v8 a[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+            const vf a[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
             for (int r = 0; r < 4; ++r) {
-              kxT[c0 * DH + d0 + r] += hsum(a[r][0]);
-              if (two) kxT[(c0 + 1) * DH + d0 + r] += hsum(a[r][1]);
+              kxT[c0 * DH + d0 + r] += hsumf(a[r][0]);
+              if (two) kxT[(c0 + 1) * DH + d0 + r] += hsumf(a[r][1]);
             }
           }
         }
@@ -265,7 +261,7 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
   const int64_t TP = P >= 64 ? 8 : 1;
   const int64_t tiles = (P + TP - 1) / TP;
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qbuf(static_cast<size_t>(HID * NR));    // (K = 128, 16): a panel
+    std::vector<float> qbuf(static_cast<size_t>(HID * NR));    // (K = 128, NR): a panel
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / tiles, t = bt % tiles;
       const float* mb = m_pack.data() + b * OB * HID * MR;
@@ -273,43 +269,43 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
         const int64_t p0 = p * NR, np = std::min(NR, N - p0);
         const float* xpnl = xpan.data() + (b * P + p) * C * NR;
         for (int64_t blk = 0; blk < HID / MR; ++blk) {
-          v8 acc[MR][2];
-          micro_4x16(wq_pack.data() + blk * C * MR, xpnl, C, acc);
+          vf acc[MR][2];
+          micro_4xNR(wq_pack.data() + blk * C * MR, xpnl, C, acc);
           for (int64_t r = 0; r < MR; ++r) {
-            storeu(qbuf.data() + (blk * MR + r) * NR, acc[r][0]);
-            storeu(qbuf.data() + (blk * MR + r) * NR + 8, acc[r][1]);
+            storef(qbuf.data() + (blk * MR + r) * NR, acc[r][0]);
+            storef(qbuf.data() + (blk * MR + r) * NR + VL, acc[r][1]);
           }
         }
         // softmax over each head's 32 rows, lane-wise (one pixel per lane)
         for (int64_t h = 0; h < HEADS; ++h)
-          for (int hf = 0; hf < 16; hf += 8) {
+          for (int64_t hf = 0; hf < NR; hf += VL) {
             float* q = qbuf.data() + h * DH * NR + hf;
-            v8 m = loadu(q);
-            for (int64_t d = 1; d < DH; ++d) m = vmax(m, loadu(q + d * NR));
-            v8 s = zero8();
+            vf m = loadf(q);
+            for (int64_t d = 1; d < DH; ++d) m = vmax(m, loadf(q + d * NR));
+            vf s = zerof();
             for (int64_t d = 0; d < DH; ++d) {
-              const v8 e = exp8(loadu(q + d * NR) - m);
-              storeu(q + d * NR, e);
+              const vf e = exp_lanes(loadf(q + d * NR) - m);
+              storef(q + d * NR, e);
               s += e;
             }
-            const v8 inv = bcast(1.0f) / s;
-            for (int64_t d = 0; d < DH; ++d) storeu(q + d * NR, loadu(q + d * NR) * inv);
+            const vf inv = bcastf(1.0f) / s;
+            for (int64_t d = 0; d < DH; ++d) storef(q + d * NR, loadf(q + d * NR) * inv);
           }
         // y = M @ q + b_out
         for (int64_t ob = 0; ob < OB; ++ob) {
-          v8 acc[MR][2];
-          micro_4x16(mb + ob * HID * MR, qbuf.data(), HID, acc);
+          vf acc[MR][2];
+          micro_4xNR(mb + ob * HID * MR, qbuf.data(), HID, acc);
           for (int64_t r = 0; r < MR && ob * MR + r < Co; ++r) {
             const int64_t o = ob * MR + r;
-            const v8 bv = bcast(bo[o]);
+            const vf bv = bcastf(bo[o]);
             float* ys = yp + (b * Co + o) * N + p0;
             if (np == NR) {
-              storeu(ys, acc[r][0] + bv);
-              storeu(ys + 8, acc[r][1] + bv);
+              storef(ys, acc[r][0] + bv);
+              storef(ys + VL, acc[r][1] + bv);
             } else {
-              alignas(32) float tmp[NR];
-              storeu(tmp, acc[r][0] + bv);
-              storeu(tmp + 8, acc[r][1] + bv);
+              alignas(64) float tmp[NR];
+              storef(tmp, acc[r][0] + bv);
+              storef(tmp + VL, acc[r][1] + bv);
               for (int64_t q = 0; q < np; ++q) ys[q] = tmp[q];
             }
           }

@@ -7,6 +7,8 @@
 
 #include <optional>
 
+#include "simd.h"
+
 namespace dsd {
 at::Tensor ff_parser_cpu(const at::Tensor& x, const at::Tensor& weight);
 void ff_parser_out_cpu(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out);
@@ -44,5 +46,15 @@ TORCH_LIBRARY_IMPL(dsd_fast, CPU, m) {
   m.impl("linear_attention", &dsd::linear_attention_cpu);
 }
 
-// Nothing is exposed through pybind11: the ops live under torch.ops.dsd_fast.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {}
+// The ops live under torch.ops.dsd_fast; the module itself says only which instruction set
+// this build of the kernels was compiled for (setup.py builds one module per ISA).
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+#if defined(__AVX512F__)
+  module.attr("ISA") = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  module.attr("ISA") = "avx2";
+#else
+  module.attr("ISA") = "portable";
+#endif
+  module.attr("VECTOR_LANES") = DSD_LANES;
+}

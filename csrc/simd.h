@@ -1,4 +1,6 @@
-// 8-lane float vectors for the dsd_fast CPU kernels.
+// Float vectors for the dsd_fast CPU kernels: `v8` (8 lanes, every build) and `vf`, the
+// build's native width (VL lanes: 16 in the AVX-512 build, 8 in the AVX2 one, 4 in the
+// portable one).
 //
 // The kernels are written against `v8` (GCC/Clang vector extension: +, -, *, / work lane by
 // lane), so the arithmetic compiles to AVX2 with -mavx2 -mfma and to plain SSE or scalar code
@@ -16,6 +18,19 @@
 #define DSD_HAVE_AVX2 1
 #else
 #define DSD_HAVE_AVX2 0
+#endif
+// setup.py builds one module per ISA; this one's native vector width follows its flags.
+// The portable build's native width is 4 lanes (16 bytes: SSE2 on any x86_64, NEON on
+// ARM); its 8-lane code (the FFT's) the compiler splits into pairs of those.
+#if DSD_HAVE_AVX2 && defined(__AVX512F__)
+#define DSD_HAVE_AVX512 1
+#define DSD_LANES 16
+#elif DSD_HAVE_AVX2
+#define DSD_HAVE_AVX512 0
+#define DSD_LANES 8
+#else
+#define DSD_HAVE_AVX512 0
+#define DSD_LANES 4
 #endif
 
 namespace dsd {
@@ -52,6 +67,33 @@ static inline v8 fnmadd(v8 a, v8 b, v8 c) {
 #endif
 }
 
+// ---------------------------------------------------------------------------------------
+// 16 lanes (the AVX-512 build)
+#if DSD_HAVE_AVX512
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+static inline v16 fmadd(v16 a, v16 b, v16 c) {
+  return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+static inline v16 fnmadd(v16 a, v16 b, v16 c) {
+  return (v16)_mm512_fnmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+// 14-bit estimate plus one Newton step: at or below float rounding.
+static inline v16 recip(v16 d) {
+  const v16 r0 = (v16)_mm512_rcp14_ps((__m512)d);
+  return fmadd(r0, fnmadd(d, r0, v16{} + 1.0f), r0);
+}
+#endif
+
+// 4 lanes (the portable build's native width): plain vector-extension arithmetic.
+#if !DSD_HAVE_AVX2
+typedef float v4 __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+static inline v4 fmadd(v4 a, v4 b, v4 c) { return a * b + c; }
+static inline v4 fnmadd(v4 a, v4 b, v4 c) { return c - a * b; }
+static inline v4 recip(v4 d) { return (v4{} + 1.0f) / d; }
+#endif
+
 // r[0..7] are 8 rows of 8 floats; afterwards r[q] holds column q (r[q][j] = old r[j][q]).
 static inline void transpose8x8(v8 r[8]) {
 #if DSD_HAVE_AVX2
@@ -87,35 +129,48 @@ static inline void transpose8x8(v8 r[8]) {
 #endif
 }
 
+// Lane-count traits: the integer vector of the same width.
+template <class V> struct lanes;
+template <> struct lanes<v8> { typedef v8i ints; };
+#if DSD_HAVE_AVX512
+template <> struct lanes<v16> { typedef v16i ints; };
+#endif
+#if !DSD_HAVE_AVX2
+template <> struct lanes<v4> { typedef v4i ints; };
+#endif
+
 // exp(x) for float lanes, relative error about 2 ulp over the clamped range [-87.3, 88.3].
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for e^r
 // (Taylor coefficients; the truncation error r^7/7! < 2e-8 relative) and 2^n from the bits.
-static inline v8 exp8(v8 x) {
-  const v8 hi = bcast(88.3f), lo = bcast(-87.3f);
+template <class V>
+static inline V exp_lanes(V x) {
+  const V hi = V{} + 88.3f, lo = V{} - 87.3f;
   x = x < lo ? lo : x;  // lane-wise select (vector extension ternary)
   x = x > hi ? hi : x;
   // Round x / ln2 to nearest with the 1.5 * 2^23 trick (exact for |n| < 2^22).
-  const v8 magic = bcast(12582912.0f);
-  v8 n = fmadd(x, bcast(1.44269504088896341f), magic) - magic;
-  v8 r = fnmadd(n, bcast(0.693359375f), x);       // ln2 high part: exact product
-  r = fnmadd(n, bcast(-2.12194440e-4f), r);       // ln2 low part
+  const V magic = V{} + 12582912.0f;
+  V n = fmadd(x, V{} + 1.44269504088896341f, magic) - magic;
+  V r = fnmadd(n, V{} + 0.693359375f, x);          // ln2 high part: exact product
+  r = fnmadd(n, V{} - 2.12194440e-4f, r);          // ln2 low part
   // Estrin's scheme (dependency depth 4 instead of Horner's 6: the chain is latency-bound).
-  const v8 r2 = r * r;
-  const v8 p01 = r + bcast(1.0f);
-  const v8 p23 = fmadd(r, bcast(1.0f / 6.0f), bcast(0.5f));
-  const v8 p45 = fmadd(r, bcast(1.0f / 120.0f), bcast(1.0f / 24.0f));
-  const v8 p456 = fmadd(r2, bcast(1.0f / 720.0f), p45);
-  const v8 p = fmadd(r2, fmadd(r2, p456, p23), p01);
-  v8i ni = __builtin_convertvector(n, v8i);
-  v8i bits = (ni + 127) << 23;                    // 2^n as float bits; n in [-126, 127]
-  v8 scale;
+  const V r2 = r * r;
+  const V p01 = r + 1.0f;
+  const V p23 = fmadd(r, V{} + 1.0f / 6.0f, V{} + 0.5f);
+  const V p45 = fmadd(r, V{} + 1.0f / 120.0f, V{} + 1.0f / 24.0f);
+  const V p456 = fmadd(r2, V{} + 1.0f / 720.0f, p45);
+  const V p = fmadd(r2, fmadd(r2, p456, p23), p01);
+  typedef typename lanes<V>::ints VI;
+  VI ni = __builtin_convertvector(n, VI);
+  VI bits = (ni + 127) << 23;                      // 2^n as float bits; n in [-126, 127]
+  V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
+static inline v8 exp8(v8 x) { return exp_lanes(x); }
 
 // 1 / d to about 1 ulp: the hardware estimate (12 bits) plus one Newton step, cheaper than a
 // divide. Portable fallback: the divide.
-static inline v8 recip8(v8 d) {
+static inline v8 recip(v8 d) {
 #if DSD_HAVE_AVX2
   const v8 r0 = (v8)_mm256_rcp_ps((__m256)d);
   return fmadd(r0, fnmadd(d, r0, bcast(1.0f)), r0);   // r0 + r0 (1 - d r0)
@@ -123,8 +178,37 @@ static inline v8 recip8(v8 d) {
   return bcast(1.0f) / d;
 #endif
 }
+static inline v8 recip8(v8 d) { return recip(d); }
 
 // silu(x) = x * sigmoid(x) = x / (1 + exp(-x))
-static inline v8 silu8(v8 x) { return x * recip8(bcast(1.0f) + exp8(-x)); }
+template <class V>
+static inline V silu(V x) { return x * recip((V{} + 1.0f) + exp_lanes(-x)); }
+static inline v8 silu8(v8 x) { return silu(x); }
+
+// ---------------------------------------------------------------------------------------
+// The native width: what the per-element kernels are written against.
+#if DSD_HAVE_AVX512
+typedef v16 vf;
+#elif DSD_HAVE_AVX2
+typedef v8 vf;
+#else
+typedef v4 vf;
+#endif
+constexpr int VL = DSD_LANES;
+static_assert(sizeof(vf) == VL * sizeof(float), "vf must hold VL floats");
+
+static inline vf bcastf(float s) { return vf{} + s; }
+static inline vf zerof() { return vf{}; }
+static inline vf loadf(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+static inline void storef(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+static inline float hsumf(vf v) {
+  float s = 0.0f;
+  for (int j = 0; j < VL; ++j) s += v[j];
+  return s;
+}
 
 }  // namespace dsd

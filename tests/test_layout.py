@@ -21,7 +21,8 @@ from dsd_fast import FAMILIES
 REPO = Path(__file__).resolve().parents[1]
 
 # Imported with these blocked, the reference side of the engine must still work.
-BLOCKED = ("dsd_fast.ops", "dsd_fast._C", "triton")
+BLOCKED = ("dsd_fast.ops", "dsd_fast._C_portable", "dsd_fast._C_avx2", "dsd_fast._C_avx512",
+           "triton")
 BLOCKED_SUFFIXES = (".fast", ".fast_attention", ".fast_resample")
 
 _SCRIPT = r"""

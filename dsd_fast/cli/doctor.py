@@ -64,7 +64,8 @@ def implementations(device: str) -> dict[str, tuple[str, object]]:
     if device == "cpu":
         for name in OPS:
             if ops.AVAILABLE:
-                out[name] = ("C++ kernel (dsd_fast._C)", getattr(ops, name))
+                out[name] = (f"C++ kernel, {ops.ISA} build (dsd_fast._C_{ops.ISA})",
+                             getattr(ops, name))
             else:
                 out[name] = (f"PyTorch twin: {ops.CPU_REASON}", None)
         return out

@@ -8,7 +8,7 @@
     y = ops.linear_attention(xn, w_qkv, w_out, b_out)  # LinearAttention before its norm
 
     reference.py   the twins: the same formulas in plain PyTorch (the oracle, the fallback)
-    cpu.py         loading the C++ kernels (csrc/, the extension `dsd_fast._C`)
+    cpu.py         loading the C++ kernels (csrc/, the build for this CPU: `dsd_fast._C_<isa>`)
     schemas.py     the ops' schemas and fake kernels (torch.compile / export)
     triton/        the CUDA kernels, one file per op, registered as the ops' CUDA kernels
 
@@ -27,12 +27,13 @@ import torch
 
 from . import reference as _ref
 from . import schemas
-from .cpu import load_extension
+from . import cpu as _cpu
 
-__all__ = ["AVAILABLE", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
+__all__ = ["AVAILABLE", "ISA", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
            "linear_attention", "fast_path_available", "register_gpu_kernels"]
 
-AVAILABLE, _why = load_extension()          # the C++ CPU kernels
+AVAILABLE, _why = _cpu.load_extension()     # the C++ CPU kernels
+ISA = _cpu.ISA                               # which build of them: avx512, avx2, portable
 if _why is not None:
     warnings.warn(_why, RuntimeWarning, stacklevel=2)
 # Why the CPU runs the twins, when it does (for `dsd-fast doctor`).

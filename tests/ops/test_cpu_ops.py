@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 needs_ext = pytest.mark.skipif(
     not ops.AVAILABLE,
-    reason="dsd_fast._C is not built (or DSD_FAST_DISABLE_EXT=1): "
+    reason="dsd_fast._C_<isa> is not built (or DSD_FAST_DISABLE_EXT=1): "
            "pip install --no-build-isolation -e .")
 
 
@@ -214,9 +214,11 @@ def test_group_norm_silu_rejects_bad_groups():
 # Gated 1x1 convolution
 
 # (B, Cg, Cx, H, W): output channels not a multiple of the 6-row tile, pixel counts not a
-# multiple of the 16-pixel panel, batch 1, the network's g_feedback shape (64 -> 128).
+# multiple of the panel (8 / 16 / 32 pixels in the portable / AVX2 / AVX-512 builds; 48
+# pixels is whole panels for the first two, not the third), batch 1, the network's
+# g_feedback shape (64 -> 128).
 GC_SHAPES = [(1, 3, 5, 7, 9), (2, 17, 13, 5, 5), (2, 64, 128, 16, 16), (1, 32, 6, 128, 128),
-             (3, 1, 1, 4, 4)]
+             (3, 1, 1, 4, 4), (1, 4, 7, 6, 8)]
 
 # A K-term float32 dot product (K <= 64 here) plus bias, times x: summation order differs from
 # oneDNN's, error ~ sqrt(K) * eps * sum|w g| ~ 1e-6 of the output scale. 1e-5 as the others.
@@ -254,9 +256,9 @@ def test_gated_conv1x1_non_contiguous_inputs():
 
 # (B, C, Co, H, W): the network's planes (64 x 64 with C = 16 and 32, 8 x 8 with C = 128),
 # batch 1, channel counts off the 4-row / 2-channel register tiles, pixel counts off the
-# 16-pixel panel (9 x 5, 13 x 11), a single pixel, Co != C.
+# 8-, 16- or 32-pixel panel (9 x 5, 13 x 11, 6 x 8), a single pixel, Co != C.
 LA_SHAPES = [(5, 16, 16, 64, 64), (2, 32, 32, 32, 32), (3, 128, 128, 8, 8), (1, 3, 5, 4, 4),
-             (2, 7, 7, 9, 5), (2, 33, 17, 13, 11), (1, 32, 32, 1, 1)]
+             (2, 7, 7, 9, 5), (2, 33, 17, 13, 11), (1, 32, 32, 1, 1), (1, 8, 8, 6, 8)]
 
 # The op reassociates the published order (k x^T first, w_v and w_out folded into a 32 x 32
 # and a Co x 128 matrix) and sums N-term softmax denominators in another order: against a
@@ -461,6 +463,8 @@ def test_disable_env_forces_reference_fallback():
 def test_missing_extension_warns_once_with_build_command():
     # Simulate an unbuilt extension: a None entry in sys.modules makes the import fail.
     _run_fallback({"DSD_FAST_DISABLE_EXT": "0"},
-                  setup="import sys; sys.modules['dsd_fast._C'] = None", n_warnings=1,
+                  setup="import sys; sys.modules.update(dict.fromkeys("
+                        "['dsd_fast._C_portable', 'dsd_fast._C_avx2', 'dsd_fast._C_avx512']))",
+                  n_warnings=1,
                   check_message="assert 'pip install --no-build-isolation -e .' in "
                                 "str(ours[0].message)")

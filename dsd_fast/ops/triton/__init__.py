@@ -152,7 +152,7 @@ def _cuda_impls(guarded: bool = True):
 def register_cuda_impls(namespace: str = "dsd_fast", guarded: bool = True) -> bool:
     """Register the Triton kernels as the CUDA kernels of `<namespace>::<op>`.
 
-    Only ops that are already defined (by `dsd_fast._C` or ops/schemas.py) and whose schema
+    Only ops that are already defined (by `dsd_fast._C_<isa>` or ops/schemas.py) and whose schema
     has the expected argument names are registered; an op that already has a CUDA kernel is
     left alone. Returns True if at least one op is now served by these kernels, False when
     nothing was registered (Triton missing, or the ops not defined yet). `namespace` exists
