@@ -17,7 +17,6 @@ Tolerances, checked as |got - want| <= atol + rtol * |want| (first mismatches pr
 """
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from pathlib import Path
