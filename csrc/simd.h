@@ -2,12 +2,13 @@
 // build's native width (VL lanes: 16 in the AVX-512 build, 8 in the AVX2 one, 4 in the
 // portable one).
 //
-// The kernels are written against `v8` (GCC/Clang vector extension: +, -, *, / work lane by
-// lane), so the arithmetic compiles to AVX2 with -mavx2 -mfma and to plain SSE or scalar code
-// anywhere else. Only three things need the instruction set spelled out, and each has a
-// portable fallback: fused multiply-add (ISO C++ mode turns off GCC's automatic contraction),
-// the 8x8 transpose that moves data between "8 planes" and "8 lanes" layouts, and the
-// conversions used by exp.
+// Both are GCC/Clang vector extensions (+, -, *, / work lane by lane), so the arithmetic
+// compiles to whatever the build's flags allow. The FFT (fft_lanes.h, ff_parser.cpp) works on
+// 8 planes per v8 in every build; the per-element loops and register tiles of the other ops
+// use vf. Only a few things need the instruction set spelled out, each with a portable
+// fallback: fused multiply-add (ISO C++ mode turns off GCC's automatic contraction), the
+// reciprocal estimate, and the 8x8 transpose that moves data between "8 planes" and
+// "8 lanes" layouts.
 #pragma once
 
 #include <cstdint>
