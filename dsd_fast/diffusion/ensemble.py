@@ -138,7 +138,6 @@ def initial_noise(keys: list, ensemble: int, size: int, seed: int) -> torch.Tens
     return noise
 
 
-@torch.no_grad()
 def ddim_grid(spacing: str, sampler: str, family_grid=None):
     """The DDIM grid function `(T, steps) -> timesteps` that `spacing` asks for, or None for
     ddim.ddim_timesteps ("leading"). A family whose original code walks its own grid
@@ -156,6 +155,7 @@ def ddim_grid(spacing: str, sampler: str, family_grid=None):
     return trailing_timesteps
 
 
+@torch.no_grad()
 def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, steps: int,
                     ensemble: int, seed: int, noise_keys: list | None = None,
                     sampler: str = "ddim", eta: float = 0.0, clip_x0: bool = True,
