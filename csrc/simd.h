@@ -167,7 +167,6 @@ static inline V exp_lanes(V x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
-static inline v8 exp8(v8 x) { return exp_lanes(x); }
 
 // 1 / d to about 1 ulp: the hardware estimate (12 bits) plus one Newton step, cheaper than a
 // divide. Portable fallback: the divide.
@@ -179,12 +178,10 @@ static inline v8 recip(v8 d) {
   return bcast(1.0f) / d;
 #endif
 }
-static inline v8 recip8(v8 d) { return recip(d); }
 
 // silu(x) = x * sigmoid(x) = x / (1 + exp(-x))
 template <class V>
 static inline V silu(V x) { return x * recip((V{} + 1.0f) + exp_lanes(-x)); }
-static inline v8 silu8(v8 x) { return silu(x); }
 
 // ---------------------------------------------------------------------------------------
 // The native width: what the per-element kernels are written against.

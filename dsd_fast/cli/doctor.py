@@ -19,16 +19,17 @@ OPS = ("ff_parser", "group_norm_silu", "gated_conv1x1", "linear_attention")
 
 
 def cpu_description() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or platform.machine(), set()
+    from ..ops.cpu import cpu_flags          # the same flags the kernel build is chosen by
+    name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name") and ":" in line:
                     name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
+    flags = cpu_flags() or set()
     return name, [f for f in CPU_FLAGS if f in flags]
 
 
