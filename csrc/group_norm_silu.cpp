@@ -12,6 +12,12 @@
 // double; the plane is read twice, the second time from cache), then the planes of a group are
 // combined exactly (Chan et al.: M2 = sum M2_c + n_c * (mean_c - mean)^2). Biased variance,
 // as torch.nn.functional.group_norm.
+//
+// channels_last input (NHWC) gets its own loops and a channels_last output: each pixel's C
+// channels are contiguous, so statistics are per-channel sums over pixels (vectors across
+// channels), taken per run of kPixRun pixels two-pass from cache and combined across runs
+// with the same exact formula, and the output pass is the same fold with per-channel m, a, d
+// vectors. Same arithmetic as the NCHW path up to the order of the float additions.
 #include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
@@ -140,6 +146,135 @@ void check_vec(const std::optional<at::Tensor>& t, const char* name, int64_t B, 
               "), got ", t->sizes());
 }
 
+// ---- channels_last (NHWC): x is (B, HW, C) in memory -------------------------------------
+
+constexpr int64_t kPixRun = 32;   // pixels per two-pass run: kPixRun * C floats stay in L1/L2
+
+// Running (n, mean, M2) per channel, merged exactly (Chan et al.) with one run's moments.
+struct ChannelMoments {
+  std::vector<double> mean, m2;
+  int64_t n = 0;
+  explicit ChannelMoments(int64_t C) : mean(C, 0.0), m2(C, 0.0) {}
+  void merge(const float* run_mean, const float* run_m2, int64_t nb) {
+    const double na = static_cast<double>(n), nbd = static_cast<double>(nb), nt = na + nbd;
+    for (size_t c = 0; c < mean.size(); ++c) {
+      const double delta = static_cast<double>(run_mean[c]) - mean[c];
+      mean[c] += delta * nbd / nt;
+      m2[c] += static_cast<double>(run_m2[c]) + delta * delta * na * nbd / nt;
+    }
+    n += nb;
+  }
+  void merge(const ChannelMoments& o) {
+    if (o.n == 0) return;
+    const double na = static_cast<double>(n), nbd = static_cast<double>(o.n), nt = na + nbd;
+    for (size_t c = 0; c < mean.size(); ++c) {
+      const double delta = o.mean[c] - mean[c];
+      mean[c] += delta * nbd / nt;
+      m2[c] += o.m2[c] + delta * delta * na * nbd / nt;
+    }
+    n += o.n;
+  }
+};
+
+// Moments of pixels [p0, p1) of one image (rows of C floats), merged into `acc`.
+void nhwc_moments(const float* x, int64_t C, int64_t p0, int64_t p1, ChannelMoments* acc) {
+  std::vector<float> rmean(C), rm2(C);
+  for (int64_t r0 = p0; r0 < p1; r0 += kPixRun) {
+    const int64_t r1 = std::min(p1, r0 + kPixRun), np = r1 - r0;
+    const float inv = 1.0f / static_cast<float>(np);
+    int64_t c = 0;
+    for (; c + VL <= C; c += VL) {
+      vf s = zerof();
+      for (int64_t p = r0; p < r1; ++p) s += loadf(x + p * C + c);
+      const vf m = s * inv;
+      vf q = zerof();
+      for (int64_t p = r0; p < r1; ++p) {
+        const vf d = loadf(x + p * C + c) - m;
+        q = fmadd(d, d, q);
+      }
+      storef(rmean.data() + c, m);
+      storef(rm2.data() + c, q);
+    }
+    for (; c < C; ++c) {   // channels past the last whole vector
+      float s = 0.0f;
+      for (int64_t p = r0; p < r1; ++p) s += x[p * C + c];
+      const float m = s * inv;
+      float q = 0.0f;
+      for (int64_t p = r0; p < r1; ++p) {
+        const float d = x[p * C + c] - m;
+        q += d * d;
+      }
+      rmean[c] = m;
+      rm2[c] = q;
+    }
+    acc->merge(rmean.data(), rm2.data(), np);
+  }
+}
+
+// out row = silu((x row - m) * a + d), m/a/d padded to whole vectors (Cpad floats each).
+void nhwc_apply_row(const float* in, float* out, int64_t C, const float* m, const float* a,
+                    const float* d) {
+  int64_t c = 0;
+  for (; c + VL <= C; c += VL)
+    storef(out + c, silu(fmadd(loadf(in + c) - loadf(m + c), loadf(a + c), loadf(d + c))));
+  if (c < C) {   // the tail through a zero-padded buffer: the same exp as the body
+    alignas(64) float buf[VL] = {0};
+    for (int64_t k = c; k < C; ++k) buf[k - c] = in[k];
+    storef(buf, silu(fmadd(loadf(buf) - loadf(m + c), loadf(a + c), loadf(d + c))));
+    for (int64_t k = c; k < C; ++k) out[k] = buf[k - c];
+  }
+}
+
+at::Tensor group_norm_silu_nhwc(const at::Tensor& x, int64_t groups, double eps,
+                                const float* gamma, const float* beta, const float* scale,
+                                const float* shift) {
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (x.numel() == 0) return out;
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+
+  // Statistics: each image's pixels in R ranges (enough tasks for every thread), merged.
+  const int64_t want = std::max<int64_t>(1, (2 * at::get_num_threads() + B - 1) / B);
+  const int64_t R = std::max<int64_t>(1, std::min(want, HW / (4 * kPixRun)));
+  std::vector<ChannelMoments> part(B * R, ChannelMoments(C));
+  at::parallel_for(0, B * R, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / R, r = t % R;
+      nhwc_moments(xp + b * HW * C, C, HW * r / R, HW * (r + 1) / R, &part[t]);
+    }
+  });
+  const int64_t P = B * C, Cg = C / groups, Cpad = (C + VL - 1) / VL * VL;
+  std::vector<double> mean(P), m2(P);
+  for (int64_t b = 0; b < B; ++b) {
+    ChannelMoments all(C);
+    for (int64_t r = 0; r < R; ++r) all.merge(part[b * R + r]);
+    std::copy(all.mean.begin(), all.mean.end(), mean.begin() + b * C);
+    std::copy(all.m2.begin(), all.m2.end(), m2.begin() + b * C);
+  }
+  std::vector<float> cm(P), ca(P), cd(P);
+  const Coeffs coeffs{mean.data(), m2.data(), gamma, beta, scale, shift,
+                      C, Cg, HW, eps, cm.data(), ca.data(), cd.data()};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < groups; ++g) coeffs.group(b, g);
+  // Per image, m/a/d padded to Cpad so the tail vector loads stay in bounds.
+  std::vector<float> pm(B * Cpad, 0.0f), pa(B * Cpad, 0.0f), pd(B * Cpad, 0.0f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      pm[b * Cpad + c] = cm[b * C + c];
+      pa[b * Cpad + c] = ca[b * C + c];
+      pd[b * Cpad + c] = cd[b * C + c];
+    }
+  at::parallel_for(0, B * HW, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t b = p / HW;
+      nhwc_apply_row(xp + p * C, op + p * C, C, pm.data() + b * Cpad, pa.data() + b * Cpad,
+                     pd.data() + b * Cpad);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 at::Tensor group_norm_silu_cpu(const at::Tensor& x_in, const at::Tensor& gamma_in,
@@ -164,12 +299,19 @@ at::Tensor group_norm_silu_cpu(const at::Tensor& x_in, const at::Tensor& gamma_i
   check_vec(scale_in, "scale", B, C);
   check_vec(shift_in, "shift", B, C);
 
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty({B, C, x_in.size(2), x_in.size(3)}, x.options());
-  if (x.numel() == 0) return out;
   const at::Tensor gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
   const at::Tensor scale = scale_in.has_value() ? scale_in->contiguous() : at::Tensor();
   const at::Tensor shift = shift_in.has_value() ? shift_in->contiguous() : at::Tensor();
+  const float* scale_p = scale.defined() ? scale.data_ptr<float>() : nullptr;
+  const float* shift_p = shift.defined() ? shift.data_ptr<float>() : nullptr;
+  // channels_last stays channels_last (a layout copy would cost more than the op).
+  if (!x_in.is_contiguous() && x_in.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return group_norm_silu_nhwc(x_in, groups, eps, gamma.data_ptr<float>(),
+                                beta.data_ptr<float>(), scale_p, shift_p);
+
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty({B, C, x_in.size(2), x_in.size(3)}, x.options());
+  if (x.numel() == 0) return out;
 
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -177,9 +319,7 @@ at::Tensor group_norm_silu_cpu(const at::Tensor& x_in, const at::Tensor& gamma_i
   std::vector<double> mean(P), m2(P);
   std::vector<float> coef_m(P), coef_a(P), coef_d(P);
   const Coeffs coeffs{mean.data(), m2.data(), gamma.data_ptr<float>(), beta.data_ptr<float>(),
-                      scale.defined() ? scale.data_ptr<float>() : nullptr,
-                      shift.defined() ? shift.data_ptr<float>() : nullptr,
-                      C, Cg, HW, eps, coef_m.data(), coef_a.data(), coef_d.data()};
+                      scale_p, shift_p, C, Cg, HW, eps, coef_m.data(), coef_a.data(), coef_d.data()};
 
   const int64_t chunk_bytes = Cg * HW * static_cast<int64_t>(sizeof(float));
   if (B * groups >= 2 * at::get_num_threads() && chunk_bytes <= (512 << 10)) {

@@ -87,6 +87,10 @@ def register_fakes() -> None:
         torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {tuple(x.shape)}")
         torch._check(x.shape[1] % groups == 0,
                      lambda: f"groups ({groups}) must divide C ({x.shape[1]})")
+        # the kernels keep channels_last (CPU: NHWC loops; CUDA: pixel strides); else NCHW
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                               memory_format=torch.channels_last)
         return x.new_empty(x.shape)
 
     @torch.library.register_fake("dsd_fast::gated_conv1x1")

@@ -204,6 +204,38 @@ def test_group_norm_silu_large_mean_and_non_contiguous():
 
 
 @needs_ext
+@pytest.mark.parametrize("film", [False, True], ids=["plain", "scale_shift"])
+@pytest.mark.parametrize("shape", GN_SHAPES + [(2, 20, 33, 17, 4), (5, 96, 16, 16, 32)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_group_norm_silu_channels_last_stays_channels_last(shape, film):
+    # NHWC loops (per-channel statistics over pixel runs); channel counts that are not whole
+    # vectors (5, 6, 20, 24) go through the tail path of every build.
+    b, c, h, w, groups = shape
+    g = gen(16)
+    x = (torch.randn(b, c, h, w, generator=g) * 3 + 1.5).contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    scale = torch.randn(b, c, generator=g) if film else None
+    shift = torch.randn(b, c, generator=g) if film else None
+    y = ops.group_norm_silu(x, gamma, beta, groups, 1e-5, scale, shift)
+    if c > 1 and h * w > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    expected = ref.group_norm_silu_ref(x, gamma, beta, groups, 1e-5, scale, shift)
+    assert_close(y, expected, GN_RTOL, GN_ATOL_REL, f"group_norm_silu NHWC {shape}")
+
+
+@needs_ext
+def test_group_norm_silu_channels_last_large_mean():
+    # Runs of 32 pixels are two-pass and merged exactly: a mean 1000x the spread keeps its
+    # variance (float64 oracle, as for the NCHW path above).
+    x = (torch.randn(2, 16, 40, 40, generator=gen(17)) * 0.1 + 100.0).contiguous(
+        memory_format=torch.channels_last)
+    gamma, beta = torch.randn(16, generator=gen(18)), torch.randn(16, generator=gen(19))
+    y = ops.group_norm_silu(x, gamma, beta, 4, 1e-5)
+    expected = ref.group_norm_silu_ref(x.double(), gamma.double(), beta.double(), 4, 1e-5).float()
+    assert_close(y, expected, GN_RTOL, GN_ATOL_REL, "NHWC large mean")
+
+
+@needs_ext
 def test_group_norm_silu_rejects_bad_groups():
     with pytest.raises(RuntimeError, match="divide the channel count"):
         torch.ops.dsd_fast.group_norm_silu(torch.randn(1, 6, 4, 4), torch.ones(6),
@@ -332,6 +364,9 @@ def _opcheck_cases():
                              1e-5, torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g))),
         ("group_norm_silu", (gn_x, torch.randn(8, generator=g), torch.randn(8, generator=g), 2,
                              1e-5, None, None)),
+        ("group_norm_silu", (gn_x.contiguous(memory_format=torch.channels_last),
+                             torch.randn(8, generator=g), torch.randn(8, generator=g), 4,
+                             1e-5, torch.randn(2, 8, generator=g), None)),
         ("gated_conv1x1", (torch.randn(2, 6, 5, 5, generator=g), torch.randn(4, 6, 1, 1, generator=g),
                            torch.randn(4, generator=g), torch.randn(2, 4, 5, 5, generator=g))),
         ("linear_attention", la_inputs((2, 5, 3, 6, 7), seed=24)),
