@@ -9,26 +9,14 @@ bundled networks).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
+from bench_peers import median_ms
 from dsd_fast import ops
 
 SHAPES = [(5, 128, 128, 32), (5, 96, 128, 32), (5, 192, 64, 32), (5, 16, 64, 8),
           (5, 512, 16, 32)]          # (B, C, size, groups)
-
-
-def median_ms(fn, n=15) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
@@ -42,9 +30,9 @@ def main() -> None:
             x = torch.randn(b, c, s, s)
             xc = x.contiguous(memory_format=torch.channels_last)
             gamma, beta = torch.randn(c), torch.randn(c)
-            nchw = median_ms(lambda: ops.group_norm_silu(x, gamma, beta, g, 1e-5))
-            nhwc = median_ms(lambda: ops.group_norm_silu(xc, gamma, beta, g, 1e-5))
-            pair = median_ms(lambda: F.silu(F.group_norm(xc, g, gamma, beta, 1e-5), inplace=True))
+            nchw = median_ms(lambda: ops.group_norm_silu(x, gamma, beta, g, 1e-5), 15)
+            nhwc = median_ms(lambda: ops.group_norm_silu(xc, gamma, beta, g, 1e-5), 15)
+            pair = median_ms(lambda: F.silu(F.group_norm(xc, g, gamma, beta, 1e-5), inplace=True), 15)
             print(f"{th} thread(s) {(b, c, s, s)} groups {g}: op NCHW {nchw:.2f} ms, "
                   f"op channels_last {nhwc:.2f}, torch channels_last GroupNorm + SiLU {pair:.2f} "
                   f"({pair / nhwc:.2f}x the op)")
