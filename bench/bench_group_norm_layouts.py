@@ -9,6 +9,7 @@ bundled networks).
 from __future__ import annotations
 
 import argparse
+
 import torch
 import torch.nn.functional as F
 
