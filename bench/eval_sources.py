@@ -3,13 +3,16 @@ figures of MODEL_CARD.md.
 
     python bench/eval_sources.py --checkpoint PATH [--ham-limit N] [--steps 25]
         [--ensemble 5] [--spacing leading|trailing] [--tta] [--shard K/N] [--out FILE.json]
+    python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
 
 segment() defaults (DDIM 25, ensemble 5, seed 0; noise keyed by list position so runs
 compare), scored at each image's original resolution. Prints per-source mean per-image Dice,
 thresholded Jaccard, pooled Dice, the count of images below 0.5 and the worst five, and the
 pooled mean over all images. --ham-limit takes the first N ids of HAM10000's val.txt (a
 fixed subset; the split's order is the file's); --shard K/N evaluates every N-th image from
-the K-th, so N processes can share the work (merge their --out files with --merge).
+the K-th, so N processes can share the work (merge their --out files with --merge);
+--versus compares two models' files image by image (per source: mean paired difference of
+Dice, its standard error, wins and losses).
 """
 from __future__ import annotations
 
@@ -52,6 +55,20 @@ def summary(rows) -> dict:
     return out
 
 
+def paired(rows, other) -> dict:
+    """Per-image Dice of `rows` minus `other` on the images both scored, per source: a
+    difference smaller than about two standard errors is not a win."""
+    theirs = {(r["source"], r["id"]): r["dice"] for r in other}
+    out = {}
+    for source in sorted({r["source"] for r in rows}) + ["all"]:
+        d = np.array([r["dice"] - theirs[(r["source"], r["id"])] for r in rows
+                      if source in ("all", r["source"]) and (r["source"], r["id"]) in theirs])
+        out[source] = {"images": len(d), "mean_difference": float(d.mean()),
+                       "standard_error": float(d.std(ddof=1) / np.sqrt(len(d))),
+                       "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
@@ -63,10 +80,16 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="*", default=None, help="JSON files of shards to merge")
+    ap.add_argument("--versus", nargs="*", default=None,
+                    help="another model's shard files: paired differences against --merge's")
     args = ap.parse_args()
     if args.merge:
         rows = [r for f in args.merge for r in json.loads(Path(f).read_text())["rows"]]
-        print(json.dumps(summary(rows), indent=1))
+        if args.versus:
+            other = [r for f in args.versus for r in json.loads(Path(f).read_text())["rows"]]
+            print(json.dumps(paired(rows, other), indent=1))
+        else:
+            print(json.dumps(summary(rows), indent=1))
         return
     k, n = (int(v) for v in args.shard.split("/"))
     items = val_items(args.ham_limit)
