@@ -1,6 +1,6 @@
 """precision="bf16" against float32: masks on the 20 PH2 val images, and speed.
 
-    python bench/bench_precision.py [--models default,medsegdiff-ph2] [--steps 25]
+    python bench/bench_precision.py [--models default,medsegdiff] [--steps 25]
                                     [--ensemble 5] [--forward isic2018,default]
 
 Per bundled model: segment() of every PH2 val image in fp32 and in bf16 (fast backend,
@@ -82,7 +82,7 @@ ARGS: dict = {}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="default,medsegdiff-ph2")
+    ap.add_argument("--models", default="default,medsegdiff")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--ensemble", type=int, default=5)
     ap.add_argument("--forward", default="")

@@ -1,6 +1,6 @@
 """The bundled models side by side on the same PH2 validation images, in one run.
 
-    python bench/compare_models.py [--models default medsegdiff-ph2] [--time-images 5]
+    python bench/compare_models.py [--models default medsegdiff] [--time-images 5]
 
 Per model: per-image Dice, thresholded Jaccard (0.65), GED (5 samples against the one
 annotation), the error rate in the 10% highest-std pixels against the rest, all on the 20
@@ -40,7 +40,7 @@ def accuracy(pipe, paths, gts) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["default", "medsegdiff-ph2"])
+    ap.add_argument("--models", nargs="+", default=["default", "medsegdiff"])
     ap.add_argument("--time-images", type=int, default=5)
     args = ap.parse_args()
     ids = (PH2 / "val.txt").read_text().split()

@@ -33,9 +33,11 @@ from .results import SegmentationResult, check_fusion, samples_to_result
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL_PATH = WEIGHTS_DIR / "default.safetensors"
-# Bundled models by name (MODEL_CARD.md): load("medsegdiff-ph2"), segment(model="...").
+# Bundled models by name (MODEL_CARD.md): load("medsegdiff"), segment(model="...").
+# "dermosegdiff-ph2" and "medsegdiff-ph2" are the names of their first, PH2-only weights,
+# kept so code that used them still runs; both models are now trained on PH2 + HAM10000.
 BUNDLED = {"default": "default.safetensors", "dermosegdiff-ph2": "default.safetensors",
-           "medsegdiff-ph2": "medsegdiff-ph2.safetensors"}
+           "medsegdiff": "medsegdiff.safetensors", "medsegdiff-ph2": "medsegdiff.safetensors"}
 BACKENDS = ("auto", "fast", "reference")
 
 
@@ -270,7 +272,7 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
         [0, 1]), tensor (3 x H x W or B x 3 x H x W), or a list of these.
     steps: DDIM steps (1..T); ensemble: chains per image, averaged; model: None (bundled
-        default), a bundled model's name ("medsegdiff-ph2"), a checkpoint path, a network,
+        default), a bundled model's name ("medsegdiff"), a checkpoint path, a network,
         or a Pipeline (`dsd_fast.load`);
     seed: same seed and image, same mask;
     sampler: "ddim" (default) or "ddpm" (the published T-step sampler; ignores steps);

@@ -51,25 +51,30 @@ def test_bundled_model_segments_a_sample(ph2_dir):
     assert dice(res.mask, gt) >= DICE_FLOOR
 
 
-MSD_PATH = DEFAULT_MODEL_PATH.parent / "medsegdiff-ph2.safetensors"
+MSD_PATH = DEFAULT_MODEL_PATH.parent / "medsegdiff.safetensors"
 
 
 @pytest.mark.skipif(not MSD_PATH.exists(), reason="no MedSegDiff model bundled")
 def test_bundled_medsegdiff_model_loads_by_name():
     from dsd_fast.families.medsegdiff import MSD_CONFIGS
-    pipe = dsd_fast.load("medsegdiff-ph2")
+    pipe = dsd_fast.load("medsegdiff")
+    assert dsd_fast.load("medsegdiff-ph2").config == pipe.config      # the older name
     assert pipe.family.name == "medsegdiff" and pipe.config == MSD_CONFIGS["msd_ph2_64_x0"]
     assert pipe.config.objective == "pred_x0"
     assert pipe.preprocessing.image_size == 64 and pipe.schedule.T == 1000
     assert MSD_PATH.stat().st_size < 20 * 2 ** 20
+    from dsd_fast.checkpoint import read_metadata
+    meta = read_metadata(MSD_PATH)
+    assert "non-commercial" in meta["terms"] and "HAM10000" in meta["training_data"]
 
 
 @pytest.mark.skipif(not MSD_PATH.exists(), reason="no MedSegDiff model bundled")
 def test_bundled_medsegdiff_model_segments_a_sample(ph2_dir):
-    # Measured with the bundled weights (pred_x0, step 7,000; steps 10, ensemble 3, seed 0,
-    # noise keyed by content): IMD009 0.843, IMD019 0.940, IMD031 0.962. The floor catches a
-    # broken bundle (wrong weights, objective or preprocessing); it is not a benchmark.
+    # Measured with the bundled weights (pred_x0, PH2 + HAM10000, step 13,000; steps 10,
+    # ensemble 3, seed 0, noise keyed by content): IMD009 0.834, IMD019 0.883, IMD031 0.948
+    # (the PH2-only step-7,000 weights: 0.843, 0.940, 0.962). The floor catches a broken
+    # bundle (wrong weights, objective or preprocessing); it is not a benchmark.
     from dsd_fast.images import load_mask
-    res = segment(SAMPLES / "IMD009.png", steps=10, ensemble=3, model="medsegdiff-ph2")[0]
+    res = segment(SAMPLES / "IMD009.png", steps=10, ensemble=3, model="medsegdiff")[0]
     gt = load_mask(ph2_dir / "masks" / "IMD009.png").numpy()
     assert dice(res.mask, gt) >= DICE_FLOOR

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--checkpoint", default=None,
                    help="model file (.safetensors, a DermoSegDiff or MedSegDiff .pt/.pth), or "
-                   "a bundled model's name (default, medsegdiff-ph2); default: bundled default")
+                   "a bundled model's name (default, medsegdiff); default: bundled default")
     s.add_argument("--model-setting", action="append", metavar="KEY=VALUE",
                    help="what a checkpoint of the original code does not store, e.g. "
                    "objective=pred_x0 or timesteps=500 for a bare MedSegDiff state dict "
