@@ -97,6 +97,12 @@ class ModelFamily:
         """The config from tensor shapes; `settings` give what shapes cannot tell."""
         raise NotImplementedError
 
+    def resized_state_dict(self, state_dict: dict[str, torch.Tensor], config, image_size: int):
+        """Weights of `config` for the same network at another input size (a warm start of
+        a run at another size); only families whose weights allow it override this."""
+        raise ValueError(f"{self.title or self.name} weights cannot be moved to another "
+                         f"image size")
+
     def settings_from(self, obj: dict) -> dict:
         """Config settings a file of the original code stores beside the weights (e.g. a
         wrapper's schedule buffers), to pass to `infer_config`; default none."""

@@ -271,11 +271,20 @@ class Trainer:
 
     def _warm_start(self, path: Path) -> None:
         src = load_model(path)
+        weights = src.state_dict()
         if src.config != self.config:
-            raise ValueError(f"{path} has config {src.config.to_json()}, but this run trains "
-                             f"{self.config.to_json()} (--config {self.opts.config})")
-        self.model.load_state_dict(src.state_dict())
-        self.ema.shadow = {k: v.detach().clone() for k, v in src.state_dict().items()}
+            same_but_size = type(src.config) is type(self.config) and \
+                hasattr(self.config, "image_size") and \
+                src.config.replace(image_size=self.config.image_size) == self.config
+            if not same_but_size:
+                raise ValueError(f"{path} has config {src.config.to_json()}, but this run "
+                                 f"trains {self.config.to_json()} (--config {self.opts.config})")
+            weights = self.family.resized_state_dict(weights, src.config,
+                                                     self.config.image_size)
+            self.log(f"{path}: weights moved from {src.config.image_size} px to "
+                     f"{self.config.image_size} px")
+        self.model.load_state_dict(weights)
+        self.ema.shadow = {k: v.detach().clone() for k, v in weights.items()}
         meta = read_metadata(path)
         self.step = self.ema_origin = int(json.loads(meta.get("step", "0")))
         self.log(f"warm start from {path} (step {self.step}, its val Dice "

@@ -117,6 +117,28 @@ def test_warm_start_takes_weights_and_step_and_refuses_another_config(tmp_path):
         Trainer(options(root, tmp_path / "c", total_steps=30, init_from=str(best), config="tiny"))
 
 
+def test_warm_start_from_another_input_size_moves_the_ff_parser_gates(tmp_path):
+    from dsd_fast import DermoSegDiff, get_config, save_model
+    from dsd_fast.families.dermosegdiff.layers import resize_ff_weight
+    root = make_disc_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    src = DermoSegDiff(get_config("tiny_ff").replace(image_size=24))
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = save_model(src, tmp_path / "at24.safetensors")
+    warm = Trainer(options(root, tmp_path / "b", total_steps=3, init_from=str(path)),
+                   log=lambda *_: None)                       # tiny_ff: 16 px
+    assert warm.config.image_size == 16
+    for k, v in src.state_dict().items():
+        want = resize_ff_weight(v, warm.model.state_dict()[k].shape[1]) \
+            if k.endswith("ff_parser.weight") else v
+        assert torch.equal(warm.model.state_dict()[k], want), k
+        assert torch.equal(warm.ema.shadow[k], want), k
+    warm.run(progress=False)
+    assert warm.step == 3
+
+
 def test_cosine_lr_anneals_over_the_runs_own_steps(tmp_path):
     # formula: full lr at the run's first step, half at its middle, 0 at its end
     assert scheduled_lr(1e-3, "cosine", 100, 100, 200) == pytest.approx(1e-3)

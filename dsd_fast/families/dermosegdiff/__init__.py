@@ -17,6 +17,7 @@ from ...preprocess import Preprocessing
 from ..base import ModelFamily
 from . import checkpoint as _ckpt
 from .config import CONFIGS, ModelConfig, get_config
+from .layers import resize_ff_weight
 from .reference import DermoSegDiff, build_model
 
 
@@ -61,6 +62,17 @@ class DermoSegDiffFamily(ModelFamily):
 
     def infer_config(self, state_dict, **settings) -> ModelConfig:
         return _ckpt.infer_config(state_dict, **settings)
+
+    def resized_state_dict(self, state_dict, config: ModelConfig, image_size: int):
+        """Only the FF-Parser gates depend on the input size (no position embeddings):
+        each level's gate is carried over frequency by frequency (resize_ff_weight)."""
+        new = config.replace(image_size=image_size)        # checks divisibility
+        out = dict(state_dict)
+        for level in range(config.levels):
+            key = f"encoder_blocks.{level}.0.ff_parser.weight"
+            if key in out:
+                out[key] = resize_ff_weight(out[key], new.level_size(level))
+        return out
 
 
 DERMOSEGDIFF = DermoSegDiffFamily()

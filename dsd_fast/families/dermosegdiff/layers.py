@@ -150,6 +150,21 @@ class LAtt(nn.Module):
         return self.att(x)
 
 
+def resize_ff_weight(weight: torch.Tensor, size: int) -> torch.Tensor:
+    """An FFParser weight (C, S, S//2+1, 2) for S x S planes -> the same gate for size x size
+    planes, frequency by frequency in cycles per plane: an image resized from S to `size`
+    keeps its content at the same cycles per plane, so the gate keeps acting on the same
+    content. Frequencies the old grid lacks (above its Nyquist) take the nearest old value;
+    a smaller grid drops the old highest ones."""
+    c, old, half, _ = weight.shape
+    if half != old // 2 + 1:
+        raise ValueError(f"not an FFParser weight: shape {tuple(weight.shape)}")
+    f = torch.fft.fftfreq(size, d=1.0 / size).round().long()       # signed row frequencies
+    rows = f.clamp(-(old // 2), old // 2) % old       # +-Nyquist: the old Nyquist row
+    cols = torch.arange(size // 2 + 1).clamp(max=old // 2)
+    return weight[:, rows][:, :, cols].contiguous()
+
+
 class FFParser(nn.Module):
     """Learned complex gate in the 2-D Fourier domain (MedSegDiff), per channel and frequency.
 
