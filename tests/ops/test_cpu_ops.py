@@ -55,6 +55,7 @@ def gen(seed: int) -> torch.Generator:
 FF_SHAPES = [
     (1, 1, 4, 4), (2, 3, 8, 8), (1, 13, 16, 16), (2, 9, 32, 32), (1, 8, 64, 64),
     (1, 5, 128, 128), (3, 1, 8, 16), (2, 3, 5, 7), (1, 2, 6, 12), (1, 3, 1, 1), (2, 2, 16, 2),
+    (1, 3, 80, 80), (2, 3, 20, 20),                      # the default_80 config's levels
 ]
 
 # float32 FFTs: both sides round at every butterfly stage (error ~ eps * log2(H*W) * scale,
