@@ -4,12 +4,12 @@
 
 The default must stay fast: <= 2.5 s per image with segment() defaults (DDIM 25, ensemble 5,
 fast path, float32) on this project's 2-core CPU. Speed does not depend on the weights, so
-each candidate is the `default` config with another image_size / width (dim_x = dim_g) and
-random weights (widths divisible by the config's 8 GroupNorm groups); seconds per image are the median of --images timed calls on one PH2 image,
-the candidates alternating call by call so all see the same machine state. The bundled
-default (64 px, width 16, trained weights) runs beside them as a check that random weights
-time like trained ones. Accuracy needs a trained model per candidate: MODEL_CARD.md has the
-ones trained.
+each candidate is the `default` config with another image_size / width (dim_x = dim_g,
+divisible by the config's 8 GroupNorm groups) and random weights; seconds per image are the
+median of --images timed calls on one PH2 image, the candidates alternating call by call so
+all see the same machine state. The bundled default (64 px, width 16, trained weights) runs
+beside them as a check that random weights time like trained ones. Accuracy needs a trained
+model per candidate: MODEL_CARD.md has the ones trained.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def main() -> None:
         med = statistics.median(times[k])
         params = sum(p.numel() for p in pipe.model.parameters()) / 1e6
         print(f"{k:<34} {params:>9.2f} {med:>8.2f}  {'yes' if med <= BUDGET_S else 'no'}")
+
 
 if __name__ == "__main__":
     main()
