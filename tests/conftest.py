@@ -19,12 +19,13 @@ def ph2_dir() -> Path:
     return SHARED_PH2
 
 
-def make_model(name: str = "tiny", seed: int = 0, perturb: float = 0.05) -> DermoSegDiff:
-    """A small model with every weight (FF-Parser gates and GroupNorm affines included)
-    moved off its initial value, so tests cannot pass by an identity or zero path. It is a
-    plain network: segment() gives it the family's default schedule and preprocessing."""
+def make_model(name="tiny", seed: int = 0, perturb: float = 0.05) -> DermoSegDiff:
+    """A small model (a config name or a ModelConfig) with every weight (FF-Parser gates and
+    GroupNorm affines included) moved off its initial value, so tests cannot pass by an
+    identity or zero path. It is a plain network: segment() gives it the family's default
+    schedule and preprocessing."""
     torch.manual_seed(seed)
-    model = DermoSegDiff(get_config(name))
+    model = DermoSegDiff(get_config(name) if isinstance(name, str) else name)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * perturb)

@@ -118,14 +118,11 @@ def test_warm_start_takes_weights_and_step_and_refuses_another_config(tmp_path):
 
 
 def test_warm_start_from_another_input_size_moves_the_ff_parser_gates(tmp_path):
-    from dsd_fast import DermoSegDiff, get_config, save_model
+    from conftest import make_model
+    from dsd_fast import get_config, save_model
     from dsd_fast.families.dermosegdiff.layers import resize_ff_weight
     root = make_disc_dataset(tmp_path / "data")
-    torch.manual_seed(0)
-    src = DermoSegDiff(get_config("tiny_ff").replace(image_size=24))
-    with torch.no_grad():
-        for p in src.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    src = make_model(get_config("tiny_ff").replace(image_size=24))
     path = save_model(src, tmp_path / "at24.safetensors")
     warm = Trainer(options(root, tmp_path / "b", total_steps=3, init_from=str(path)),
                    log=lambda *_: None)                       # tiny_ff: 16 px
