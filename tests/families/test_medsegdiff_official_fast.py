@@ -38,6 +38,27 @@ def test_fast_forward_matches_the_reference(name):
     assert isinstance(net.hwm.conv_blocks_context[0].blocks[0].instnorm, torch.nn.BatchNorm2d)
 
 
+def test_fast_v2_runs_channels_last_throughout():
+    """The layout is why V2's fast forward is faster (fast.py): every 3x3 convolution must
+    see channels_last input, none a copy back to NCHW made on the way. (64 px: at 32 px the
+    anchor network's bottleneck is 1 x 1, where the two layouts are the same memory and
+    torch.cat may report either. The first convolution is left out: its input is the cat of
+    the image and the 1-channel x_t, which torch.cat returns NCHW; 4 channels, no cost.)"""
+    fast = build_fast_model(net_for("msd_official_tiny_ss"))
+    seen = []
+    hooks = [m.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        for m in fast.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.in_channels > 4]
+    s = fast.config.image_size
+    with torch.no_grad():
+        out, cal = fast(torch.randn(2, 1, s, s), torch.rand(2, 3, s, s), torch.tensor([5, 9]))
+    for h in hooks:
+        h.remove()
+    assert len(seen) > 10 and all(seen)
+    assert out.is_contiguous() and cal.is_contiguous()
+
+
 def test_fast_masks_agree_with_the_reference_end_to_end():
     net = net_for("msd_official_tiny", timesteps=50)
     pipe = dsd_fast.Pipeline.from_model(net)

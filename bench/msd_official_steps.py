@@ -1,0 +1,144 @@
+"""Dice against sampler and step count for a model of the official MedSegDiff family (#15):
+its own DDPM (all T steps, noise at every step) against DDIM (eta 0) and DPM-Solver++(2M)
+at a few step counts, on PH2 val and HAM10000 val.
+
+    python bench/msd_official_steps.py --checkpoint RUN/best.safetensors
+        [--ph2-limit 20] [--ham-limit 20] [--rows ddpm,ddim:10,ddim:25,ddim:50,dpmpp:10,...]
+        [--ensemble 1] [--shard K/N] [--out FILE.json]
+    python bench/msd_official_steps.py --merge F0.json F1.json
+
+Every row runs segment() on the same images with the same seed (noise keyed by the image's
+position, as bench/eval_sources.py) and differs only in sampler and steps. Each image is
+scored per row with two ensemble rules (this project's "mean" and the official code's
+"mean-squared"), and once more with the anchor network's `cal` map alone (thresholded at
+0.5; it depends on the image only, so it is one row whatever the sampler). Times are the
+row's wall time per image in one process, so rows compare as ratios. The DDPM row costs T
+network evaluations per image and ensemble member: --shard K/N splits the images between N
+processes (one thread each), --merge joins their files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dsd_fast import load
+from dsd_fast.images import load_mask, to_chw
+from dsd_fast.metrics import dice
+from eval_sources import DATA
+
+
+def items(ph2_limit, ham_limit):
+    out = []
+    for source, limit in (("ph2", ph2_limit), ("ham10000", ham_limit)):
+        root = DATA / source
+        for i in (root / "val.txt").read_text().split()[:limit]:
+            img = next((root / "images").glob(f"{i}.*"))
+            mask = next((root / "masks").glob(f"{i}.*"))
+            out.append((source, i, img, mask))
+    return out
+
+
+def parse_rows(text: str) -> list[tuple[str, int | None]]:
+    rows = []
+    for part in text.split(","):
+        sampler, _, steps = part.partition(":")
+        rows.append((sampler, int(steps) if steps else None))
+    return rows
+
+
+@torch.no_grad()
+def cal_mask(pipe, chw: torch.Tensor) -> np.ndarray:
+    """The anchor network's sigmoid map at the image's size, > 0.5."""
+    _, cal = pipe.model.anchors(pipe.model_input([chw]))
+    up = F.interpolate(cal.float(), size=tuple(chw.shape[1:]), mode="bilinear",
+                       align_corners=False)
+    return (up[0, 0] > 0.5).cpu().numpy()
+
+
+def summarise(records: list[dict]) -> dict:
+    out = {}
+    for source in sorted({r["source"] for r in records}) + ["all"]:
+        rs = [r for r in records if source in ("all", r["source"])]
+        table = {"images": len(rs), "cal": float(np.mean([r["cal"] for r in rs]))}
+        for name in rs[0]["rows"]:
+            for rule in ("mean", "mean-squared"):
+                d = np.array([r["rows"][name][rule] for r in rs])
+                table[f"{name} {rule}"] = float(d.mean())
+                table[f"{name} {rule} below_0.5"] = int((d < 0.5).sum())
+            table[f"{name} s/image"] = float(np.mean([r["rows"][name]["seconds"]
+                                                      for r in rs]))
+        out[source] = table
+    return out
+
+
+def table(summary: dict) -> str:
+    """Markdown: one line per sampler row, Dice per source under both rules, and cal."""
+    sources = [s for s in summary if s != "all"] + ["all"]
+    names = [k[:-len(" s/image")] for k in summary["all"] if k.endswith(" s/image")]
+    head = " | ".join(f"{s} mean / mean-sq" for s in sources)
+    lines = [f"| sampler steps | {head} | s/image |", "|---" * (len(sources) + 2) + "|"]
+    for name in names:
+        cells = " | ".join(f"{summary[s][name + ' mean']:.3f} / "
+                           f"{summary[s][name + ' mean-squared']:.3f}" for s in sources)
+        lines.append(f"| {name} | {cells} | {summary['all'][name + ' s/image']:.1f} |")
+    cells = " | ".join(f"{summary[s]['cal']:.3f}" for s in sources)
+    lines.append(f"| cal (anchor map alone) | {cells} | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--ph2-limit", type=int, default=20)
+    ap.add_argument("--ham-limit", type=int, default=20)
+    ap.add_argument("--rows", default="ddpm,ddim:10,ddim:25,ddim:50,dpmpp:10,dpmpp:25,dpmpp:50")
+    ap.add_argument("--ensemble", type=int, default=1)
+    ap.add_argument("--shard", default="0/1")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--merge", nargs="*", default=None, help="JSON files of shards to merge")
+    args = ap.parse_args()
+    if args.merge:
+        records = [r for f in args.merge for r in json.loads(Path(f).read_text())["records"]]
+        summary = summarise(records)
+        print(json.dumps(summary, indent=1))
+        print(table(summary))
+        return
+    pipe = load(args.checkpoint)
+    if pipe.family.name != "medsegdiff-official":
+        raise SystemExit(f"{args.checkpoint} is a {pipe.family.title} model; this study is "
+                         "for the official MedSegDiff family")
+    T = pipe.schedule.T
+    k, n = (int(v) for v in args.shard.split("/"))
+    todo = list(enumerate(items(args.ph2_limit, args.ham_limit)))[k::n]
+    records = []
+    for pos, (source, i, img_path, mask_path) in todo:
+        truth = load_mask(mask_path).numpy()
+        chw = to_chw(img_path, 0)
+        rec = {"source": source, "id": i, "cal": float(dice(cal_mask(pipe, chw), truth)),
+               "rows": {}}
+        for sampler, steps in parse_rows(args.rows):
+            t0 = time.perf_counter()
+            res = pipe.segment([chw], steps=steps or T, ensemble=args.ensemble, seed=0,
+                               noise_keys=[pos], sampler=sampler, fusion="mean-squared")[0]
+            secs = time.perf_counter() - t0
+            # probability is the ensemble mean whatever the fusion: > 0.5 is the "mean" rule
+            rec["rows"][f"{sampler} {steps or T}"] = {
+                "mean": float(dice(res.probability > 0.5, truth)),
+                "mean-squared": float(dice(res.mask, truth)), "seconds": secs}
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+        if args.out:        # after every image: a long shard keeps what it has done
+            Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint,
+                                                  "ensemble": args.ensemble,
+                                                  "records": records}))
+    print(json.dumps(summarise(records), indent=1))
+
+
+if __name__ == "__main__":
+    main()
