@@ -1,6 +1,7 @@
 """The official MedSegDiff code (V2) as its users run it, against dsd_fast, one image.
 
     PYTHONPATH=CHECKOUT python bench/bench_medsegdiff_official.py [--size 256] [--steps 25]
+        [--layouts N]
 
 CHECKOUT is a checkout of github.com/ImprintLab/MedSegDiff (not part of dsd_fast); its
 imports of torchvision / batchgenerators / blobfile must resolve too (on a machine without
@@ -14,7 +15,9 @@ learn_sigma), random weights (speed does not depend on them). Side by side in on
     batch, the anchor computed once per image.
 Prints seconds per image, the ratios (medians of --repeats), and the fast path's GFLOP/s
 (forward FLOPs from torch's flop counter x steps, plus one anchor pass per image) against the
-float32 3x3-convolution peak measured in the same run (bench_peers.conv_peak).
+float32 3x3-convolution peaks measured in the same run (bench_peers.conv_peak), NCHW and
+channels_last (the fast V2 network's layout). --layouts N times the fast UNet forward in
+both layouts side by side (why the fast network is channels_last).
 """
 from __future__ import annotations
 
@@ -35,6 +38,23 @@ def timed(fn, repeats):
     return statistics.median(out)
 
 
+def layout_forwards(net, E: int, S: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of the fast UNet forward (anchor features given) in NCHW and in
+    channels_last, alternating so that drifts in machine speed hit both."""
+    from dsd_fast.families.medsegdiff_official.fast import build_fast_model
+    nets = [build_fast_model(net, channels_last=False), build_fast_model(net)]
+    x, img, t = torch.randn(E, 1, S, S), torch.rand(E, 3, S, S), torch.full((E,), 500)
+    times = [[], []]
+    with torch.no_grad():
+        anchors = [m.anchors(img)[0] for m in nets]
+        for _ in range(repeats):
+            for k, m in enumerate(nets):
+                t0 = time.perf_counter()
+                m.unet(x, img, t, anchors[k])
+                times[k].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
@@ -45,6 +65,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backends", default="reference,fast")
     ap.add_argument("--samplers", default="ddim,dpmpp")
+    ap.add_argument("--layouts", type=int, default=0, metavar="N",
+                    help="also time N alternating batch-E UNet forwards of the fast network "
+                         "in NCHW and in channels_last (its layout), side by side")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,15 +111,19 @@ def main() -> None:
     per_step = timed(official_steps, args.repeats) / args.ddpm_steps
     official = per_step * 1000 * E
     image = img[0, :3]
+    from bench_peers import conv_peak
+    # the peak before and after the timed runs, the higher kept: this machine's speed drifts
+    # within a run, and a peak caught in a slow moment would flatter the fraction
+    peaks_before = conv_peak(3)
     rows = {}
     for backend in args.backends.split(","):
         for sampler in args.samplers.split(","):
             rows[f"dsd_fast {backend} {sampler} {args.steps}"] = timed(
                 lambda: pipe.segment([image], steps=args.steps, ensemble=E, sampler=sampler,
                                      backend=backend), args.repeats)
+    if args.layouts:
+        layouts = layout_forwards(net, E, S, args.layouts)
     from torch.utils.flop_counter import FlopCounterMode
-
-    from bench_peers import conv_peak
     x5 = torch.randn(E, 1, S, S)
     im5 = image[None].expand(E, -1, -1, -1).contiguous()
     with torch.no_grad():
@@ -108,16 +135,25 @@ def main() -> None:
             net.anchors(im5[:1])
         anchor_flops = fc.get_total_flops()
     work = (unet_flops * args.steps + anchor_flops) / 1e9
-    peak = conv_peak(3)["float32 NCHW"]
+    peaks = {k: max(v, peaks_before[k]) for k, v in conv_peak(3).items()}
+    peak, peak_cl = peaks["float32 NCHW"], peaks["float32 NHWC"]
     print(f"official MedSegDiff V2, {n_params / 1e6:.2f} M parameters, {S} px, ensemble {E}, "
           f"{torch.get_num_threads()} threads")
     print(f"  official DDPM 1000 x {E}: {per_step:.2f} s per step -> {official:.0f} s per "
           f"image (extrapolated from {args.ddpm_steps} steps)")
-    print(f"  float32 3x3 conv peak (5, 256, 64, 64) NCHW this run: {peak:.0f} GFLOP/s; a "
-          f"{args.steps}-step run is {work:.0f} GFLOP per image (forward x steps + 1 anchor)")
+    print(f"  float32 3x3 conv peak (5, 256, 64, 64) this run (the higher of before and after "
+          f"the timed runs): NCHW {peak:.0f}, channels_last "
+          f"{peak_cl:.0f} GFLOP/s; a {args.steps}-step run is {work:.0f} GFLOP per image "
+          f"(forward x steps + 1 anchor)")
     for name, sec in rows.items():
         print(f"  {name:32s} {sec:8.1f} s per image   {official / sec:7.1f}x faster   "
-              f"{work / sec:6.0f} GFLOP/s ({100 * work / sec / peak:.0f}% of the conv peak)")
+              f"{work / sec:6.0f} GFLOP/s ({100 * work / sec / peak:.0f}% of the NCHW conv "
+              f"peak, {100 * work / sec / peak_cl:.0f}% of the channels_last one)")
+    if args.layouts:
+        nchw, cl = layouts
+        print(f"  fast UNet forward, batch {E} (medians of {args.layouts}): NCHW {nchw:.2f} s, "
+              f"channels_last {cl:.2f} s ({nchw / cl:.2f}x); "
+              f"{unet_flops / 1e9 / cl:.0f} GFLOP/s in channels_last")
 
 
 if __name__ == "__main__":

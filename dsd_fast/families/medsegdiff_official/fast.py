@@ -102,9 +102,11 @@ class FastOfficialMedSegDiff(OfficialMedSegDiff):
                             t, anchor.contiguous(memory_format=cl)).contiguous()
 
 
-def build_fast_model(net: OfficialMedSegDiff) -> OfficialMedSegDiff:
+def build_fast_model(net: OfficialMedSegDiff, channels_last: bool = True) -> OfficialMedSegDiff:
+    """`channels_last=False` keeps V2 in NCHW (the benchmark's side-by-side)."""
+    channels_last = channels_last and net.config.version == "v2"
     fast = copy.deepcopy(net).eval()
-    if net.config.version == "v2":
+    if channels_last:
         fast.__class__ = FastOfficialMedSegDiff
     for m in fast.modules():
         if type(m) is ResBlock:
@@ -115,7 +117,7 @@ def build_fast_model(net: OfficialMedSegDiff) -> OfficialMedSegDiff:
             m.__class__ = FastFFParser
     with torch.no_grad():
         fold_batchnorms(fast.hwm)
-    if net.config.version == "v2":
+    if channels_last:
         fast.to(memory_format=torch.channels_last)    # after folding: the folded weights too
     for p in fast.parameters():
         p.requires_grad_(False)
