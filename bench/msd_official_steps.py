@@ -11,7 +11,8 @@ Every row runs segment() on the same images with the same seed (noise keyed by t
 position, as bench/eval_sources.py) and differs only in sampler and steps. Each image is
 scored per row with two ensemble rules (this project's "mean" and the official code's
 "mean-squared"), and once more with the anchor network's `cal` map alone (thresholded at
-0.5; it depends on the image only, so it is one row whatever the sampler). Times are the
+0.5; it depends on the image only, so it is one row whatever the sampler), and by how well
+the network denoises the true mask at a few noise levels (denoising_dice). Times are the
 row's wall time per image in one process, so rows compare as ratios. The DDPM row costs T
 network evaluations per image and ensemble member: --shard K/N splits the images between N
 processes (one thread each), --merge joins their files.
@@ -31,6 +32,9 @@ from dsd_fast import load
 from dsd_fast.images import load_mask, to_chw
 from dsd_fast.metrics import dice
 from eval_sources import DATA
+
+
+DENOISING_TS = (10, 100, 300, 600, 900, 999)
 
 
 def items(ph2_limit, ham_limit):
@@ -61,11 +65,35 @@ def cal_mask(pipe, chw: torch.Tensor) -> np.ndarray:
     return (up[0, 0] > 0.5).cpu().numpy()
 
 
+@torch.no_grad()
+def denoising_dice(pipe, chw: torch.Tensor, truth: np.ndarray, ts, seed: int) -> dict:
+    """Dice of the one-step x0 estimate from the TRUE mask noised to t (at the network's
+    size): how well the network denoises at each noise level. A network that is right at
+    small t but not near T cannot sample a mask from pure noise, whatever the sampler."""
+    net, image = pipe.model, pipe.model_input([chw])
+    s = image.shape[-1]
+    mask = F.interpolate(torch.from_numpy(truth).float()[None, None], size=(s, s),
+                         mode="bilinear", align_corners=False) > 0.5
+    anchor, _ = net.anchors(image)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in ts:
+        abar = pipe.schedule.alphas_cumprod[t].float()
+        noise = torch.randn(mask.shape, generator=g)
+        x_t = abar.sqrt() * mask.float() + (1 - abar).sqrt() * noise
+        eps = net.unet(x_t, image, torch.tensor([t]), anchor)[:, :1]
+        x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        out[str(t)] = float(dice((x0 > 0.5)[0, 0].numpy(), mask[0, 0].numpy()))
+    return out
+
+
 def summarise(records: list[dict]) -> dict:
     out = {}
     for source in sorted({r["source"] for r in records}) + ["all"]:
         rs = [r for r in records if source in ("all", r["source"])]
-        table = {"images": len(rs), "cal": float(np.mean([r["cal"] for r in rs]))}
+        table = {"images": len(rs), "cal": float(np.mean([r["cal"] for r in rs])),
+                 "denoising": {t: float(np.mean([r["denoising"][t] for r in rs]))
+                               for t in rs[0]["denoising"]}}
         for name in rs[0]["rows"]:
             for rule in ("mean", "mean-squared"):
                 d = np.array([r["rows"][name][rule] for r in rs])
@@ -89,6 +117,9 @@ def table(summary: dict) -> str:
         lines.append(f"| {name} | {cells} | {summary['all'][name + ' s/image']:.1f} |")
     cells = " | ".join(f"{summary[s]['cal']:.3f}" for s in sources)
     lines.append(f"| cal (anchor map alone) | {cells} | |")
+    lines.append("")
+    lines.append("Dice of the one-step x0 estimate from the true mask noised to t (all images): "
+                 + ", ".join(f"t = {t}: {d:.3f}" for t, d in summary["all"]["denoising"].items()))
     return "\n".join(lines)
 
 
@@ -120,8 +151,9 @@ def main() -> None:
     for pos, (source, i, img_path, mask_path) in todo:
         truth = load_mask(mask_path).numpy()
         chw = to_chw(img_path, 0)
+        ts = [t for t in DENOISING_TS if t < T]
         rec = {"source": source, "id": i, "cal": float(dice(cal_mask(pipe, chw), truth)),
-               "rows": {}}
+               "denoising": denoising_dice(pipe, chw, truth, ts, pos), "rows": {}}
         for sampler, steps in parse_rows(args.rows):
             t0 = time.perf_counter()
             res = pipe.segment([chw], steps=steps or T, ensemble=args.ensemble, seed=0,
