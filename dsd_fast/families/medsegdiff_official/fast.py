@@ -11,9 +11,10 @@ tests/families/test_medsegdiff_official_fast.py:
   - V1's FF-Parsers run as the fused `ops.ff_parser`;
   - V2 runs in channels_last (weights and activations): oneDNN's 3x3 convolutions, most of
     this network's time, skip their NCHW <-> blocked reorders in that layout, and every other
-    op here keeps it (the fused GroupNorm + SiLU has NHWC loops). Measured on the README's
-    ISIC config, batch 5, 2 threads, side by side in one process (docs/PERFORMANCE.md): the
-    UNet 1.20x faster at 128 px, the whole forward 1.48x at 256 px. V1 stays NCHW (its
+    op here keeps it (the fused GroupNorm + SiLU has NHWC loops, on the CPU and in Triton).
+    Measured on the CPU at the README's ISIC config, batch 5, 2 threads, side by side in one
+    process (docs/PERFORMANCE.md): the UNet forward 1.20x faster at 128 px, 1.28-1.30x at
+    256 px; on CUDA the layout is not measured yet (no GPU so far). V1 stays NCHW (its
     FF-Parser op and highway gates take NCHW).
 """
 from __future__ import annotations
