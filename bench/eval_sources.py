@@ -30,9 +30,9 @@ from dsd_fast.metrics import score_image
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def val_items(ham_limit=None):
+def val_items(ham_limit=None, ph2_limit=None):
     items = []
-    for source, limit in (("ph2", None), ("ham10000", ham_limit)):
+    for source, limit in (("ph2", ph2_limit), ("ham10000", ham_limit)):
         root = DATA / source
         ids = (root / "val.txt").read_text().split()[:limit]
         for i in ids:

@@ -31,21 +31,10 @@ import torch.nn.functional as F
 from dsd_fast import load
 from dsd_fast.images import load_mask, to_chw
 from dsd_fast.metrics import dice
-from eval_sources import DATA
+from eval_sources import val_items
 
 
 DENOISING_TS = (10, 100, 300, 600, 900, 999)
-
-
-def items(ph2_limit, ham_limit):
-    out = []
-    for source, limit in (("ph2", ph2_limit), ("ham10000", ham_limit)):
-        root = DATA / source
-        for i in (root / "val.txt").read_text().split()[:limit]:
-            img = next((root / "images").glob(f"{i}.*"))
-            mask = next((root / "masks").glob(f"{i}.*"))
-            out.append((source, i, img, mask))
-    return out
 
 
 def parse_rows(text: str) -> list[tuple[str, int | None]]:
@@ -146,7 +135,7 @@ def main() -> None:
                          "for the official MedSegDiff family")
     T = pipe.schedule.T
     k, n = (int(v) for v in args.shard.split("/"))
-    todo = list(enumerate(items(args.ph2_limit, args.ham_limit)))[k::n]
+    todo = list(enumerate(val_items(args.ham_limit, args.ph2_limit)))[k::n]
     records = []
     for pos, (source, i, img_path, mask_path) in todo:
         truth = load_mask(mask_path).numpy()
