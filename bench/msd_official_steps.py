@@ -45,25 +45,22 @@ def parse_rows(text: str) -> list[tuple[str, int | None]]:
     return rows
 
 
-@torch.no_grad()
-def cal_mask(pipe, chw: torch.Tensor) -> np.ndarray:
-    """The anchor network's sigmoid map at the image's size, > 0.5."""
-    _, cal = pipe.model.anchors(pipe.model_input([chw]))
-    up = F.interpolate(cal.float(), size=tuple(chw.shape[1:]), mode="bilinear",
-                       align_corners=False)
+def cal_mask(cal: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
+    """The anchor network's sigmoid map (1, 1, S, S) at the image's size, > 0.5."""
+    up = F.interpolate(cal.float(), size=size_hw, mode="bilinear", align_corners=False)
     return (up[0, 0] > 0.5).cpu().numpy()
 
 
 @torch.no_grad()
-def denoising_dice(pipe, chw: torch.Tensor, truth: np.ndarray, ts, seed: int) -> dict:
+def denoising_dice(pipe, image: torch.Tensor, anchor: torch.Tensor, truth: np.ndarray, ts,
+                   seed: int) -> dict:
     """Dice of the one-step x0 estimate from the TRUE mask noised to t (at the network's
-    size): how well the network denoises at each noise level. A network that is right at
-    small t but not near T cannot sample a mask from pure noise, whatever the sampler."""
-    net, image = pipe.model, pipe.model_input([chw])
-    s = image.shape[-1]
+    size; `image` the network input, `anchor` its anchor features): how well the network
+    denoises at each noise level. A network that is right at small t but not near T cannot
+    sample a mask from pure noise, whatever the sampler."""
+    net, s = pipe.model, image.shape[-1]
     mask = F.interpolate(torch.from_numpy(truth).float()[None, None], size=(s, s),
                          mode="bilinear", align_corners=False) > 0.5
-    anchor, _ = net.anchors(image)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for t in ts:
@@ -136,13 +133,17 @@ def main() -> None:
     T = pipe.schedule.T
     k, n = (int(v) for v in args.shard.split("/"))
     todo = list(enumerate(val_items(args.ham_limit, args.ph2_limit)))[k::n]
+    ts = [t for t in DENOISING_TS if t < T]
     records = []
     for pos, (source, i, img_path, mask_path) in todo:
         truth = load_mask(mask_path).numpy()
         chw = to_chw(img_path, 0)
-        ts = [t for t in DENOISING_TS if t < T]
-        rec = {"source": source, "id": i, "cal": float(dice(cal_mask(pipe, chw), truth)),
-               "denoising": denoising_dice(pipe, chw, truth, ts, pos), "rows": {}}
+        image = pipe.model_input([chw])
+        with torch.no_grad():                  # the anchor pass serves cal and the check
+            anchor, cal = pipe.model.anchors(image)
+        rec = {"source": source, "id": i,
+               "cal": float(dice(cal_mask(cal, tuple(chw.shape[1:])), truth)),
+               "denoising": denoising_dice(pipe, image, anchor, truth, ts, pos), "rows": {}}
         for sampler, steps in parse_rows(args.rows):
             t0 = time.perf_counter()
             res = pipe.segment([chw], steps=steps or T, ensemble=args.ensemble, seed=0,
