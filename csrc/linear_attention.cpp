@@ -20,6 +20,9 @@
 //     ctx and M (tiny) written straight into M's packed layout.
 //   Q sweep, one task per (b, tile of panels): the 128 q-logits of a panel (8 KiB, stays in
 //     L1), softmax over each head's 32 rows lane-wise, then M @ q + b_out into y.
+// Layouts: NCHW, or channels_last (NHWC) in and out, so a channels_last network needs no
+// layout copy here: the panels are packed from either (a transpose for NHWC, C x NR floats
+// per panel), and for NHWC y's panel is staged as (Co, NR) and written pixel by pixel.
 // MACs: 512 C N per batch entry instead of 512 C N + 8192 N for the published order.
 #include <ATen/ATen.h>
 
@@ -93,9 +96,13 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
   const at::Tensor wout = as_matrix(w_out_in, Co, HID, "w_out");
   TORCH_CHECK(b_out_in.dim() == 1 && b_out_in.size(0) == Co,
               "dsd_fast::linear_attention: b_out must be (", Co, ",), got ", b_out_in.sizes());
-  const at::Tensor xn = xn_in.contiguous();
+  // channels_last stays channels_last (a layout copy each way would cost more than packing)
+  const bool nhwc = !xn_in.is_contiguous() &&
+                    xn_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor xn = nhwc ? xn_in : xn_in.contiguous();
   const at::Tensor bout = b_out_in.contiguous();
-  at::Tensor out = at::empty({B, Co, H, W}, xn.options());
+  at::Tensor out = at::empty({B, Co, H, W}, xn.options().memory_format(
+      nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   TORCH_CHECK(N > 0 && C > 0, "dsd_fast::linear_attention: empty input ", xn.sizes());
 
@@ -118,6 +125,14 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / P, p = bp % P, p0 = p * NR, np = std::min(NR, N - p0);
       float* d = xpan.data() + bp * C * NR;
+      if (nhwc) {          // pixel p0 + q's C channels are contiguous: transpose into the panel
+        for (int64_t q = 0; q < NR; ++q) {
+          const float* s = xp + (b * N + p0 + q) * C;
+          if (q < np) for (int64_t c = 0; c < C; ++c) d[c * NR + q] = s[c];
+          else for (int64_t c = 0; c < C; ++c) d[c * NR + q] = 0.f;
+        }
+        continue;
+      }
       for (int64_t c = 0; c < C; ++c) {
         const float* s = xp + (b * C + c) * N + p0;
         if (np == NR) { storef(d + c * NR, loadf(s)); storef(d + c * NR + VL, loadf(s + VL)); }
@@ -262,6 +277,7 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
   const int64_t tiles = (P + TP - 1) / TP;
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qbuf(static_cast<size_t>(HID * NR));    // (K = 128, NR): a panel
+    std::vector<float> ybuf(nhwc ? static_cast<size_t>(Co * NR) : 0);   // NHWC: y's panel
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / tiles, t = bt % tiles;
       const float* mb = m_pack.data() + b * OB * HID * MR;
@@ -298,6 +314,11 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
           for (int64_t r = 0; r < MR && ob * MR + r < Co; ++r) {
             const int64_t o = ob * MR + r;
             const vf bv = bcastf(bo[o]);
+            if (nhwc) {
+              storef(ybuf.data() + o * NR, acc[r][0] + bv);
+              storef(ybuf.data() + o * NR + VL, acc[r][1] + bv);
+              continue;
+            }
             float* ys = yp + (b * Co + o) * N + p0;
             if (np == NR) {
               storef(ys, acc[r][0] + bv);
@@ -310,6 +331,11 @@ at::Tensor linear_attention_cpu(const at::Tensor& xn_in, const at::Tensor& w_qkv
             }
           }
         }
+        if (nhwc)          // the panel's pixels, each with its Co channels contiguous
+          for (int64_t q = 0; q < np; ++q) {
+            float* ys = yp + (b * N + p0 + q) * Co;
+            for (int64_t o = 0; o < Co; ++o) ys[o] = ybuf[o * NR + q];
+          }
       }
     }
   });

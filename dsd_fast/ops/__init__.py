@@ -151,7 +151,8 @@ def linear_attention(xn: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
     to_out_conv(attention(xn)), computed without forming q, k, v or the attention output.
 
     xn (B, C, H, W) (the PreNorm'd input); w_qkv (384, C[, 1, 1]); w_out (Co, 128[, 1, 1]);
-    b_out (Co,) -> (B, Co, H, W). CPU only (no Triton twin): elsewhere the reference runs.
+    b_out (Co,) -> (B, Co, H, W). A channels_last xn gives a channels_last result (no layout
+    copy). CPU only (no Triton twin): elsewhere the reference runs.
     """
     if _fast(xn, w_qkv, w_out, b_out) and xn.device.type == "cpu":
         return torch.ops.dsd_fast.linear_attention.default(xn, w_qkv, w_out, b_out)

@@ -109,4 +109,8 @@ def register_fakes() -> None:
         torch._check(w_out.shape[1] == 128,
                      lambda: f"w_out must be (Co, 128), got {tuple(w_out.shape)}")
         b, _, h, w = xn.shape
+        # the CPU kernel keeps channels_last (NHWC packing); else NCHW
+        if not xn.is_contiguous() and xn.is_contiguous(memory_format=torch.channels_last):
+            return torch.empty((b, w_out.shape[0], h, w), dtype=xn.dtype, device=xn.device,
+                               memory_format=torch.channels_last)
         return xn.new_empty((b, w_out.shape[0], h, w))

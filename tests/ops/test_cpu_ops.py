@@ -340,6 +340,24 @@ def test_linear_attention_online_softmax_across_chunks():
 
 
 @needs_ext
+@pytest.mark.parametrize("shape", LA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_linear_attention_channels_last_stays_channels_last(shape):
+    # NHWC in: panels packed by transposing each pixel's channels; NHWC out: each panel's y
+    # staged as (Co, NR) and written pixel by pixel (partial panels: 9 x 5, 13 x 11, 1 x 1).
+    # Same arithmetic as NCHW, so the same tolerance against the reference; and the NCHW
+    # result bit for bit, since only where the floats are read from and written to differs.
+    xn, wqkv, wout, bout = la_inputs(shape, seed=33)
+    x_cl = xn.contiguous(memory_format=torch.channels_last)
+    y = ops.linear_attention(x_cl, wqkv, wout, bout)
+    b, _, co, h, w = shape
+    if co > 1 and h * w > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert_close(y, ref.linear_attention_ref(xn, wqkv, wout, bout), LA_RTOL, LA_ATOL_REL,
+                 f"linear_attention NHWC {shape}")
+    assert torch.equal(y, ops.linear_attention(xn, wqkv, wout, bout))
+
+
+@needs_ext
 def test_linear_attention_rejects_bad_weights():
     xn, wqkv, wout, bout = la_inputs((1, 8, 8, 4, 4))
     with pytest.raises(RuntimeError, match="w_qkv must be"):
@@ -371,6 +389,8 @@ def _opcheck_cases():
         ("gated_conv1x1", (torch.randn(2, 6, 5, 5, generator=g), torch.randn(4, 6, 1, 1, generator=g),
                            torch.randn(4, generator=g), torch.randn(2, 4, 5, 5, generator=g))),
         ("linear_attention", la_inputs((2, 5, 3, 6, 7), seed=24)),
+        ("linear_attention", (la_inputs((2, 5, 3, 6, 7), seed=25)[0].contiguous(
+            memory_format=torch.channels_last), *la_inputs((2, 5, 3, 6, 7), seed=25)[1:])),
     ]
 
 
