@@ -1,6 +1,7 @@
 """Denoiser forward at batch 5 (one ensemble): fast vs reference eager vs torch.compile(reference).
 
     python bench/bench_denoiser.py [--configs default,w32,isic2018] [--repeats 7]
+    python bench/bench_denoiser.py --configs default,w32 --layouts 5   (NCHW vs channels_last)
     pytest bench/bench_denoiser.py --benchmark-only          (pytest-benchmark)
 
 All variants run side by side in one process on the same inputs, after a parity check;
@@ -91,6 +92,30 @@ def run(config_names, repeats: int, with_compile: bool = True) -> list[dict]:
     return rows
 
 
+def layouts(config_names, rounds: int, repeats: int) -> None:
+    """The fast model in NCHW and in channels_last (the CPU default), side by side: `rounds`
+    alternations of `repeats` forwards each, medians over all; outputs compared first."""
+    torch.set_flush_denormal(True)
+    print(f"{'config':<9}{'NCHW ms':>10}{'NHWC ms':>10}{'NCHW/NHWC':>11}")
+    for name in config_names:
+        cfg = CONFIGS[name]
+        torch.manual_seed(0)
+        ref = DermoSegDiff(cfg).eval()
+        nchw = build_fast_model(ref, channels_last=False)
+        nhwc = build_fast_model(ref, channels_last=True)
+        args = inputs(cfg)
+        with torch.no_grad():
+            a, b = nchw(*args), nhwc(*args)
+            err = ((a - b).abs().max() / a.abs().max()).item()
+            assert err <= 1e-4, f"{name}: the two layouts disagree ({err:.2e} of scale)"
+            times = {"nchw": [], "nhwc": []}
+            for _ in range(rounds):
+                for key, model in (("nchw", nchw), ("nhwc", nhwc)):
+                    times[key].append(median_time(lambda: model(*args), repeats))
+        t_a, t_b = statistics.median(times["nchw"]), statistics.median(times["nhwc"])
+        print(f"{name:<9}{t_a * 1e3:10.1f}{t_b * 1e3:10.1f}{t_a / t_b:10.2f}x", flush=True)
+
+
 def format_row(r: dict) -> str:
     comp = f"{r['compiled_ref_s'] * 1e3:9.1f}" if r["compiled_ref_s"] else f"{'-':>9}"
     s = (f"{r['config']:<9}{r['size']:>5}{r['ref_s'] * 1e3:10.1f}{comp}{r['fast_s'] * 1e3:9.1f}"
@@ -106,8 +131,13 @@ def main(argv=None):
     p.add_argument("--configs", default="default,w32,isic2018")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--layouts", type=int, default=0, metavar="ROUNDS",
+                   help="instead: the fast model in NCHW vs channels_last, ROUNDS alternations")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, C++ ops: {ops.AVAILABLE}")
+    if args.layouts:
+        layouts(args.configs.split(","), args.layouts, args.repeats)
+        return
     print(f"{'config':<9}{'size':>5}{'ref ms':>10}{'compile':>9}{'fast ms':>9}{'fast/ref':>9}")
     run(args.configs.split(","), args.repeats, not args.no_compile)
 

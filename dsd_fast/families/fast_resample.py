@@ -63,7 +63,10 @@ class FastUpsample(nn.Module):
         b, _, h, w = x.shape
         co = self.co
         full = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)   # (B, 4 Co, h+1, w+1)
-        out = x.new_empty(b, co, 2 * h, 2 * w)
+        # the output keeps x's layout (channels_last in a channels_last network)
+        fmt = (torch.channels_last if not x.is_contiguous()
+               and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        out = torch.empty(b, co, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=fmt)
         grid = out.view(b, co, h, 2, w, 2)
         for a in (0, 1):
             for c in (0, 1):

@@ -18,12 +18,14 @@ def _inputs(b, s, seed=0):
             torch.randint(0, 250, (b,), generator=gen))
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("name", ["tiny", "tiny_ff", "default"])
-def test_fast_denoiser_matches_reference(name):
+def test_fast_denoiser_matches_reference(name, channels_last):
     """max |eps_fast - eps_ref| <= 1e-4 x max |eps_ref| (float32: folding the weight
-    standardisation and fusing GroupNorm reorder roundings, ~1e-6 observed)."""
+    standardisation and fusing GroupNorm reorder roundings, ~1e-6 observed), in both
+    layouts (channels_last is the CPU default; NCHW elsewhere)."""
     ref = make_model(name)
-    fast = build_fast_model(ref)
+    fast = build_fast_model(ref, channels_last=channels_last)
     s = get_config(name).image_size
     x, g, t = _inputs(5, s)
     with torch.no_grad():
@@ -34,6 +36,34 @@ def test_fast_denoiser_matches_reference(name):
     assert torch.equal(b, b_again)
     one = fast(x[:1], g[:1], t[:1])         # another batch size: buffers re-made
     assert (one - a[:1]).abs().max() <= 1e-4 * a.abs().max()
+
+
+def test_fast_model_runs_channels_last_throughout_on_the_cpu():
+    """The layout is why the CPU default is NHWC (fast.py): every 3x3 convolution and every
+    linear attention must see channels_last input (no copy back to NCHW on the way), and eps
+    comes back contiguous as the reference returns it. (The FF-Parser gets an NCHW copy by
+    design: it filters whole planes.)"""
+    fast = build_fast_model(make_model("tiny_ff"))
+    assert type(fast).__name__ == "ChannelsLastDermoSegDiff"
+    seen = []
+
+    def record(m, args):
+        x = args[0]
+        seen.append((type(m).__name__, x.is_contiguous(memory_format=torch.channels_last)
+                     and not x.is_contiguous()))
+    from dsd_fast.families.fast_attention import LinearAttentionCore
+    hooks = [m.register_forward_pre_hook(record) for m in fast.modules()
+             if (isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.in_channels > 3)
+             or isinstance(m, LinearAttentionCore)
+             or type(m).__name__ == "FusedBlock"]
+    x, g, t = _inputs(2, 16)
+    with torch.no_grad():
+        out = fast(x, g, t)
+    for h in hooks:
+        h.remove()
+    assert len(seen) > 40 and {n for n, _ in seen} >= {"FusedBlock", "LinearAttentionCore"}
+    assert all(ok for _, ok in seen), [n for n, ok in seen if not ok]
+    assert out.is_contiguous()
 
 
 @pytest.mark.parametrize("shape", [(5, 16, 16, 16), (2, 7, 5, 9), (1, 64, 8, 8)])
