@@ -5,8 +5,8 @@ figures of MODEL_CARD.md.
         [--ensemble 5] [--spacing leading|trailing] [--tta] [--shard K/N] [--out FILE.json]
     python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
 
-segment() defaults (DDIM 25, ensemble 5, seed 0; noise keyed by list position so runs
-compare), scored at each image's original resolution. Prints per-source mean per-image Dice,
+segment() defaults (the model's own sampler setting, else DDIM 25 x 5; seed 0; noise keyed
+by list position so runs compare), scored at each image's original resolution. Prints per-source mean per-image Dice,
 thresholded Jaccard, pooled Dice, the count of images below 0.5 and the worst five, and the
 pooled mean over all images. --ham-limit takes the first N ids of HAM10000's val.txt (a
 fixed subset; the split's order is the file's); --shard K/N evaluates every N-th image from
@@ -73,9 +73,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--ham-limit", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--ensemble", type=int, default=5)
-    ap.add_argument("--spacing", choices=("leading", "trailing"), default="leading")
+    # None: segment()'s defaults (the model's own sampler setting, api.resolve_sampling)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--ensemble", type=int, default=None)
+    ap.add_argument("--spacing", choices=("leading", "trailing"), default=None)
     ap.add_argument("--tta", action="store_true", help="members see flipped/rotated views")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
@@ -95,6 +96,8 @@ def main() -> None:
     items = val_items(args.ham_limit)
     keyed = list(enumerate(items))[k::n]
     pipe = load(args.checkpoint)
+    args.steps, args.ensemble, args.spacing = pipe.sampler_settings(
+        args.steps, args.ensemble, args.spacing)
     rows, t0 = [], time.perf_counter()
     for pos, (source, i, img, mask) in keyed:
         res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,

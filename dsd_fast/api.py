@@ -1,7 +1,7 @@
 """The public entry points: `load` -> Pipeline, `Pipeline.segment`, and `segment()`.
 
     pipe = dsd_fast.load()                  # bundled default; or load("model.safetensors")
-    results = pipe.segment(["a.jpg", "b.png"], steps=25, ensemble=5)
+    results = pipe.segment(["a.jpg", "b.png"])   # the model's sampler; or steps=, ensemble=
     results = dsd_fast.segment(["a.jpg"])   # the one-call form over the same Pipeline
 
 A Pipeline holds the reference network, its family, its diffusion schedule and its
@@ -39,6 +39,43 @@ DEFAULT_MODEL_PATH = WEIGHTS_DIR / "default.safetensors"
 BUNDLED = {"default": "default.safetensors", "dermosegdiff-ph2": "default.safetensors",
            "medsegdiff": "medsegdiff.safetensors", "medsegdiff-ph2": "medsegdiff.safetensors"}
 BACKENDS = ("auto", "fast", "reference")
+# segment()'s sampler where a model states none of its own (and for the values a call does
+# not give when it gives some): the published DermoSegDiff evaluation's DDIM 25 x 5.
+CLASSIC_SAMPLING = {"steps": 25, "ensemble": 5, "spacing": "leading"}
+
+
+def resolve_sampling(model_defaults: dict | None, steps=None, ensemble=None, spacing=None,
+                     sampler: str = "ddim") -> tuple:
+    """(steps, ensemble, spacing) for a call that gave these (None: not given). Given none
+    of the three, a DDIM call takes the model's own defaults (the bundled default: 25
+    members x 5 trailing steps, the cost of 5 x 25 and better Dice, MODEL_CARD.md);
+    otherwise, or for a model without them, each one not given is CLASSIC_SAMPLING's, so
+    steps=25 means exactly 25 steps of 5 members, as it always has."""
+    if steps is None and ensemble is None and spacing is None and sampler == "ddim" \
+            and model_defaults:
+        return model_defaults["steps"], model_defaults["ensemble"], model_defaults["spacing"]
+    c = CLASSIC_SAMPLING
+    return (c["steps"] if steps is None else steps,
+            c["ensemble"] if ensemble is None else ensemble,
+            c["spacing"] if spacing is None else spacing)
+
+
+def sampler_defaults_from(meta: dict) -> dict | None:
+    """A file's "sampler_defaults" metadata (JSON: steps, ensemble, spacing), checked."""
+    import json
+    raw = meta.get("sampler_defaults")
+    if raw is None:
+        return None
+    from .checkpoint import CheckpointError
+    try:
+        d = json.loads(raw)
+        out = {"steps": int(d["steps"]), "ensemble": int(d["ensemble"]),
+               "spacing": str(d["spacing"])}
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"the file's sampler_defaults metadata is not valid: {e}") from None
+    if out["steps"] < 1 or out["ensemble"] < 1 or out["spacing"] not in ("leading", "trailing"):
+        raise CheckpointError(f"the file's sampler_defaults metadata is not valid: {raw}")
+    return out
 
 
 @dataclass(eq=False, repr=False)
@@ -48,6 +85,9 @@ class Pipeline:
     family: ModelFamily
     schedule: Schedule
     preprocessing: Preprocessing
+    # The sampler setting the weights were measured best with at segment()'s cost, from the
+    # file's metadata ("sampler_defaults": steps, ensemble, spacing); None: CLASSIC_SAMPLING.
+    sampler_defaults: dict | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -63,7 +103,8 @@ class Pipeline:
             return load_diffseg_pair(path, device)            # a DiffSegPipeline
         fam, net, schedule, pre = load_parts(path, config, family, device, **settings)
         _need_mask_diffusion(fam)
-        return cls(net, fam, schedule, pre)
+        meta = read_metadata(path) if isinstance(path, (str, os.PathLike)) else {}
+        return cls(net, fam, schedule, pre, sampler_defaults_from(meta))
 
     @classmethod
     def from_model(cls, net: nn.Module, schedule: Schedule | None = None,
@@ -131,6 +172,10 @@ class Pipeline:
         return to_model_input(chws, self.preprocessing).to(self.device)
 
     # ------------------------------------------------------------------ segmentation
+    def sampler_settings(self, steps=None, ensemble=None, spacing=None, sampler="ddim"):
+        """(steps, ensemble, spacing) a segment() call runs with (resolve_sampling)."""
+        return resolve_sampling(self.sampler_defaults, steps, ensemble, spacing, sampler)
+
     def check_args(self, steps, ensemble, sampler="ddim", fusion="mean", refine=None,
                    batch_size=1, seed=0, eta=0.0, spacing="leading", tta=False) -> None:
         check_fusion(fusion, refine)
@@ -151,17 +196,18 @@ class Pipeline:
         if not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
             raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
 
-    def segment(self, images, steps: int = 25, ensemble: int = 5, seed: int = 0,
-                sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
+    def segment(self, images, steps: int | None = None, ensemble: int | None = None,
+                seed: int = 0, sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
                 fusion: str = "mean", refine: str | None = None, backend: str = "auto",
                 return_samples: bool = False, progress: bool = False,
                 noise_keys: list | None = None, clip_x0: bool = True,
-                precision: str = "fp32", spacing: str = "leading",
+                precision: str = "fp32", spacing: str | None = None,
                 tta: bool = False) -> list[SegmentationResult]:
         """Segment skin lesions; see `dsd_fast.segment` for the arguments."""
         items = as_image_list(images)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
+        steps, ensemble, spacing = self.sampler_settings(steps, ensemble, spacing, sampler)
         self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta,
                         spacing, tta)
         steps, ensemble, batch_size, seed = int(steps), int(ensemble), int(batch_size), int(seed)
@@ -260,18 +306,21 @@ def as_pipeline(model) -> Pipeline:
                     f"got {type(model).__name__}")
 
 
-def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 0,
-            sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
+def segment(images, steps: int | None = None, ensemble: int | None = None, model=None,
+            seed: int = 0, sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
             fusion: str = "mean", refine: str | None = None, backend: str = "auto",
             return_samples: bool = False, progress: bool = False,
             noise_keys: list | None = None, clip_x0: bool = True,
-            precision: str = "fp32", spacing: str = "leading",
+            precision: str = "fp32", spacing: str | None = None,
             tta: bool = False) -> list[SegmentationResult]:
     """Segment skin lesions.
 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
         [0, 1]), tensor (3 x H x W or B x 3 x H x W), or a list of these.
-    steps: DDIM steps (1..T); ensemble: chains per image, averaged; model: None (bundled
+    steps: DDIM steps (1..T); ensemble: chains per image, averaged; spacing: below. Given
+        none of the three, the model's own setting (`Pipeline.sampler_settings`: the bundled
+        default runs 25 members x 5 trailing steps); else 25 steps, 5 members, "leading"
+        for those not given. model: None (bundled
         default), a bundled model's name ("medsegdiff"), a checkpoint path, a network,
         or a Pipeline (`dsd_fast.load`);
     seed: same seed and image, same mask;
@@ -291,9 +340,9 @@ def segment(images, steps: int = 25, ensemble: int = 5, model=None, seed: int = 
         in float32; ~2x faster on large networks where the CPU (AVX-512 BF16, AMX) or GPU
         (sm_80+) has native bfloat16, float32 with a warning elsewhere; masks agree with
         float32's to Dice >= 0.99 (precision.py, MODEL_CARD.md).
-    spacing: DDIM's time grid: "leading" (default: evenly spaced, ending at t = 0) or
-        "trailing" (starting at t = T-1); which is better depends on the weights and the
-        step count (MODEL_CARD.md);
+    spacing: DDIM's time grid: "leading" (evenly spaced, ending at t = 0) or "trailing"
+        (starting at t = T-1); which is better depends on the weights and the step count
+        (MODEL_CARD.md);
     tta: ensemble member e sees the image flipped/rotated (symmetry e mod 8) and its sample
         is turned back before fusing; same compute as plain members (diffusion/tta.py).
     Returns one SegmentationResult per image, in order.

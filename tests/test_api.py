@@ -283,3 +283,39 @@ def test_mean_squared_fusion_is_the_official_medsegdiff_rule():
     r_msq = samples_to_result(s, (4, 4), fusion="mean-squared")
     assert r_mean.mask[0, 0] and not r_msq.mask[0, 0]
     assert r_msq.mask[1, 1] and r_msq.mask.sum() == 1 and r_msq.fusion == "mean-squared"
+
+
+SAMPLER_DEFAULTS = {"steps": 2, "ensemble": 3, "spacing": "trailing"}
+
+
+def test_model_sampler_defaults_apply_only_when_no_sampler_setting_is_given(tmp_path, tiny_model):
+    """A file's sampler_defaults are segment()'s defaults as a whole; a call that gives any of
+    steps / ensemble / spacing gets 25 / 5 / leading for the others (steps=25 means 5 x 25)."""
+    import dsd_fast
+    path = save_model(tiny_model, tmp_path / "m.safetensors",
+                      extra_metadata={"sampler_defaults": SAMPLER_DEFAULTS})
+    pipe = dsd_fast.load(str(path))
+    assert pipe.sampler_settings() == (2, 3, "trailing")
+    assert pipe.sampler_settings(steps=4) == (4, 5, "leading")
+    assert pipe.sampler_settings(spacing="leading") == (25, 5, "leading")
+    assert pipe.sampler_settings(sampler="ddpm") == (25, 5, "leading")
+    assert Pipeline.from_model(tiny_model).sampler_settings() == (25, 5, "leading")
+    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
+    res = pipe.segment(img, return_samples=True)[0]
+    same = pipe.segment(img, steps=2, ensemble=3, spacing="trailing", return_samples=True)[0]
+    assert res.samples.shape[0] == 3
+    assert np.array_equal(res.probability, same.probability)
+    one_call = segment(img, model=str(path), return_samples=True)[0]
+    assert np.array_equal(one_call.probability, same.probability)
+
+
+@pytest.mark.parametrize("raw", ['{"steps": 0, "ensemble": 3, "spacing": "trailing"}',
+                                 '{"steps": 2}', "not json",
+                                 '{"steps": 2, "ensemble": 3, "spacing": "sideways"}'])
+def test_bad_sampler_defaults_metadata_is_refused(tmp_path, tiny_model, raw):
+    import dsd_fast
+    from dsd_fast.checkpoint import CheckpointError
+    path = save_model(tiny_model, tmp_path / "m.safetensors",
+                      extra_metadata={"sampler_defaults": raw})
+    with pytest.raises(CheckpointError, match="sampler_defaults"):
+        dsd_fast.load(str(path))

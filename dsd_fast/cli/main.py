@@ -146,8 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what a checkpoint of the original code does not store, e.g. "
                    "objective=pred_x0 or timesteps=500 for a bare MedSegDiff state dict "
                    "(repeatable; the loader names what it needs)")
-    s.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    s.add_argument("--ensemble", type=int, default=5, help="chains per image (default 5)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps. Without --steps, --ensemble and --spacing the model's own "
+                   "sampler runs (the bundled default: 25 members x 5 trailing steps); else "
+                   "25 steps, 5 members, leading for those not given")
+    s.add_argument("--ensemble", type=int, default=None, help="chains per image (see --steps)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-clip", action="store_true",
                    help="textbook DDIM: do not clamp each step's clean-mask estimate to [-1, 1]")
@@ -155,10 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: the network in bfloat16, ~2x faster on large networks where "
                    "the CPU has AVX-512 BF16 or AMX (falls back to fp32 with a warning "
                    "elsewhere); masks agree with fp32's to Dice >= 0.99 (default fp32)")
-    s.add_argument("--spacing", choices=("leading", "trailing"), default="leading",
-                   help="DDIM's time grid: leading (default; evenly spaced, ending at t = 0) "
-                   "or trailing (starting at t = T-1; at few steps better for some weights: "
-                   "MODEL_CARD.md)")
+    s.add_argument("--spacing", choices=("leading", "trailing"), default=None,
+                   help="DDIM's time grid: leading (evenly spaced, ending at t = 0) or trailing "
+                   "(starting at t = T-1; at few steps better for some weights: MODEL_CARD.md); "
+                   "see --steps for the default")
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation: each ensemble member sees the image "
                    "flipped/rotated, its mask turned back before fusing (same compute)")

@@ -24,6 +24,7 @@ batch composition and resuming do not change an image's result.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -51,8 +52,11 @@ SUMMARY_EVERY_S = 120.0        # rewrite results.json / index.html this often du
 class BatchOptions:
     output: Path
     checkpoint: str | None = None
-    steps: int = 25
-    ensemble: int = 5
+    # None: as segment() (api.resolve_sampling): none of steps / ensemble / spacing given ->
+    # the model's own sampler defaults; else 25 / 5 / leading for those not given.
+    # Resolved before the run starts (resolve_run_sampling), so records hold numbers.
+    steps: int | None = None
+    ensemble: int | None = None
     seed: int = 0
     # Images per network batch. 1 (the default) runs each image's ensemble as its own
     # batch, so an image's maps do not depend on what else is in the run, its order, the
@@ -72,7 +76,7 @@ class BatchOptions:
     quiet: bool = False
     clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
     precision: str = "fp32"                # or "bf16" (precision.py)
-    spacing: str = "leading"               # DDIM's time grid, or "trailing" (segment())
+    spacing: str | None = None             # DDIM's time grid: "leading" or "trailing"
     tta: bool = False                      # members see flipped/rotated views (segment())
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
@@ -90,6 +94,8 @@ class BatchOptions:
         self.output = Path(self.output)
         for name, lo in (("steps", 1), ("ensemble", 1), ("max_pixels", 1)):
             v = getattr(self, name)
+            if v is None and name != "max_pixels":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {lo}, "
                                  f"got {v!r}")
@@ -110,7 +116,7 @@ class BatchOptions:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.precision!r}")
         from ..diffusion import SPACINGS
-        if self.spacing not in SPACINGS:
+        if self.spacing is not None and self.spacing not in SPACINGS:
             raise UsageError(f"--spacing must be one of {', '.join(SPACINGS)}, got "
                              f"{self.spacing!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
@@ -231,6 +237,7 @@ def _run(inputs, state: RunState, model) -> RunSummary:
         raise UsageError(f"cannot write into the output folder {out}: {e}") from None
     with lock:
         remove_stale_temp_files(out)
+        resolve_run_sampling(opts, model)
         state.settings = _settings(opts, model)
         state.order = [im.key for im in found.images]
         todo = _plan(state, found.images)
@@ -341,6 +348,27 @@ def network_batch(pipe, opts: BatchOptions) -> int:
     if opts.batch_size == "auto":
         return auto_batch_size(pipe, opts.ensemble)
     return opts.batch_size or 1
+
+
+def resolve_run_sampling(opts: BatchOptions, model) -> None:
+    """Fill the steps / ensemble / spacing not given as segment() would (api.resolve_sampling),
+    from the model file's metadata (its header only: the model loads later, in the workers)."""
+    if None not in (opts.steps, opts.ensemble, opts.spacing):
+        return
+    from ..api import Pipeline, _model_path, resolve_sampling, sampler_defaults_from
+    from ..checkpoint import CheckpointError, read_metadata
+    defaults = None
+    if isinstance(model, Pipeline):
+        defaults = model.sampler_defaults
+    elif model is None or isinstance(model, (str, os.PathLike)):
+        try:
+            defaults = sampler_defaults_from(read_metadata(_model_path(
+                model if model is not None else opts.checkpoint)))
+        except (OSError, ValueError) as e:    # a missing file: the model's load says so
+            if isinstance(e, CheckpointError):
+                raise UsageError(f"cannot load the model: {e}") from None
+    opts.steps, opts.ensemble, opts.spacing = resolve_sampling(
+        defaults, opts.steps, opts.ensemble, opts.spacing)
 
 
 def load_checked_pipeline(model, opts: BatchOptions):

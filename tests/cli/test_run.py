@@ -495,3 +495,32 @@ def test_tta_and_trailing_spacing_reach_segment_and_the_settings(tmp_path, ckpt)
     assert np.array_equal(np.array(Image.open(out / "y_mask.png")) > 0, ref.mask)
     settings = json.loads((out / "results.json").read_text())["settings"]
     assert settings["tta"] is True and settings["spacing"] == "trailing"
+
+
+def test_sampler_defaults_come_from_the_model_file_and_are_recorded(tmp_path, tiny_model):
+    """Without --steps / --ensemble / --spacing the run takes the file's sampler_defaults, as
+    segment() does, and results.json records the numbers it ran with; one of them given ->
+    25 / 5 / leading for the rest."""
+    ckpt = str(save_model(tiny_model, tmp_path / "m.safetensors", extra_metadata={
+        "sampler_defaults": {"steps": 2, "ensemble": 3, "spacing": "trailing"}}))
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(_noise(20, 18, seed=6)).save(src / "y.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(src / "y.png"), "-o", str(out), "--checkpoint", ckpt,
+                 "--threads", "1", "-q"]) == 0
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert (settings["steps"], settings["ensemble"], settings["spacing"]) == (2, 3, "trailing")
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = segment(src / "y.png", model=dsd_fast.load(ckpt), noise_keys=["y"])[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.array(Image.open(out / "y_mask.png")) > 0, ref.mask)
+    out2 = tmp_path / "out2"
+    assert main(["segment", str(src / "y.png"), "-o", str(out2), "--checkpoint", ckpt,
+                 "--steps", "2", "--threads", "1", "-q"]) == 0
+    settings = json.loads((out2 / "results.json").read_text())["settings"]
+    assert (settings["steps"], settings["ensemble"]) == (2, 5) and "spacing" not in settings

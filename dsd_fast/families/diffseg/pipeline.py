@@ -160,12 +160,12 @@ class DiffSegPipeline:
         return {"mask": mask_from_difference(diff).view(n, ensemble, h, w),
                 "difference": diff.view(n, ensemble, h, w)}
 
-    def segment(self, images, steps: int = 1, ensemble: int = 5, seed: int = 0,
-                sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
+    def segment(self, images, steps: int | None = None, ensemble: int | None = None,
+                seed: int = 0, sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
                 fusion: str = "mean", refine: str | None = None, backend: str = "auto",
                 return_samples: bool = False, progress: bool = False,
                 noise_keys: list | None = None, clip_x0: bool = True,
-                noises=None, precision: str = "fp32", spacing: str = "leading",
+                noises=None, precision: str = "fp32", spacing: str | None = None,
                 tta: bool = False) -> list[SegmentationResult]:
         """Segment skin lesions; arguments as `dsd_fast.segment` (steps, sampler, eta and
         clip_x0 do not apply and are ignored; there is no time grid, so only the default
@@ -174,6 +174,10 @@ class DiffSegPipeline:
         items = as_image_list(images)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
+        # None: not given (segment()'s convention); DiffSeg's own defaults
+        steps = 1 if steps is None else steps
+        ensemble = 5 if ensemble is None else ensemble
+        spacing = "leading" if spacing is None else spacing
         self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta)
         if spacing != "leading":
             raise ValueError(f"DiffSeg runs its denoisers once at t = 0: there is no time "
