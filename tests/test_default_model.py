@@ -79,19 +79,7 @@ def test_bundled_medsegdiff_model_loads_by_name():
     from dsd_fast.checkpoint import read_metadata
     meta = read_metadata(MSD_PATH)
     assert "non-commercial" in meta["terms"] and "HAM10000" in meta["training_data"]
-
-
-def test_bundled_model_samples_25_members_of_5_trailing_steps_by_default(tmp_path):
-    """segment()'s and the CLI's default for this model (MODEL_CARD.md: at the cost of 5 x 25
-    it gives PH2 val 0.931 vs 0.922, HAM10000 val 0.893 vs 0.880)."""
-    from dsd_fast.cli.run import BatchOptions, resolve_run_sampling
-    assert dsd_fast.load().sampler_settings() == (5, 25, "trailing")
-    opts = BatchOptions(output=tmp_path / "out")
-    resolve_run_sampling(opts, None)
-    assert (opts.steps, opts.ensemble, opts.spacing) == (5, 25, "trailing")
-    opts = BatchOptions(output=tmp_path / "out", steps=25)
-    resolve_run_sampling(opts, None)
-    assert (opts.steps, opts.ensemble, opts.spacing) == (25, 5, "leading")
+    assert pipe.sampler_settings() == (25, 5, "leading")     # no sampler_defaults: classic
 
 
 @pytest.mark.skipif(not MSD_PATH.exists(), reason="no MedSegDiff model bundled")
