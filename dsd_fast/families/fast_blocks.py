@@ -54,3 +54,22 @@ class FusedResnetBlock(nn.Module):
             scale, shift = ss[:, :self.dim_out], ss[:, self.dim_out:]
         h = self.block2(self.block1(x, scale, shift))
         return h.add_(self.res_conv(x))          # h is a fresh tensor: add in place
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """An NHWC tensor that is not also NCHW-contiguous (C = 1 or 1 x 1 planes are both)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+class ChannelsLastOutput(nn.Module):
+    """A convolution whose output is channels_last even from a 1-channel input (x_t): such a
+    tensor is contiguous in both layouts, so torch keeps its NCHW strides, and the first
+    concatenation with it (the head's skip of the stem's output) would come out NCHW."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).contiguous(memory_format=torch.channels_last)

@@ -145,13 +145,18 @@ def test_package_ddim_grid():
     assert package_ddim_timesteps(10, 10).tolist() == list(range(9, -1, -1))
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("name", ["plain", "selfcond"])
-def test_fast_model_and_half_spectrum_ff_parser_against_the_package(name, tmp_path):
+def test_fast_model_and_half_spectrum_ff_parser_against_the_package(name, channels_last,
+                                                                   tmp_path):
     """The fast model's FF-Parser runs the symmetrised half-spectrum gate through
-    ops.ff_parser; against the package's own full-spectrum network: 1e-4 of scale."""
+    ops.ff_parser; against the package's own full-spectrum network: 1e-4 of scale, in both
+    layouts (channels_last, the CPU default, has its channel LayerNorms as F.layer_norm)."""
+    from dsd_fast.families.medsegdiff.fast import build_fast_model
     unet = package_unet(name)
     torch.save(unet.state_dict(), tmp_path / "u.pt")
-    fast = MEDSEGDIFF.build_fast(dsd_fast.load_model(tmp_path / "u.pt"))
+    fast = build_fast_model(dsd_fast.load_model(tmp_path / "u.pt"), channels_last=channels_last)
+    assert (type(fast).__name__ == "ChannelsLastMedSegDiffUnet") == channels_last
     x, img, t = inputs(16)
     sc = torch.randn_like(x) if CONFIGS[name].get("self_condition") else None
     with torch.no_grad():
@@ -172,3 +177,30 @@ def test_fast_and_reference_masks_agree_end_to_end(tmp_path):
         assert r.mask.shape == (40, 30)
         assert dice(f.mask, r.mask) >= 0.999
         assert abs(f.probability - r.probability).max() <= 1e-3
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_channel_layer_norm_as_layer_norm_on_the_nhwc_view(bias):
+    """FastChannelLayerNorm on channels_last input (F.layer_norm over the contiguous channel
+    axis) against the reference formula: float32 rounding only (~1e-7 of scale measured;
+    1e-5 catches a wrong eps, axis or missing gain), and the result stays channels_last."""
+    from dsd_fast.families.medsegdiff.fast import FastChannelLayerNorm
+    from dsd_fast.families.medsegdiff.layers import ChannelLayerNorm
+    gen = torch.Generator().manual_seed(7)
+    ref = ChannelLayerNorm(12, bias=bias)
+    with torch.no_grad():
+        ref.g.copy_(torch.randn(1, 12, 1, 1, generator=gen))
+        if bias:
+            ref.b.copy_(torch.randn(1, 12, 1, 1, generator=gen))
+    fast = ChannelLayerNorm(12, bias=bias)
+    fast.load_state_dict(ref.state_dict())
+    fast.__class__ = FastChannelLayerNorm
+    x = (torch.randn(3, 12, 9, 7, generator=gen) * 4 + 2).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        want, got = ref(x), fast(x)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    nchw = x.contiguous()
+    with torch.no_grad():                                     # NCHW: the reference formula
+        assert torch.equal(fast(nchw), ref(nchw))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..fast_blocks import FusedBlock, FusedResnetBlock
+from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
 from .fast_attention import FastLAtt
@@ -111,24 +111,6 @@ class FastEncoderLevel(nn.Module):
         b = torch.cat((x, g), dim=1)
         g = self.att_g(b)
         return x, g, h, b
-
-
-def is_channels_last(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
-        memory_format=torch.channels_last)
-
-
-class ChannelsLastOutput(nn.Module):
-    """A convolution whose output is channels_last even from a 1-channel input (x_t): such a
-    tensor is contiguous in both layouts, so torch keeps its NCHW strides and the first
-    concatenation with it (the head's cat(x, r_x, r_g)) would come out NCHW."""
-
-    def __init__(self, conv: nn.Module):
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).contiguous(memory_format=torch.channels_last)
 
 
 class ChannelsLastDermoSegDiff(DermoSegDiff):
