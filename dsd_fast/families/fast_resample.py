@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common_layers import SpaceToDepth
+from .fast_blocks import is_channels_last
 
 # For output parity a: which 3x3 tap rows fall on input offset 0 and 1 of the 2x2 window
 # (the window starts one row above for a = 0, at the row itself for a = 1).
@@ -64,8 +65,7 @@ class FastUpsample(nn.Module):
         co = self.co
         full = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)   # (B, 4 Co, h+1, w+1)
         # the output keeps x's layout (channels_last in a channels_last network)
-        fmt = (torch.channels_last if not x.is_contiguous()
-               and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         out = torch.empty(b, co, 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=fmt)
         grid = out.view(b, co, h, 2, w, 2)
         for a in (0, 1):
