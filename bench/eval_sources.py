@@ -6,8 +6,8 @@ figures of MODEL_CARD.md.
     python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
 
 segment() defaults (the model's own sampler setting, else DDIM 25 x 5; seed 0; noise keyed
-by list position so runs compare), scored at each image's original resolution. Prints per-source mean per-image Dice,
-thresholded Jaccard, pooled Dice, the count of images below 0.5 and the worst five, and the
+by list position so runs compare), scored at each image's original resolution. Prints
+per-source mean per-image Dice, thresholded Jaccard, pooled Dice, the count of images below 0.5 and the worst five, and the
 pooled mean over all images. --ham-limit takes the first N ids of HAM10000's val.txt (a
 fixed subset; the split's order is the file's); --shard K/N evaluates every N-th image from
 the K-th, so N processes can share the work (merge their --out files with --merge);

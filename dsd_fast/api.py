@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .diffusion import SAMPLERS, Schedule, as_eps_model, noise_seed, sample_ensemble
+from .diffusion import SAMPLERS, SPACINGS, Schedule, as_eps_model, noise_seed, sample_ensemble
 from .diffusion.ensemble import MAX_SEED, ddim_grid
 from .families import ModelFamily, family_of_network
 from .images import as_image_list, to_chw
@@ -73,7 +73,7 @@ def sampler_defaults_from(meta: dict) -> dict | None:
                "spacing": str(d["spacing"])}
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"the file's sampler_defaults metadata is not valid: {e}") from None
-    if out["steps"] < 1 or out["ensemble"] < 1 or out["spacing"] not in ("leading", "trailing"):
+    if out["steps"] < 1 or out["ensemble"] < 1 or out["spacing"] not in SPACINGS:
         raise CheckpointError(f"the file's sampler_defaults metadata is not valid: {raw}")
     return out
 

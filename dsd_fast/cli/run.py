@@ -364,9 +364,10 @@ def resolve_run_sampling(opts: BatchOptions, model) -> None:
         try:
             defaults = sampler_defaults_from(read_metadata(_model_path(
                 model if model is not None else opts.checkpoint)))
-        except (OSError, ValueError) as e:    # a missing file: the model's load says so
-            if isinstance(e, CheckpointError):
-                raise UsageError(f"cannot load the model: {e}") from None
+        except CheckpointError as e:
+            raise UsageError(f"cannot load the model: {e}") from None
+        except (OSError, ValueError):          # a missing file: the model's load says so
+            pass
     opts.steps, opts.ensemble, opts.spacing = resolve_sampling(
         defaults, opts.steps, opts.ensemble, opts.spacing)
 
