@@ -6,8 +6,10 @@
     h = ops.group_norm_silu(x, gamma, beta, 8, 1e-5, scale, shift)
     x = ops.gated_conv1x1(g, weight, bias, x)          # (conv1x1(g) + bias) * x
     y = ops.linear_attention(xn, w_qkv, w_out, b_out)  # LinearAttention before its norm
+    y = ops.winograd_conv3x3(x, u, bias)               # conv3x3, u = winograd_weight(w)
 
     reference.py   the twins: the same formulas in plain PyTorch (the oracle, the fallback)
+    winograd.py    Winograd F(4x4, 3x3): transforms, weight packing, its PyTorch twin
     cpu.py         loading the C++ kernels (csrc/, the build for this CPU: `dsd_fast._C_<isa>`)
     schemas.py     the ops' schemas and fake kernels (torch.compile / export)
     triton/        the CUDA kernels, one file per op, registered as the ops' CUDA kernels
@@ -28,9 +30,11 @@ import torch
 from . import reference as _ref
 from . import schemas
 from . import cpu as _cpu
+from .winograd import winograd_conv3x3_ref, winograd_weight
 
-__all__ = ["AVAILABLE", "ISA", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
-           "linear_attention", "fast_path_available", "register_gpu_kernels"]
+__all__ = ["AVAILABLE", "ISA", "WINOGRAD", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
+           "linear_attention", "winograd_conv3x3", "winograd_weight", "fast_path_available",
+           "register_gpu_kernels"]
 
 AVAILABLE, _why = _cpu.load_extension()     # the C++ CPU kernels
 ISA = _cpu.ISA                               # which build of them: avx512, avx2, portable
@@ -40,6 +44,14 @@ if _why is not None:
 CPU_REASON = None if AVAILABLE else (_why or "DSD_FAST_DISABLE_EXT=1 asked for the twins")
 if AVAILABLE:
     schemas.register_fakes()
+# Whether the loaded build has the Winograd convolution (a build made before it existed does
+# not: the fast models then keep oneDNN's direct convolutions).
+WINOGRAD = AVAILABLE and schemas.op_defined("winograd_conv3x3")
+if AVAILABLE and not WINOGRAD:
+    warnings.warn("dsd_fast: the built C++ extension predates the Winograd convolution "
+                  "(dsd_fast::winograd_conv3x3): the fast models run without it; "
+                  f"{_cpu.BUILD_HINT.replace('build it', 'rebuild it', 1)}.",
+                  RuntimeWarning, stacklevel=2)
 
 GPU_KERNELS = False                          # the Triton kernels serve CUDA tensors
 
@@ -157,6 +169,19 @@ def linear_attention(xn: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor,
     if _fast(xn, w_qkv, w_out, b_out) and xn.device.type == "cpu":
         return torch.ops.dsd_fast.linear_attention.default(xn, w_qkv, w_out, b_out)
     return _ref.linear_attention_ref(xn, w_qkv, w_out, b_out)
+
+
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """F.conv2d(x, w, bias, padding=1) by Winograd F(4x4, 3x3), u = winograd_weight(w).
+
+    x (B, C, H, W), C and K = bias.numel() multiples of 16 -> (B, K, H, W), channels_last
+    from the C++ kernel (it reads NHWC: give it channels_last x, or it copies). Within ~1e-5
+    of the output's scale of the direct convolution in float32 (tests/ops/test_winograd.py).
+    CPU only: elsewhere, or for other dtypes, the PyTorch twin (ops/winograd.py) runs.
+    """
+    if WINOGRAD and _fast(x, u, bias) and x.device.type == "cpu":
+        return torch.ops.dsd_fast.winograd_conv3x3.default(x, u, bias)
+    return winograd_conv3x3_ref(x, u, bias)
 
 
 if torch.cuda.is_available():

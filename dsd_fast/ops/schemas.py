@@ -23,6 +23,8 @@ SCHEMAS = {
     "gated_conv1x1": "(Tensor g, Tensor weight, Tensor bias, Tensor x) -> Tensor",
     # to_out_conv(linear_attention(xn)): the published LinearAttention before its GroupNorm
     "linear_attention": "(Tensor xn, Tensor w_qkv, Tensor w_out, Tensor b_out) -> Tensor",
+    # conv2d(x, w, bias, padding=1) by Winograd F(4x4, 3x3); u = ops.winograd_weight(w)
+    "winograd_conv3x3": "(Tensor x, Tensor u, Tensor bias) -> Tensor",
 }
 
 
@@ -114,3 +116,18 @@ def register_fakes() -> None:
             return torch.empty((b, w_out.shape[0], h, w), dtype=xn.dtype, device=xn.device,
                                memory_format=torch.channels_last)
         return xn.new_empty((b, w_out.shape[0], h, w))
+
+    if not op_defined("winograd_conv3x3"):        # an extension built before this op
+        return
+
+    @torch.library.register_fake("dsd_fast::winograd_conv3x3")
+    def _winograd_conv3x3_fake(x, u, bias):
+        torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {tuple(x.shape)}")
+        k = bias.numel()
+        torch._check(u.dim() == 4 and u.shape[1] == 36 and u.shape[2] == x.shape[1]
+                     and u.shape[0] * u.shape[3] >= k,
+                     lambda: f"u {tuple(u.shape)} does not fit {x.shape[1]} input and {k} "
+                             "output channels")
+        b, _, h, w = x.shape
+        return torch.empty((b, k, h, w), dtype=x.dtype, device=x.device,   # NHWC, like the kernel
+                           memory_format=torch.channels_last)

@@ -1,6 +1,6 @@
 """Every build of the C++ kernels this CPU can run (setup.py: one module per instruction set,
 dsd_fast/ops/cpu.py picks one at import): the choice from the CPU's flags, DSD_FAST_ISA, and
-the full op parity suite (test_cpu_ops.py) under each build in its own process (a process
+the full op parity suites (test_cpu_ops.py, test_winograd.py) under each build in its own process (a process
 loads one build: each registers the same torch ops)."""
 import os
 import subprocess
@@ -52,7 +52,7 @@ def test_op_parity_suite_passes_under_every_build(isa):
     if isa not in cpu.supported_isas():
         pytest.skip(f"this CPU cannot run the {isa} build")
     if isa == ops.ISA:
-        pytest.skip(f"{isa} is this process's build: test_cpu_ops.py runs it here")
+        pytest.skip(f"{isa} is this process's build: the suites run it here")
     env = {**os.environ, cpu.ISA_ENV: isa}
     check = subprocess.run(
         [sys.executable, "-c", "from dsd_fast import ops; print(ops.ISA)"],
@@ -60,7 +60,8 @@ def test_op_parity_suite_passes_under_every_build(isa):
     assert check.stdout.strip() == isa, check.stdout + check.stderr
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(REPO / "tests" / "ops" / "test_cpu_ops.py")],
+         str(REPO / "tests" / "ops" / "test_cpu_ops.py"),
+         str(REPO / "tests" / "ops" / "test_winograd.py")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     tail = run.stdout[-3000:] + run.stderr[-2000:]
     assert run.returncode == 0, tail

@@ -1,0 +1,221 @@
+// 3x3 convolution, stride 1, padding 1, by Winograd F(4x4, 3x3), channels_last, float32.
+//
+//   x (B, C, H, W) channels_last, u = the transformed weight (ops.winograd_weight), bias (K,)
+//   y[b, k, p] = conv2d(x, w, bias, padding=1)[b, k, p],  y channels_last
+//
+// Why: direct convolution is at this CPU's FMA limit (docs/PERFORMANCE.md, session 10), so only
+// fewer multiplications go faster. F(4x4, 3x3) computes each 4 x 4 output tile from a 6 x 6
+// input tile with 36 multiply-adds per (input channel, output channel) instead of 144:
+//   Y = A^T [ U . V ] A,  U = G w G^T (done once, in float64, by ops.winograd_weight),
+//   V = B^T d B (the input tile's transform), "." elementwise over the 6 x 6 positions xi,
+// and the sum over input channels makes each position xi a matrix product:
+//   M[xi] (tiles x K) = V[xi] (tiles x C) @ U[xi] (C x K).
+// Interpolation points 0, 1, -1, 1/2, -2 (and infinity): against 0, +-1, +-2 they give a
+// third of the float32 error (3.5e-6 against 9.6e-6 of the output's scale at C = 128,
+// scratch measurement), since no transform entry is larger than 8.
+//
+// Work is split into blocks of T tiles. Per block, on one thread: the input transform writes
+// V (36 x T x C, ~0.5 MB, stays in L2); then per 32-channel panel of K, the 36 products
+// (register-blocked GEMM: MR tiles x NR output channels of accumulators, the tile's V values
+// broadcast, U's panel loaded as vectors) and the output transform of that panel, bias
+// added, written straight into y. M never exceeds 36 x T x 32 floats.
+//
+// u's layout is the same in every build: (ceil(K / 32), 36, C, 32), K padded with zeros to
+// whole panels. C and K must be multiples of 16 (every build's vector width divides them).
+#include <ATen/ATen.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "simd.h"
+
+namespace dsd {
+namespace {
+
+constexpr int64_t PANEL = 32;                 // output channels per packed weight panel
+constexpr int64_t NR = 2 * VL;                // output channels per micro-tile
+constexpr int64_t MR = VL == 16 ? 12 : 6;     // tiles per micro-tile (2 MR + 3 <= registers)
+constexpr int64_t NPOS = 36;                  // 6 x 6 transform positions
+constexpr int64_t V_BYTES = 512 * 1024;       // target size of a block's V (L2-resident)
+static_assert(PANEL % NR == 0, "a weight panel holds whole micro-tiles");
+
+// B^T d for one column of 6 vectors (points 0, 1, -1, 1/2, -2, infinity).
+static inline void bt6(const vf d[6], vf r[6]) {
+  const vf h = bcastf(0.5f), one5 = bcastf(1.5f), two = bcastf(2.0f), two5 = bcastf(2.5f);
+  r[0] = fmadd(one5, d[3] - d[1], d[0] + d[4]) - two * d[2];
+  r[1] = fmadd(h, d[2], fmadd(two5, d[3], d[4] - d[1]));
+  r[2] = fmadd(h, d[3], fnmadd(two5, d[2], d[1] + d[4]));
+  r[3] = fmadd(two, d[3] - d[1], d[4] - d[2]);
+  r[4] = fmadd(h, d[1] - d[3], d[4] - d[2]);
+  r[5] = fmadd(one5, d[4] - d[2], d[1] + d[5]) - two * d[3];
+}
+
+// A^T m for one column of 6 vectors -> 4.
+static inline void at6(const vf m[6], vf y[4]) {
+  const vf s12 = m[1] + m[2], d12 = m[1] - m[2];
+  y[0] = s12 + m[0] + m[3] + m[4];
+  y[1] = fmadd(bcastf(0.5f), m[3], fnmadd(bcastf(2.0f), m[4], d12));
+  y[2] = fmadd(bcastf(0.25f), m[3], fmadd(bcastf(4.0f), m[4], s12));
+  y[3] = fmadd(bcastf(0.125f), m[3], fnmadd(bcastf(8.0f), m[4], d12)) + m[5];
+}
+
+// c[r][0..NR) = sum_k a[r * lda + k] * b[k * PANEL + 0..NR), r < MR. The accumulators stay
+// in registers: every index below is a constant once the loops are unrolled.
+static inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t C,
+                                float* c) {
+  vf acc[MR][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = zerof();
+  for (int64_t k = 0; k < C; ++k) {
+    const vf b0 = loadf(b + k * PANEL), b1 = loadf(b + k * PANEL + VL);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const vf av = bcastf(a[r * lda + k]);
+      acc[r][0] = fmadd(av, b0, acc[r][0]);
+      acc[r][1] = fmadd(av, b1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    storef(c + r * PANEL, acc[r][0]);
+    storef(c + r * PANEL + VL, acc[r][1]);
+  }
+}
+
+struct Geometry {
+  int64_t B, C, H, W, K, tiles_h, tiles_w, tiles;
+  // tile index -> (batch, top-left input row and column of its 6 x 6 window)
+  void locate(int64_t t, int64_t& b, int64_t& h0, int64_t& w0) const {
+    b = t / (tiles_h * tiles_w);
+    const int64_t r = t % (tiles_h * tiles_w);
+    h0 = (r / tiles_w) * 4 - 1;
+    w0 = (r % tiles_w) * 4 - 1;
+  }
+};
+
+// V[xi][tl][c] for the block's tiles: B^T d B per 6 x 6 window, channels VL at a time.
+static void input_transform(const float* x, const Geometry& g, int64_t t0, int64_t nt,
+                            int64_t T, float* V) {
+  const int64_t C = g.C, row = g.W * C;
+  for (int64_t tl = 0; tl < nt; ++tl) {
+    int64_t b, h0, w0;
+    g.locate(t0 + tl, b, h0, w0);
+    const float* xb = x + b * g.H * row;
+    const bool inside = h0 >= 0 && w0 >= 0 && h0 + 6 <= g.H && w0 + 6 <= g.W;
+    for (int64_t c = 0; c < C; c += VL) {
+      vf d[6][6], t[6][6];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j) {
+          const int64_t h = h0 + i, w = w0 + j;
+          d[i][j] = (inside || (h >= 0 && h < g.H && w >= 0 && w < g.W))
+                        ? loadf(xb + h * row + w * C + c) : zerof();
+        }
+      for (int j = 0; j < 6; ++j) {           // columns: t[.][j] = B^T d[.][j]
+        vf col[6], out[6];
+        for (int i = 0; i < 6; ++i) col[i] = d[i][j];
+        bt6(col, out);
+        for (int i = 0; i < 6; ++i) t[i][j] = out[i];
+      }
+      for (int i = 0; i < 6; ++i) {           // rows: V[i][.] = t[i][.] B
+        vf out[6];
+        bt6(t[i], out);
+        for (int j = 0; j < 6; ++j) storef(V + ((i * 6 + j) * T + tl) * C + c, out[j]);
+      }
+    }
+  }
+}
+
+// y for output channels [k0, k0 + PANEL) of the block's tiles from M[xi][tl][0..PANEL).
+static void output_transform(const float* M, const float* bias, const Geometry& g,
+                             int64_t t0, int64_t nt, int64_t T, int64_t k0, float* y) {
+  const int64_t K = g.K, row = g.W * K, kend = std::min(PANEL, K - k0);
+  for (int64_t tl = 0; tl < nt; ++tl) {
+    int64_t b, h0, w0;
+    g.locate(t0 + tl, b, h0, w0);
+    ++h0;                                      // output tile's top-left pixel
+    ++w0;
+    float* yb = y + b * g.H * row;
+    for (int64_t kk = 0; kk < kend; kk += VL) {
+      vf s[4][6];
+      for (int j = 0; j < 6; ++j) {            // columns: s[.][j] = A^T m[.][j]
+        vf col[6], out[4];
+        for (int i = 0; i < 6; ++i) col[i] = loadf(M + ((i * 6 + j) * T + tl) * PANEL + kk);
+        at6(col, out);
+        for (int a = 0; a < 4; ++a) s[a][j] = out[a];
+      }
+      const vf bv = loadf(bias + k0 + kk);
+      for (int a = 0; a < 4 && h0 + a < g.H; ++a) {   // rows: y[a][.] = s[a][.] A
+        vf out[4];
+        at6(s[a], out);
+        for (int q = 0; q < 4 && w0 + q < g.W; ++q)
+          storef(yb + (h0 + a) * row + (w0 + q) * K + k0 + kk, out[q] + bv);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
+                                const at::Tensor& bias_in) {
+  for (const at::Tensor* t : {&x_in, &u_in, &bias_in}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat,
+                "dsd_fast::winograd_conv3x3: float32 CPU tensors expected, got ",
+                t->scalar_type(), " on ", t->device());
+  }
+  TORCH_CHECK(x_in.dim() == 4, "dsd_fast::winograd_conv3x3: x must be (B, C, H, W), got ",
+              x_in.sizes());
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const int64_t K = bias_in.numel();
+  TORCH_CHECK(C % 16 == 0 && K % 16 == 0,
+              "dsd_fast::winograd_conv3x3: input and output channels must be multiples of 16, "
+              "got ", C, " and ", K);
+  const int64_t panels = (K + PANEL - 1) / PANEL;
+  TORCH_CHECK(u_in.dim() == 4 && u_in.size(0) == panels && u_in.size(1) == NPOS &&
+                  u_in.size(2) == C && u_in.size(3) == PANEL,
+              "dsd_fast::winograd_conv3x3: u must be (", panels, ", 36, ", C, ", 32) for ", C,
+              " input and ", K, " output channels (ops.winograd_weight), got ", u_in.sizes());
+  // NHWC storage: x.permute(0, 2, 3, 1) is contiguous for a channels_last x (free) and is
+  // made so otherwise (a copy).
+  const at::Tensor x = x_in.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor u = u_in.contiguous(), bias = bias_in.contiguous();
+  at::Tensor y = at::empty({B, K, H, W}, x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (B * H * W == 0) return y;
+
+  Geometry g{B, C, H, W, K, (H + 3) / 4, (W + 3) / 4, 0};
+  g.tiles = B * g.tiles_h * g.tiles_w;
+  // Tiles per block: V (36 x T x C floats) near V_BYTES, a whole number of micro-tiles.
+  int64_t T = std::max<int64_t>(1, V_BYTES / (NPOS * C * (int64_t)sizeof(float)) / MR) * MR;
+  T = std::min(T, (g.tiles + MR - 1) / MR * MR);
+  const int64_t blocks = (g.tiles + T - 1) / T;
+  const float* xp = x.data_ptr<float>();
+  const float* up = u.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> V(NPOS * T * C), M(NPOS * T * PANEL);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t t0 = blk * T, nt = std::min(T, g.tiles - t0);
+      input_transform(xp, g, t0, nt, T, V.data());
+      for (int64_t p = 0; p < panels; ++p) {
+        const float* up_p = up + p * NPOS * C * PANEL;
+        const int64_t width = std::min(PANEL, K - p * PANEL);
+        for (int64_t xi = 0; xi < NPOS; ++xi) {
+          const float* a = V.data() + xi * T * C;
+          const float* bw = up_p + xi * C * PANEL;
+          float* m = M.data() + xi * T * PANEL;
+          for (int64_t sub = 0; sub < width; sub += NR)
+            for (int64_t tp = 0; tp < nt; tp += MR)   // rows past nt: stale V, never stored
+              micro_kernel(a + tp * C, C, bw + sub, C, m + tp * PANEL + sub);
+        }
+        output_transform(M.data(), bp, g, t0, nt, T, p * PANEL, yp);
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace dsd
