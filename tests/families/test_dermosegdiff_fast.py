@@ -18,14 +18,22 @@ def _inputs(b, s, seed=0):
             torch.randint(0, 250, (b,), generator=gen))
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("channels_last,winograd", [(False, False), (True, False), (True, True)],
+                         ids=["nchw", "nhwc", "nhwc-winograd"])
 @pytest.mark.parametrize("name", ["tiny", "tiny_ff", "default"])
-def test_fast_denoiser_matches_reference(name, channels_last):
+def test_fast_denoiser_matches_reference(name, channels_last, winograd):
     """max |eps_fast - eps_ref| <= 1e-4 x max |eps_ref| (float32: folding the weight
     standardisation and fusing GroupNorm reorder roundings, ~1e-6 observed), in both
-    layouts (channels_last is the CPU default; NCHW elsewhere)."""
+    layouts (channels_last is the CPU default; NCHW elsewhere), and with the 3x3
+    convolutions by Winograd (the CPU default when the op is built; ~1e-5 of scale per
+    layer, tests/ops/test_winograd.py)."""
+    if winograd and not ops.WINOGRAD:
+        pytest.skip("the C++ extension (with its Winograd op) is not built")
     ref = make_model(name)
-    fast = build_fast_model(ref, channels_last=channels_last)
+    fast = build_fast_model(ref, channels_last=channels_last, winograd=winograd)
+    if winograd and name == "default":           # 16 wide: its blocks qualify (tiny: 8 wide)
+        assert sum(m.wino_u is not None for m in fast.modules()
+                   if type(m).__name__ == "FusedBlock") > 20
     s = get_config(name).image_size
     x, g, t = _inputs(5, s)
     with torch.no_grad():

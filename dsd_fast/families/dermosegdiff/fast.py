@@ -19,6 +19,9 @@
     segment() with the bundled model 1.01-1.04x end to end). The FF-Parser op filters
     whole planes, so it gets an NCHW copy of x (the level's smallest tensor). CUDA keeps NCHW
     (not measured there).
+  * on the CPU (channels_last, C++ ops built), the ResnetBlocks' 3x3 convolutions by
+    Winograd F(4x4, 3x3) (`ops.winograd_conv3x3`), their transformed weights kept beside the
+    plain ones (5x those weights' memory; `winograd=False` saves it).
 Everything else (softmax attention, time MLPs) is the reference code.
 The reference model is not modified. The ops fall back to their pure-PyTorch twins when
 the C++ extension is not built, so the fast model always runs; `ops.AVAILABLE` says which.
@@ -32,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
+from ..fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, enable_winograd,
+                           is_channels_last)
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
 from .fast_attention import FastLAtt
@@ -124,12 +128,18 @@ class ChannelsLastDermoSegDiff(DermoSegDiff):
 
 
 @torch.no_grad()
-def build_fast_model(model: DermoSegDiff, channels_last: bool | None = None) -> DermoSegDiff:
+def build_fast_model(model: DermoSegDiff, channels_last: bool | None = None,
+                     winograd: bool | None = None) -> DermoSegDiff:
     """Inference-only fast copy of a reference model (float32). The reference is untouched.
     `channels_last` (default: on the CPU, where it was measured faster; NCHW elsewhere) runs
-    weights and activations in NHWC."""
+    weights and activations in NHWC. `winograd` (default: with channels_last when the C++
+    ops are built) runs the 3x3 convolutions of the ResnetBlocks by Winograd F(4x4, 3x3)."""
     if channels_last is None:
         channels_last = next(model.parameters()).device.type == "cpu"
+    if winograd is None:
+        winograd = channels_last and ops.WINOGRAD
+    if winograd and not channels_last:
+        raise ValueError("winograd=True needs channels_last=True (the op reads and writes NHWC)")
     fast = copy.deepcopy(model).eval()
     for mod in fast.modules():
         if isinstance(mod, RB) and isinstance(mod.rb, ResnetBlock):
@@ -153,6 +163,8 @@ def build_fast_model(model: DermoSegDiff, channels_last: bool | None = None) -> 
         for level in fast.encoder_blocks:                # the FF-Parser gates are not images
             if level[0].ff_weight is not None:
                 level[0].ff_weight = level[0].ff_weight.contiguous()
+    if winograd:                                         # after .to(): its u is not an image
+        enable_winograd(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
     fast.is_fast = True

@@ -8,8 +8,10 @@ bias once. The network runs in channels_last: this U-Net is made of 3x3 convolut
 GroupNorm + SiLU is the fused `ops.group_norm_silu`, which keeps channels_last on the CPU
 (its NHWC loops: 1.1-1.45x torch's channels_last GroupNorm + SiLU per op, the whole network
 within noise of it, 2.92-2.99 s against 2.95-3.15 s; an NCHW-only op had made it 3.72 s
-through layout copies). The middle
-attention, the stems and the resampling convs are the reference code. Calling the fast
+through layout copies). On the
+CPU (C++ ops built) the 3x3 convolutions run by Winograd F(4x4, 3x3)
+(`fast_blocks.enable_winograd`; `winograd=False` saves their transformed weights). The middle
+attention, the stems and the downsampling convs are the reference code. Calling the fast
 network at another t raises: it was built for t = 0.
 """
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
+from ...ops.winograd import supported as winograd_supported, winograd_weight
+from ..fast_blocks import conv3x3, enable_winograd
 from .reference import DiffSegUNet, ResidualBlock, Stage, timestep_embedding
 
 
@@ -42,12 +45,21 @@ class FastResidualBlock(nn.Module):
         self.register_buffer("c2", conv2.bias.detach().clone())
         self.groups, self.eps1, self.eps2 = gn1.num_groups, gn1.eps, gn2.eps
         self.shortcut = copy.deepcopy(rb.shortcut)
+        self.register_buffer("u1", None, persistent=False)
+        self.register_buffer("u2", None, persistent=False)
+
+    def enable_winograd(self) -> bool:
+        """Keep both convs' Winograd transforms (when their channels allow it)."""
+        if not all(winograd_supported(w.shape[1], w.shape[0]) for w in (self.w1, self.w2)):
+            return False
+        self.u1, self.u2 = winograd_weight(self.w1), winograd_weight(self.w2)
+        return True
 
     def forward(self, x, emb=None):
         h = ops.group_norm_silu(x, self.g1, self.b1, self.groups, self.eps1)
-        h = F.conv2d(h, self.w1, self.c1, padding=1)
+        h = conv3x3(h, self.w1, self.c1, self.u1)
         h = ops.group_norm_silu(h, self.g2, self.b2, self.groups, self.eps2)
-        h = F.conv2d(h, self.w2, self.c2, padding=1)
+        h = conv3x3(h, self.w2, self.c2, self.u2)
         return h.add_(self.shortcut(x))
 
 
@@ -85,8 +97,14 @@ class FastDiffSegUNet(nn.Module):
 
 
 @torch.no_grad()
-def build_fast_model(net: DiffSegUNet) -> FastDiffSegUNet:
+def build_fast_model(net: DiffSegUNet, winograd: bool | None = None) -> FastDiffSegUNet:
+    """`winograd` (default: on the CPU with the C++ ops built) runs the 3x3 convolutions by
+    Winograd F(4x4, 3x3)."""
     fast = FastDiffSegUNet(net.eval()).eval()
+    if winograd is None:
+        winograd = ops.WINOGRAD and next(net.parameters()).device.type == "cpu"
+    if winograd:                                   # after the layout change: u is not an image
+        enable_winograd(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
     return fast

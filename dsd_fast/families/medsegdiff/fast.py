@@ -19,7 +19,9 @@
     F.layer_norm over the NHWC view's contiguous channel axis (FastChannelLayerNorm); the
     FF-Parser op gets an NCHW copy (it filters whole planes). The bundled model's forward
     (64 px, batch 5, 2 threads, side by side) 1.51-1.58x the NCHW fast model; CUDA keeps
-    NCHW (not measured there).
+    NCHW (not measured there);
+  * on the CPU (channels_last, C++ ops built), the ResnetBlocks' 3x3 convolutions by
+    Winograd F(4x4, 3x3) (`ops.winograd_conv3x3`; `winograd=False` saves its weight copies).
 Everything else (full attention, the mid transformer, time MLP, 7x7 stems) is the reference
 code. The reference network is not modified; the ops fall back to their twins when no
 kernel can take the inputs, so the fast model always runs.
@@ -35,7 +37,8 @@ from torch import nn
 from ... import ops
 from ..common_layers import Residual
 from ..fast_attention import LinearAttentionCore
-from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
+from ..fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, enable_winograd,
+                           is_channels_last)
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
 from .layers import (ChannelLayerNorm, Conditioning, LinearAttention, ResnetBlock,
@@ -125,12 +128,18 @@ class ChannelsLastMedSegDiffUnet(MedSegDiffUnet):
 
 
 @torch.no_grad()
-def build_fast_model(net: MedSegDiffUnet, channels_last: bool | None = None) -> MedSegDiffUnet:
+def build_fast_model(net: MedSegDiffUnet, channels_last: bool | None = None,
+                     winograd: bool | None = None) -> MedSegDiffUnet:
     """Inference-only fast copy of a reference network (float32). The reference is untouched.
     `channels_last` (default: on the CPU, measured faster there; NCHW elsewhere) runs weights
-    and activations in NHWC."""
+    and activations in NHWC; `winograd` (default: with channels_last when the C++ ops are
+    built) the ResnetBlocks' 3x3 convolutions by Winograd F(4x4, 3x3)."""
     if channels_last is None:
         channels_last = next(net.parameters()).device.type == "cpu"
+    if winograd is None:
+        winograd = channels_last and ops.WINOGRAD
+    if winograd and not channels_last:
+        raise ValueError("winograd=True needs channels_last=True (the op reads and writes NHWC)")
     fast = copy.deepcopy(net).eval()
     for i, cond in enumerate(fast.conditioners):          # first: they own a ResnetBlock
         if not hasattr(cond, "to_dynamic_ff_parser_attn_map"):
@@ -157,6 +166,8 @@ def build_fast_model(net: MedSegDiffUnet, channels_last: bool | None = None) -> 
         for cond in fast.conditioners:                   # the FF-Parser gates are not images
             if isinstance(cond, FastConditioning):
                 cond.gate = cond.gate.contiguous()
+    if winograd:                                         # after .to(): its u is not an image
+        enable_winograd(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
     fast.is_fast = True

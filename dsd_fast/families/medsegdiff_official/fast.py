@@ -15,7 +15,9 @@ tests/families/test_medsegdiff_official_fast.py:
     Measured on the CPU at the README's ISIC config, batch 5, 2 threads, side by side in one
     process (docs/PERFORMANCE.md): the UNet forward 1.20x faster at 128 px, 1.28-1.30x at
     256 px; on CUDA the layout is not measured yet (no GPU so far). V1 stays NCHW (its
-    FF-Parser op and highway gates take NCHW).
+    FF-Parser op and highway gates take NCHW);
+  - V2 on the CPU (C++ ops built): its 3x3 convolutions by Winograd F(4x4, 3x3)
+    (`fast_blocks.enable_winograd`; `winograd=False` saves the transformed weights' memory).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
+from ..fast_blocks import enable_winograd
 from .anchor import ConvUnit, FFParser
 from .layers import AttentionBlock, ResBlock
 from .reference import OfficialMedSegDiff
@@ -103,9 +106,17 @@ class FastOfficialMedSegDiff(OfficialMedSegDiff):
                             t, anchor.contiguous(memory_format=cl)).contiguous()
 
 
-def build_fast_model(net: OfficialMedSegDiff, channels_last: bool = True) -> OfficialMedSegDiff:
-    """`channels_last=False` keeps V2 in NCHW (the benchmark's side-by-side)."""
+def build_fast_model(net: OfficialMedSegDiff, channels_last: bool = True,
+                     winograd: bool | None = None) -> OfficialMedSegDiff:
+    """`channels_last=False` keeps V2 in NCHW (the benchmark's side-by-side). `winograd`
+    (default: channels_last V2 on the CPU with the C++ ops built) runs its 3x3 convolutions
+    by Winograd F(4x4, 3x3)."""
     channels_last = channels_last and net.config.version == "v2"
+    if winograd is None:
+        winograd = (channels_last and ops.WINOGRAD
+                    and next(net.parameters()).device.type == "cpu")
+    if winograd and not channels_last:
+        raise ValueError("winograd=True needs channels_last V2 (the op reads and writes NHWC)")
     fast = copy.deepcopy(net).eval()
     if channels_last:
         fast.__class__ = FastOfficialMedSegDiff
@@ -120,6 +131,8 @@ def build_fast_model(net: OfficialMedSegDiff, channels_last: bool = True) -> Off
         fold_batchnorms(fast.hwm)
     if channels_last:
         fast.to(memory_format=torch.channels_last)    # after folding: the folded weights too
+    if winograd:                                      # after .to(): its u is not an image
+        enable_winograd(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
     fast.is_fast = True
