@@ -21,6 +21,8 @@ at::Tensor gated_conv1x1_cpu(const at::Tensor& g, const at::Tensor& weight,
 at::Tensor linear_attention_cpu(const at::Tensor& xn, const at::Tensor& w_qkv,
                                 const at::Tensor& w_out, const at::Tensor& b_out);
 at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias);
+at::Tensor winograd_conv3x3_bf16_cpu(const at::Tensor& x, const at::Tensor& u,
+                                     const at::Tensor& bias);
 }  // namespace dsd
 
 TORCH_LIBRARY(dsd_fast, m) {
@@ -39,6 +41,8 @@ TORCH_LIBRARY(dsd_fast, m) {
   m.def("linear_attention(Tensor xn, Tensor w_qkv, Tensor w_out, Tensor b_out) -> Tensor");
   // conv2d(x, w, bias, padding=1) by Winograd F(4x4, 3x3); u = ops.winograd_weight(w)
   m.def("winograd_conv3x3(Tensor x, Tensor u, Tensor bias) -> Tensor");
+  // the same with bfloat16 products (AVX-512 build, AVX512_BF16 CPUs); u = winograd_weight_bf16
+  m.def("winograd_conv3x3_bf16(Tensor x, Tensor u, Tensor bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dsd_fast, CPU, m) {
@@ -48,6 +52,7 @@ TORCH_LIBRARY_IMPL(dsd_fast, CPU, m) {
   m.impl("gated_conv1x1", &dsd::gated_conv1x1_cpu);
   m.impl("linear_attention", &dsd::linear_attention_cpu);
   m.impl("winograd_conv3x3", &dsd::winograd_conv3x3_cpu);
+  m.impl("winograd_conv3x3_bf16", &dsd::winograd_conv3x3_bf16_cpu);
 }
 
 // The ops live under torch.ops.dsd_fast; the module itself says only which instruction set

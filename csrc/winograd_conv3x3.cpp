@@ -22,6 +22,12 @@
 //
 // u's layout is the same in every build: (ceil(K / 32), 36, C, 32), K padded with zeros to
 // whole panels. C and K must be multiples of 16 (every build's vector width divides them).
+//
+// bfloat16 variant (winograd_conv3x3_bf16, precision="bf16"; AVX-512 build on CPUs with
+// AVX512_BF16 only): V and U rounded to bfloat16, the products by vdpbf16ps (two bfloat16
+// multiply-adds per float32 lane, accumulated in float32), transforms and output in float32.
+// u16: (ceil(K / 32), 36, C / 2, 32, 2) bfloat16, input channels paired innermost as the
+// instruction reads them (ops.winograd_weight_bf16).
 #include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
@@ -95,9 +101,23 @@ struct Geometry {
   }
 };
 
+// Stores one vector of V: float32 as is, or rounded to bfloat16 (nearest, ties to even: the
+// rounding torch's .to(torch.bfloat16) does for finite values) for the AVX-512 BF16 path.
+static inline void store_v(float* p, vf v) { storef(p, v); }
+static inline void store_v_bf16(uint16_t* p, vf v) {
+  typedef typename lanes<vf>::ints vi;
+  typedef uint16_t vh __attribute__((vector_size(VL * 2)));
+  vi bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const vi rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+  const vh half = __builtin_convertvector(rounded, vh);
+  std::memcpy(p, &half, sizeof(half));
+}
+
 // V[xi][tl][c] for the block's tiles: B^T d B per 6 x 6 window, channels VL at a time.
+template <class Out, void (*Store)(Out*, vf)>
 static void input_transform(const float* x, const Geometry& g, int64_t t0, int64_t nt,
-                            int64_t T, float* V) {
+                            int64_t T, Out* V) {
   const int64_t C = g.C, row = g.W * C;
   for (int64_t tl = 0; tl < nt; ++tl) {
     int64_t b, h0, w0;
@@ -121,7 +141,7 @@ static void input_transform(const float* x, const Geometry& g, int64_t t0, int64
       for (int i = 0; i < 6; ++i) {           // rows: V[i][.] = t[i][.] B
         vf out[6];
         bt6(t[i], out);
-        for (int j = 0; j < 6; ++j) storef(V + ((i * 6 + j) * T + tl) * C + c, out[j]);
+        for (int j = 0; j < 6; ++j) Store(V + ((i * 6 + j) * T + tl) * C + c, out[j]);
       }
     }
   }
@@ -155,6 +175,37 @@ static void output_transform(const float* M, const float* bias, const Geometry& 
     }
   }
 }
+
+#if DSD_HAVE_AVX512
+// c[r][0..32) = sum_k a[r][k] * b[k][0..32) over C = 2 * pairs input channels, a (bfloat16
+// pairs, row stride lda elements) broadcast a pair at a time, b (pairs x 32 x 2 bfloat16).
+// Its own function with the instruction set enabled (the caller runs on CPUs checked first).
+__attribute__((target("avx512bf16"), noinline))
+static void micro_kernel_bf16(const uint16_t* a, int64_t lda, const uint16_t* b,
+                              int64_t pairs, float* c) {
+  static_assert(VL == 16 && MR == 12, "the bfloat16 kernel is for the AVX-512 build");
+  __m512 acc[MR][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < pairs; ++k) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + k * 64);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + k * 64 + 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * k, sizeof(pair));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    _mm512_storeu_ps(c + r * PANEL, acc[r][0]);
+    _mm512_storeu_ps(c + r * PANEL + VL, acc[r][1]);
+  }
+}
+#endif
 
 }  // namespace
 
@@ -199,7 +250,7 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
     std::vector<float> V(NPOS * T * C), M(NPOS * T * PANEL);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t t0 = blk * T, nt = std::min(T, g.tiles - t0);
-      input_transform(xp, g, t0, nt, T, V.data());
+      input_transform<float, store_v>(xp, g, t0, nt, T, V.data());
       for (int64_t p = 0; p < panels; ++p) {
         const float* up_p = up + p * NPOS * C * PANEL;
         const int64_t width = std::min(PANEL, K - p * PANEL);
@@ -216,6 +267,65 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
     }
   });
   return y;
+}
+
+at::Tensor winograd_conv3x3_bf16_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
+                                     const at::Tensor& bias_in) {
+#if DSD_HAVE_AVX512
+  TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat &&
+                  bias_in.scalar_type() == at::kFloat && u_in.scalar_type() == at::kBFloat16,
+              "dsd_fast::winograd_conv3x3_bf16: float32 x and bias, bfloat16 u expected, got ",
+              x_in.scalar_type(), ", ", bias_in.scalar_type(), ", ", u_in.scalar_type());
+  TORCH_CHECK(x_in.dim() == 4, "dsd_fast::winograd_conv3x3_bf16: x must be (B, C, H, W), got ",
+              x_in.sizes());
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const int64_t K = bias_in.numel();
+  TORCH_CHECK(C % 16 == 0 && K % 16 == 0,
+              "dsd_fast::winograd_conv3x3_bf16: input and output channels must be multiples "
+              "of 16, got ", C, " and ", K);
+  const int64_t panels = (K + PANEL - 1) / PANEL;
+  TORCH_CHECK(u_in.dim() == 5 && u_in.size(0) == panels && u_in.size(1) == NPOS &&
+                  u_in.size(2) == C / 2 && u_in.size(3) == PANEL && u_in.size(4) == 2,
+              "dsd_fast::winograd_conv3x3_bf16: u must be (", panels, ", 36, ", C / 2,
+              ", 32, 2) (ops.winograd_weight_bf16), got ", u_in.sizes());
+  const at::Tensor x = x_in.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor u = u_in.contiguous(), bias = bias_in.contiguous();
+  at::Tensor y = at::empty({B, K, H, W},
+                           x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (B * H * W == 0) return y;
+  Geometry g{B, C, H, W, K, (H + 3) / 4, (W + 3) / 4, 0};
+  g.tiles = B * g.tiles_h * g.tiles_w;
+  // V in bfloat16 is half the bytes: twice the tiles per block for the same cache budget.
+  int64_t T = std::max<int64_t>(1, V_BYTES / (NPOS * C * 2) / MR) * MR;
+  T = std::min(T, (g.tiles + MR - 1) / MR * MR);
+  const int64_t blocks = (g.tiles + T - 1) / T;
+  const float* xp = x.data_ptr<float>();
+  const uint16_t* up = reinterpret_cast<const uint16_t*>(u.data_ptr<at::BFloat16>());
+  const float* bp = bias.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> V(NPOS * T * C);
+    std::vector<float> M(NPOS * T * PANEL);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t t0 = blk * T, nt = std::min(T, g.tiles - t0);
+      input_transform<uint16_t, store_v_bf16>(xp, g, t0, nt, T, V.data());
+      for (int64_t p = 0; p < panels; ++p) {
+        const uint16_t* up_p = up + p * NPOS * C * PANEL;
+        for (int64_t xi = 0; xi < NPOS; ++xi)
+          for (int64_t tp = 0; tp < nt; tp += MR)      // rows past nt: stale V, never stored
+            micro_kernel_bf16(V.data() + (xi * T + tp) * C, C, up_p + xi * C * PANEL, C / 2,
+                              M.data() + (xi * T + tp) * PANEL);
+        output_transform(M.data(), bp, g, t0, nt, T, p * PANEL, yp);
+      }
+    }
+  });
+  return y;
+#else
+  (void)x_in; (void)u_in; (void)bias_in;
+  TORCH_CHECK(false, "dsd_fast::winograd_conv3x3_bf16 is in the AVX-512 build of the kernels "
+              "only (this is the ", DSD_LANES == 8 ? "AVX2" : "portable", " one)");
+  return at::Tensor();
+#endif
 }
 
 }  // namespace dsd

@@ -6,8 +6,7 @@ plus a residual; the fast form runs GroupNorm, modulation and SiLU as one op
 weight-standardised weight (folded once), MedSegDiff its plain weight.
 
 On the CPU the fast models run those 3x3 convolutions by Winograd F(4x4, 3x3)
-(`ops.winograd_conv3x3`, `enable_winograd`): 2.0-2.8x oneDNN's direct convolution at the
-networks' shapes on one thread (bench/bench_winograd.py), within ~1e-5 of scale.
+(winograd_layers.py).
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import winograd
+from .winograd_layers import WinogradWeight, conv3x3
 
 
 class FusedBlock(nn.Module):
@@ -31,19 +31,19 @@ class FusedBlock(nn.Module):
         self.register_buffer("gamma", norm.weight.detach().clone())
         self.register_buffer("beta", norm.bias.detach().clone())
         self.groups, self.eps = norm.num_groups, norm.eps
-        self.register_buffer("wino_u", None, persistent=False)
+        self.wino: WinogradWeight | None = None
 
     def enable_winograd(self) -> bool:
-        """Keep the weight's Winograd transform too (4x the weight's memory) and run the conv
-        by it for float32 CPU input; False (nothing kept) for channel counts it cannot take."""
+        """Keep the weight's Winograd transforms too (winograd_layers.py); False (nothing
+        kept) for channel counts the op cannot take."""
         k, c = self.weight.shape[:2]
         if not winograd.supported(c, k):
             return False
-        self.wino_u = winograd.winograd_weight(self.weight)
+        self.wino = WinogradWeight(self.weight)
         return True
 
     def forward(self, x, scale=None, shift=None):
-        h = conv3x3(x, self.weight, self.bias, self.wino_u)
+        h = conv3x3(x, self.weight, self.bias, self.wino)
         return ops.group_norm_silu(h, self.gamma, self.beta, self.groups, self.eps, scale, shift)
 
 
@@ -69,63 +69,6 @@ class FusedResnetBlock(nn.Module):
             scale, shift = ss[:, :self.dim_out], ss[:, self.dim_out:]
         h = self.block2(self.block1(x, scale, shift))
         return h.add_(self.res_conv(x))          # h is a fresh tensor: add in place
-
-
-def use_winograd(u: torch.Tensor | None, x: torch.Tensor) -> bool:
-    """Whether a layer holding Winograd weights `u` runs x by them: float32 on the CPU, not
-    under autocast (bf16 runs oneDNN's bfloat16 convolution) and not for autograd."""
-    return (u is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and x.requires_grad))
-
-
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-            u: torch.Tensor | None) -> torch.Tensor:
-    """F.conv2d(x, weight, bias, padding=1), by Winograd when `u` (its transform) is given
-    and `use_winograd` says so."""
-    if use_winograd(u, x):
-        return ops.winograd_conv3x3(x, u, bias)
-    return F.conv2d(x, weight, bias, padding=1)
-
-
-class WinogradConv2d(nn.Conv2d):
-    """An nn.Conv2d (3x3, stride 1, padding 1, one group) that also holds its weight's
-    Winograd transform (`wino_u`, not in the state dict) and runs float32 CPU input by it.
-    Made by `enable_winograd` changing an eligible conv's class: same parameters and keys."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_winograd(getattr(self, "wino_u", None), x):
-            return ops.winograd_conv3x3(x, self.wino_u, self.wino_bias)
-        return super().forward(x)
-
-
-def winograd_eligible(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding in ((1, 1), "same") and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros"
-            and winograd.supported(conv.in_channels, conv.out_channels))
-
-
-@torch.no_grad()
-def enable_winograd(model: nn.Module) -> int:
-    """Run the 3x3 convolutions of `model` by Winograd F(4x4, 3x3) where their channels allow
-    it: every module with an `enable_winograd()` method (FusedBlock, DiffSeg's
-    FastResidualBlock), and every eligible nn.Conv2d (turned WinogradConv2d). Their
-    transformed weights (4x the weight) are kept beside the plain ones, which autocast,
-    autograd and other devices still use. Returns how many layers. Call it after any
-    `.to(memory_format=...)` (u is not an image); the op reads and writes NHWC, so this is
-    for channels_last CPU models."""
-    n = 0
-    for m in model.modules():
-        if callable(getattr(m, "enable_winograd", None)):
-            n += m.enable_winograd()
-        elif winograd_eligible(m):
-            m.__class__ = WinogradConv2d
-            m.register_buffer("wino_u", winograd.winograd_weight(m.weight), persistent=False)
-            bias = m.bias if m.bias is not None else m.weight.new_zeros(m.out_channels)
-            m.register_buffer("wino_bias", bias.detach().clone(), persistent=False)
-            n += 1
-    return n
 
 
 def is_channels_last(t: torch.Tensor) -> bool:

@@ -30,10 +30,11 @@ import torch
 from . import reference as _ref
 from . import schemas
 from . import cpu as _cpu
-from .winograd import winograd_conv3x3_ref, winograd_weight
+from .winograd import winograd_conv3x3_ref, winograd_weight, winograd_weight_bf16
 
-__all__ = ["AVAILABLE", "ISA", "WINOGRAD", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
-           "linear_attention", "winograd_conv3x3", "winograd_weight", "fast_path_available",
+__all__ = ["AVAILABLE", "ISA", "WINOGRAD", "WINOGRAD_BF16", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
+           "linear_attention", "winograd_conv3x3", "winograd_conv3x3_bf16", "winograd_weight",
+           "winograd_weight_bf16", "fast_path_available",
            "register_gpu_kernels"]
 
 AVAILABLE, _why = _cpu.load_extension()     # the C++ CPU kernels
@@ -47,6 +48,9 @@ if AVAILABLE:
 # Whether the loaded build has the Winograd convolution (a build made before it existed does
 # not: the fast models then keep oneDNN's direct convolutions).
 WINOGRAD = AVAILABLE and schemas.op_defined("winograd_conv3x3")
+# Its bfloat16 form: the AVX-512 build on a CPU with AVX512_BF16 (precision="bf16").
+WINOGRAD_BF16 = (WINOGRAD and ISA == "avx512" and schemas.op_defined("winograd_conv3x3_bf16")
+                 and "avx512_bf16" in (_cpu.cpu_flags() or ()))
 if AVAILABLE and not WINOGRAD:
     warnings.warn("dsd_fast: the built C++ extension predates the Winograd convolution "
                   "(dsd_fast::winograd_conv3x3): the fast models run without it; "
@@ -134,12 +138,16 @@ def group_norm_silu(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, gr
                     shift: torch.Tensor | None = None) -> torch.Tensor:
     """silu(group_norm(x, groups, gamma, beta, eps) * (scale + 1) + shift).
 
-    x (B, C, H, W); gamma, beta (C,); scale, shift (B, C) or (B, C, 1, 1) or None.
+    x (B, C, H, W); gamma, beta (C,); scale, shift (B, C) or (B, C, 1, 1) or None, taken in
+    x's dtype.
     A channels_last x gives a channels_last result (no layout copy), on the CPU and CUDA.
     """
     b, c = x.shape[:2]
-    scale = None if scale is None else scale.reshape(b, c)
-    shift = None if shift is None else shift.reshape(b, c)
+    # In x's dtype: under bfloat16 autocast a float32 x (from the Winograd convolution) meets
+    # a time MLP's bfloat16 scale/shift; the formula promotes them anyway, and the kernel
+    # takes only one dtype.
+    scale = None if scale is None else scale.reshape(b, c).to(x.dtype)
+    shift = None if shift is None else shift.reshape(b, c).to(x.dtype)
     if _fast(x, gamma, beta, scale, shift):
         return torch.ops.dsd_fast.group_norm_silu.default(x, gamma, beta, int(groups),
                                                           float(eps), scale, shift)
@@ -182,6 +190,19 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> to
     if WINOGRAD and _fast(x, u, bias) and x.device.type == "cpu":
         return torch.ops.dsd_fast.winograd_conv3x3.default(x, u, bias)
     return winograd_conv3x3_ref(x, u, bias)
+
+
+def winograd_conv3x3_bf16(x: torch.Tensor, u16: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """winograd_conv3x3 with bfloat16 products (float32 accumulation, transforms and output),
+    u16 = winograd_weight_bf16(w): what precision="bf16" runs the 3x3 convolutions with where
+    `WINOGRAD_BF16` (AVX-512 build, AVX512_BF16 CPU); elsewhere the twin does the same
+    arithmetic in PyTorch. x float32 or bfloat16 (taken as float32) -> float32 channels_last
+    (from the kernel)."""
+    x = x.float()
+    if WINOGRAD_BF16 and x.device.type == "cpu" and not (torch.is_grad_enabled()
+                                                          and x.requires_grad):
+        return torch.ops.dsd_fast.winograd_conv3x3_bf16.default(x, u16, bias.float())
+    return winograd_conv3x3_ref(x, u16, bias.float(), round_v_bf16=True)
 
 
 if torch.cuda.is_available():

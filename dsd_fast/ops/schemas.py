@@ -25,6 +25,8 @@ SCHEMAS = {
     "linear_attention": "(Tensor xn, Tensor w_qkv, Tensor w_out, Tensor b_out) -> Tensor",
     # conv2d(x, w, bias, padding=1) by Winograd F(4x4, 3x3); u = ops.winograd_weight(w)
     "winograd_conv3x3": "(Tensor x, Tensor u, Tensor bias) -> Tensor",
+    # the same with bfloat16 products; u = ops.winograd_weight_bf16(w)
+    "winograd_conv3x3_bf16": "(Tensor x, Tensor u, Tensor bias) -> Tensor",
 }
 
 
@@ -130,4 +132,16 @@ def register_fakes() -> None:
                              "output channels")
         b, _, h, w = x.shape
         return torch.empty((b, k, h, w), dtype=x.dtype, device=x.device,   # NHWC, like the kernel
+                           memory_format=torch.channels_last)
+
+    if not op_defined("winograd_conv3x3_bf16"):
+        return
+
+    @torch.library.register_fake("dsd_fast::winograd_conv3x3_bf16")
+    def _winograd_conv3x3_bf16_fake(x, u, bias):
+        torch._check(x.dim() == 4, lambda: f"x must be (B, C, H, W), got {tuple(x.shape)}")
+        torch._check(u.dim() == 5 and u.shape[1] == 36 and 2 * u.shape[2] == x.shape[1],
+                     lambda: f"u {tuple(u.shape)} does not fit {x.shape[1]} input channels")
+        b, _, h, w = x.shape
+        return torch.empty((b, bias.numel(), h, w), dtype=torch.float32, device=x.device,
                            memory_format=torch.channels_last)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BT", "G", "AT", "PANEL", "winograd_weight", "winograd_conv3x3_ref", "supported"]
+__all__ = ["BT", "G", "AT", "PANEL", "winograd_weight", "winograd_weight_bf16",
+           "winograd_conv3x3_ref", "supported"]
 
 PANEL = 32          # output channels per packed panel (csrc/winograd_conv3x3.cpp)
 
@@ -58,9 +59,28 @@ def winograd_weight(w: torch.Tensor) -> torch.Tensor:
     return u.float().contiguous()
 
 
-def winograd_conv3x3_ref(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def winograd_weight_bf16(w: torch.Tensor) -> torch.Tensor:
+    """winograd_weight(w) rounded to bfloat16, input channels paired innermost as AVX-512
+    BF16's dot product reads them: (ceil(K / 32), 36, C / 2, 32, 2)."""
+    u = winograd_weight(w)
+    p, _, c, _ = u.shape
+    return u.reshape(p, 36, c // 2, 2, PANEL).transpose(3, 4).to(torch.bfloat16).contiguous()
+
+
+def unpack_bf16(u16: torch.Tensor) -> torch.Tensor:
+    """winograd_weight_bf16's layout back to winograd_weight's (values stay bf16-rounded)."""
+    p, _, c2, _, _ = u16.shape
+    return u16.float().transpose(3, 4).reshape(p, 36, 2 * c2, PANEL)
+
+
+def winograd_conv3x3_ref(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor,
+                         round_v_bf16: bool = False) -> torch.Tensor:
     """The op's algorithm in PyTorch (unfold, einsums), in x's dtype: the twin the C++ kernel
-    is checked against beside F.conv2d, and the fallback. Output NCHW-contiguous."""
+    is checked against beside F.conv2d, and the fallback. Output NCHW-contiguous. With a
+    bfloat16 u (winograd_weight_bf16) and round_v_bf16, the bfloat16 op's arithmetic:
+    V and U rounded to bfloat16, everything else float32."""
+    if u.dim() == 5:
+        u = unpack_bf16(u)
     b, c, h, w = x.shape
     k = bias.numel()
     th, tw = -(-h // 4), -(-w // 4)
@@ -68,6 +88,8 @@ def winograd_conv3x3_ref(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor) -
     d = xp.unfold(2, 6, 4).unfold(3, 6, 4)                         # (B, C, th, tw, 6, 6)
     bt, at = BT.to(x), AT.to(x)
     v = torch.einsum("ij,bcpqjl,ml->imbpqc", bt, d, bt)           # (6, 6, B, th, tw, C)
+    if round_v_bf16:
+        v = v.to(torch.bfloat16).to(v.dtype)
     uu = u.permute(1, 2, 0, 3).reshape(6, 6, c, -1)[..., :k].to(x)  # (6, 6, C, K)
     m = torch.einsum("ijbpqc,ijck->ijbpqk", v, uu)
     y = torch.einsum("ai,ijbpqk,nj->bkpaqn", at, m, at)              # (B, K, th, 4, tw, 4)

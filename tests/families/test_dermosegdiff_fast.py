@@ -32,7 +32,7 @@ def test_fast_denoiser_matches_reference(name, channels_last, winograd):
     ref = make_model(name)
     fast = build_fast_model(ref, channels_last=channels_last, winograd=winograd)
     if winograd and name == "default":           # 16 wide: its blocks qualify (tiny: 8 wide)
-        assert sum(m.wino_u is not None for m in fast.modules()
+        assert sum(m.wino is not None for m in fast.modules()
                    if type(m).__name__ == "FusedBlock") > 20
     s = get_config(name).image_size
     x, g, t = _inputs(5, s)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsd_fast import ops
-from dsd_fast.families.fast_blocks import (FusedBlock, WinogradConv2d, enable_winograd,
-                                           use_winograd)
+from dsd_fast.families.fast_blocks import FusedBlock
+from dsd_fast.families.winograd_layers import WinogradConv2d, enable_winograd, winograd_mode
 from dsd_fast.ops import winograd
 
 needs_ext = pytest.mark.skipif(not ops.WINOGRAD, reason="dsd_fast._C_<isa> is not built "
@@ -148,12 +148,72 @@ def test_enable_winograd_converts_eligible_layers_only():
     assert not torch.equal(got, expected)                         # it did run another path
 
 
-def test_winograd_is_skipped_under_autocast_and_autograd():
-    u = torch.zeros(1, 36, 16, 32)
+def test_winograd_mode_follows_dtype_autocast_and_autograd():
     x = torch.randn(1, 16, 4, 4)
-    assert use_winograd(u, x)
-    assert not use_winograd(None, x)
-    assert not use_winograd(u, x.double())
+    assert winograd_mode(x) == "fp32"
+    assert winograd_mode(x.double()) is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not use_winograd(u, x)
-    assert not use_winograd(u, x.requires_grad_())
+        assert winograd_mode(x) == ("bf16" if ops.WINOGRAD_BF16 else None)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert winograd_mode(x) is None
+    assert winograd_mode(x.requires_grad_()) is None
+
+
+# --------------------------------------------------------------------------------------
+# bfloat16 products (precision="bf16"): AVX-512 build on CPUs with AVX512_BF16
+
+needs_bf16 = pytest.mark.skipif(not ops.WINOGRAD_BF16,
+                                reason="needs the AVX-512 build on a CPU with AVX512_BF16")
+BF16_SHAPES = [(1, 16, 4, 4, 16), (2, 32, 9, 13, 48), (1, 64, 16, 16, 64), (3, 16, 7, 2, 80),
+               (1, 320, 8, 8, 128)]
+
+
+def test_bf16_weight_packing_pairs_input_channels():
+    wt = torch.randn(40, 32, 3, 3)
+    u16 = winograd.winograd_weight_bf16(wt)
+    assert u16.shape == (2, 36, 16, 32, 2) and u16.dtype == torch.bfloat16
+    u = winograd.winograd_weight(wt)
+    # pair (c = 2 q, 2 q + 1) of output column n, position xi: u[p, xi, 2 q + e, n]
+    assert u16[1, 7, 5, 3, 1] == u[1, 7, 11, 3].to(torch.bfloat16)
+    assert torch.equal(winograd.unpack_bf16(u16), u.to(torch.bfloat16).float())
+
+
+@needs_bf16
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+def test_bf16_op_matches_its_twin_and_the_convolution(shape):
+    """Against the twin doing the same roundings (V and U to bfloat16, float32 sums): 1e-3
+    of scale (only summation order and, rarely, a V value rounding the other way differ).
+    Against the float64 convolution: 3e-2 of scale, bfloat16's level (8 significant bits;
+    the direct bf16 convolution's network-level error was 1.2e-2, docs/PERFORMANCE.md)."""
+    x, wt, bias = inputs(shape, seed=4)
+    u16 = winograd.winograd_weight_bf16(wt)
+    y = ops.winograd_conv3x3_bf16(x, u16, bias)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=CL)
+    twin = winograd.winograd_conv3x3_ref(x, u16, bias, round_v_bf16=True)
+    scale = twin.abs().max()
+    assert (y - twin).abs().max() <= 1e-3 * scale
+    exact = F.conv2d(x.double(), wt.double(), bias.double(), padding=1)
+    err = ((y.double() - exact).abs().max() / exact.abs().max()).item()
+    assert 1e-5 < err <= 3e-2, err                     # bf16-sized: neither exact nor off
+
+
+@needs_ext
+def test_bf16_op_is_refused_outside_the_avx512_build():
+    if ops.ISA == "avx512":
+        pytest.skip("this process runs the AVX-512 build")
+    x, wt, bias = inputs((1, 16, 4, 4, 16))
+    with pytest.raises(RuntimeError, match="AVX-512 build"):
+        torch.ops.dsd_fast.winograd_conv3x3_bf16(x, winograd.winograd_weight_bf16(wt), bias)
+
+
+@needs_ext
+def test_enable_winograd_under_bf16_autocast():
+    net = Net().eval()
+    x = torch.randn(2, 16, 12, 12).contiguous(memory_format=CL)
+    with torch.no_grad():
+        expected = net(x)
+        enable_winograd(net)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = net(x).float()
+    assert (got - expected).abs().max() <= 5e-2 * expected.abs().max()
+    assert (net.conv.wino.u16 is not None) == ops.WINOGRAD_BF16   # made on first bf16 use

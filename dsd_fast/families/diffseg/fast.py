@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ... import ops
-from ...ops.winograd import supported as winograd_supported, winograd_weight
-from ..fast_blocks import conv3x3, enable_winograd
+from ...ops.winograd import supported as winograd_supported
+from ..winograd_layers import WinogradWeight, conv3x3, enable_winograd
 from .reference import DiffSegUNet, ResidualBlock, Stage, timestep_embedding
 
 
@@ -45,21 +45,21 @@ class FastResidualBlock(nn.Module):
         self.register_buffer("c2", conv2.bias.detach().clone())
         self.groups, self.eps1, self.eps2 = gn1.num_groups, gn1.eps, gn2.eps
         self.shortcut = copy.deepcopy(rb.shortcut)
-        self.register_buffer("u1", None, persistent=False)
-        self.register_buffer("u2", None, persistent=False)
+        self.wino1: WinogradWeight | None = None
+        self.wino2: WinogradWeight | None = None
 
     def enable_winograd(self) -> bool:
         """Keep both convs' Winograd transforms (when their channels allow it)."""
         if not all(winograd_supported(w.shape[1], w.shape[0]) for w in (self.w1, self.w2)):
             return False
-        self.u1, self.u2 = winograd_weight(self.w1), winograd_weight(self.w2)
+        self.wino1, self.wino2 = WinogradWeight(self.w1), WinogradWeight(self.w2)
         return True
 
     def forward(self, x, emb=None):
         h = ops.group_norm_silu(x, self.g1, self.b1, self.groups, self.eps1)
-        h = conv3x3(h, self.w1, self.c1, self.u1)
+        h = conv3x3(h, self.w1, self.c1, self.wino1)
         h = ops.group_norm_silu(h, self.g2, self.b2, self.groups, self.eps2)
-        h = conv3x3(h, self.w2, self.c2, self.u2)
+        h = conv3x3(h, self.w2, self.c2, self.wino2)
         return h.add_(self.shortcut(x))
 
 

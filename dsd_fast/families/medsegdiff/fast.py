@@ -37,10 +37,10 @@ from torch import nn
 from ... import ops
 from ..common_layers import Residual
 from ..fast_attention import LinearAttentionCore
-from ..fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, enable_winograd,
-                           is_channels_last)
+from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
+from ..winograd_layers import enable_winograd
 from .layers import (ChannelLayerNorm, Conditioning, LinearAttention, ResnetBlock,
                      layer_norm_eps)
 from .reference import MedSegDiffUnet

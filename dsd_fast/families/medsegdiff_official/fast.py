@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..fast_blocks import enable_winograd
+from ..winograd_layers import enable_winograd
 from .anchor import ConvUnit, FFParser
 from .layers import AttentionBlock, ResBlock
 from .reference import OfficialMedSegDiff
