@@ -207,61 +207,84 @@ static void micro_kernel_bf16(const uint16_t* a, int64_t lda, const uint16_t* b,
 }
 #endif
 
-}  // namespace
+// The 36 products of one weight panel (output channels [p * 32, p * 32 + width)) for the
+// block's nt tiles: M[xi][tl][0..32) = V[xi][tl][.] @ U[p][xi][.][0..32). Rows past nt read
+// stale V and are never stored.
+static void products_f32(const float* V, const float* up_p, int64_t T, int64_t nt, int64_t C,
+                         int64_t width, float* M) {
+  for (int64_t xi = 0; xi < NPOS; ++xi)
+    for (int64_t sub = 0; sub < width; sub += NR)
+      for (int64_t tp = 0; tp < nt; tp += MR)
+        micro_kernel(V + (xi * T + tp) * C, C, up_p + xi * C * PANEL + sub, C,
+                     M + (xi * T + tp) * PANEL + sub);
+}
 
-at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
-                                const at::Tensor& bias_in) {
-  for (const at::Tensor* t : {&x_in, &u_in, &bias_in}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat,
-                "dsd_fast::winograd_conv3x3: float32 CPU tensors expected, got ",
-                t->scalar_type(), " on ", t->device());
-  }
-  TORCH_CHECK(x_in.dim() == 4, "dsd_fast::winograd_conv3x3: x must be (B, C, H, W), got ",
+#if DSD_HAVE_AVX512
+static void products_bf16(const uint16_t* V, const uint16_t* up_p, int64_t T, int64_t nt,
+                          int64_t C, int64_t /*width: the kernel does whole panels*/,
+                          float* M) {
+  for (int64_t xi = 0; xi < NPOS; ++xi)
+    for (int64_t tp = 0; tp < nt; tp += MR)
+      micro_kernel_bf16(V + (xi * T + tp) * C, C, up_p + xi * C * PANEL, C / 2,
+                        M + (xi * T + tp) * PANEL);
+}
+#endif
+
+// Both forms' checks and loop. Elem: V's and u's element type (float, or uint16_t holding
+// bfloat16). u_shape: what u must be, for the message.
+template <class Elem, void (*Store)(Elem*, vf),
+          void (*Products)(const Elem*, const Elem*, int64_t, int64_t, int64_t, int64_t, float*)>
+static at::Tensor run(const char* name, const at::Tensor& x_in, const at::Tensor& u_in,
+                      const at::Tensor& bias_in, at::ScalarType u_type) {
+  TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat &&
+                  bias_in.device().is_cpu() && bias_in.scalar_type() == at::kFloat &&
+                  u_in.device().is_cpu() && u_in.scalar_type() == u_type,
+              "dsd_fast::", name, ": float32 x and bias, ", u_type, " u, on the CPU expected, "
+              "got ", x_in.scalar_type(), ", ", bias_in.scalar_type(), ", ", u_in.scalar_type());
+  TORCH_CHECK(x_in.dim() == 4, "dsd_fast::", name, ": x must be (B, C, H, W), got ",
               x_in.sizes());
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   const int64_t K = bias_in.numel();
-  TORCH_CHECK(C % 16 == 0 && K % 16 == 0,
-              "dsd_fast::winograd_conv3x3: input and output channels must be multiples of 16, "
-              "got ", C, " and ", K);
+  TORCH_CHECK(C % 16 == 0 && K % 16 == 0, "dsd_fast::", name,
+              ": input and output channels must be multiples of 16, got ", C, " and ", K);
   const int64_t panels = (K + PANEL - 1) / PANEL;
-  TORCH_CHECK(u_in.dim() == 4 && u_in.size(0) == panels && u_in.size(1) == NPOS &&
-                  u_in.size(2) == C && u_in.size(3) == PANEL,
-              "dsd_fast::winograd_conv3x3: u must be (", panels, ", 36, ", C, ", 32) for ", C,
-              " input and ", K, " output channels (ops.winograd_weight), got ", u_in.sizes());
+  // float32: (panels, 36, C, 32); bfloat16: (panels, 36, C / 2, 32, 2): the same elements
+  const bool pairs = sizeof(Elem) == 2;
+  TORCH_CHECK(u_in.dim() == (pairs ? 5 : 4) && u_in.size(0) == panels && u_in.size(1) == NPOS &&
+                  u_in.size(2) == (pairs ? C / 2 : C) && u_in.size(3) == PANEL &&
+                  (!pairs || u_in.size(4) == 2),
+              "dsd_fast::", name, ": u must be (", panels, ", 36, ", pairs ? C / 2 : C,
+              pairs ? ", 32, 2)" : ", 32)", " for ", C, " input and ", K, " output channels ",
+              pairs ? "(ops.winograd_weight_bf16)" : "(ops.winograd_weight)", ", got ",
+              u_in.sizes());
   // NHWC storage: x.permute(0, 2, 3, 1) is contiguous for a channels_last x (free) and is
   // made so otherwise (a copy).
   const at::Tensor x = x_in.permute({0, 2, 3, 1}).contiguous();
   const at::Tensor u = u_in.contiguous(), bias = bias_in.contiguous();
-  at::Tensor y = at::empty({B, K, H, W}, x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = at::empty({B, K, H, W},
+                           x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (B * H * W == 0) return y;
 
   Geometry g{B, C, H, W, K, (H + 3) / 4, (W + 3) / 4, 0};
   g.tiles = B * g.tiles_h * g.tiles_w;
-  // Tiles per block: V (36 x T x C floats) near V_BYTES, a whole number of micro-tiles.
-  int64_t T = std::max<int64_t>(1, V_BYTES / (NPOS * C * (int64_t)sizeof(float)) / MR) * MR;
+  // Tiles per block: V (36 x T x C elements) near V_BYTES, a whole number of micro-tiles.
+  int64_t T = std::max<int64_t>(1, V_BYTES / (NPOS * C * (int64_t)sizeof(Elem)) / MR) * MR;
   T = std::min(T, (g.tiles + MR - 1) / MR * MR);
   const int64_t blocks = (g.tiles + T - 1) / T;
   const float* xp = x.data_ptr<float>();
-  const float* up = u.data_ptr<float>();
+  const Elem* up = static_cast<const Elem*>(u.data_ptr());
   const float* bp = bias.data_ptr<float>();
   float* yp = y.data_ptr<float>();
 
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> V(NPOS * T * C), M(NPOS * T * PANEL);
+    std::vector<Elem> V(NPOS * T * C);
+    std::vector<float> M(NPOS * T * PANEL);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t t0 = blk * T, nt = std::min(T, g.tiles - t0);
-      input_transform<float, store_v>(xp, g, t0, nt, T, V.data());
+      input_transform<Elem, Store>(xp, g, t0, nt, T, V.data());
       for (int64_t p = 0; p < panels; ++p) {
-        const float* up_p = up + p * NPOS * C * PANEL;
-        const int64_t width = std::min(PANEL, K - p * PANEL);
-        for (int64_t xi = 0; xi < NPOS; ++xi) {
-          const float* a = V.data() + xi * T * C;
-          const float* bw = up_p + xi * C * PANEL;
-          float* m = M.data() + xi * T * PANEL;
-          for (int64_t sub = 0; sub < width; sub += NR)
-            for (int64_t tp = 0; tp < nt; tp += MR)   // rows past nt: stale V, never stored
-              micro_kernel(a + tp * C, C, bw + sub, C, m + tp * PANEL + sub);
-        }
+        Products(V.data(), up + p * NPOS * C * PANEL, T, nt, C,
+                 std::min(PANEL, K - p * PANEL), M.data());
         output_transform(M.data(), bp, g, t0, nt, T, p * PANEL, yp);
       }
     }
@@ -269,59 +292,20 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
   return y;
 }
 
-at::Tensor winograd_conv3x3_bf16_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
-                                     const at::Tensor& bias_in) {
+}  // namespace
+
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& u,
+                                const at::Tensor& bias) {
+  return run<float, store_v, products_f32>("winograd_conv3x3", x, u, bias, at::kFloat);
+}
+
+at::Tensor winograd_conv3x3_bf16_cpu(const at::Tensor& x, const at::Tensor& u,
+                                     const at::Tensor& bias) {
 #if DSD_HAVE_AVX512
-  TORCH_CHECK(x_in.device().is_cpu() && x_in.scalar_type() == at::kFloat &&
-                  bias_in.scalar_type() == at::kFloat && u_in.scalar_type() == at::kBFloat16,
-              "dsd_fast::winograd_conv3x3_bf16: float32 x and bias, bfloat16 u expected, got ",
-              x_in.scalar_type(), ", ", bias_in.scalar_type(), ", ", u_in.scalar_type());
-  TORCH_CHECK(x_in.dim() == 4, "dsd_fast::winograd_conv3x3_bf16: x must be (B, C, H, W), got ",
-              x_in.sizes());
-  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  const int64_t K = bias_in.numel();
-  TORCH_CHECK(C % 16 == 0 && K % 16 == 0,
-              "dsd_fast::winograd_conv3x3_bf16: input and output channels must be multiples "
-              "of 16, got ", C, " and ", K);
-  const int64_t panels = (K + PANEL - 1) / PANEL;
-  TORCH_CHECK(u_in.dim() == 5 && u_in.size(0) == panels && u_in.size(1) == NPOS &&
-                  u_in.size(2) == C / 2 && u_in.size(3) == PANEL && u_in.size(4) == 2,
-              "dsd_fast::winograd_conv3x3_bf16: u must be (", panels, ", 36, ", C / 2,
-              ", 32, 2) (ops.winograd_weight_bf16), got ", u_in.sizes());
-  const at::Tensor x = x_in.permute({0, 2, 3, 1}).contiguous();
-  const at::Tensor u = u_in.contiguous(), bias = bias_in.contiguous();
-  at::Tensor y = at::empty({B, K, H, W},
-                           x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (B * H * W == 0) return y;
-  Geometry g{B, C, H, W, K, (H + 3) / 4, (W + 3) / 4, 0};
-  g.tiles = B * g.tiles_h * g.tiles_w;
-  // V in bfloat16 is half the bytes: twice the tiles per block for the same cache budget.
-  int64_t T = std::max<int64_t>(1, V_BYTES / (NPOS * C * 2) / MR) * MR;
-  T = std::min(T, (g.tiles + MR - 1) / MR * MR);
-  const int64_t blocks = (g.tiles + T - 1) / T;
-  const float* xp = x.data_ptr<float>();
-  const uint16_t* up = reinterpret_cast<const uint16_t*>(u.data_ptr<at::BFloat16>());
-  const float* bp = bias.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint16_t> V(NPOS * T * C);
-    std::vector<float> M(NPOS * T * PANEL);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t t0 = blk * T, nt = std::min(T, g.tiles - t0);
-      input_transform<uint16_t, store_v_bf16>(xp, g, t0, nt, T, V.data());
-      for (int64_t p = 0; p < panels; ++p) {
-        const uint16_t* up_p = up + p * NPOS * C * PANEL;
-        for (int64_t xi = 0; xi < NPOS; ++xi)
-          for (int64_t tp = 0; tp < nt; tp += MR)      // rows past nt: stale V, never stored
-            micro_kernel_bf16(V.data() + (xi * T + tp) * C, C, up_p + xi * C * PANEL, C / 2,
-                              M.data() + (xi * T + tp) * PANEL);
-        output_transform(M.data(), bp, g, t0, nt, T, p * PANEL, yp);
-      }
-    }
-  });
-  return y;
+  return run<uint16_t, store_v_bf16, products_bf16>("winograd_conv3x3_bf16", x, u, bias,
+                                                    at::kBFloat16);
 #else
-  (void)x_in; (void)u_in; (void)bias_in;
+  (void)x; (void)u; (void)bias;
   TORCH_CHECK(false, "dsd_fast::winograd_conv3x3_bf16 is in the AVX-512 build of the kernels "
               "only (this is the ", DSD_LANES == 8 ? "AVX2" : "portable", " one)");
   return at::Tensor();

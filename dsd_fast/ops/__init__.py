@@ -32,10 +32,10 @@ from . import schemas
 from . import cpu as _cpu
 from .winograd import winograd_conv3x3_ref, winograd_weight, winograd_weight_bf16
 
-__all__ = ["AVAILABLE", "ISA", "WINOGRAD", "WINOGRAD_BF16", "GPU_KERNELS", "ff_parser", "group_norm_silu", "gated_conv1x1",
-           "linear_attention", "winograd_conv3x3", "winograd_conv3x3_bf16", "winograd_weight",
-           "winograd_weight_bf16", "fast_path_available",
-           "register_gpu_kernels"]
+__all__ = ["AVAILABLE", "ISA", "WINOGRAD", "WINOGRAD_BF16", "GPU_KERNELS", "ff_parser",
+           "group_norm_silu", "gated_conv1x1", "linear_attention", "winograd_conv3x3",
+           "winograd_conv3x3_bf16", "winograd_weight", "winograd_weight_bf16",
+           "fast_path_available", "register_gpu_kernels"]
 
 AVAILABLE, _why = _cpu.load_extension()     # the C++ CPU kernels
 ISA = _cpu.ISA                               # which build of them: avx512, avx2, portable
