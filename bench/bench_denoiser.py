@@ -2,6 +2,7 @@
 
     python bench/bench_denoiser.py [--configs default,w32,isic2018] [--repeats 7]
     python bench/bench_denoiser.py --configs default,w32 --layouts 5   (NCHW vs channels_last)
+    python bench/bench_denoiser.py --configs default,isic2018 --winograd 3   (direct vs Winograd)
     pytest bench/bench_denoiser.py --benchmark-only          (pytest-benchmark)
 
 All variants run side by side in one process on the same inputs, after a parity check;
@@ -92,28 +93,37 @@ def run(config_names, repeats: int, with_compile: bool = True) -> list[dict]:
     return rows
 
 
-def layouts(config_names, rounds: int, repeats: int) -> None:
-    """The fast model in NCHW and in channels_last (the CPU default), side by side: `rounds`
-    alternations of `repeats` forwards each, medians over all; outputs compared first."""
+# Two builds of the fast model compared by --layouts and --winograd: (label, kwargs) each.
+VARIANTS = {
+    "layouts": (("NCHW", {"channels_last": False, "winograd": False}),
+                ("NHWC", {"channels_last": True, "winograd": False})),
+    "winograd": (("direct", {"channels_last": True, "winograd": False}),
+                 ("Winograd", {"channels_last": True, "winograd": True})),
+}
+
+
+def side_by_side(config_names, rounds: int, repeats: int, what: str) -> None:
+    """Two builds of the fast model (VARIANTS[what]), side by side: `rounds` alternations of
+    `repeats` forwards each, medians over all; outputs compared first."""
     torch.set_flush_denormal(True)
-    print(f"{'config':<9}{'NCHW ms':>10}{'NHWC ms':>10}{'NCHW/NHWC':>11}")
+    (name_a, kw_a), (name_b, kw_b) = VARIANTS[what]
+    print(f"{'config':<9}{name_a + ' ms':>13}{name_b + ' ms':>13}{'ratio':>8}")
     for name in config_names:
         cfg = CONFIGS[name]
         torch.manual_seed(0)
         ref = DermoSegDiff(cfg).eval()
-        nchw = build_fast_model(ref, channels_last=False)
-        nhwc = build_fast_model(ref, channels_last=True)
+        model_a, model_b = build_fast_model(ref, **kw_a), build_fast_model(ref, **kw_b)
         args = inputs(cfg)
         with torch.no_grad():
-            a, b = nchw(*args), nhwc(*args)
+            a, b = model_a(*args), model_b(*args)
             err = ((a - b).abs().max() / a.abs().max()).item()
-            assert err <= 1e-4, f"{name}: the two layouts disagree ({err:.2e} of scale)"
-            times = {"nchw": [], "nhwc": []}
+            assert err <= 1e-4, f"{name}: the two builds disagree ({err:.2e} of scale)"
+            times = ([], [])
             for _ in range(rounds):
-                for key, model in (("nchw", nchw), ("nhwc", nhwc)):
-                    times[key].append(median_time(lambda: model(*args), repeats))
-        t_a, t_b = statistics.median(times["nchw"]), statistics.median(times["nhwc"])
-        print(f"{name:<9}{t_a * 1e3:10.1f}{t_b * 1e3:10.1f}{t_a / t_b:10.2f}x", flush=True)
+                for i, model in enumerate((model_a, model_b)):
+                    times[i].append(median_time(lambda: model(*args), repeats))
+        t_a, t_b = statistics.median(times[0]), statistics.median(times[1])
+        print(f"{name:<9}{t_a * 1e3:13.1f}{t_b * 1e3:13.1f}{t_a / t_b:7.2f}x", flush=True)
 
 
 def format_row(r: dict) -> str:
@@ -133,11 +143,14 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--layouts", type=int, default=0, metavar="ROUNDS",
                    help="instead: the fast model in NCHW vs channels_last, ROUNDS alternations")
+    p.add_argument("--winograd", type=int, default=0, metavar="ROUNDS",
+                   help="instead: the fast model's 3x3 convolutions direct vs Winograd")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, C++ ops: {ops.AVAILABLE}")
-    if args.layouts:
-        layouts(args.configs.split(","), args.layouts, args.repeats)
-        return
+    for what in ("layouts", "winograd"):
+        if getattr(args, what):
+            side_by_side(args.configs.split(","), getattr(args, what), args.repeats, what)
+            return
     print(f"{'config':<9}{'size':>5}{'ref ms':>10}{'compile':>9}{'fast ms':>9}{'fast/ref':>9}")
     run(args.configs.split(","), args.repeats, not args.no_compile)
 

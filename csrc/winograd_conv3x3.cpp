@@ -267,9 +267,12 @@ static at::Tensor run(const char* name, const at::Tensor& x_in, const at::Tensor
 
   Geometry g{B, C, H, W, K, (H + 3) / 4, (W + 3) / 4, 0};
   g.tiles = B * g.tiles_h * g.tiles_w;
-  // Tiles per block: V (36 x T x C elements) near V_BYTES, a whole number of micro-tiles.
+  // Tiles per block: V (36 x T x C elements) near V_BYTES, a whole number of micro-tiles,
+  // and at least one block per thread where there are tiles enough (the low-resolution
+  // layers have few: 20 at 8 x 8, batch 5; one block would leave the other threads idle).
   int64_t T = std::max<int64_t>(1, V_BYTES / (NPOS * C * (int64_t)sizeof(Elem)) / MR) * MR;
-  T = std::min(T, (g.tiles + MR - 1) / MR * MR);
+  const int64_t per_thread = (g.tiles + at::get_num_threads() - 1) / at::get_num_threads();
+  T = std::min(T, std::max<int64_t>(1, (per_thread + MR - 1) / MR) * MR);
   const int64_t blocks = (g.tiles + T - 1) / T;
   const float* xp = x.data_ptr<float>();
   const Elem* up = static_cast<const Elem*>(u.data_ptr());

@@ -83,8 +83,12 @@ def test_a_killed_worker_is_replaced_and_every_image_done_once(folder, tmp_path)
 def test_an_interrupted_driver_resumes(folder, tmp_path):
     src, ckpt = folder
     out = tmp_path / "out"
+    # 40 steps per image, not 2: at 2 the 11 tiny images could all finish between the second
+    # one's record and the interrupt landing (seen once on the fresh-clone CI), and the test
+    # would then have nothing to resume.
+    slow = ["--steps", "40", *ARGS[2:]]
     proc = subprocess.Popen([sys.executable, "-m", "dsd_fast.cli", "segment", str(src), "-r",
-                             "-o", str(out), "--checkpoint", ckpt, *ARGS, "--ray",
+                             "-o", str(out), "--checkpoint", ckpt, *slow, "--ray",
                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     done = out / ".dsd-fast" / "done"
@@ -95,7 +99,7 @@ def test_an_interrupted_driver_resumes(folder, tmp_path):
     proc.communicate(timeout=120)
     finished = len(list(done.rglob("*.json")))
     assert 2 <= finished < 11, "interrupt before the end, after two images"
-    again = cli(str(src), "-r", "-o", str(out), "--checkpoint", ckpt, *ARGS, "--ray",
+    again = cli(str(src), "-r", "-o", str(out), "--checkpoint", ckpt, *slow, "--ray",
                 "--workers", "2")
     assert again.returncode == 1
     assert f"skipped {finished}" in again.stdout and f"segmented {11 - finished}" in again.stdout
