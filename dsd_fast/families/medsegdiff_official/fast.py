@@ -17,7 +17,7 @@ tests/families/test_medsegdiff_official_fast.py:
     256 px; on CUDA the layout is not measured yet (no GPU so far). V1 stays NCHW (its
     FF-Parser op and highway gates take NCHW);
   - V2 on the CPU (C++ ops built): its 3x3 convolutions by Winograd F(4x4, 3x3)
-    (`fast_blocks.enable_winograd`; `winograd=False` saves the transformed weights' memory).
+    (`winograd_layers.enable_winograd`; `winograd=False` saves the transformed weights' memory).
 """
 from __future__ import annotations
 
