@@ -44,16 +44,22 @@ def op_inputs(name: str, device: str, dtype=torch.float32):
         return (r(2, 16, 12, 12), r(16), r(16), 4, 1e-5, r(2, 16), r(2, 16))
     if name == "gated_conv1x1":
         return (r(2, 12, 10, 10), r(8, 12, 1, 1) / 4, r(8), r(2, 8, 10, 10))
+    if name == "winograd_conv3x3":
+        from ..ops.winograd import winograd_weight
+        x = r(2, 16, 10, 7).contiguous(memory_format=torch.channels_last)
+        return (x, winograd_weight(r(32, 16, 3, 3) / 12).to(device), r(32))
     return (r(2, 16, 9, 9), r(384, 16) / 4, r(16, 128) / 11, r(16))
 
 
 def parity(name: str, device: str, impl) -> tuple[bool, float]:
     """(ok, max |impl - twin| / scale) on fixed random inputs."""
     from ..ops import reference as ref
+    from ..ops import winograd
     from ..ops.guard import close_enough
     args = op_inputs(name, device)
     with torch.no_grad():
-        want = getattr(ref, f"{name}_ref")(*args)
+        twin = getattr(winograd if name == "winograd_conv3x3" else ref, f"{name}_ref")
+        want = twin(*args)
         got = impl(*args)
     return close_enough(got, want)
 
@@ -69,6 +75,17 @@ def implementations(device: str) -> dict[str, tuple[str, object]]:
                              getattr(ops, name))
             else:
                 out[name] = (f"PyTorch twin: {ops.CPU_REASON}", None)
+        # the fast models' 3x3 convolutions (families/winograd_layers.py)
+        if ops.WINOGRAD:
+            bf16 = ("; its bfloat16 form for precision='bf16' too" if ops.WINOGRAD_BF16
+                    else "; precision='bf16' keeps oneDNN's bfloat16 convolution")
+            out["winograd_conv3x3"] = (f"C++ kernel, {ops.ISA} build{bf16}",
+                                       ops.winograd_conv3x3)
+        else:
+            out["winograd_conv3x3"] = ("not used: the fast models' 3x3 convolutions are "
+                                       "oneDNN's direct ones (" + (ops.CPU_REASON or
+                                       "the extension predates the op: rebuild it") + ")",
+                                       None)
         return out
     from ..ops.guard import kernel_mode
     registered = ops.fast_path_available(device)

@@ -131,7 +131,8 @@ def test_doctor_reports_every_op_and_fails_on_a_wrong_one(capsys, monkeypatch):
     assert main(["doctor", "--no-timing"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "ops on cpu:" in out and "all checks passed" in out
-    for op in ("ff_parser", "group_norm_silu", "gated_conv1x1", "linear_attention"):
+    for op in ("ff_parser", "group_norm_silu", "gated_conv1x1", "linear_attention",
+               "winograd_conv3x3"):
         assert op in out
     if not ops.AVAILABLE:
         return                              # the twins run: nothing of ours to find wrong
