@@ -25,7 +25,19 @@ from .. import ops
 from ..ops import winograd
 
 __all__ = ["WinogradWeight", "winograd_mode", "conv3x3", "WinogradConv2d", "winograd_eligible",
-           "enable_winograd"]
+           "enable_winograd", "resolve_winograd"]
+
+
+def resolve_winograd(winograd: bool | None, channels_last: bool, device) -> bool:
+    """A build_fast_model's `winograd` argument: by default on for a channels_last model on
+    the CPU when the op is built; asked for without channels_last, refused (the op reads and
+    writes NHWC)."""
+    if winograd is None:
+        return channels_last and ops.WINOGRAD and torch.device(device).type == "cpu"
+    if winograd and not channels_last:
+        raise ValueError("winograd=True needs a channels_last model (the op reads and writes "
+                         "NHWC)")
+    return winograd
 
 
 def _autocast_dtype() -> torch.dtype:

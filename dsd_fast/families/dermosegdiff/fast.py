@@ -38,7 +38,7 @@ from ... import ops
 from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
-from ..winograd_layers import enable_winograd
+from ..winograd_layers import enable_winograd, resolve_winograd
 from .fast_attention import FastLAtt
 from .layers import RB, Block, LAtt, ResnetBlock, standardize_weight, ws_eps
 from .reference import DermoSegDiff, EncoderLevel
@@ -134,12 +134,10 @@ def build_fast_model(model: DermoSegDiff, channels_last: bool | None = None,
     `channels_last` (default: on the CPU, where it was measured faster; NCHW elsewhere) runs
     weights and activations in NHWC. `winograd` (default: with channels_last when the C++
     ops are built) runs the 3x3 convolutions of the ResnetBlocks by Winograd F(4x4, 3x3)."""
+    device = next(model.parameters()).device
     if channels_last is None:
-        channels_last = next(model.parameters()).device.type == "cpu"
-    if winograd is None:
-        winograd = channels_last and ops.WINOGRAD
-    if winograd and not channels_last:
-        raise ValueError("winograd=True needs channels_last=True (the op reads and writes NHWC)")
+        channels_last = device.type == "cpu"
+    winograd = resolve_winograd(winograd, channels_last, device)
     fast = copy.deepcopy(model).eval()
     for mod in fast.modules():
         if isinstance(mod, RB) and isinstance(mod.rb, ResnetBlock):

@@ -23,7 +23,7 @@ from torch import nn
 
 from ... import ops
 from ...ops.winograd import supported as winograd_supported
-from ..winograd_layers import WinogradWeight, conv3x3, enable_winograd
+from ..winograd_layers import WinogradWeight, conv3x3, enable_winograd, resolve_winograd
 from .reference import DiffSegUNet, ResidualBlock, Stage, timestep_embedding
 
 
@@ -101,9 +101,8 @@ def build_fast_model(net: DiffSegUNet, winograd: bool | None = None) -> FastDiff
     """`winograd` (default: on the CPU with the C++ ops built) runs the 3x3 convolutions by
     Winograd F(4x4, 3x3)."""
     fast = FastDiffSegUNet(net.eval()).eval()
-    if winograd is None:
-        winograd = ops.WINOGRAD and next(net.parameters()).device.type == "cpu"
-    if winograd:                                   # after the layout change: u is not an image
+    # the fast DiffSeg network is always channels_last; after the layout change: u is not an image
+    if resolve_winograd(winograd, True, next(net.parameters()).device):
         enable_winograd(fast)
     for p in fast.parameters():
         p.requires_grad_(False)

@@ -40,7 +40,7 @@ from ..fast_attention import LinearAttentionCore
 from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
-from ..winograd_layers import enable_winograd
+from ..winograd_layers import enable_winograd, resolve_winograd
 from .layers import (ChannelLayerNorm, Conditioning, LinearAttention, ResnetBlock,
                      layer_norm_eps)
 from .reference import MedSegDiffUnet
@@ -134,12 +134,10 @@ def build_fast_model(net: MedSegDiffUnet, channels_last: bool | None = None,
     `channels_last` (default: on the CPU, measured faster there; NCHW elsewhere) runs weights
     and activations in NHWC; `winograd` (default: with channels_last when the C++ ops are
     built) the ResnetBlocks' 3x3 convolutions by Winograd F(4x4, 3x3)."""
+    device = next(net.parameters()).device
     if channels_last is None:
-        channels_last = next(net.parameters()).device.type == "cpu"
-    if winograd is None:
-        winograd = channels_last and ops.WINOGRAD
-    if winograd and not channels_last:
-        raise ValueError("winograd=True needs channels_last=True (the op reads and writes NHWC)")
+        channels_last = device.type == "cpu"
+    winograd = resolve_winograd(winograd, channels_last, device)
     fast = copy.deepcopy(net).eval()
     for i, cond in enumerate(fast.conditioners):          # first: they own a ResnetBlock
         if not hasattr(cond, "to_dynamic_ff_parser_attn_map"):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..winograd_layers import enable_winograd
+from ..winograd_layers import enable_winograd, resolve_winograd
 from .anchor import ConvUnit, FFParser
 from .layers import AttentionBlock, ResBlock
 from .reference import OfficialMedSegDiff
@@ -112,11 +112,7 @@ def build_fast_model(net: OfficialMedSegDiff, channels_last: bool = True,
     (default: channels_last V2 on the CPU with the C++ ops built) runs its 3x3 convolutions
     by Winograd F(4x4, 3x3)."""
     channels_last = channels_last and net.config.version == "v2"
-    if winograd is None:
-        winograd = (channels_last and ops.WINOGRAD
-                    and next(net.parameters()).device.type == "cpu")
-    if winograd and not channels_last:
-        raise ValueError("winograd=True needs channels_last V2 (the op reads and writes NHWC)")
+    winograd = resolve_winograd(winograd, channels_last, next(net.parameters()).device)
     fast = copy.deepcopy(net).eval()
     if channels_last:
         fast.__class__ = FastOfficialMedSegDiff
