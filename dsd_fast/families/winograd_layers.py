@@ -60,9 +60,8 @@ class WinogradWeight:
     """A 3x3 conv weight's Winograd transforms (ops.winograd_weight, _bf16)."""
 
     def __init__(self, weight: torch.Tensor):
-        self.weight = weight                      # the layer's own tensor: no copy
         self.u = winograd.winograd_weight(weight)
-        self.u16: torch.Tensor | None = None
+        self.u16: torch.Tensor | None = None      # pack_bf16(u), on first bf16 use
 
     def conv(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor | None:
         """conv2d(x, weight, bias, padding=1) by Winograd, or None where it does not apply."""
@@ -71,7 +70,7 @@ class WinogradWeight:
             return ops.winograd_conv3x3(x, self.u, bias)
         if mode == "bf16":
             if self.u16 is None:
-                self.u16 = winograd.winograd_weight_bf16(self.weight)
+                self.u16 = winograd.pack_bf16(self.u)     # not G w G^T a second time
             return ops.winograd_conv3x3_bf16(x, self.u16, bias)
         return None
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BT", "G", "AT", "PANEL", "winograd_weight", "winograd_weight_bf16",
+__all__ = ["BT", "G", "AT", "PANEL", "winograd_weight", "winograd_weight_bf16", "pack_bf16",
            "winograd_conv3x3_ref", "supported"]
 
 PANEL = 32          # output channels per packed panel (csrc/winograd_conv3x3.cpp)
@@ -62,7 +62,11 @@ def winograd_weight(w: torch.Tensor) -> torch.Tensor:
 def winograd_weight_bf16(w: torch.Tensor) -> torch.Tensor:
     """winograd_weight(w) rounded to bfloat16, input channels paired innermost as AVX-512
     BF16's dot product reads them: (ceil(K / 32), 36, C / 2, 32, 2)."""
-    u = winograd_weight(w)
+    return pack_bf16(winograd_weight(w))
+
+
+def pack_bf16(u: torch.Tensor) -> torch.Tensor:
+    """winograd_weight's u in winograd_weight_bf16's layout and precision."""
     p, _, c, _ = u.shape
     return u.reshape(p, 36, c // 2, 2, PANEL).transpose(3, 4).to(torch.bfloat16).contiguous()
 
