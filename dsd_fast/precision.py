@@ -7,7 +7,9 @@ kernels on CPUs, tensor cores on NVIDIA GPUs) under `torch.autocast`: weights an
 in bfloat16 where autocast puts them, float32 accumulation inside those kernels, float32 for
 what autocast keeps in float32 (normalisations, softmax, the FF-Parser's FFT). The network's
 output is cast back to float32 before the sampler sees it, so every sampler step (the noise
-schedule arithmetic, x0 clipping, the ensemble mean) stays float32.
+schedule arithmetic, x0 clipping, the ensemble mean) stays float32. The CPU fast models'
+3x3 convolutions run as Winograd with bfloat16 products instead (families/winograd_layers.py;
+float32 out, a few times bfloat16's per-layer error, the masks within the bar below).
 
 It is only offered where the hardware does bfloat16 natively: AVX-512 BF16 or AMX on x86
 CPUs, compute capability 8.0+ on NVIDIA GPUs. Elsewhere oneDNN would emulate it (slower than
