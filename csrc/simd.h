@@ -168,6 +168,28 @@ static inline V exp_lanes(V x) {
   return p * scale;
 }
 
+#if DSD_HAVE_AVX512
+// The same exp with AVX-512's own steps, half the instructions of the generic form (13 vs
+// 25 per vector; exp dominates linear attention's softmaxes and SiLU): vrndscaleps rounds,
+// vscalefps multiplies by 2^n, vmaxps / vminps clamp. max(lo, x) / min(hi, x) return x
+// when it is NaN, so NaN still propagates as in the generic form.
+static inline v16 exp_lanes(v16 x) {
+  __m512 v = _mm512_max_ps(_mm512_set1_ps(-87.3f), (__m512)x);
+  v = _mm512_min_ps(_mm512_set1_ps(88.3f), v);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  const __m512 p01 = _mm512_add_ps(r, _mm512_set1_ps(1.0f));
+  const __m512 p23 = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
+  const __m512 p45 = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 120.0f), _mm512_set1_ps(1.0f / 24.0f));
+  const __m512 p456 = _mm512_fmadd_ps(r2, _mm512_set1_ps(1.0f / 720.0f), p45);
+  const __m512 p = _mm512_fmadd_ps(r2, _mm512_fmadd_ps(r2, p456, p23), p01);
+  return (v16)_mm512_scalef_ps(p, n);
+}
+#endif
+
 // 1 / d to about 1 ulp: the hardware estimate (12 bits) plus one Newton step, cheaper than a
 // divide. Portable fallback: the divide.
 static inline v8 recip(v8 d) {
@@ -195,7 +217,19 @@ typedef v4 vf;
 constexpr int VL = DSD_LANES;
 static_assert(sizeof(vf) == VL * sizeof(float), "vf must hold VL floats");
 
-static inline vf bcastf(float s) { return vf{} + s; }
+// A lane-wise copy of s. Not `vf{} + s`: adding 0.0 is not a no-op for s = -0.0, so the
+// compiler must keep a scalar add before the broadcast, and cannot fold a broadcast of a
+// value in memory into the FMA that uses it (measured: the hot loops of the micro-kernels
+// spent a third of their instructions on those adds).
+static inline vf bcastf(float s) {
+#if DSD_HAVE_AVX512
+  return (vf)_mm512_set1_ps(s);
+#elif DSD_HAVE_AVX2
+  return (vf)_mm256_set1_ps(s);
+#else
+  return vf{s, s, s, s};
+#endif
+}
 static inline vf zerof() { return vf{}; }
 static inline vf loadf(const float* p) {
   vf v;
