@@ -17,8 +17,9 @@ differs from the published order (float32: ~1e-6 relative, checked in
 tests/families/test_dermosegdiff_fast.py).
 
 On the CPU the fused C++ op `ops.linear_attention` (csrc/linear_attention.cpp) computes this
-order in 16-pixel panels, never writing q or k to memory (4 heads of 32 only: the published
-layout); `LinearAttentionCore.reassociated` is the same order in PyTorch for other devices,
+order in two sweeps over the pixels (k's softmax and kx with the head's 32 rows along the
+vector lanes, read straight from channels_last; q's softmax and M q in panels of pixels),
+never writing q or k to memory (4 heads of 32 only: the published layout); `LinearAttentionCore.reassociated` is the same order in PyTorch for other devices,
 head layouts, and builds without the extension, its projections as matmuls
 over (B, C, N) views: oneDNN's NCHW 1x1 kernel was measured at 11.7 GFLOP/s for the 16 -> 384
 projection at 64 x 64 (21.6 ms, batch 5), a matmul of the same size at ~140 GFLOP/s.

@@ -288,8 +288,9 @@ def test_gated_conv1x1_non_contiguous_inputs():
 # Linear attention
 
 # (B, C, Co, H, W): the network's planes (64 x 64 with C = 16 and 32, 8 x 8 with C = 128),
-# batch 1, channel counts off the 4-row / 2-channel register tiles, pixel counts off the
-# 8-, 16- or 32-pixel panel (9 x 5, 13 x 11, 6 x 8), a single pixel, Co != C.
+# batch 1, channel counts off the vector width (padded in the K sweep) and off the Q sweep's
+# 4- or 8-row tiles, pixel counts off the 8-, 16- or 32-pixel panel and the K sweep's pixel
+# tiles and chunks (9 x 5, 13 x 11, 6 x 8), a single pixel, Co != C.
 LA_SHAPES = [(5, 16, 16, 64, 64), (2, 32, 32, 32, 32), (3, 128, 128, 8, 8), (1, 3, 5, 4, 4),
              (2, 7, 7, 9, 5), (2, 33, 17, 13, 11), (1, 32, 32, 1, 1), (1, 8, 8, 6, 8)]
 
@@ -330,9 +331,10 @@ def test_linear_attention_sharp_softmax_and_4d_weights():
 
 @needs_ext
 def test_linear_attention_online_softmax_across_chunks():
-    # The op's pixel softmax runs in chunks of 1024 pixels with a running max. A pixel whose
-    # logits dwarf everything before it, in the last chunk, forces the rescaling of all the
-    # sums accumulated so far (a missing rescale is an O(1) error here).
+    # The op's pixel softmax runs in chunks of 64 pixels with a running max, in 2 segments
+    # merged by their maxima at this size. A pixel whose logits dwarf everything before it,
+    # in the last chunk, forces the rescaling of all the sums accumulated so far and a
+    # lopsided merge (a missing rescale or merge weight is an O(1) error here).
     xn, wqkv, wout, bout = la_inputs((2, 16, 16, 48, 48), seed=32)
     xn[:, :, 47, 40] = 25.0
     assert_close(ops.linear_attention(xn, wqkv, wout, bout),
@@ -342,10 +344,10 @@ def test_linear_attention_online_softmax_across_chunks():
 @needs_ext
 @pytest.mark.parametrize("shape", LA_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_linear_attention_channels_last_stays_channels_last(shape):
-    # NHWC in: panels packed by transposing each pixel's channels; NHWC out: each panel's y
-    # staged as (Co, NR) and written pixel by pixel (partial panels: 9 x 5, 13 x 11, 1 x 1).
-    # Same arithmetic as NCHW, so the same tolerance against the reference; and the NCHW
-    # result bit for bit, since only where the floats are read from and written to differs.
+    # NHWC in: read as it lies (an NCHW input is first copied pixel-major); NHWC out: each
+    # panel's y staged as (Co, NR) and written pixel by pixel (partial panels: 9 x 5, 13 x 11,
+    # 1 x 1). Same arithmetic as NCHW, so the same tolerance against the reference; and the
+    # NCHW result bit for bit, since only where the floats are read from and written to differs.
     xn, wqkv, wout, bout = la_inputs(shape, seed=33)
     x_cl = xn.contiguous(memory_format=torch.channels_last)
     y = ops.linear_attention(x_cl, wqkv, wout, bout)
