@@ -67,27 +67,29 @@ static inline void at6(const vf m[6], vf y[4]) {
   y[3] = fmadd(bcastf(0.125f), m[3], fnmadd(bcastf(8.0f), m[4], d12)) + m[5];
 }
 
-// c[r][0..NR) = sum_k a[r * lda + k] * b[k * PANEL + 0..NR), r < MR. The accumulators stay
-// in registers: every index below is a constant once the loops are unrolled.
+// c[r][0..NV VL) = sum_k a[r * lda + k] * b[k * PANEL + 0..NV VL), r < MR; NV = 2 (NR
+// channels) or 1 (the last VL channels of a narrower panel: K = 16 on AVX-512 would
+// otherwise multiply 16 columns of zero padding). The accumulators stay in registers: every
+// index below is a constant once the loops are unrolled.
+template <int NV>
 static inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t C,
                                 float* c) {
-  vf acc[MR][2];
+  vf acc[MR][NV];
 #pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = zerof();
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = zerof();
   for (int64_t k = 0; k < C; ++k) {
-    const vf b0 = loadf(b + k * PANEL), b1 = loadf(b + k * PANEL + VL);
+    vf bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = loadf(b + k * PANEL + j * VL);
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       const vf av = bcastf(a[r * lda + k]);
-      acc[r][0] = fmadd(av, b0, acc[r][0]);
-      acc[r][1] = fmadd(av, b1, acc[r][1]);
+      for (int j = 0; j < NV; ++j) acc[r][j] = fmadd(av, bv[j], acc[r][j]);
     }
   }
 #pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) {
-    storef(c + r * PANEL, acc[r][0]);
-    storef(c + r * PANEL + VL, acc[r][1]);
-  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) storef(c + r * PANEL + j * VL, acc[r][j]);
 }
 
 struct Geometry {
@@ -214,9 +216,13 @@ static void products_f32(const float* V, const float* up_p, int64_t T, int64_t n
                          int64_t width, float* M) {
   for (int64_t xi = 0; xi < NPOS; ++xi)
     for (int64_t sub = 0; sub < width; sub += NR)
-      for (int64_t tp = 0; tp < nt; tp += MR)
-        micro_kernel(V + (xi * T + tp) * C, C, up_p + xi * C * PANEL + sub, C,
-                     M + (xi * T + tp) * PANEL + sub);
+      for (int64_t tp = 0; tp < nt; tp += MR) {
+        const float* a = V + (xi * T + tp) * C;
+        const float* b = up_p + xi * C * PANEL + sub;
+        float* c = M + (xi * T + tp) * PANEL + sub;
+        if (width - sub <= VL) micro_kernel<1>(a, C, b, C, c);
+        else micro_kernel<2>(a, C, b, C, c);
+      }
 }
 
 #if DSD_HAVE_AVX512
