@@ -80,13 +80,23 @@ class Bf16Denoiser(nn.Module):
                       torch.device("cpu"))
         with torch.autocast(device.type, dtype=torch.bfloat16):
             out = self.net(*inputs, **kwargs)
-        return out.float() if isinstance(out, torch.Tensor) else out
+        return as_float32(out)
 
     def __getattr__(self, name):
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("net"), name)
+
+
+def as_float32(out):
+    """A network's output (a tensor or a tuple / list of them) with its floating tensors in
+    float32: nothing downstream (sampler, loss) sees bfloat16."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(as_float32(o) for o in out)
+    return out
 
 
 def with_precision(net: nn.Module, precision: str) -> nn.Module:

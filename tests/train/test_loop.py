@@ -211,3 +211,56 @@ def test_official_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
     trainer = Trainer(options(root, tmp_path / "again", config="msd_official_tiny",
                               batch_size=2), log=lambda *_: None)
     assert set(trainer.train_step()) == {"loss", "loss_diff", "vb", "loss_cal"}
+
+
+needs_bf16 = pytest.mark.skipif(not __import__("dsd_fast.precision").precision.native_bf16("cpu"),
+                                reason="this CPU has no native bfloat16 (AVX-512 BF16 / AMX)")
+
+
+@needs_bf16
+def test_bf16_training_runs_the_forward_in_bfloat16_and_still_learns(tmp_path):
+    root = make_disc_dataset(tmp_path / "data")
+    tr = Trainer(options(root, tmp_path / "run", total_steps=40, precision="bf16"),
+                 log=lambda *_: None)
+    x, img, t = torch.randn(2, 1, 16, 16), torch.rand(2, 3, 16, 16), torch.tensor([3, 7])
+    with torch.no_grad():
+        fp32, bf16 = tr.model(x, img, t), tr.net(x, img, t)
+    # the autocast forward is a different computation (not the float32 one) within
+    # bfloat16's precision, and comes back as float32
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
+    first = np.mean([tr.train_step()["l2"] for _ in range(5)])
+    tr.run(progress=False)
+    last = np.mean([tr.train_step()["l2"] for _ in range(5)])
+    assert last < 0.8 * first, (first, last)
+    # weights, gradients and checkpoints stay float32 under the model's own key names
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
+               for p in tr.model.parameters() if p.grad is not None)
+    st = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert set(st["model"]) == set(tr.model.state_dict())
+    assert json.loads(st["options"])["precision"] == "bf16"
+
+
+@needs_bf16
+def test_bf16_training_of_a_family_with_tuple_outputs(tmp_path):
+    """The official MedSegDiff returns (out, cal): both come back float32 into its loss."""
+    root = make_disc_dataset(tmp_path / "data", size=32)
+    tr = Trainer(options(root, tmp_path / "run", config="msd_official_tiny", batch_size=2,
+                         precision="bf16"), log=lambda *_: None)
+    out = tr.net(torch.randn(2, 1, 32, 32), torch.rand(2, 3, 32, 32), torch.tensor([5, 900]))
+    assert [o.dtype for o in out] == [torch.float32, torch.float32]
+    parts = tr.train_step()
+    assert set(parts) == {"loss", "loss_diff", "vb", "loss_cal"}
+    assert all(np.isfinite(v) for v in parts.values())
+
+
+def test_bf16_training_falls_back_to_float32_without_native_bf16(tmp_path, monkeypatch):
+    import dsd_fast.precision as P
+    monkeypatch.setattr(P, "native_bf16", lambda device: False)
+    P._warn_no_bf16.cache_clear()
+    root = make_disc_dataset(tmp_path / "data")
+    with pytest.warns(RuntimeWarning, match="no native bfloat16"):
+        tr = Trainer(options(root, tmp_path / "run", precision="bf16"), log=lambda *_: None)
+    assert tr.net is tr.model
+    with pytest.raises(ValueError, match="precision"):
+        options(root, tmp_path / "x", precision="fp16")
