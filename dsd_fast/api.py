@@ -26,6 +26,7 @@ from torch import nn
 from .diffusion import SAMPLERS, SPACINGS, Schedule, as_eps_model, noise_seed, sample_ensemble
 from .diffusion.ensemble import MAX_SEED, ddim_grid
 from .families import ModelFamily, family_of_network
+from .allocator import tune_malloc
 from .images import as_image_list, to_chw
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, content_key, to_model_input
@@ -136,6 +137,8 @@ class Pipeline:
         the Triton kernels are registered (on CUDA)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if self.device.type == "cpu":
+            tune_malloc()                     # keep activations' pages mapped (allocator.py)
         if backend == "reference":
             return self.model
         if backend == "auto":
