@@ -3,6 +3,7 @@ figures of MODEL_CARD.md.
 
     python bench/eval_sources.py --checkpoint PATH [--ham-limit N] [--steps 25]
         [--ensemble 5] [--spacing leading|trailing] [--tta] [--shard K/N] [--out FILE.json]
+        [--save-prob DIR]
     python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
 
 segment() defaults (the model's own sampler setting, else DDIM 25 x 5; seed 0; noise keyed
@@ -12,7 +13,9 @@ pooled mean over all images. --ham-limit takes the first N ids of HAM10000's val
 fixed subset; the split's order is the file's); --shard K/N evaluates every N-th image from
 the K-th, so N processes can share the work (merge their --out files with --merge);
 --versus compares two models' files image by image (per source: mean paired difference of
-Dice, its standard error, wins and losses).
+Dice, its standard error, wins and losses). --save-prob keeps each image's probability map
+(original size, uint16 = round(p * 65535), DIR/SOURCE_ID.npz) for offline studies of
+post-processing (bench/postprocess_study.py).
 """
 from __future__ import annotations
 
@@ -80,6 +83,7 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="members see flipped/rotated views")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--save-prob", default=None, help="folder for the probability maps")
     ap.add_argument("--merge", nargs="*", default=None, help="JSON files of shards to merge")
     ap.add_argument("--versus", nargs="*", default=None,
                     help="another model's shard files: paired differences against --merge's")
@@ -103,6 +107,10 @@ def main() -> None:
         res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,
                            noise_keys=[pos], spacing=args.spacing, tta=args.tta)[0]
         s = score_image(res.mask, load_mask(mask).numpy())
+        if args.save_prob:
+            Path(args.save_prob).mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(Path(args.save_prob) / f"{source}_{i}.npz",
+                                p=np.round(res.probability * 65535).astype(np.uint16))
         rows.append({"source": source, "id": i, "dice": s["dice"],
                      "tj": s["threshold_jaccard"]})
     secs = (time.perf_counter() - t0) / max(len(rows), 1)

@@ -28,6 +28,8 @@ from .diffusion.ensemble import MAX_SEED, ddim_grid
 from .families import ModelFamily, family_of_network
 from .allocator import tune_malloc
 from .images import as_image_list, to_chw
+from .postprocess import METHODS as POSTPROCESS_METHODS
+from .postprocess import resolve_postprocess
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, content_key, to_model_input
 from .results import SegmentationResult, check_fusion, samples_to_result
@@ -89,6 +91,9 @@ class Pipeline:
     # The sampler setting the weights were measured best with at segment()'s cost, from the
     # file's metadata ("sampler_defaults": steps, ensemble, spacing); None: CLASSIC_SAMPLING.
     sampler_defaults: dict | None = None
+    # The mask clean-up segment(postprocess="auto") runs (postprocess.py), from the file's
+    # metadata ("postprocess"); None: the published mask, untouched.
+    postprocess_default: str | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -105,7 +110,8 @@ class Pipeline:
         fam, net, schedule, pre = load_parts(path, config, family, device, **settings)
         _need_mask_diffusion(fam)
         meta = read_metadata(path) if isinstance(path, (str, os.PathLike)) else {}
-        return cls(net, fam, schedule, pre, sampler_defaults_from(meta))
+        return cls(net, fam, schedule, pre, sampler_defaults_from(meta),
+                   postprocess_from(meta))
 
     @classmethod
     def from_model(cls, net: nn.Module, schedule: Schedule | None = None,
@@ -205,9 +211,10 @@ class Pipeline:
                 return_samples: bool = False, progress: bool = False,
                 noise_keys: list | None = None, clip_x0: bool = True,
                 precision: str = "fp32", spacing: str | None = None,
-                tta: bool = False) -> list[SegmentationResult]:
+                tta: bool = False, postprocess: str | None = "auto") -> list[SegmentationResult]:
         """Segment skin lesions; see `dsd_fast.segment` for the arguments."""
         items = as_image_list(images)
+        postprocess = resolve_postprocess(postprocess, self.postprocess_default)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
         steps, ensemble, spacing = self.sampler_settings(steps, ensemble, spacing, sampler)
@@ -227,7 +234,8 @@ class Pipeline:
             for k, chw in enumerate(chunk):
                 rng = np.random.default_rng(noise_seed(seed, chunk_keys[k]))  # CRF's draws
                 results.append(samples_to_result(samples[k], tuple(chw.shape[1:]),
-                                                 return_samples, fusion, refine, chw, rng))
+                                                 return_samples, fusion, refine, chw, rng,
+                                                 postprocess))
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -315,7 +323,7 @@ def segment(images, steps: int | None = None, ensemble: int | None = None, model
             return_samples: bool = False, progress: bool = False,
             noise_keys: list | None = None, clip_x0: bool = True,
             precision: str = "fp32", spacing: str | None = None,
-            tta: bool = False) -> list[SegmentationResult]:
+            tta: bool = False, postprocess: str | None = "auto") -> list[SegmentationResult]:
     """Segment skin lesions.
 
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
@@ -348,6 +356,11 @@ def segment(images, steps: int | None = None, ensemble: int | None = None, model
         (MODEL_CARD.md);
     tta: ensemble member e sees the image flipped/rotated (symmetry e mod 8) and its sample
         is turned back before fusing; same compute as plain members (diffusion/tta.py).
+    postprocess: the mask's clean-up (postprocess.py): "auto" (default) the model file's
+        own setting (the bundled default: "largest", the largest lesion component only;
+        published checkpoints: none), None / "none" the published mask untouched, or
+        "fill", "largest", "largest_fill". The probability and uncertainty maps are never
+        changed.
     Returns one SegmentationResult per image, in order.
     """
     items = as_image_list(images)            # image errors before a model is loaded
@@ -355,7 +368,18 @@ def segment(images, steps: int | None = None, ensemble: int | None = None, model
         items, steps=steps, ensemble=ensemble, seed=seed, sampler=sampler, eta=eta,
         batch_size=batch_size, fusion=fusion, refine=refine, backend=backend,
         return_samples=return_samples, progress=progress, noise_keys=noise_keys,
-        clip_x0=clip_x0, precision=precision, spacing=spacing, tta=tta)
+        clip_x0=clip_x0, precision=precision, spacing=spacing, tta=tta,
+        postprocess=postprocess)
+
+
+def postprocess_from(meta: dict) -> str | None:
+    """A file's "postprocess" metadata (a postprocess.METHODS name), checked."""
+    raw = meta.get("postprocess")
+    if raw is not None and raw not in POSTPROCESS_METHODS:
+        from .checkpoint import CheckpointError
+        raise CheckpointError(f"the file's postprocess metadata {raw!r} is not one of "
+                              f"{POSTPROCESS_METHODS}")
+    return raw
 
 
 def _is_int(v) -> bool:

@@ -24,7 +24,8 @@ class SegmentationResult:
     std: np.ndarray               # (H, W) float32: per-pixel std across the ensemble, [0, 1] units
     entropy: np.ndarray           # (H, W) float32: binary entropy (bits) of `probability`
     samples: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) bool when asked
-    fusion: str = "mean"          # how `mask` was made: "mean", "staple", or "mean+crf"
+    fusion: str = "mean"          # how `mask` was made: "mean", "staple", "mean+crf", and
+    #                               "+largest" etc. when post-processed (postprocess.py)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -47,7 +48,8 @@ def check_fusion(fusion: str, refine: str | None) -> None:
 def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
                       return_samples: bool = False, fusion: str = "mean",
                       refine: str | None = None, image: torch.Tensor | None = None,
-                      rng: np.random.Generator | None = None) -> SegmentationResult:
+                      rng: np.random.Generator | None = None,
+                      postprocess: str | None = None) -> SegmentationResult:
     """(E, S, S) samples in mask space of one image -> result at the original (H, W).
 
     probability = clamp((mean of the raw samples + 1) / 2, 0, 1): thresholding it at 0.5 is
@@ -57,6 +59,8 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
     fusion="staple" makes the mask from STAPLE over the binary samples instead of the mean;
     "mean-squared" is the official MedSegDiff code's rule (which it calls staple): mean^2 > 0.5;
     refine="crf" refines with DenseCRF on `image` (3, H, W) (DiffSeg's protocol).
+    postprocess (postprocess.py: "fill", "largest", "largest_fill") cleans the final mask;
+    the maps are left as the ensemble gave them.
     """
     from .uncertainty import entropy_map, staple_fusion
     samples = samples.float()
@@ -85,10 +89,14 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
         refined = diffseg_refine(to_uint8_rgb(image.numpy()), fg_up,
                                  rng or np.random.default_rng(0))
         mask = refined > 0.5
+    if postprocess is not None:
+        from .postprocess import postprocess_mask
+        mask = postprocess_mask(mask, postprocess)
     res = SegmentationResult(mask=mask, probability=probability,
                              std=up[1].clamp_min(0).numpy().astype(np.float32),
                              entropy=entropy_map(probability).astype(np.float32),
-                             fusion=fusion + ("+crf" if refine == "crf" else ""))
+                             fusion=fusion + ("+crf" if refine == "crf" else "")
+                             + (f"+{postprocess}" if postprocess else ""))
     if return_samples:
         res.samples = binary
     return res

@@ -19,7 +19,7 @@ def cmd_segment(args) -> int:
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
             max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
             precision=args.precision, spacing=args.spacing, tta=args.tta,
-            model_settings=_parse_settings(args.model_setting), ray=args.ray,
+            postprocess=args.postprocess, model_settings=_parse_settings(args.model_setting), ray=args.ray,
             workers=args.workers)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation: each ensemble member sees the image "
                    "flipped/rotated, its mask turned back before fusing (same compute)")
+    s.add_argument("--postprocess", choices=("auto", "none", "fill", "largest", "largest_fill"),
+                   default="auto",
+                   help="clean the mask: fill holes, keep the largest component, or both; "
+                   "auto (default): the model file's own setting (the bundled default: "
+                   "largest), none: the published mask")
     s.add_argument("-r", "--recursive", action="store_true",
                    help="also take images from subfolders; outputs mirror the subfolders")
     s.add_argument("--batch-size", type=_batch_size, default=None,

@@ -37,6 +37,7 @@ from ..diffusion.ensemble import MAX_SEED
 from ..images import ImageInputError, load_mask
 from ..io import WHOLE_FOLDER_ERRNOS, remove_stale_temp_files
 from ..metrics import summarise
+from ..postprocess import resolve_postprocess
 from .discover import InputImage, discover, is_inside, prepare
 from .errors import Interrupted, OutputError, UsageError
 from .evaluate import GroundTruth, format_summary
@@ -78,6 +79,9 @@ class BatchOptions:
     precision: str = "fp32"                # or "bf16" (precision.py)
     spacing: str | None = None             # DDIM's time grid: "leading" or "trailing"
     tta: bool = False                      # members see flipped/rotated views (segment())
+    # the mask's clean-up (postprocess.py): "auto" = the model file's own setting, resolved
+    # with the sampling defaults before the run (resolve_run_sampling), so records hold it
+    postprocess: str | None = "auto"
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
@@ -115,6 +119,10 @@ class BatchOptions:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.precision!r}")
+        from ..postprocess import METHODS
+        if self.postprocess not in ("auto", "none", None, *METHODS):
+            raise UsageError(f"--postprocess must be one of auto, none, {', '.join(METHODS)}, "
+                             f"got {self.postprocess!r}")
         from ..diffusion import SPACINGS
         if self.spacing is not None and self.spacing not in SPACINGS:
             raise UsageError(f"--spacing must be one of {', '.join(SPACINGS)}, got "
@@ -351,25 +359,29 @@ def network_batch(pipe, opts: BatchOptions) -> int:
 
 
 def resolve_run_sampling(opts: BatchOptions, model) -> None:
-    """Fill the steps / ensemble / spacing not given as segment() would (api.resolve_sampling),
-    from the model file's metadata (its header only: the model loads later, in the workers)."""
-    if None not in (opts.steps, opts.ensemble, opts.spacing):
+    """Fill the steps / ensemble / spacing not given, and postprocess "auto", as segment()
+    would (api.resolve_sampling, postprocess.resolve_postprocess), from the model file's
+    metadata (its header only: the model loads later, in the workers)."""
+    if None not in (opts.steps, opts.ensemble, opts.spacing) and opts.postprocess != "auto":
+        opts.postprocess = resolve_postprocess(opts.postprocess, None)
         return
-    from ..api import Pipeline, _model_path, resolve_sampling, sampler_defaults_from
+    from ..api import (Pipeline, _model_path, postprocess_from, resolve_sampling,
+                       sampler_defaults_from)
     from ..checkpoint import CheckpointError, read_metadata
-    defaults = None
+    defaults = clean_up = None
     if isinstance(model, Pipeline):
-        defaults = model.sampler_defaults
+        defaults, clean_up = model.sampler_defaults, model.postprocess_default
     elif model is None or isinstance(model, (str, os.PathLike)):
         try:
-            defaults = sampler_defaults_from(read_metadata(_model_path(
-                model if model is not None else opts.checkpoint)))
+            meta = read_metadata(_model_path(model if model is not None else opts.checkpoint))
+            defaults, clean_up = sampler_defaults_from(meta), postprocess_from(meta)
         except CheckpointError as e:
             raise UsageError(f"cannot load the model: {e}") from None
         except (OSError, ValueError):          # a missing file: the model's load says so
             pass
     opts.steps, opts.ensemble, opts.spacing = resolve_sampling(
         defaults, opts.steps, opts.ensemble, opts.spacing)
+    opts.postprocess = resolve_postprocess(opts.postprocess, clean_up)
 
 
 def load_checked_pipeline(model, opts: BatchOptions):
@@ -431,7 +443,7 @@ def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
                                ensemble=opts.ensemble, seed=opts.seed, batch_size=len(piece),
                                noise_keys=[p.item.key for p in piece], clip_x0=opts.clip_x0,
                                precision=opts.precision, spacing=opts.spacing,
-                               tta=opts.tta)
+                               tta=opts.tta, postprocess=opts.postprocess)
         except (MemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -532,6 +544,8 @@ def _settings(opts: BatchOptions, model) -> dict:
         out["spacing"] = opts.spacing
     if opts.tta:
         out["tta"] = True
+    if opts.postprocess is not None:           # resolved by now; recorded only when used
+        out["postprocess"] = opts.postprocess
     return out
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from ...diffusion import flush_denormals, noise_seed
 from ...diffusion.tta import member_views, undo_member_views
 from ...images import as_image_list, to_chw
+from ...postprocess import postprocess_mask, resolve_postprocess
 from ...precision import resolve_precision, with_precision
 from ...preprocess import Preprocessing, content_key, to_model_input
 from ...results import SegmentationResult, samples_to_result
@@ -166,12 +167,14 @@ class DiffSegPipeline:
                 return_samples: bool = False, progress: bool = False,
                 noise_keys: list | None = None, clip_x0: bool = True,
                 noises=None, precision: str = "fp32", spacing: str | None = None,
-                tta: bool = False) -> list[SegmentationResult]:
+                tta: bool = False, postprocess: str | None = "auto") -> list[SegmentationResult]:
         """Segment skin lesions; arguments as `dsd_fast.segment` (steps, sampler, eta and
         clip_x0 do not apply and are ignored; there is no time grid, so only the default
         spacing is accepted). refine: None, "crf" (this project's DenseCRF on the draws'
-        masks) or "crf-published" (the official protocol: crf.py)."""
+        masks) or "crf-published" (the official protocol: crf.py). postprocess "auto" is
+        none here (DiffSeg files carry no such setting)."""
         items = as_image_list(images)
+        postprocess = resolve_postprocess(postprocess, None)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
         # None: not given (segment()'s convention); DiffSeg's own defaults
@@ -196,7 +199,11 @@ class DiffSegPipeline:
             for k, chw in enumerate(chunk):
                 samples = out["mask"][k].float() * 2 - 1                 # mask space [-1, 1]
                 rng = np.random.default_rng(noise_seed(seed, ck[k]))
-                results.append(self._result(samples, chw, return_samples, fusion, refine, rng))
+                res = self._result(samples, chw, return_samples, fusion, refine, rng)
+                if postprocess is not None:
+                    res.mask = postprocess_mask(res.mask, postprocess)
+                    res.fusion += f"+{postprocess}"
+                results.append(res)
         return results
 
     __call__ = segment
