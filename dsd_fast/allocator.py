@@ -6,7 +6,8 @@ and the heap's free top is trimmed back to the OS, so the next step touches fres
 bundled model took ~4,300 page faults per batch-5 forward, ~100,000 per segment() of one
 image (25 steps x 5), at a few microseconds each on a virtual machine. Raising the mmap and
 trim thresholds keeps those pages mapped from step to step: <1,000 faults per image and
-segment() ~1.2x faster at 2 threads (medians of alternating subprocesses, docs/PERFORMANCE.md).
+segment() ~1.1x faster at 2 threads (medians of alternating fresh processes; the machine's
+noise is of the same size, docs/PERFORMANCE.md).
 This is what jemalloc / tcmalloc (the LD_PRELOAD advice of CPU inference guides) give by
 default, done with glibc's own `mallopt`, so nothing is preloaded.
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .allocator import tune_malloc
 from .diffusion import SAMPLERS, SPACINGS, Schedule, as_eps_model, noise_seed, sample_ensemble
 from .diffusion.ensemble import MAX_SEED, ddim_grid
 from .families import ModelFamily, family_of_network
-from .allocator import tune_malloc
 from .images import as_image_list, to_chw
 from .postprocess import METHODS as POSTPROCESS_METHODS
 from .postprocess import resolve_postprocess

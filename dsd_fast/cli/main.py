@@ -19,8 +19,8 @@ def cmd_segment(args) -> int:
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
             max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
             precision=args.precision, spacing=args.spacing, tta=args.tta,
-            postprocess=args.postprocess, model_settings=_parse_settings(args.model_setting), ray=args.ray,
-            workers=args.workers)
+            postprocess=args.postprocess, model_settings=_parse_settings(args.model_setting),
+            ray=args.ray, workers=args.workers)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
