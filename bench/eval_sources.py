@@ -102,13 +102,14 @@ def main() -> None:
     pipe = load(args.checkpoint)
     args.steps, args.ensemble, args.spacing = pipe.sampler_settings(
         args.steps, args.ensemble, args.spacing)
+    if args.save_prob:
+        Path(args.save_prob).mkdir(parents=True, exist_ok=True)
     rows, t0 = [], time.perf_counter()
     for pos, (source, i, img, mask) in keyed:
         res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,
                            noise_keys=[pos], spacing=args.spacing, tta=args.tta)[0]
         s = score_image(res.mask, load_mask(mask).numpy())
         if args.save_prob:
-            Path(args.save_prob).mkdir(parents=True, exist_ok=True)
             np.savez_compressed(Path(args.save_prob) / f"{source}_{i}.npz",
                                 p=np.round(res.probability * 65535).astype(np.uint16))
         rows.append({"source": source, "id": i, "dice": s["dice"],

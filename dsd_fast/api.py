@@ -29,7 +29,7 @@ from .diffusion.ensemble import MAX_SEED, ddim_grid
 from .families import ModelFamily, family_of_network
 from .images import as_image_list, to_chw
 from .postprocess import METHODS as POSTPROCESS_METHODS
-from .postprocess import resolve_postprocess
+from .postprocess import postprocessed, resolve_postprocess
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, content_key, to_model_input
 from .results import SegmentationResult, check_fusion, samples_to_result
@@ -233,9 +233,9 @@ class Pipeline:
                                   spacing=spacing, tta=tta).cpu()
             for k, chw in enumerate(chunk):
                 rng = np.random.default_rng(noise_seed(seed, chunk_keys[k]))  # CRF's draws
-                results.append(samples_to_result(samples[k], tuple(chw.shape[1:]),
-                                                 return_samples, fusion, refine, chw, rng,
-                                                 postprocess))
+                results.append(postprocessed(
+                    samples_to_result(samples[k], tuple(chw.shape[1:]), return_samples,
+                                      fusion, refine, chw, rng), postprocess))
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:

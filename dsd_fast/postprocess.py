@@ -65,3 +65,13 @@ def postprocess_mask(mask: np.ndarray, method: str | None) -> np.ndarray:
         # holes: 4-connected background regions that do not touch the border
         mask = ndimage.binary_fill_holes(mask)
     return mask
+
+
+def postprocessed(result, method: str | None):
+    """A SegmentationResult with its mask cleaned by `method` (resolved; None: unchanged)
+    and the clean-up named in its `fusion`; the maps stay as the ensemble gave them. The
+    one place every pipeline applies it."""
+    if method is not None:
+        result.mask = postprocess_mask(result.mask, method)
+        result.fusion += f"+{method}"
+    return result

@@ -48,8 +48,7 @@ def check_fusion(fusion: str, refine: str | None) -> None:
 def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
                       return_samples: bool = False, fusion: str = "mean",
                       refine: str | None = None, image: torch.Tensor | None = None,
-                      rng: np.random.Generator | None = None,
-                      postprocess: str | None = None) -> SegmentationResult:
+                      rng: np.random.Generator | None = None) -> SegmentationResult:
     """(E, S, S) samples in mask space of one image -> result at the original (H, W).
 
     probability = clamp((mean of the raw samples + 1) / 2, 0, 1): thresholding it at 0.5 is
@@ -59,8 +58,6 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
     fusion="staple" makes the mask from STAPLE over the binary samples instead of the mean;
     "mean-squared" is the official MedSegDiff code's rule (which it calls staple): mean^2 > 0.5;
     refine="crf" refines with DenseCRF on `image` (3, H, W) (DiffSeg's protocol).
-    postprocess (postprocess.py: "fill", "largest", "largest_fill") cleans the final mask;
-    the maps are left as the ensemble gave them.
     """
     from .uncertainty import entropy_map, staple_fusion
     samples = samples.float()
@@ -89,14 +86,10 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
         refined = diffseg_refine(to_uint8_rgb(image.numpy()), fg_up,
                                  rng or np.random.default_rng(0))
         mask = refined > 0.5
-    if postprocess is not None:
-        from .postprocess import postprocess_mask
-        mask = postprocess_mask(mask, postprocess)
     res = SegmentationResult(mask=mask, probability=probability,
                              std=up[1].clamp_min(0).numpy().astype(np.float32),
                              entropy=entropy_map(probability).astype(np.float32),
-                             fusion=fusion + ("+crf" if refine == "crf" else "")
-                             + (f"+{postprocess}" if postprocess else ""))
+                             fusion=fusion + ("+crf" if refine == "crf" else ""))
     if return_samples:
         res.samples = binary
     return res

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from dsd_fast import load_model
+from dsd_fast.precision import native_bf16
 from dsd_fast.train import EMA, TrainOptions, Trainer
 from dsd_fast.train.loop import scheduled_lr
 
@@ -213,7 +214,7 @@ def test_official_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
     assert set(trainer.train_step()) == {"loss", "loss_diff", "vb", "loss_cal"}
 
 
-needs_bf16 = pytest.mark.skipif(not __import__("dsd_fast.precision").precision.native_bf16("cpu"),
+needs_bf16 = pytest.mark.skipif(not native_bf16("cpu"),
                                 reason="this CPU has no native bfloat16 (AVX-512 BF16 / AMX)")
 
 

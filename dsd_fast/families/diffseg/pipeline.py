@@ -33,7 +33,7 @@ from torch import nn
 from ...diffusion import flush_denormals, noise_seed
 from ...diffusion.tta import member_views, undo_member_views
 from ...images import as_image_list, to_chw
-from ...postprocess import postprocess_mask, resolve_postprocess
+from ...postprocess import postprocessed, resolve_postprocess
 from ...precision import resolve_precision, with_precision
 from ...preprocess import Preprocessing, content_key, to_model_input
 from ...results import SegmentationResult, samples_to_result
@@ -199,11 +199,9 @@ class DiffSegPipeline:
             for k, chw in enumerate(chunk):
                 samples = out["mask"][k].float() * 2 - 1                 # mask space [-1, 1]
                 rng = np.random.default_rng(noise_seed(seed, ck[k]))
-                res = self._result(samples, chw, return_samples, fusion, refine, rng)
-                if postprocess is not None:
-                    res.mask = postprocess_mask(res.mask, postprocess)
-                    res.fusion += f"+{postprocess}"
-                results.append(res)
+                results.append(postprocessed(
+                    self._result(samples, chw, return_samples, fusion, refine, rng),
+                    postprocess))
         return results
 
     __call__ = segment
