@@ -22,7 +22,9 @@
   * on the CPU (channels_last, C++ ops built), the ResnetBlocks' 3x3 convolutions by
     Winograd F(4x4, 3x3) (`ops.winograd_conv3x3`), their transformed weights kept beside the
     plain ones (5x those weights' memory; `winograd=False` saves it).
-Everything else (softmax attention, time MLPs) is the reference code.
+  * on the CPU, the time MLPs' outputs and the blocks' scale/shift remembered per timestep
+    (`fast_blocks.MemoTimeMLP`): a sampler reuses the same few timesteps for every image.
+Everything else (softmax attention) is the reference code.
 The reference model is not modified. The ops fall back to their pure-PyTorch twins when
 the C++ extension is not built, so the fast model always runs; `ops.AVAILABLE` says which.
 """
@@ -35,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
+from ..fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last,
+                           memoize_time_mlps)
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
 from ..winograd_layers import enable_winograd, resolve_winograd
@@ -163,6 +166,7 @@ def build_fast_model(model: DermoSegDiff, channels_last: bool | None = None,
                 level[0].ff_weight = level[0].ff_weight.contiguous()
     if winograd:                                         # after .to(): its u is not an image
         enable_winograd(fast)
+    memoize_time_mlps(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
     fast.is_fast = True

@@ -21,8 +21,10 @@
     (64 px, batch 5, 2 threads, side by side) 1.51-1.58x the NCHW fast model; CUDA keeps
     NCHW (not measured there);
   * on the CPU (channels_last, C++ ops built), the ResnetBlocks' 3x3 convolutions by
-    Winograd F(4x4, 3x3) (`ops.winograd_conv3x3`; `winograd=False` saves its weight copies).
-Everything else (full attention, the mid transformer, time MLP, 7x7 stems) is the reference
+    Winograd F(4x4, 3x3) (`ops.winograd_conv3x3`; `winograd=False` saves its weight copies);
+  * on the CPU, the time MLP's output and the blocks' scale/shift remembered per timestep
+    (`fast_blocks.MemoTimeMLP`).
+Everything else (full attention, the mid transformer, 7x7 stems) is the reference
 code. The reference network is not modified; the ops fall back to their twins when no
 kernel can take the inputs, so the fast model always runs.
 """
@@ -37,7 +39,8 @@ from torch import nn
 from ... import ops
 from ..common_layers import Residual
 from ..fast_attention import LinearAttentionCore
-from ..fast_blocks import ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last
+from ..fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last,
+                           memoize_time_mlps)
 from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
 from ..winograd_layers import enable_winograd, resolve_winograd
@@ -166,6 +169,7 @@ def build_fast_model(net: MedSegDiffUnet, channels_last: bool | None = None,
                 cond.gate = cond.gate.contiguous()
     if winograd:                                         # after .to(): its u is not an image
         enable_winograd(fast)
+    memoize_time_mlps(fast)
     for p in fast.parameters():
         p.requires_grad_(False)
     fast.is_fast = True
