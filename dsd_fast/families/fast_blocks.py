@@ -43,9 +43,10 @@ class MemoTimeMLP(nn.Sequential):
     """The published time MLP (same modules, same state-dict keys: it replaces the class of
     the fast copy's nn.Sequential) whose output is remembered per timestep vector on the CPU,
     without autograd. CUDA input is computed every time (reading t's values would synchronise
-    and break CUDA-graph capture), and so is anything torch.compile traces. The key holds the autocast state, since bfloat16 autocast
-    changes the output's dtype. The returned tensor is shared: nothing downstream writes to
-    it (the fused blocks read it through F.silu)."""
+    and break CUDA-graph capture), and so is anything torch.compile traces. The key holds
+    the autocast state, since bfloat16 autocast changes the output's dtype. The returned
+    tensor is shared: nothing downstream writes to it (the fused blocks read it through
+    F.silu; the tests' repeated timesteps would catch a write)."""
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         if t.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
