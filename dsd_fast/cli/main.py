@@ -77,7 +77,8 @@ def cmd_train(args) -> int:
                         total_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         val_every=args.val_every, seed=args.seed, threads=args.threads,
                         init_from=args.init_from, sources=sources, augmentation=args.augment,
-                        lr_schedule=args.lr_schedule, precision=args.precision)
+                        lr_schedule=args.lr_schedule, precision=args.precision,
+                        device=args.device)
     best = Trainer(opts).run(progress=not args.quiet)
     weights = Path(args.out) / "best.safetensors"
     if args.val_ids or any(s.get("val") for s in sources or []):
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: forward passes under bfloat16 autocast (float32 weights, "
                    "losses and optimizer; ~2x faster on CPUs with AVX-512 BF16 or AMX)")
+    t.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: where the networks and optimizer live "
+                   "(random draws stay on the CPU, so runs repeat across devices)")
     t.add_argument("--init-from", default=None,
                    help="warm start a new run from this .safetensors model (same config): "
                    "its weights become the online and EMA weights, the optimizer starts fresh; "

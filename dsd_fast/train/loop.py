@@ -31,7 +31,7 @@ from ..preprocess import minmax_normalise
 from ..results import samples_to_result
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
 from .sources import DataSource, MixedBatches, load_source
-from .losses import (GAMMA_PH2, dermosegdiff_loss, medsegdiff_loss,
+from .losses import (GAMMA_PH2, dermosegdiff_loss, draw_t_and_noise, medsegdiff_loss,
                      official_medsegdiff_loss)
 
 
@@ -90,6 +90,10 @@ class TrainOptions:
     # float32 on float32 weights). ~2x faster steps where the CPU has native BF16 (here, one
     # core, batch 8: msd_official_64 7.5 -> 3.6 s per step); float32 with a warning elsewhere.
     precision: str = "fp32"
+    # Where the networks, batches and optimizer live: "cpu", "cuda" or "cuda:N". Random
+    # draws stay on the CPU generator, so a run's batches and timesteps are the same on any
+    # device; checkpoints are written device-free (resume on another device works).
+    device: str = "cpu"
 
     def __post_init__(self):
         """Refuse what would train nothing or garbage (steps <= 0, a NaN learning rate)."""
@@ -108,6 +112,7 @@ class TrainOptions:
                              f"got {self.lr_schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_train_device(self.device)
         if self.augmentation not in ("basic", "strong"):
             raise ValueError(f"augmentation must be 'basic' or 'strong', "
                              f"got {self.augmentation!r}")
@@ -134,6 +139,24 @@ class TrainOptions:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+def check_train_device(device: str) -> None:
+    """Refuse a device this machine cannot train on, saying what it has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device={device!r} asked for, but torch sees no CUDA device "
+                             f"(torch {torch.__version__}: a CPU build, or no driver)")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device={device!r} asked for, but torch sees {n} CUDA "
+                             f"device(s)")
 
 
 class EMA:
@@ -181,8 +204,8 @@ def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
         inp = torch.stack([s.image for s in chunk])
         if pipe.preprocessing.normalise == "minmax":
             inp = minmax_normalise(inp)
-        out = pipe.sample(inp, steps, ensemble, seed, list(range(start, start + len(chunk))),
-                          backend="reference")
+        out = pipe.sample(inp.to(pipe.device), steps, ensemble, seed,
+                          list(range(start, start + len(chunk))), backend="reference").cpu()
         for s, smp in zip(chunk, out):
             res = samples_to_result(smp, s.original_size)
             dices.append(dice(res.mask, s.original_mask.numpy()))
@@ -200,13 +223,15 @@ class Trainer:
         self.schedule = self.family.default_schedule(self.config)
         size = self.config.image_size
         torch.manual_seed(opts.seed)
-        self.model = self.family.build_reference(self.config)
+        self.device = torch.device(opts.device)
+        # built on the CPU (the same initial weights from the same seed on every device)
+        self.model = self.family.build_reference(self.config).to(self.device)
         # What the losses call: the model itself, or it under bfloat16 autocast (same
         # parameters; checkpoints always hold self.model's float32 state).
-        self.net = with_precision(self.model, resolve_precision(opts.precision, "cpu"))
+        self.net = with_precision(self.model, resolve_precision(opts.precision, self.device))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, betas=tuple(opts.betas))
         self.ema = EMA(self.model, opts.ema_beta, opts.ema_update_after, opts.ema_power)
-        self.ema_model = self.family.build_reference(self.config)
+        self.ema_model = self.family.build_reference(self.config).to(self.device)
         self.gen = torch.Generator().manual_seed(opts.seed)
         normalise = self.family.preprocessing(self.config).normalise == "minmax"
         if opts.sources:
@@ -271,7 +296,7 @@ class Trainer:
             raise ValueError(f"{self.last_path} was trained with config {st['config']}, "
                              f"not {self.config.to_json()}; use another --out folder")
         self.model.load_state_dict(st["model"])
-        self.ema.shadow = st["ema"]
+        self.ema.shadow = {k: v.to(self.device) for k, v in st["ema"].items()}
         self.opt.load_state_dict(st["optimizer"])
         self.step, self.best_dice = int(st["step"]), float(st["best_dice"])
         self.ema_origin = int(st.get("ema_origin", 0))
@@ -295,7 +320,7 @@ class Trainer:
             self.log(f"{path}: weights moved from {src.config.image_size} px to "
                      f"{self.config.image_size} px")
         self.model.load_state_dict(weights)
-        self.ema.shadow = {k: v.detach().clone() for k, v in weights.items()}
+        self.ema.shadow = {k: v.detach().clone().to(self.device) for k, v in weights.items()}
         meta = read_metadata(path)
         self.step = self.ema_origin = int(json.loads(meta.get("step", "0")))
         self.log(f"warm start from {path} (step {self.step}, its val Dice "
@@ -311,7 +336,7 @@ class Trainer:
     def train_step(self) -> dict:
         o = self.opts
         self.model.train()
-        image, x0 = self.batches.next()
+        image, x0 = (v.to(self.device) for v in self.batches.next())
         if self.family.name == "medsegdiff":
             loss, parts = medsegdiff_loss(self.net, image, x0, self.schedule,
                                           self.config.objective, self.config.self_condition,
@@ -320,10 +345,8 @@ class Trainer:
             loss, parts = official_medsegdiff_loss(self.net, image, x0, self.schedule,
                                                    self.gen)
         else:
-            b = x0.shape[0]
             # Published: t ~ randint(1, T); t = 0 is never trained.
-            t = torch.randint(1, self.schedule.T, (b,), generator=self.gen)
-            noise = torch.randn(x0.shape, generator=self.gen)
+            t, noise = draw_t_and_noise(self.gen, 1, self.schedule.T, x0)
             x_t = self.schedule.q_sample(x0, t, noise)
             eps_hat = self.net(x_t, image, t)
             loss, parts = dermosegdiff_loss(eps_hat, noise, x0, t, self.schedule.T, o.gamma,

@@ -104,6 +104,16 @@ def boundary_weight_map(x0: torch.Tensor, t: torch.Tensor, T: int,
     return torch.from_numpy(np.stack(weights)[:, None].astype(np.float32)).to(x0.device)
 
 
+def draw_t_and_noise(gen: torch.Generator, low: int, high: int,
+                     x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U{low..high-1} per sample and eps ~ N(0, 1) shaped like x0, drawn from the CPU
+    generator `gen` (a run draws the same numbers on every device, so a GPU run repeats a CPU
+    one's batches and timesteps) and moved to x0's device."""
+    t = torch.randint(low, high, (x0.shape[0],), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    return t.to(x0.device), noise.to(x0.device)
+
+
 def dermosegdiff_loss(eps_hat: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor,
                       t: torch.Tensor, T: int, gamma: float = GAMMA_PH2,
                       boundary: bool = True) -> tuple[torch.Tensor, dict]:
@@ -122,11 +132,9 @@ def medsegdiff_loss(model, image: torch.Tensor, x0: torch.Tensor, schedule, obje
     plain MSE against the objective's target (noise, x0, or v = sqrt(abar) eps -
     sqrt(1 - abar) x0). Self-conditioned models see, half of the time (a coin per batch),
     their own no-grad x0 estimate at the same x_t, unclamped, as the package does."""
-    b = x0.shape[0]
-    t = torch.randint(0, schedule.T, (b,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
+    t, noise = draw_t_and_noise(gen, 0, schedule.T, x0)
     x_t = schedule.q_sample(x0, t, noise)
-    ac = schedule.alphas_cumprod[t].to(x0.dtype).view(-1, 1, 1, 1)
+    ac = schedule.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)
     a, r = ac.sqrt(), (1 - ac).sqrt()
     kwargs = {}
     if self_condition and torch.rand((), generator=gen).item() < 0.5:
@@ -209,9 +217,7 @@ def official_medsegdiff_loss(model, image: torch.Tensor, x0: torch.Tensor, sched
     """The official training step's loss: t ~ U{0..T-1} (its uniform schedule sampler),
     mean over the batch of loss_diff + vb + 10 loss_cal. The model trains in train mode, as
     theirs: batch statistics in the anchor's BatchNorms and Dropout2d(0.5) in its encoder."""
-    b = x0.shape[0]
-    t = torch.randint(0, schedule.T, (b,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
+    t, noise = draw_t_and_noise(gen, 0, schedule.T, x0)
     terms = official_medsegdiff_terms(model, image, x0, t, noise, schedule)
     loss = (terms["loss"] + CAL_WEIGHT * terms["loss_cal"]).mean()
     parts = {k: v.mean().item() for k, v in terms.items() if k != "loss"}
