@@ -33,10 +33,12 @@ from dsd_fast.metrics import score_image
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def val_items(ham_limit=None, ph2_limit=None):
+def val_items(ham_limit=None, ph2_limit=None, data=DATA):
+    """(source, id, image path, mask path) of the val splits under `data` (../shared/data by
+    default; bench/pack_data.py writes a smaller copy with the same layout)."""
     items = []
     for source, limit in (("ph2", ph2_limit), ("ham10000", ham_limit)):
-        root = DATA / source
+        root = Path(data) / source
         ids = (root / "val.txt").read_text().split()[:limit]
         for i in ids:
             img = next(p for p in (root / "images").glob(f"{i}.*"))

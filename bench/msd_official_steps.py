@@ -4,7 +4,7 @@ at a few step counts, on PH2 val and HAM10000 val.
 
     python bench/msd_official_steps.py --checkpoint RUN/best.safetensors
         [--ph2-limit 20] [--ham-limit 20] [--rows ddpm,ddim:10,ddim:25,ddim:50,dpmpp:10,...]
-        [--ensemble 1] [--shard K/N] [--out FILE.json]
+        [--ensemble 1] [--shard K/N] [--out FILE.json] [--device cuda] [--data DIR]
     python bench/msd_official_steps.py --merge F0.json F1.json
 
 Every row runs segment() on the same images with the same seed (noise keyed by the image's
@@ -15,7 +15,9 @@ scored per row with two ensemble rules (this project's "mean" and the official c
 the network denoises the true mask at a few noise levels (denoising_dice). Times are the
 row's wall time per image in one process, so rows compare as ratios. The DDPM row costs T
 network evaluations per image and ensemble member: --shard K/N splits the images between N
-processes (one thread each), --merge joins their files.
+processes (one thread each), --merge joins their files. --device runs it on a GPU;
+--data reads the val splits from a copy of ../shared/data (bench/pack_data.py), for a
+machine without ../shared (bench/gpu_msd_official.sh).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from dsd_fast import load
 from dsd_fast.images import load_mask, to_chw
 from dsd_fast.metrics import dice
-from eval_sources import val_items
+from eval_sources import DATA, val_items
 
 
 DENOISING_TS = (10, 100, 300, 600, 900, 999)
@@ -61,14 +63,14 @@ def denoising_dice(pipe, image: torch.Tensor, anchor: torch.Tensor, truth: np.nd
     net, s = pipe.model, image.shape[-1]
     mask = F.interpolate(torch.from_numpy(truth).float()[None, None], size=(s, s),
                          mode="bilinear", align_corners=False) > 0.5
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)          # CPU draws: the same on every device
     out = {}
     for t in ts:
         abar = pipe.schedule.alphas_cumprod[t].float()
         noise = torch.randn(mask.shape, generator=g)
-        x_t = abar.sqrt() * mask.float() + (1 - abar).sqrt() * noise
-        eps = net.unet(x_t, image, torch.tensor([t]), anchor)[:, :1]
-        x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        x_t = (abar.sqrt() * mask.float() + (1 - abar).sqrt() * noise).to(image.device)
+        eps = net.unet(x_t, image, torch.tensor([t], device=image.device), anchor)[:, :1]
+        x0 = ((x_t - (1 - abar).sqrt() * eps) / abar.sqrt()).cpu()
         out[str(t)] = float(dice((x0 > 0.5)[0, 0].numpy(), mask[0, 0].numpy()))
     return out
 
@@ -119,6 +121,8 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--merge", nargs="*", default=None, help="JSON files of shards to merge")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data", default=str(DATA), help="folder holding ph2/ and ham10000/")
     args = ap.parse_args()
     if args.merge:
         records = [r for f in args.merge for r in json.loads(Path(f).read_text())["records"]]
@@ -126,13 +130,13 @@ def main() -> None:
         print(json.dumps(summary, indent=1))
         print(table(summary))
         return
-    pipe = load(args.checkpoint)
+    pipe = load(args.checkpoint, device=args.device)
     if pipe.family.name != "medsegdiff-official":
         raise SystemExit(f"{args.checkpoint} is a {pipe.family.title} model; this study is "
                          "for the official MedSegDiff family")
     T = pipe.schedule.T
     k, n = (int(v) for v in args.shard.split("/"))
-    todo = list(enumerate(val_items(args.ham_limit, args.ph2_limit)))[k::n]
+    todo = list(enumerate(val_items(args.ham_limit, args.ph2_limit, args.data)))[k::n]
     ts = [t for t in DENOISING_TS if t < T]
     records = []
     for pos, (source, i, img_path, mask_path) in todo:
