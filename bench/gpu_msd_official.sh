@@ -3,8 +3,8 @@
 # (msd_official_64) on a packed copy of PH2 + HAM10000, then Dice against sampler and steps
 # (bench/msd_official_steps.py: the official DDPM-1000, DDIM and DPM-Solver++(2M) at 10, 25,
 # 50) on the pack's first 10 PH2 + 10 HAM10000 val images (the issue asks for >= 20). The
-# trained weights (141 MB) are over
-# what a device call brings back, so both happen there and only logs and figures return.
+# trained weights (141 MB) are over what a device call brings back, so both happen there
+# and only logs and figures return.
 #
 # Here, once:   python bench/pack_data.py .gpu_data && echo /.gpu_data/ >> .git/info/exclude
 # There:        device run, carry [".gpu_data"], timeout_s 600:
@@ -22,7 +22,10 @@ set -euo pipefail
 OUT="${1:?usage: bash bench/gpu_msd_official.sh OUT_DIR}"
 cd "$(dirname "$0")/.."
 D=.gpu_data
-[ -d "$D/ph2" ] && [ -d "$D/ham10000" ] || { echo "no $D: run bench/pack_data.py $D here first" >&2; exit 2; }
+if [ ! -d "$D/ph2" ] || [ ! -d "$D/ham10000" ]; then
+  echo "no $D: run bench/pack_data.py $D here first" >&2
+  exit 2
+fi
 PY="${PY:-python3}"
 DEVICE="${DEVICE:-cuda}"
 TRAIN_S="${TRAIN_S:-240}"
@@ -33,13 +36,15 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi || true; } > "$OUT/machine.txt" 2>&1
 src() {  # one --source argument for the packed folder $1 with sampling weight $2
-  echo "name=$1,images=$D/$1/images,masks=$D/$1/masks,train=$D/$1/train.txt,val=$D/$1/val.txt,weight=$2"
+  local d="$D/$1"
+  echo "name=$1,images=$d/images,masks=$d/masks,train=$d/train.txt,val=$d/val.txt,weight=$2"
 }
 set +e
 timeout "$TRAIN_S" "$PY" -m dsd_fast.cli.main train --source "$(src ph2 0.4)" \
   --source "$(src ham10000 0.6)" --augment strong --out "$OUT/run" --config msd_official_64 \
   --steps "${STEPS:-20000}" --batch-size "${BATCH:-32}" --lr 3e-4 --lr-schedule cosine \
-  --val-every "${VAL_EVERY:-1000}" --device "$DEVICE" --precision bf16 -q > "$OUT/train.log" 2>&1
+  --val-every "${VAL_EVERY:-1000}" --device "$DEVICE" --precision bf16 -q \
+  > "$OUT/train.log" 2>&1
 echo "train exit $? (124: stopped at TRAIN_S=$TRAIN_S s, as planned)" >> "$OUT/train.log"
 set -e
 [ -f "$OUT/run/best.safetensors" ] || { echo "no validated weights: train longer" >&2; exit 3; }

@@ -8,11 +8,12 @@ travels with a 64 MiB limit (bench/gpu_msd_official.sh).
 Images are shrunk so their longer side is at most --max-side (JPEG), masks alike (PNG,
 nearest neighbour, so they stay binary). Training at 64 px holds images at 128 px
 (train/sources.py), so 128 px loses little it uses. The defaults make ~9.6 MiB (PH2 0.4,
-HAM10000 9.2), which fits beside the repository's ~48 MiB under the 64 MiB limit. HAM10000's training list is a seeded
-random subset of --ham-train ids (0: all), its val list the first --ham-val ids (the same
-images as `val_limit`); PH2 is copied whole. Figures measured on a pack are on the packed
-size, not the original: say so where they are reported. Data terms carry over (the
-datasets' READMEs): this copy is for the project's own runs, never committed.
+HAM10000 9.2), which fits beside the repository's ~48 MiB under the 64 MiB limit.
+HAM10000's training list is a seeded random subset of --ham-train ids (0: all), its val
+list the first --ham-val ids (the same images as `val_limit`); PH2 is copied whole.
+Figures measured on a pack are on the packed size, not the original: say so where they are
+reported. Data terms carry over (the datasets' READMEs): this copy is for the project's
+own runs, never committed.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import winograd
-from .winograd_layers import WinogradWeight, _autocast_dtype, conv3x3
+from .winograd_layers import WinogradWeight, autocast_cpu_dtype, conv3x3
 
 
 _MEMO_FLAG = "_dsd_fast_memo"       # set on embeddings a MemoTimeMLP keeps alive
@@ -52,7 +52,7 @@ class MemoTimeMLP(nn.Sequential):
         if t.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(t)
         memo = self.__dict__.setdefault("_memo", {})
-        key = (tuple(t.tolist()), t.dtype, torch.is_autocast_enabled("cpu"), _autocast_dtype())
+        key = (tuple(t.tolist()), t.dtype, torch.is_autocast_enabled("cpu"), autocast_cpu_dtype())
         emb = memo.get(key)
         if emb is None:
             if len(memo) >= MEMO_ENTRIES:

@@ -40,7 +40,7 @@ def resolve_winograd(winograd: bool | None, channels_last: bool, device) -> bool
     return winograd
 
 
-def _autocast_dtype() -> torch.dtype:
+def autocast_cpu_dtype() -> torch.dtype:
     get = getattr(torch, "get_autocast_dtype", None)
     return get("cpu") if get is not None else torch.get_autocast_cpu_dtype()
 
@@ -52,7 +52,7 @@ def winograd_mode(x: torch.Tensor) -> str | None:
     if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
         return None
     if torch.is_autocast_enabled("cpu"):
-        return "bf16" if ops.WINOGRAD_BF16 and _autocast_dtype() == torch.bfloat16 else None
+        return "bf16" if ops.WINOGRAD_BF16 and autocast_cpu_dtype() == torch.bfloat16 else None
     return "fp32" if x.dtype == torch.float32 else None
 
 
