@@ -8,9 +8,24 @@ PY ?= python3
 # med-seg-diff-pytorch is the MedSegDiff tests' oracle only: --no-deps, because its declared
 # torchvision/accelerate/wandb would replace this torch with a CUDA build (it imports only
 # torch, einops and beartype).
+# The editable install rebuilds the C++ ops (three ISA builds, ~4 minutes on 2 cores), so it
+# runs only when .ci/ops_stamp.py says the build is not current: csrc/*, setup.py, torch or
+# python changed, the tree is not the installed one, or the modules do not import (a fresh
+# clone: no stamp, everything builds). Otherwise pip only installs what the package requires
+# and is missing.
+EXTRAS = test,crf,ray,onnx,serve
 install:
 	$(PY) -m pip install torch==2.13.0 'triton==3.9.*' setuptools wheel setuptools-scm
-	$(PY) -m pip install --no-build-isolation --use-pep517 -e '.[test,crf,ray,onnx]'
+	@if $(PY) .ci/ops_stamp.py check; then \
+		echo "C++ ops current (.ci/ops_stamp.py): dependencies only, no rebuild"; \
+		$(PY) .ci/ops_stamp.py requirements $(EXTRAS) > build/requirements.txt && \
+		$(PY) -m pip install -r build/requirements.txt; \
+	else \
+		echo "$(PY) -m pip install --no-build-isolation --use-pep517 -e '.[$(EXTRAS)]'" && \
+		$(PY) .ci/ops_stamp.py begin && \
+		$(PY) -m pip install --no-build-isolation --use-pep517 -e '.[$(EXTRAS)]' && \
+		$(PY) .ci/ops_stamp.py commit; \
+	fi
 	$(PY) -m pip install --no-deps med-seg-diff-pytorch==0.3.3 einops beartype
 
 # Main job: segment the bundled PH2 samples with the bundled default model.
