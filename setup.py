@@ -59,7 +59,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dsd_fast", "dsd_fast.*"]),
-    package_data={"dsd_fast": ["weights/*.safetensors", "samples/*.png"]},
+    package_data={"dsd_fast": ["weights/*.safetensors", "samples/*.png", "serve/page/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy>=1.24",
@@ -72,11 +72,17 @@ setup(
         # isic-challenge-scoring and SimpleITK are independent oracles the metric and STAPLE
         # tests compare against; triton runs the GPU kernels through its CPU interpreter
         # (not pinned: a CUDA torch brings its own; the Makefile pins it for the CPU CI).
+        # selenium drives Chromium (Debian's chromium + chromium-driver, .ci/install_browser.sh)
+        # in the web page's test; requests is the HTTP client of the serve tests and bench.
         "test": ["pytest>=8", "pytest-benchmark>=4", "isic-challenge-scoring==5.6.0",
-                 "SimpleITK>=2.3", "triton>=3.0; platform_system == 'Linux'"],
+                 "SimpleITK>=2.3", "triton>=3.0; platform_system == 'Linux'",
+                 "selenium>=4.20", "requests>=2.28"],
         "crf": ["pydensecrf2>=1.1"],
-        # scale-out: `dsd-fast segment --ray` (Ray Data's actor pools)
-        "ray": ["ray[data]>=2.40"],
+        # scale-out: `dsd-fast segment --ray` (Ray Data's actor pools) and
+        # `dsd-fast serve --ray` (Ray Serve's replicas and request batching)
+        "ray": ["ray[data,serve]>=2.40"],
+        # `dsd-fast serve`: the HTTP service and its page
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.18"],
         # `dsd-fast export --onnx` (torch.onnx's dynamo exporter) and its check in ORT
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # the peer engines of bench/bench_peers.py

@@ -127,6 +127,11 @@ def cmd_doctor(args) -> int:
     return run(timing=not args.no_timing)
 
 
+def cmd_serve(args) -> int:
+    from ..serve.command import run
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsd-fast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -229,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "agree with their twins, one timed step: paste it into bug reports")
     d.add_argument("--no-timing", action="store_true", help="skip the timed denoiser steps")
     d.set_defaults(func=cmd_doctor)
+
+    from ..serve.command import DESCRIPTION as SERVE_DESCRIPTION
+    from ..serve.command import add_arguments as add_serve_arguments
+    v = sub.add_parser("serve", help="an HTTP service and web page: POST an image, get "
+                       "the mask and maps (batched, with limits, metrics, Ray Serve)",
+                       description=SERVE_DESCRIPTION)
+    add_serve_arguments(v)
+    v.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("eval", help="score predicted masks against ground truth")
     e.add_argument("--pred", required=True, help="folder of predicted masks (<stem>[_mask].png)")
