@@ -8,7 +8,8 @@
     OUT/.dsd-fast/claims/<key>.json the names about to be written, before the first of them
     OUT/.dsd-fast/done/<key>.json   the per-image record; written after all of the image's
                                     outputs, it is what makes an image "finished"
-    OUT/.dsd-fast/lock          held by the run (two runs cannot share a folder)
+    OUT/.dsd-fast/lock          held by the run (two runs cannot share a folder), removed
+                                    when it ends
 
 Files the tool did not write are never replaced without --overwrite: an existing output
 name is the tool's only if a claim or a record of this folder lists it (a user's own
@@ -16,8 +17,9 @@ name is the tool's only if a claim or a record of this folder lists it (a user's
 folder already has its state folder.
 
 Every file goes through io.atomic_write: a target is either absent or complete. An image
-is finished only when its record exists, the record's outputs all exist and the input
-file's size and mtime are the ones recorded.
+is finished only when its record exists, was made from the same input file (a record
+names it), the record's outputs all exist and the input file's size and mtime are the
+ones recorded.
 """
 from __future__ import annotations
 
@@ -95,7 +97,12 @@ def foreign_summaries(out: Path) -> list[Path]:
 
 class OutputLock:
     """An exclusive lock on OUT/.dsd-fast/lock for the run (released by the OS if the
-    process dies). Where fcntl is missing (Windows) it does nothing."""
+    process dies). Where fcntl is missing (Windows) it does nothing.
+
+    The lock file is removed when the run ends, while still held, so a run that could not
+    start leaves nothing behind. A run that opened the file just before it was removed
+    could then lock a file no longer in the folder; `acquire` checks that the file it
+    locked is still the one at the path, and tries again if not."""
 
     def __init__(self, out: Path):
         self.path = out / STATE_DIR / "lock"
@@ -112,18 +119,30 @@ class OutputLock:
         except ImportError:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            raise UsageError(f"another dsd-fast segment run is writing into {self.path.parents[1]}"
-                             " (wait for it, or choose another -o)") from None
-        return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise UsageError(f"another dsd-fast segment run is writing into "
+                                 f"{self.path.parents[1]} (wait for it, or choose another -o)"
+                                 ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)                     # removed by the run that held it: again
 
     def __exit__(self, *exc):
         if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
             os.close(self.fd)
             self.fd = None
 
@@ -210,20 +229,66 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
     return record, score_error
 
 
+def read_record(out: Path, key: str) -> dict | None:
+    """The record of `key` in OUT, finished or not, or None when there is none readable."""
+    try:
+        rec = json.loads(record_path(out, key).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def other_input(rec: dict | None, item: InputImage) -> str | None:
+    """The input a record was made from when that is not `item`'s file, else None. Two
+    inputs get one output name when they come from different runs (camera folders reuse
+    IMG_0001.JPG); records from before inputs were stored count as the item's own."""
+    recorded = (rec or {}).get("input")
+    if recorded is None or recorded == str(item.path.resolve()):
+        return None
+    return str(recorded)
+
+
 def finished_record(item: InputImage, opts) -> dict | None:
     """The item's record if it is finished for these options, else None."""
-    rp = record_path(opts.output, item.key)
+    rec = read_record(opts.output, item.key)
+    if rec is None or other_input(rec, item) is not None:
+        return None
     try:
-        rec = json.loads(rp.read_text())
         if rec.get("input_fingerprint") != fingerprint(item.path):
             return None
-    except (OSError, ValueError):
+    except OSError:
         return None
     paths = output_paths(opts.output, item.key, opts.kinds())
     if not all(p.is_file() for p in paths.values()):
         return None
     rec["outputs"] = {k: p.relative_to(opts.output).as_posix() for k, p in paths.items()}
     return rec
+
+
+def still_valid(rec: dict, out: Path) -> bool:
+    """A record from an earlier run still describes the folder: its input file is unchanged
+    and every output it lists exists."""
+    try:
+        if rec.get("input_fingerprint") != fingerprint(Path(rec["input"])):
+            return False
+        return all((out / name).is_file() for name in rec["outputs"].values())
+    except (OSError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def earlier_records(out: Path, skip: set[str]) -> list[dict]:
+    """The folder's still-valid records whose keys are not in `skip` (an earlier run's
+    images, other than this run's inputs), ordered by key."""
+    done = out / STATE_DIR / "done"
+    found = []
+    for p in sorted(done.rglob("*.json")) if done.is_dir() else ():
+        key = p.relative_to(done).with_suffix("").as_posix()
+        if key in skip:
+            continue
+        rec = read_record(out, key)
+        if rec is not None and rec.get("key") == key and still_valid(rec, out):
+            found.append(rec)
+    return found
 
 
 # ----------------------------------------------------------------------------- summaries

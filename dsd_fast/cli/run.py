@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -42,8 +43,9 @@ from .discover import InputImage, discover, is_inside, prepare
 from .errors import Interrupted, OutputError, UsageError
 from .evaluate import GroundTruth, format_summary
 from .memory import auto_batch_size
-from .outputs import (OutputLock, finished_record, foreign_outputs, foreign_summaries,
-                      output_paths, write_outputs, write_summaries)
+from .outputs import (STATE_DIR, OutputLock, earlier_records, finished_record,
+                      foreign_outputs, foreign_summaries, other_input, output_paths,
+                      read_record, still_valid, write_outputs, write_summaries)
 
 DEFAULT_MAX_PIXELS = 16_000_000
 SUMMARY_EVERY_S = 120.0        # rewrite results.json / index.html this often during a run
@@ -165,12 +167,16 @@ class RunState:
     interrupted: int = 0                # the signal that stopped the run, 0 if none
     fatal: str | None = None            # why writing stopped the run
     total: int | None = None            # inputs named (images found + arguments that gave none)
+    earlier: list[dict] = field(default_factory=list)   # the folder's records of other inputs
 
     def fail(self, path, why: str) -> None:
         self.failures.append((str(path), why))
 
-    def records(self) -> list[dict]:
-        return [self.done[k] for k in self.order if k in self.done]
+    def records(self, with_earlier: bool = True) -> list[dict]:
+        """This run's inputs' records in input order, then (with_earlier) the folder's
+        records of other inputs."""
+        own = [self.done[k] for k in self.order if k in self.done]
+        return own + self.earlier if with_earlier else own
 
     def info(self) -> dict:
         records = self.records()
@@ -238,33 +244,52 @@ def _run(inputs, state: RunState, model) -> RunSummary:
     if theirs:
         raise UsageError(f"{theirs[0]} exists and was not written by dsd-fast; choose another "
                          "-o, or pass --overwrite to replace it")
+    made = _folders_to_make(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = OutputLock(out).acquire()
     except OSError as e:
+        _remove_empty_state(out, made)
         raise UsageError(f"cannot write into the output folder {out}: {e}") from None
-    with lock:
-        remove_stale_temp_files(out)
-        resolve_run_sampling(opts, model)
-        state.settings = _settings(opts, model)
-        state.order = [im.key for im in found.images]
-        todo = _plan(state, found.images)
-        try:
-            if todo and opts.ray is not None:
-                from .run_ray import segment_on_ray
-                segment_on_ray(state, todo, model)
-            elif todo:
-                _segment_all(state, todo, model)
-        except OutputError as e:
-            state.fatal = str(e)
-        except KeyboardInterrupt as e:
-            state.interrupted = getattr(e, "signum", signal.SIGINT)
-            remove_stale_temp_files(out)      # a temp file created in the last instant
-        if opts.overwrite:                     # stopped early: earlier outputs still count
-            _keep_earlier_outputs(state, found.images)
-        if state.gt is not None:               # score the skipped images from their masks
-            _score_skipped(state, found.images)
-        return _finish(state)
+    except UsageError:
+        _remove_empty_state(out, made)
+        raise
+    try:
+        with lock:
+            return _locked_run(state, found, model)
+    except UsageError:               # the run could not start (a model that does not load)
+        _remove_empty_state(out, made)
+        raise
+
+
+def _locked_run(state: RunState, found, model) -> RunSummary:
+    """The run once it holds the output folder's lock."""
+    opts, out = state.opts, state.opts.output
+    remove_stale_temp_files(out)
+    resolve_run_sampling(opts, model, state.err_s)
+    state.settings = _settings(opts, model)
+    state.order = [im.key for im in found.images]
+    todo = _plan(state, found.images)
+    try:
+        if todo and opts.ray is not None:
+            from .run_ray import segment_on_ray
+            segment_on_ray(state, todo, model)
+        elif todo:
+            _segment_all(state, todo, model)
+    except OutputError as e:
+        state.fatal = str(e)
+    except KeyboardInterrupt as e:
+        state.interrupted = getattr(e, "signum", signal.SIGINT)
+        remove_stale_temp_files(out)      # a temp file created in the last instant
+    if opts.overwrite:                     # stopped early: earlier outputs still count
+        _keep_earlier_outputs(state, found.images)
+    if state.gt is not None:               # score the skipped images from their masks
+        _score_skipped(state, found.images)
+    # the folder's other finished images (an earlier run's inputs): results describe it all
+    state.earlier = earlier_records(out, skip=set(state.order))
+    for rec in state.earlier:
+        rec["status"] = "earlier"
+    return _finish(state)
 
 
 def _plan(state: RunState, images: list[InputImage]) -> list[InputImage]:
@@ -283,6 +308,16 @@ def _plan(state: RunState, images: list[InputImage]) -> list[InputImage]:
         if theirs:
             state.fail(im.path, f"output {theirs[0]} exists and was not written by dsd-fast "
                        "(pass --overwrite to replace it)")
+            continue
+        earlier = None if opts.overwrite else read_record(out, im.key)
+        other = other_input(earlier, im)
+        if other is not None:
+            state.fail(im.path, f"its output name {im.key!r} holds the outputs of {other}, "
+                       "segmented into this folder earlier; pass --overwrite to replace them, "
+                       "or choose another -o")
+            if still_valid(earlier, out):          # the other input's results still count
+                earlier["status"] = "earlier"
+                state.done[im.key] = earlier
             continue
         rec = None if opts.overwrite else finished_record(im, opts)
         if rec is None:
@@ -358,10 +393,23 @@ def network_batch(pipe, opts: BatchOptions) -> int:
     return opts.batch_size or 1
 
 
-def resolve_run_sampling(opts: BatchOptions, model) -> None:
+def resolve_run_sampling(opts: BatchOptions, model, err=None) -> None:
     """Fill the steps / ensemble / spacing not given, and postprocess "auto", as segment()
     would (api.resolve_sampling, postprocess.resolve_postprocess), from the model file's
-    metadata (its header only: the model loads later, in the workers)."""
+    metadata (its header only: the model loads later, in the workers). Steps not given are
+    capped at the model's T, with a note on `err`."""
+    steps_given = opts.steps is not None
+    _resolve_sampling_defaults(opts, model)
+    if steps_given:
+        return                      # checked against T when the model loads
+    T = _diffusion_steps(model, opts)
+    if T is not None and opts.steps > T:
+        print(f"note: the default {opts.steps} steps exceed this model's T = {T}; running {T}"
+              " (--steps to choose)", file=err or sys.stderr)
+        opts.steps = T
+
+
+def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
     if None not in (opts.steps, opts.ensemble, opts.spacing) and opts.postprocess != "auto":
         opts.postprocess = resolve_postprocess(opts.postprocess, None)
         return
@@ -382,6 +430,30 @@ def resolve_run_sampling(opts: BatchOptions, model) -> None:
     opts.steps, opts.ensemble, opts.spacing = resolve_sampling(
         defaults, opts.steps, opts.ensemble, opts.spacing)
     opts.postprocess = resolve_postprocess(opts.postprocess, clean_up)
+
+
+def _diffusion_steps(model, opts: BatchOptions) -> int | None:
+    """The model's T (None: it has no sampling loop), before any worker loads it: from the
+    object, else the file's schedule metadata, else by loading the file here (a file of the
+    original code stores T, when at all, in its tensors or in --model-setting)."""
+    import json
+
+    from ..api import _model_path
+    from ..checkpoint import read_metadata
+    from ..diffusion import Schedule
+    if model is None or isinstance(model, (str, os.PathLike)):
+        try:
+            meta = read_metadata(_model_path(model if model is not None else opts.checkpoint))
+            if "schedule" in meta:
+                return Schedule.from_dict(json.loads(meta["schedule"])).T
+        except (OSError, ValueError, KeyError, TypeError):
+            pass                             # the load below says what is wrong
+        model = _load_pipeline(model, opts)
+    schedule = getattr(model, "schedule", None)
+    if schedule is None and not hasattr(model, "segment"):          # a bare network
+        model = _load_pipeline(model, opts)
+        schedule = getattr(model, "schedule", None)
+    return None if schedule is None else schedule.T
 
 
 def load_checked_pipeline(model, opts: BatchOptions):
@@ -423,6 +495,10 @@ def _take_prepared(state: RunState, queue, batch, preprocessing, bar):
     return chunk, queue
 
 
+# torch's words when a convolution gets another channel count than its weights take
+_WRONG_CHANNELS = re.compile(r"to have (\d+) channels, but got (\d+) channels")
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or "out of memory" in str(e).lower() \
         or "can't allocate memory" in str(e).lower()
@@ -445,6 +521,16 @@ def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
                                precision=opts.precision, spacing=opts.spacing,
                                tta=opts.tta, postprocess=opts.postprocess)
         except (MemoryError, RuntimeError) as e:
+            wrong = _WRONG_CHANNELS.search(str(e))
+            if wrong:                  # the same for every image: each one fails, the run goes on
+                for p in piece:
+                    state.fail(p.item.path, f"the model takes {wrong[1]}-channel input where "
+                               f"this image gives {wrong[2]} (dsd-fast reads every image as "
+                               "RGB): the model was made for images with another channel "
+                               "count")
+                    bar.update(1)
+                i += len(piece)
+                continue
             if not _is_oom(e):
                 raise
             if len(piece) > 1:
@@ -481,6 +567,27 @@ def _write_one(state: RunState, prep, res) -> None:
             state.fail(prep.item.path, score_error)
 
 
+def _folders_to_make(out: Path) -> list[Path]:
+    """`out` and those of its parents that do not exist yet, innermost first."""
+    made = []
+    for p in (out, *out.parents):
+        if p.exists():
+            break
+        made.append(p)
+    return made
+
+
+def _remove_empty_state(out: Path, made: list[Path]) -> None:
+    """After a run that could not start: remove its state folder and the folders it made,
+    where they are empty (nothing anyone wrote is ever removed)."""
+    state = out / STATE_DIR
+    for p in (state / "claims", state / "done", state, *made):
+        try:
+            p.rmdir()
+        except OSError:
+            pass
+
+
 def _keep_earlier_outputs(state: RunState, images) -> None:
     failed_names = {n for n, _ in state.failures}
     for im in images:
@@ -494,7 +601,8 @@ def _keep_earlier_outputs(state: RunState, images) -> None:
 def _score_skipped(state: RunState, images) -> None:
     for im in images:
         rec = state.done.get(im.key)
-        if rec is None or rec.get("status") not in ("skipped", "earlier"):
+        if rec is None or rec.get("status") not in ("skipped", "earlier") \
+                or other_input(rec, im) is not None:     # another input's mask: not this one's
             continue
         try:
             mask = load_mask(state.opts.output / rec["outputs"]["mask"]).numpy()
@@ -575,7 +683,7 @@ def _finish(state: RunState, write: bool = True) -> RunSummary:
         print(f"per-image metrics: {out / 'metrics.csv'}", file=out_s)
     for name, why in state.failures:
         print(f"failed: {why if name in why else f'{name}: {why}'}", file=err_s)
-    records = state.records()
+    records = state.records(with_earlier=False)        # this run's inputs
     total = state.total if state.total is not None else len(records) + len(state.failures)
     rate = (f", {state.segmented / elapsed:.2f} images/s"
             if state.segmented and elapsed > 0 else "")
