@@ -11,20 +11,37 @@ Everything that opens an image file (the API, the command line, ground-truth mas
 data) goes through `open_image`, `upright` and `pil_to_array`, so every reader treats modes
 alike and every reader applies the EXIF orientation tag: a phone or dermatoscope JPEG stored
 240 x 120 with Orientation = 6 is the 120 x 240 picture every viewer shows, and its mask
-and overlay are 120 x 240 too.
+and overlay are 120 x 240 too. The tag is applied exactly once: Pillow turns TIFFs upright
+itself while loading them (Pillow >= 7; from 11 their size is the upright one even before
+loading) and other formats not, so what the decoder does is probed once per format
+(`_decoder_turns`) rather than assumed from Pillow's version.
+
+Colour. Pixel values are used as stored, like the upstream projects' loaders and the
+training data (ISIC, PH2, HAM10000) read them: an embedded ICC profile of an RGB or grey
+image (Adobe RGB, Display P3) and a PNG gAMA chunk are not applied, so a file gives the
+model the numbers it was trained on. The one exception is CMYK (print-workflow JPEG/TIFF):
+it has no "as stored" RGB, so it is converted to sRGB through its embedded profile with
+PIL.ImageCms when there is one (Pillow's profile-less CMYK formula otherwise).
+
+Animated and multi-page files (GIF, APNG, WebP, TIFF): the first frame is the image; a
+MultiFrameWarning says so, and the command line records the frame count with the result.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import math
 import os
+import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 INTEGER_MODES = SIXTEEN_BIT_MODES + ("I",)     # scaled by 65535 (PNG stores 16-bit as "I")
 STRIP_PIXELS = 1 << 20     # large images are converted in row strips of about this many pixels
@@ -32,6 +49,17 @@ STRIP_PIXELS = 1 << 20     # large images are converted in row strips of about t
 
 class ImageInputError(ValueError):
     """A user-supplied image could not be used; the message says which and why."""
+
+
+class MultiFrameWarning(UserWarning):
+    """An animated or multi-page file: only its first frame is segmented."""
+
+
+def nfc(name: str) -> str:
+    """`name` in Unicode NFC. macOS writes file names decomposed (NFD: "e" + combining
+    accent) where other systems and typed names are composed (NFC); names are compared and
+    output names made in NFC so that both spellings of "lésion" are one name."""
+    return unicodedata.normalize("NFC", name)
 
 
 # EXIF Orientation (tag 0x0112) -> the transpose that shows the picture upright.
@@ -58,6 +86,8 @@ def open_image(path):
     if not path.is_file():
         raise ImageInputError(f"{path}: not a regular file (a FIFO, socket or device?); "
                               "expected an image file")
+    if path.stat().st_size == 0:
+        raise ImageInputError(f"{path}: empty file (0 bytes), expected an image")
     try:
         im = Image.open(path)
     except Image.DecompressionBombError as e:
@@ -75,25 +105,103 @@ def open_image(path):
 
 
 def orientation(im: Image.Image) -> int:
-    """The EXIF orientation of an opened image, 1 (as stored) when absent or invalid."""
-    try:
-        value = im.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # a malformed EXIF block must not stop the decode: ignore the tag
-        return 1
+    """The EXIF orientation of an opened image, 1 (as stored) when absent or invalid. A
+    malformed EXIF block is ignored (quietly: PIL's "Corrupt EXIF data" warning is about
+    the tag, not the picture); a decoding error is not, since reading a PNG's EXIF decodes
+    the image data first (its eXIf chunk may follow them), and swallowing it would leave a
+    half-decoded picture that a later load() accepts as whole."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = im.getexif().get(_ORIENTATION_TAG, 1)
+        except (OSError, EOFError):          # the image data, not the EXIF block: broken
+            raise
+        except Exception:  # a malformed EXIF block must not stop the decode: ignore the tag
+            return 1
     return value if value in _UPRIGHT else 1
 
 
+@functools.lru_cache(maxsize=None)
+def _decoder_turns(fmt: str | None) -> tuple[bool, bool]:
+    """What this Pillow's decoder for format `fmt` does with the orientation tag itself:
+    (`size` of an opened, not yet loaded image is already the upright size, the loaded
+    pixels are already upright). Probed once per format on a 3 x 2 picture tagged 6:
+    TIFF gives (False, True) on Pillow 7-10 and (True, True) from 11; the others (False,
+    False). A format that cannot be written with the tag counts as not turning."""
+    if not fmt:
+        return False, False
+    buf = io.BytesIO()
+    try:
+        probe = Image.new("L", (3, 2))
+        if fmt == "TIFF":
+            probe.save(buf, fmt, tiffinfo={_ORIENTATION_TAG: 6})
+        else:
+            exif = Image.Exif()
+            exif[_ORIENTATION_TAG] = 6
+            probe.save(buf, fmt, exif=exif.tobytes())
+        buf.seek(0)
+        with warnings.catch_warnings(), Image.open(buf) as im:
+            warnings.simplefilter("ignore")
+            if im.getexif().get(_ORIENTATION_TAG, 1) != 6:
+                return False, False
+            before = im.size == (2, 3)
+            im.load()
+            return before, im.size == (2, 3)
+    except Exception:  # no writer for this format, or no EXIF in it: nothing to turn
+        return False, False
+
+
+def pending_orientation(im: Image.Image) -> int:
+    """The orientation still to apply to `im`'s decoded pixels: its tag, or 1 where the
+    decoder turns the pixels upright itself (TIFF)."""
+    return 1 if _decoder_turns(im.format)[1] else orientation(im)
+
+
 def upright_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) of the picture as shown, i.e. after `upright`."""
+    """(width, height) of the picture as shown, i.e. after `upright`, of an opened image
+    that is not loaded yet."""
     w, h = im.size
-    return (h, w) if orientation(im) in (5, 6, 7, 8) else (w, h)
+    if orientation(im) in (5, 6, 7, 8) and not _decoder_turns(im.format)[0]:
+        return h, w
+    return w, h
 
 
 def upright(im: Image.Image, tag: int | None = None) -> Image.Image:
-    """The decoded image turned as its EXIF orientation says (`tag`: the orientation read
-    before a reduced decode, which may drop the EXIF block)."""
-    tag = orientation(im) if tag is None else tag
+    """The decoded image turned as its EXIF orientation says (`tag`: `pending_orientation`
+    read before a reduced decode, whose result no longer knows its format)."""
+    tag = pending_orientation(im) if tag is None else tag
     return im.transpose(_UPRIGHT[tag]) if tag in _UPRIGHT else im
+
+
+def frame_count(im: Image.Image) -> int:
+    """Frames (or pages) of an animated or multi-page file, 1 for a still image. An MPO
+    (many camera JPEGs) counts as one: its other pictures are previews or depth maps."""
+    if im.format == "MPO" or not getattr(im, "is_animated", False):
+        return 1
+    return int(getattr(im, "n_frames", 1))
+
+
+def warn_first_frame(im: Image.Image, path) -> int:
+    """The frame count of `im`; a MultiFrameWarning naming `path` when it is above 1."""
+    n = frame_count(im)
+    if n > 1:
+        warnings.warn(f"{path}: {n} frames (animated or multi-page); only the first is "
+                      "segmented", MultiFrameWarning, stacklevel=3)
+    return n
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """`im` as mode RGB: CMYK through its embedded ICC profile to sRGB where it has one
+    (see the module docstring), everything else by Pillow's convert."""
+    icc = im.info.get("icc_profile")
+    if im.mode == "CMYK" and icc:
+        from PIL import ImageCms
+        try:
+            return ImageCms.profileToProfile(im, io.BytesIO(icc), ImageCms.createProfile("sRGB"),
+                                             outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass                         # an unusable profile: Pillow's formula, as without
+    return im.convert("RGB")
 
 
 def pil_to_array(im: Image.Image) -> np.ndarray:
@@ -107,15 +215,18 @@ def pil_to_array(im: Image.Image) -> np.ndarray:
     if im.mode == "LA":
         im = im.convert("L")
     elif im.mode not in ("L", "RGB", "RGBA"):
-        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+        im = im.convert("RGBA") if "A" in im.getbands() else to_rgb(im)
     return np.asarray(im)
 
 
 def load_image_file(path) -> np.ndarray:
-    """Read an image file to a numpy array (H, W[, C]); errors name the file."""
+    """Read an image file to a numpy array (H, W[, C]), upright, its first frame; errors
+    name the file."""
     with open_image(path) as im:
+        warn_first_frame(im, path)
+        tag = pending_orientation(im)
         im.load()
-        return pil_to_array(upright(im))
+        return pil_to_array(upright(im, tag))
 
 
 class NonBinaryMaskWarning(UserWarning):
@@ -146,14 +257,16 @@ def load_mask(path) -> torch.Tensor:
 
 
 def list_images(folder) -> dict[str, Path]:
-    """{stem: path} of the image files directly in `folder`; two files with one stem are an
-    error (masks are matched to images by stem)."""
+    """{stem: path} of the image files directly in `folder`, stems in NFC (`nfc`); two files
+    with one stem are an error (masks are matched to images by stem). Hidden files (".x",
+    macOS's "._x" AppleDouble companions) are not images."""
     files = {}
     for p in sorted(Path(folder).iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            if p.stem in files:
-                raise ValueError(f"two images with stem {p.stem!r} in {folder}")
-            files[p.stem] = p
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file():
+            stem = nfc(p.stem)
+            if stem in files:
+                raise ValueError(f"two images with stem {stem!r} in {folder}")
+            files[stem] = p
     return files
 
 
@@ -161,7 +274,7 @@ def decode_reduced(im: Image.Image, max_pixels: int) -> Image.Image:
     """A decoded, upright copy of `im` with at most ~max_pixels pixels, never decoding more
     than needed: JPEG draft decodes at 1/2, 1/4 or 1/8 scale directly; other formats are
     decoded and box-averaged by an integer factor (Image.reduce)."""
-    tag = orientation(im)
+    tag = pending_orientation(im)
     w, h = im.size
     k = math.sqrt(w * h / max_pixels)
     im.draft(im.mode, (max(1, math.ceil(w / k)), max(1, math.ceil(h / k))))  # JPEG only
@@ -169,7 +282,7 @@ def decode_reduced(im: Image.Image, max_pixels: int) -> Image.Image:
     if im.mode in SIXTEEN_BIT_MODES:
         im = im.convert("I")                   # reduce() has no 16-bit mode; values kept
     elif im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
-        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+        im = im.convert("RGBA") if "A" in im.getbands() else to_rgb(im)
     factor = math.ceil(math.sqrt(im.size[0] * im.size[1] / max_pixels))
     return upright(im.reduce(factor) if factor > 1 else im, tag)
 
@@ -188,8 +301,9 @@ def decode_rgb8(path, height: int, width: int) -> np.ndarray:
     with open_image(path) as im:
         if upright_size(im) != (width, height):
             raise ImageInputError(f"{path}: changed while it was being segmented")
+        tag = pending_orientation(im)
         im.load()
-        im = upright(im)
+        im = upright(im, tag)
         if im.mode in INTEGER_MODES + ("F",):
             arr = pil_to_array(im)                       # float32 in [0, 1]
             if im.mode == "F" and (not np.isfinite(arr).all() or arr.min() < 0
@@ -200,7 +314,7 @@ def decode_rgb8(path, height: int, width: int) -> np.ndarray:
                 out[r0:r1] = (np.clip(arr[r0:r1], 0, 1) * 255 + 0.5).astype(np.uint8)[..., None]
             return out
         if im.mode != "RGB":
-            im = im.convert("RGB")
+            im = to_rgb(im)
         return np.array(im)
 
 

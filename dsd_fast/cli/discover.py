@@ -4,7 +4,9 @@ names (keys), and decoding each into its network input.
 Inputs are files, folders (with `recursive`, their subfolders too) and glob patterns. Each
 input gets a key, its path relative to the folder (or the glob's fixed leading part) it was
 found under, without the suffix: `in/sub/a.png` found under `in` is `sub/a`. Outputs mirror
-the key, so two `a.png` in different subfolders cannot overwrite each other.
+the key, so two `a.png` in different subfolders cannot overwrite each other. Keys are in
+Unicode NFC (images.nfc): a macOS-written (NFD) name gives the key, output names and
+ground-truth match that the same name typed elsewhere gives.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced,
-                      open_image, pil_to_array, upright, upright_size)
+from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced, nfc,
+                      open_image, pending_orientation, pil_to_array, upright, upright_size,
+                      warn_first_frame)
 from ..preprocess import to_model_input
 from . import memory
 
@@ -41,7 +44,8 @@ class InputImage:
 
     @property
     def stem(self) -> str:
-        return self.path.stem
+        """The file's stem in NFC (ground truth is matched by it)."""
+        return nfc(self.path.stem)
 
 
 @dataclass
@@ -205,6 +209,7 @@ def discover(specs: Sequence[str], recursive: bool = False,
             PurePosixPath(*path.relative_to(base).parts)
         if ".." in rel.parts:                 # a glob like a/*/../b.png: keep outputs in OUT
             rel = PurePosixPath(path.name)
+        rel = PurePosixPath(nfc(str(rel)))
         rel_dir = "" if str(rel.parent) == "." else str(rel.parent)
         images.append(InputImage(path, str(rel.parent / short_name(rel.stem)), rel_dir))
     _make_keys_unique(images)
@@ -258,6 +263,7 @@ class Prepared:
     width: int
     downscaled: tuple[int, int] | None   # (h, w) the model input was made from, if reduced
     fingerprint: dict
+    frames: int = 1                   # of an animated / multi-page file (the first is used)
 
 
 def fingerprint(path: Path) -> dict:
@@ -275,12 +281,14 @@ def prepare(item: InputImage, preprocessing, max_pixels: int) -> Prepared:
     with open_image(path) as im:
         w, h = upright_size(im)                 # the picture as shown (EXIF orientation)
         _check_memory(path, h, w)
+        frames = warn_first_frame(im, path)
         if w * h <= max_pixels:
+            tag = pending_orientation(im)
             im.load()
-            arr, downscaled = pil_to_array(upright(im)), None
+            arr, downscaled = pil_to_array(upright(im, tag)), None
         else:
             small = decode_reduced(im, reduced_pixels(preprocessing.image_size, max_pixels))
             arr, downscaled = pil_to_array(small), (small.size[1], small.size[0])
     chw = array_to_chw(arr, str(path))
     del arr
-    return Prepared(item, to_model_input([chw], preprocessing)[0], h, w, downscaled, fp)
+    return Prepared(item, to_model_input([chw], preprocessing)[0], h, w, downscaled, fp, frames)
