@@ -32,7 +32,19 @@ install:
 demo: install
 	$(PY) -m dsd_fast.cli segment dsd_fast/samples -o out/demo
 
+# The test suite, then each throughput benchmark once as a test (no timing).
 test: install
 	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q bench --benchmark-disable
 
-.PHONY: install demo test
+# Throughput on pytest-benchmark (bench/test_*.py): per family the denoiser's forward
+# (reference, fast, bf16, ONNX Runtime and OpenVINO where installed) and segment() per image.
+# Each run is saved as JSON under .benchmarks/ (ignored by git). Compare with the last saved
+# run: make bench BENCH_ARGS=--benchmark-compare (or =0001 for a given one); saved runs side
+# by side: pytest-benchmark compare .benchmarks/*/*.json
+BENCH_ARGS ?=
+bench: install
+	$(PY) -m pytest bench --benchmark-only --benchmark-autosave \
+		--benchmark-columns=min,median,max,stddev,rounds $(BENCH_ARGS)
+
+.PHONY: install demo test bench
