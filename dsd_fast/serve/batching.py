@@ -24,7 +24,7 @@ from .engine import Job
 from .limits import ApiError
 
 
-@dataclass
+@dataclass(eq=False)        # compared by identity (its image is a tensor)
 class _Entry:
     job: Job
     future: asyncio.Future

@@ -23,7 +23,7 @@ from .outputs import encode_result
 log = logging.getLogger("dsd_fast.serve")
 
 
-@dataclass
+@dataclass(eq=False)        # compared by identity (its image is a tensor)
 class Job:
     image: torch.Tensor              # (3, H, W) float32 in [0, 1] (limits.decode_image)
     options: SegmentOptions

@@ -10,6 +10,7 @@ cuts a request off mid-answer.
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 
@@ -26,12 +27,32 @@ def uvicorn_config(app, config: ServeConfig, log_level: str = "info"):
                           server_header=False)
 
 
-def serve_forever(config: ServeConfig, log_level: str = "info") -> int:
-    """`dsd-fast serve`: run until SIGINT / SIGTERM; 0 after a clean shutdown."""
+def _server_class():
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that after a graceful shutdown on SIGINT / SIGTERM the
+        process exits 0 (uvicorn re-raises the signal, so its exit status says "killed")."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {sig: signal.signal(sig, self.handle_exit)
+                   for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+    return Server
+
+
+def serve_forever(config: ServeConfig, log_level: str = "info") -> int:
+    """`dsd-fast serve`: run until SIGINT / SIGTERM; 0 after a clean shutdown."""
     from .app import create_app
-    server = uvicorn.Server(uvicorn_config(create_app(config), config, log_level))
+    server = _server_class()(uvicorn_config(create_app(config), config, log_level))
     server.run()
     return 0 if server.started else 1
 
