@@ -61,6 +61,8 @@ def _user_errors(cmd):
     def wrapped(args) -> int:
         try:
             return cmd(args)
+        except BrokenPipeError:                 # the reader of stdout left: main's to handle
+            raise
         except (ValueError, OSError) as e:      # ImageInputError, CheckpointError included
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -113,10 +115,10 @@ def cmd_eval(args) -> int:
 
 @_user_errors
 def cmd_export(args) -> int:
-    from ..api import Pipeline
+    from ..api import load
     from .export import export_onnx
     settings = _parse_settings(args.model_setting)
-    model = Pipeline.from_pretrained(args.checkpoint, **settings) if settings else args.checkpoint
+    model = load(args.checkpoint, **settings) if settings else args.checkpoint
     for path in export_onnx(model, args.onnx, batch=args.batch, dynamic_batch=args.dynamic_batch):
         print(f"wrote {path}")
     return 0
@@ -288,8 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run one `dsd-fast` command; returns its exit status. On a terminal: warnings print as
+    one `warning:` line, --threads above the available cores is capped (said in one line),
+    Ctrl-C outside a segment run (which handles its own) prints `interrupted` and returns
+    130, and a reader that stops reading (`| head`) ends the command quietly with 141."""
+    from . import console
+    try:
+        with console.plain_warnings():
+            args = build_parser().parse_args(argv)
+            if getattr(args, "threads", None) and not getattr(args, "ray", None):
+                # with --ray the threads are per worker, on machines this one cannot see
+                args.threads = console.cap_threads(args.threads)
+            code = args.func(args)
+            sys.stdout.flush()                  # a broken pipe shows here, not at exit
+            return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return console.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        console.silence_broken_pipe()
+        return console.EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -220,6 +220,8 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
     record = {"key": item.key, "input": str(item.path.resolve()), "width": w, "height": h,
               "model_input": ("full" if prep.downscaled is None
                               else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
+              # an animated / multi-page file: its frame count (the first frame was used)
+              **({"frames": prep.frames} if getattr(prep, "frames", 1) > 1 else {}),
               **stats,
               "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -1,0 +1,117 @@
+"""How the `dsd-fast` command behaves on a terminal, beyond what it prints itself.
+
+    plain_warnings()        Python warnings as one line, `warning: <message>` (no source line)
+    cap_threads(n)          --threads above the cores this process may use: capped, said once
+    silence_broken_pipe()   `dsd-fast ... | head`: the reader left; stop quietly, as Unix tools
+    quiet_interrupt_while_starting()
+                            Ctrl-C while the package imports (torch takes seconds): one line
+                            and exit 130, installed by dsd_fast/__init__.py before the imports
+
+main.py's `main` uses the first three around every subcommand; they keep the state they
+change (warnings.showwarning) to the call, so calling `main` in-process (tests) leaves the
+interpreter as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+
+EXIT_INTERRUPTED = 130          # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_BROKEN_PIPE = 141          # 128 + SIGPIPE, what a shell reports for `yes | head`
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning's replacement: `warning: <message>` on stderr, written through
+    tqdm when a progress bar may be on screen (so the bar is redrawn below the line)."""
+    text = f"warning: {_one_line(message)}"
+    stream = file or sys.stderr
+    try:
+        if "tqdm" in sys.modules and stream is sys.stderr:
+            from tqdm import tqdm
+            tqdm.write(text, file=stream)
+        else:
+            print(text, file=stream)
+    except (OSError, ValueError):        # stderr closed or gone: a warning cannot stop the run
+        pass
+
+
+@contextlib.contextmanager
+def plain_warnings():
+    """Warnings raised inside the block print as one plain line (see `_print_warning`)."""
+    before = warnings.showwarning
+    warnings.showwarning = _print_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = before
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a
+    container's cpuset), else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(threads: int | None, option: str = "--threads") -> int | None:
+    """`threads`, or the available cores when it is more (a network run with 1000 threads on
+    2 cores is ~50x slower, not faster), with a one-line warning saying so."""
+    cores = available_cores()
+    if threads is None or isinstance(threads, bool) or not isinstance(threads, int) \
+            or threads <= cores:
+        return threads
+    print(f"warning: {option} {threads} is more than the {cores} CPU core"
+          f"{'s' if cores != 1 else ''} this process can use; using {cores}", file=sys.stderr)
+    return cores
+
+
+def silence_broken_pipe() -> None:
+    """The reader of stdout (or stderr) has gone (`| head`): point both at /dev/null, so
+    that nothing more, not even the interpreter's final flush, raises BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            continue
+    os.close(devnull)
+
+
+def _started_as_command() -> bool:
+    """True in a process started as `dsd-fast ...` or `python -m dsd_fast.cli ...`."""
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    if any(os.path.basename(a) == "dsd-fast" for a in argv[:2]):
+        return True
+    return any(a == "-m" and b == "dsd_fast.cli" for a, b in zip(argv, argv[1:])) \
+        or "-mdsd_fast.cli" in argv
+
+
+def quiet_interrupt_while_starting() -> None:
+    """In the command's own process only: a Ctrl-C that escapes everything (the package's
+    imports take seconds, before `main` can catch anything) prints `interrupted` and exits
+    130 instead of a traceback through torch's import. A library user's process is left
+    alone."""
+    if not _started_as_command():
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            try:
+                sys.stdout.flush()
+                sys.stderr.write("interrupted\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            finally:
+                os._exit(EXIT_INTERRUPTED)
+        previous(kind, value, tb)
+    sys.excepthook = hook
