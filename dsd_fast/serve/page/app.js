@@ -78,8 +78,9 @@ function showResult(file, body) {
     `Lesion area ${(100 * body.area_fraction).toFixed(1)}% (${body.area_pixels} px of ` +
     `${body.width} x ${body.height}); mean uncertainty ${body.mean_uncertainty.toFixed(4)}; ` +
     `${o.ensemble} members x ${o.steps} ${o.spacing} steps, seed ${o.seed}, clean-up ` +
-    `${o.postprocess}; ${Math.round(body.timings_ms.total)} ms ` +
-    `(batched with ${body.batch_images - 1} other image${body.batch_images === 2 ? "" : "s"}).`;
+    `${o.postprocess}; ${Math.round(body.timings_ms.total)} ms` +
+    (body.batch_images > 1 ? ` (batched with ${body.batch_images - 1} other image` +
+     `${body.batch_images === 2 ? "" : "s"})` : "") + ".";
   const base = stem(file.name);
   for (const kind of ["mask", "probability", "uncertainty", "overlay"]) {
     const a = card.querySelector(`.dl-${kind}`);

@@ -1,0 +1,52 @@
+"""`dsd-fast serve --ray`: the same app on a local Ray instance answers a request with
+segment()'s mask (Ray Serve's replica and @serve.batch in the path)."""
+from __future__ import annotations
+
+import base64
+import socket
+
+import numpy as np
+import pytest
+import requests
+
+from dsd_fast.serve.engine import mask_from_png
+
+from conftest import SMALL
+
+pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'dsd_fast[serve,ray]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_serve_answers_one_request(sample_paths, reference):
+    import ray
+    from ray import serve
+
+    from dsd_fast.serve import ServeConfig
+    from dsd_fast.serve.ray_serve import deploy
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already running in this process")
+    config = ServeConfig(models=("default",), host="127.0.0.1", port=_free_port(),
+                         threads=1, warmup=False)      # Ray's start-up is slow enough
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    try:
+        url = deploy(config, replicas=1)
+        path = sample_paths[0]
+        r = requests.post(url + "/v1/segment", timeout=120, data=SMALL,
+                          files={"file": (path.name, path.read_bytes())})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert np.array_equal(mask_from_png(base64.b64decode(body["png"]["mask"])),
+                              reference(path).mask)
+        assert body["batch_images"] == 1
+        bad = requests.post(url + "/v1/segment", timeout=60, files={"file": ("x", b"")})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "empty_upload"
+        assert requests.get(url + "/readyz", timeout=30).json()["status"] == "ready"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
