@@ -13,6 +13,7 @@ kernels on CUDA GPUs.
 import glob
 import os
 import platform
+import re
 
 from setuptools import find_packages, setup
 
@@ -50,10 +51,12 @@ def extensions():
 
 
 EXT_MODULES, CMDCLASS = extensions()
+# one version, in dsd_fast/version.py (read, not imported: the package needs torch)
+VERSION = re.search(r'__version__ = "([^"]+)"', open("dsd_fast/version.py").read()).group(1)
 
 setup(
     name="dsd_fast",
-    version="0.2.0",
+    version=VERSION,
     description="Fast, faithful inference for diffusion skin-lesion segmenters (DermoSegDiff)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -34,7 +34,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     unet = msd.Unet(dim=args.dim, image_size=args.size, dim_mults=(1, 2, 4, 8)).eval()
     n_params = sum(p.numel() for p in unet.parameters())
-    pipe = dsd_fast.Pipeline.from_model(
+    pipe = dsd_fast.pipeline_from_network(
         dsd_fast.load_model(unet.state_dict()))           # same weights, package defaults
     image = torch.rand(3, args.size, args.size)
     E, S = args.ensemble, args.steps

@@ -94,7 +94,7 @@ def main() -> None:
                                               num_heads=1, timesteps=1000)
     net = MEDSEGDIFF_OFFICIAL.build_reference(config).eval()
     net.load_state_dict(model.state_dict())
-    pipe = dsd_fast.Pipeline.from_model(net)
+    pipe = dsd_fast.pipeline_from_network(net)
     S, E = args.size, args.ensemble
     img = torch.cat([torch.rand(1, 3, S, S), torch.zeros(1, 1, S, S)], 1)
 

@@ -59,7 +59,7 @@ def forward(name: str, repeats: int = 3) -> None:
     g = torch.Generator().manual_seed(0)
     args = (torch.randn(5, 1, s, s, generator=g), torch.rand(5, 3, s, s, generator=g),
             torch.full((5,), 120))
-    pipe = dsd_fast.Pipeline.from_model(net)
+    pipe = dsd_fast.pipeline_from_network(net)
     times = {}
     with torch.no_grad():
         for prec in ("fp32", "bf16"):

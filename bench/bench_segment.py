@@ -26,7 +26,7 @@ PH2 = ROOT.parent / "shared" / "data" / "ph2"
 def load_pipeline(checkpoint: str | None):
     import torch
 
-    from dsd_fast import DermoSegDiff, Pipeline, get_config, load
+    from dsd_fast import DermoSegDiff, get_config, load, pipeline_from_network
     from dsd_fast.api import DEFAULT_MODEL_PATH
     if checkpoint:
         return load(checkpoint), checkpoint
@@ -36,7 +36,7 @@ def load_pipeline(checkpoint: str | None):
     model = DermoSegDiff(get_config("default")).eval()
     with torch.no_grad():
         model.final_conv.weight.mul_(0.05)
-    return Pipeline.from_model(model), "random default config (timing only)"
+    return pipeline_from_network(model), "random default config (timing only)"
 
 
 def child(args) -> None:

@@ -103,7 +103,7 @@ def section_segment() -> dict:
     import dsd_fast
     rows = []
     for name in ("default", "isic2018"):
-        pipe = dsd_fast.Pipeline.from_model(dsd_fast.build_model(dsd_fast.get_config(name))
+        pipe = dsd_fast.pipeline_from_network(dsd_fast.build_model(dsd_fast.get_config(name))
                                             .eval()).to("cuda")
         images = [torch.rand(3, 288, 383) for _ in range(8)]
         pipe.segment(images[:2], steps=2, ensemble=5, batch_size=2)      # warm-up, capture
@@ -138,7 +138,7 @@ def section_families() -> dict:
     for name in ("tiny_ff", "msd_tiny_sc", "msd_official_tiny"):
         fam, cfg = find_config(name)
         torch.manual_seed(0)
-        pipe = dsd_fast.Pipeline.from_model(fam.build_reference(cfg).eval()).to("cuda")
+        pipe = dsd_fast.pipeline_from_network(fam.build_reference(cfg).eval()).to("cuda")
         ref = pipe.segment(images, steps=5, ensemble=3, backend="reference")
         fast = pipe.segment(images, steps=5, ensemble=3, backend="fast")
         bf16 = pipe.segment(images, steps=5, ensemble=3, backend="fast", precision="bf16")

@@ -31,7 +31,7 @@ SAMPLE = Path(dsd_fast.__file__).parent / "samples" / "IMD009.png"
 def candidate(size: int, dim: int) -> "dsd_fast.Pipeline":
     config = get_config("default").replace(image_size=size, dim_x=dim, dim_g=dim)
     torch.manual_seed(0)
-    return dsd_fast.Pipeline.from_model(DermoSegDiff(config).eval())
+    return dsd_fast.pipeline_from_network(DermoSegDiff(config).eval())
 
 
 def main() -> None:

@@ -20,83 +20,17 @@ from pathlib import Path
 import torch
 
 from .diffusion import Schedule
+from .errors import CheckpointError
 from .families import FAMILIES, ModelFamily, detect_family, family_of_network, get_family
 from .io import atomic_write
+from .model_files import _read_safetensors, read_file, read_metadata  # noqa: F401 (re-exported)
 from .preprocess import Preprocessing
+from .segmenter import Segmenter
+from .state_dict import check_state_dict
 
 FORMAT_NAME = "dsd_fast"
 FORMAT_VERSION = "2"          # 2 adds "family"; version-1 files are all DermoSegDiff
 LEGACY_FAMILY = "dermosegdiff"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be loaded; the message says what was expected."""
-
-
-# ----------------------------------------------------------------------------- reading
-def _read_safetensors(path: Path, with_tensors: bool) -> tuple[dict, dict]:
-    """-> (tensors, or {} when not with_tensors; metadata) of a .safetensors file."""
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    return tensors, meta
-
-
-def read_file(path) -> tuple[dict, dict]:
-    """-> (raw object, metadata). Metadata is empty for .pt/.pth files."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.suffix.lower() == ".safetensors":
-        return _read_safetensors(path, with_tensors=True)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0]   # torch's run long
-        raise CheckpointError(
-            f"{path}: could not be read as a weights-only torch checkpoint ({why}). Only "
-            "tensors, numbers and dicts are accepted; arbitrary pickled objects are refused."
-        ) from None
-    return obj, {}
-
-
-def read_metadata(path) -> dict[str, str]:
-    """The string metadata of an own-format .safetensors file ({} for .pt/.pth files).
-    Reads the header only: no tensor is loaded."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    return _read_safetensors(path, with_tensors=False)[1]
-
-
-def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
-    """Strict key, type and shape check; the error names the first key that does not fit.
-    A float weight stored as integers would be silently truncated by load_state_dict: it
-    is refused (integer buffers, e.g. BatchNorm's step counter, stay integers)."""
-    for k, v in expected.items():
-        if k not in given:
-            raise CheckpointError(f"checkpoint lacks weight {k!r} (expected shape "
-                                  f"{tuple(v.shape)}); it does not match the model config")
-        if not isinstance(given[k], torch.Tensor):
-            raise CheckpointError(f"weight {k!r} is a {type(given[k]).__name__}, not a tensor")
-        if v.is_floating_point() and not given[k].is_floating_point():
-            raise CheckpointError(f"weight {k!r} has dtype {given[k].dtype}; a floating-point "
-                                  "tensor is expected")
-        if tuple(given[k].shape) != tuple(v.shape):
-            raise CheckpointError(
-                f"weight {k!r} has shape {tuple(given[k].shape)}, the model config expects "
-                f"{tuple(v.shape)}")
-    extra = [k for k in given if k not in expected]
-    if extra:
-        raise CheckpointError(f"checkpoint has weight {extra[0]!r} that the model config does "
-                              f"not use ({len(extra)} unused in all)")
-    for k, v in given.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CheckpointError(f"weight {k!r} contains NaN or infinite values")
 
 
 # ----------------------------------------------------------------------------- families
@@ -166,6 +100,8 @@ def load_parts(source, config=None, family=None, device="cpu", **settings):
     meta: dict = {}
     if isinstance(source, (str, os.PathLike)):
         obj, meta = read_file(source)
+    elif isinstance(source, tuple):              # (object, metadata) already read
+        obj, meta = source
     else:
         obj = source
     if not isinstance(obj, dict):
@@ -187,56 +123,54 @@ def load_model(source, config=None, device="cpu", family=None, **settings) -> to
     return load_parts(source, config, family, device, **settings)[1]
 
 
-def load_diffseg_pair(path, device="cpu"):
-    """An own-format DiffSeg file (both networks, keys `have.*` and `no.*`) -> a
-    DiffSegPipeline."""
-    from .families.diffseg import DIFFSEG
-    from .families.diffseg.pipeline import DiffSegPipeline
-    obj, meta = read_file(path)
-    try:
-        config = DIFFSEG.config_class.from_dict(json.loads(meta["config"]))
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path}: the file's metadata is not valid: {e}") from None
-    nets = []
-    for part in ("have", "no"):
-        sd = {k[len(part) + 1:]: v for k, v in obj.items() if k.startswith(part + ".")}
-        net = DIFFSEG.build_reference(config)
-        check_state_dict(net.state_dict(), sd)
-        net.load_state_dict(sd, strict=True)
-        nets.append(net.to(device).eval())
-    return DiffSegPipeline(*nets, crop=meta.get("crop", "full"))
+def load_segmenter(source, device="cpu", family=None, config=None, **settings):
+    """Path or in-memory dict -> its family's segmenter (a Pipeline for mask-diffusion
+    families): the network(s) with the schedule, preprocessing and sampler settings the file
+    stores. `family`, `config` and `settings` are for files that do not say what they are."""
+    meta: dict = {}
+    if isinstance(source, (str, os.PathLike)):
+        obj, meta = read_file(source)
+        name = meta.get("family")
+        if name is not None and family is None and config is None and not settings:
+            try:
+                own = get_family(name).segmenter_from_file(obj, meta, device)
+            except KeyError as e:
+                raise CheckpointError(f"{source}: {e.args[0]}") from None
+            if own is not None:
+                return own
+    fam, net, schedule, pre = load_parts(source if not meta else (obj, meta), config, family,
+                                         device, **settings)
+    return fam.segmenter(net, schedule, pre, meta)
 
 
 # ----------------------------------------------------------------------------- writing
 def save_model(model, path, schedule: Schedule | None = None,
                preprocessing: Preprocessing | None = None,
                extra_metadata: dict | None = None) -> Path:
-    """Write weights + family + config + schedule + preprocessing as one .safetensors file,
-    atomically. `model` is a reference network, a Pipeline (whose schedule and
-    preprocessing are used unless given) or a DiffSegPipeline (both networks)."""
+    """Write a segmenter (a Pipeline, a DiffSegPipeline: every network it holds, with its
+    family, config, schedule, preprocessing and sampler settings) or a bare reference
+    network as one .safetensors file, atomically. `schedule` / `preprocessing` replace the
+    segmenter's own (or, for a bare network, the family's defaults)."""
     from safetensors.torch import save as safetensors_bytes
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"own-format checkpoints end in .safetensors, got {path.name}")
-    if hasattr(model, "have") and hasattr(model, "no"):              # a DiffSeg pair
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": "diffseg",
-                "config": model.config.to_json(), "crop": model.crop}
-        for k, v in (extra_metadata or {}).items():
-            meta[k] = v if isinstance(v, str) else json.dumps(v)
-        tensors = {f"{part}.{k}": v.detach().cpu().contiguous()
-                   for part in ("have", "no") for k, v in getattr(model, part).state_dict().items()}
-        data = safetensors_bytes(tensors, metadata=meta)
-        return atomic_write(path, lambda f: f.write(data))
-    net = getattr(model, "model", model)            # a Pipeline holds its network as .model
-    family = family_of_network(net)
-    config = family.config_of(net)
-    schedule = schedule or getattr(model, "schedule", None) or family.default_schedule(config)
-    pre = preprocessing or getattr(model, "preprocessing", None) or family.preprocessing(config)
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": family.name,
-            "config": config.to_json(), "schedule": json.dumps(schedule.to_dict()),
-            "preprocessing": json.dumps(pre.to_dict())}
+    if isinstance(model, torch.nn.Module):
+        family = family_of_network(model)
+        config = family.config_of(model)
+        model = family.segmenter(model, family.default_schedule(config),
+                                 family.preprocessing(config))
+    if not isinstance(model, Segmenter):
+        raise TypeError(f"save_model takes a segmenter or a network, got "
+                        f"{type(model).__name__}")
+    tensors, meta = model.file_contents()
+    if schedule is not None:
+        meta["schedule"] = json.dumps(schedule.to_dict())
+    if preprocessing is not None:
+        meta["preprocessing"] = json.dumps(preprocessing.to_dict())
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta}
     for k, v in (extra_metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     data = safetensors_bytes(tensors, metadata=meta)
     return atomic_write(path, lambda f: f.write(data))

@@ -17,8 +17,8 @@ glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0
 CHURN = """
 import resource, sys, torch
 if sys.argv[1] == "pipeline":
-    from dsd_fast import DermoSegDiff, Pipeline, get_config
-    Pipeline.from_model(DermoSegDiff(get_config("tiny"))).denoiser("reference")
+    from dsd_fast import DermoSegDiff, get_config, pipeline_from_network
+    pipeline_from_network(DermoSegDiff(get_config("tiny"))).denoiser("reference")
 from dsd_fast import allocator
 print(allocator._state["applied"])
 def churn():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dsd_fast import ImageInputError, Pipeline, save_model, segment
+from dsd_fast import ImageInputError, Pipeline, pipeline_from_network, save_model, segment
 from dsd_fast.diffusion import Schedule, sample_ensemble
 from dsd_fast.images import to_chw
 from dsd_fast.preprocess import content_key, minmax_normalise
@@ -82,7 +82,7 @@ def test_ddpm_sampler_option(tiny_model):
     with torch.no_grad():
         tiny_model.final_conv.weight.zero_()
         tiny_model.final_conv.bias.zero_()
-    pipe = Pipeline.from_model(tiny_model, schedule=Schedule.linear(40, 1e-4, 0.02))
+    pipe = pipeline_from_network(tiny_model, schedule=Schedule.linear(40, 1e-4, 0.02))
     r = segment(torch.rand(3, 16, 16), sampler="ddpm", ensemble=2, model=pipe)[0]
     assert r.mask.shape == (16, 16) and np.isfinite(r.probability).all()
     with pytest.raises(ValueError, match="1..40"):       # the pipeline's own schedule counts
@@ -129,7 +129,7 @@ def test_corrupt_and_missing_files_are_named(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=0), "1..250"), (dict(steps=251), "1..250"), (dict(steps=2.5), "integer"),
+    (dict(steps=0), ">= 1"), (dict(steps=251), "1..250"), (dict(steps=2.5), "integer"),
     (dict(ensemble=0), ">= 1"), (dict(sampler="euler"), "ddim"),
     (dict(batch_size=0), "batch_size"), (dict(batch_size=-1), "batch_size"),
     (dict(batch_size=1.5), "batch_size"), (dict(backend="gpu"), "backend"),
@@ -255,7 +255,7 @@ def dsd_fast_family():
 def test_load_returns_a_pipeline_with_the_files_schedule(tmp_path, tiny_model):
     import dsd_fast
     sched = Schedule.linear(60, 1e-4, 0.05)
-    path = save_model(Pipeline.from_model(tiny_model, schedule=sched), tmp_path / "m.safetensors")
+    path = save_model(pipeline_from_network(tiny_model, schedule=sched), tmp_path / "m.safetensors")
     pipe = dsd_fast.load(path)
     assert isinstance(pipe, Pipeline) and pipe.family.name == "dermosegdiff"
     assert torch.equal(pipe.schedule.betas, sched.betas)
@@ -299,7 +299,7 @@ def test_model_sampler_defaults_apply_only_when_no_sampler_setting_is_given(tmp_
     assert pipe.sampler_settings(steps=4) == (4, 5, "leading")
     assert pipe.sampler_settings(spacing="leading") == (25, 5, "leading")
     assert pipe.sampler_settings(sampler="ddpm") == (25, 5, "leading")
-    assert Pipeline.from_model(tiny_model).sampler_settings() == (25, 5, "leading")
+    assert pipeline_from_network(tiny_model).sampler_settings() == (25, 5, "leading")
     img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
     res = pipe.segment(img, return_samples=True)[0]
     same = pipe.segment(img, steps=2, ensemble=3, spacing="trailing", return_samples=True)[0]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dsd_fast
-from dsd_fast import CheckpointError, ModelConfig, Pipeline, get_config, load_model, save_model
+from dsd_fast import CheckpointError, ModelConfig, get_config, load_model, pipeline_from_network, save_model
 from dsd_fast.diffusion import Schedule
 from dsd_fast.families.dermosegdiff.checkpoint import infer_config
 from dsd_fast.preprocess import Preprocessing
@@ -104,7 +104,7 @@ def test_unknown_weights_name_the_families_tried(tiny_model):
         load_model({"epoch": 3}, family="dermosegdiff")
     # a network that is not of any family cannot be saved or segmented
     with pytest.raises(TypeError, match="model family"):
-        Pipeline.from_model(torch.nn.Conv2d(1, 1, 1))
+        pipeline_from_network(torch.nn.Conv2d(1, 1, 1))
 
 
 def test_config_inference_from_shapes():

@@ -44,7 +44,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import torch
 import dsd_fast
-from dsd_fast import FAMILIES, Pipeline
+from dsd_fast import FAMILIES, pipeline_from_network
 
 from dsd_fast.families.diffseg import DIFFSEG_CONFIGS
 from dsd_fast.families.diffseg.pipeline import DiffSegPipeline
@@ -59,14 +59,15 @@ for fam in FAMILIES.values():
     s = SMALL[fam.name].image_size
     with torch.no_grad():
         if fam.mask_diffusion:
-            pipe = Pipeline.from_model(net)
+            pipe = pipeline_from_network(net)
             out = net(torch.randn(2, 1, s, s), torch.rand(2, 3, s, s), torch.tensor([3, 200]))
         else:
             pipe = DiffSegPipeline(net, fam.build_reference(SMALL[fam.name]).eval())
             out = net(torch.randn(2, 3, s, s), torch.tensor([0, 200]))
     for o in (out if isinstance(out, tuple) else (out,)):   # official MedSegDiff: (out, cal)
         assert torch.isfinite(o).all()
-    res = pipe.segment(torch.rand(3, 20, 24), steps=2, ensemble=2, backend="reference")
+    steps = {{"steps": 2}} if fam.mask_diffusion else {{}}     # DiffSeg has no sampling loop
+    res = pipe.segment(torch.rand(3, 20, 24), ensemble=2, backend="reference", **steps)
     assert res[0].mask.shape == (20, 24)
 leaked = sorted(m for m in sys.modules if blocked(m))
 assert not leaked, leaked

@@ -33,7 +33,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_bad_precision_is_refused_before_any_work():
-    pipe = dsd_fast.Pipeline.from_model(make_model("tiny"))
+    pipe = dsd_fast.pipeline_from_network(make_model("tiny"))
     with pytest.raises(ValueError, match="precision must be one of"):
         pipe.segment(torch.rand(3, 40, 40), steps=2, ensemble=1, precision="fp16")
     with pytest.raises(UsageError, match="--precision"):
@@ -43,7 +43,7 @@ def test_bad_precision_is_refused_before_any_work():
 def test_without_native_bf16_it_warns_and_runs_float32(monkeypatch):
     monkeypatch.setattr(P, "native_bf16", lambda device: False)
     P._warn_no_bf16.cache_clear()
-    pipe = dsd_fast.Pipeline.from_model(make_model("tiny"))
+    pipe = dsd_fast.pipeline_from_network(make_model("tiny"))
     img = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(0))
     with pytest.warns(RuntimeWarning, match="no native bfloat16"):
         got = pipe.segment(img, steps=3, ensemble=2, precision="bf16")[0]
@@ -56,7 +56,7 @@ def test_without_native_bf16_it_warns_and_runs_float32(monkeypatch):
 @pytest.mark.parametrize("backend", ["reference", "fast"])
 def test_bf16_denoiser_is_bfloat16_inside_and_float32_outside(backend):
     net = make_model("tiny_ff")
-    pipe = dsd_fast.Pipeline.from_model(net)
+    pipe = dsd_fast.pipeline_from_network(net)
     g, s = torch.Generator().manual_seed(1), pipe.preprocessing.image_size
     args = (torch.randn(3, 1, s, s, generator=g), torch.rand(3, 3, s, s, generator=g),
             torch.tensor([5, 200, 900]))
@@ -97,7 +97,7 @@ def test_bf16_masks_agree_with_float32_on_the_bundled_samples():
 def test_bf16_medsegdiff_and_diffseg():
     torch.manual_seed(0)
     msd = MEDSEGDIFF.build_reference(MedSegDiffConfig(16, 32, dim_mults=(1, 2), full_self_attn=(False, True))).eval()
-    pipe = dsd_fast.Pipeline.from_model(msd)
+    pipe = dsd_fast.pipeline_from_network(msd)
     g = torch.Generator().manual_seed(2)
     args = (torch.randn(2, 1, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g),
             torch.tensor([10, 700]))
@@ -113,8 +113,8 @@ def test_bf16_medsegdiff_and_diffseg():
         nets.append(DIFFSEG.build_reference(cfg).eval())
     ds = DiffSegPipeline(*nets)
     x = ds.model_input([torch.rand(3, 48, 48, generator=g)])
-    want = ds.draw(x, 2, 0, ["k"])["difference"]
-    got = ds.draw(x, 2, 0, ["k"], precision="bf16")["difference"]
+    want = ds.draw_masks(x, 2, 0, ["k"])["difference"]
+    got = ds.draw_masks(x, 2, 0, ["k"], precision="bf16")["difference"]
     assert not torch.equal(got, want)
     assert rel_err(got, want) < 0.05
 

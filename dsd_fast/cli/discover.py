@@ -22,7 +22,6 @@ from typing import Sequence
 from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced, nfc,
                       open_image, pending_orientation, pil_to_array, upright, upright_size,
                       warn_first_frame)
-from ..preprocess import to_model_input
 from . import memory
 
 BYTES_PER_OUTPUT_PIXEL = 24    # peak bytes per pixel while an image's outputs are written
@@ -258,7 +257,7 @@ def reduced_pixels(size: int, max_pixels: int) -> int:
 @dataclass
 class Prepared:
     item: InputImage
-    model_chw: object                 # (3, S, S) float tensor: exactly the network's input
+    model_chw: object                 # (C, S, S) float tensor: the segmenter's view
     height: int
     width: int
     downscaled: tuple[int, int] | None   # (h, w) the model input was made from, if reduced
@@ -271,11 +270,10 @@ def fingerprint(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def prepare(item: InputImage, preprocessing, max_pixels: int) -> Prepared:
-    """Decode one image into its S x S model input (resized and normalised exactly as
-    `Pipeline.segment` does; doing it again there changes nothing: the resize is to the
-    same size and min-max normalisation is idempotent). Above `max_pixels` the input is
-    made from a reduced decode."""
+def prepare(item: InputImage, segmenter, max_pixels: int) -> Prepared:
+    """Decode one image into the segmenter's view of it (`segmenter.view`: what
+    `segment()` makes of the same picture). Above `max_pixels` the view is made from a
+    reduced decode."""
     path = item.path
     fp = fingerprint(path) if path.exists() else {}
     with open_image(path) as im:
@@ -287,8 +285,9 @@ def prepare(item: InputImage, preprocessing, max_pixels: int) -> Prepared:
             im.load()
             arr, downscaled = pil_to_array(upright(im, tag)), None
         else:
-            small = decode_reduced(im, reduced_pixels(preprocessing.image_size, max_pixels))
+            small = decode_reduced(im, reduced_pixels(segmenter.preprocessing.image_size,
+                                                      max_pixels))
             arr, downscaled = pil_to_array(small), (small.size[1], small.size[0])
     chw = array_to_chw(arr, str(path))
     del arr
-    return Prepared(item, to_model_input([chw], preprocessing)[0], h, w, downscaled, fp, frames)
+    return Prepared(item, segmenter.view(chw), h, w, downscaled, fp, frames)

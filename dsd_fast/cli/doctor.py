@@ -112,15 +112,15 @@ def _direct_triton(name: str):
 
 def time_denoiser(device: str) -> dict[str, float]:
     """Milliseconds of one forward of the bundled default config at batch 5, per backend."""
-    import dsd_fast
     from ..diffusion import flush_denormals
-    from ..families.dermosegdiff import DERMOSEGDIFF
-    net = dsd_fast.build_model(dsd_fast.get_config("default")).eval().to(device)
+    from ..families import find_config
+    fam, config = find_config("default")
+    net = fam.build_reference(config).eval().to(device)
     x = torch.randn(5, 1, 64, 64, device=device)
     img = torch.rand(5, 3, 64, 64, device=device)
     t = torch.full((5,), 120, device=device, dtype=torch.long)
     out = {}
-    for backend, model in (("reference", net), ("fast", DERMOSEGDIFF.fast_model_for(net))):
+    for backend, model in (("reference", net), ("fast", fam.fast_model_for(net))):
         with torch.no_grad(), flush_denormals():
             model(x, img, t)
             model(x, img, t)
@@ -136,7 +136,7 @@ def time_denoiser(device: str) -> dict[str, float]:
 
 
 def run(out=None, timing: bool = True) -> int:
-    import dsd_fast
+    from ..version import __version__
     out = out or sys.stdout
     bad = 0
 
@@ -147,7 +147,7 @@ def run(out=None, timing: bool = True) -> int:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
-    say(f"dsd_fast {dsd_fast.__version__}  Python {platform.python_version()}  torch "
+    say(f"dsd_fast {__version__}  Python {platform.python_version()}  torch "
         f"{torch.__version__}  triton {triton_version}  CUDA {torch.version.cuda or 'none'}")
     name, flags = cpu_description()
     say(f"CPU: {name}; {torch.get_num_threads()} torch threads; extensions: "

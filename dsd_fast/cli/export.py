@@ -21,18 +21,8 @@ import torch
 from ..io import atomic_write_path
 
 
-def _example(net, family, batch: int):
-    c = family.config_of(net)
-    s = family.preprocessing(c).image_size
-    t = torch.full((batch,), 1, dtype=torch.long)
-    if family.mask_diffusion:
-        return ((torch.randn(batch, 1, s, s), torch.rand(batch, 3, s, s), t),
-                ("x_t", "image", "t"))
-    return (torch.randn(batch, c.in_channels, s, s), t), ("x_t", "t")
-
-
 def _export_one(net, family, path: Path, batch: int, dynamic_batch: bool) -> Path:
-    args, names = _example(net, family, batch)
+    args, names = family.example_inputs(family.config_of(net), batch)
     dynamic = None
     if dynamic_batch:
         b = torch.export.Dim("batch", min=1, max=4096)
@@ -63,9 +53,9 @@ def export_onnx(model, path, batch: int = 5, dynamic_batch: bool = False) -> lis
         return [_export_one(model, fam, Path(path), batch, dynamic_batch)]
     pipe = as_pipeline(model)
     path = Path(path)
-    if hasattr(pipe, "have"):                                  # a DiffSeg pair
-        stem = path.with_suffix("")
-        return [_export_one(getattr(pipe, part), pipe.family,
-                            stem.with_name(f"{stem.name}.{part}.onnx"), batch, dynamic_batch)
-                for part in ("have", "no")]
-    return [_export_one(pipe.model, pipe.family, path, batch, dynamic_batch)]
+    nets = pipe.networks()
+    if len(nets) == 1:
+        return [_export_one(next(iter(nets.values())), pipe.family, path, batch, dynamic_batch)]
+    stem = path.with_suffix("")            # several networks (a DiffSeg pair): OUT.<part>.onnx
+    return [_export_one(net, pipe.family, stem.with_name(f"{stem.name}.{part}.onnx"), batch,
+                        dynamic_batch) for part, net in nets.items()]

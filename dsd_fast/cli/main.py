@@ -5,6 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..diffusion import SAMPLERS, SPACINGS
+from ..options import CROPS, POSTPROCESS_CHOICES, REFINES
+from ..precision import PRECISIONS
+from ..results import FUSIONS
+
 
 def cmd_segment(args) -> int:
     # Argument parsing only: the run (inputs, batching, outputs, resume) is run.py's.
@@ -19,12 +24,48 @@ def cmd_segment(args) -> int:
             overlay=not args.no_overlay, maps=not args.no_maps, report=not args.no_report,
             max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
             precision=args.precision, spacing=args.spacing, tta=args.tta,
-            postprocess=args.postprocess, model_settings=_parse_settings(args.model_setting),
+            postprocess=args.postprocess, sampler=args.sampler, fusion=args.fusion,
+            refine=args.refine, crop=args.crop,
+            model_settings=_parse_settings(args.model_setting),
             ray=args.ray, workers=args.workers)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return run(args.images, opts).exit_code
+
+
+def _family_options(parser) -> None:
+    """--sampler, --fusion, --refine, --crop: choices from options.py (what segment() takes),
+    and in the help what each registered family accepts (its Choices)."""
+    from ..families import FAMILIES
+    accepts = {}
+    for fam in FAMILIES.values():
+        config = next(iter(fam.configs.values()), None)
+        if config is not None:
+            accepts[fam.name] = fam.choices(config)
+
+    def per_family(field: str) -> str:
+        parts = []
+        for name, c in accepts.items():
+            values = [v or "none" for v in getattr(c, field)]
+            parts.append(f"{name}: {', '.join(values) if values else '(none)'}")
+        return "; ".join(parts)
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
+                        help="ddim (default), ddpm (the published T-step sampler; ignores "
+                        "--steps) or dpmpp (DPM-Solver++(2M)). Accepted per family: "
+                        + per_family("samplers"))
+    parser.add_argument("--fusion", choices=FUSIONS, default="mean",
+                        help="how the members' masks become one: mean (default; mean > 0), "
+                        "staple, or mean-squared (official MedSegDiff). Per family: "
+                        + per_family("fusions"))
+    parser.add_argument("--refine", choices=REFINES, default=None,
+                        help="DenseCRF refinement (needs the [crf] extra): crf (on means of "
+                        "member subsets), crf-published (DiffSeg's protocol). Per family: "
+                        + per_family("refines"))
+    parser.add_argument("--crop", choices=CROPS, default=None,
+                        help="where the mask covers the image: full (resized whole image) or "
+                        "center (DiffSeg's published centre crop; background outside); "
+                        "default: the model file's own. Per family: " + per_family("crops"))
 
 
 def _batch_size(text: str):
@@ -162,18 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-clip", action="store_true",
                    help="textbook DDIM: do not clamp each step's clean-mask estimate to [-1, 1]")
-    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    _family_options(s)
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: the network in bfloat16, ~2x faster on large networks where "
                    "the CPU has AVX-512 BF16 or AMX (falls back to fp32 with a warning "
                    "elsewhere); masks agree with fp32's to Dice >= 0.99 (default fp32)")
-    s.add_argument("--spacing", choices=("leading", "trailing"), default=None,
+    s.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="DDIM's time grid: leading (evenly spaced, ending at t = 0) or trailing "
                    "(starting at t = T-1; at few steps better for some weights: MODEL_CARD.md); "
                    "see --steps for the default")
     s.add_argument("--tta", action="store_true",
                    help="test-time augmentation: each ensemble member sees the image "
                    "flipped/rotated, its mask turned back before fusing (same compute)")
-    s.add_argument("--postprocess", choices=("auto", "none", "fill", "largest", "largest_fill"),
+    s.add_argument("--postprocess", choices=POSTPROCESS_CHOICES,
                    default="auto",
                    help="clean the mask: fill holes, keep the largest component, or both; "
                    "auto (default): the model file's own setting (the bundled default: "

@@ -150,8 +150,8 @@ class OutputLock:
 # ----------------------------------------------------------------------------- one image
 
 def _maps_at(res, h: int, w: int, antialias: bool = False):
-    """The model-size probability and std of a result, bilinearly resized to (h, w) exactly
-    as segment() resizes them (stacked, one interpolate): float32 arrays."""
+    """A result's probability and std bilinearly resized to (h, w) (the report's thumbnail):
+    float32 arrays."""
     maps = torch.stack((torch.from_numpy(res.probability), torch.from_numpy(res.std)))[None]
     up = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False,
                        antialias=antialias)[0]
@@ -171,19 +171,21 @@ def _thumbnail(rgb: np.ndarray | None, res, h: int, w: int) -> tuple[str, list[i
         pre = np.ascontiguousarray(rgb[::sy, ::sx])
         small = np.array(Image.fromarray(pre).resize((tw, th), Image.BOX))
     prob, std = _maps_at(res, th, tw, antialias=True)
-    return data_uri(overlay(small, prob > 0.5, std)), [th, tw]
+    mask = F.interpolate(torch.from_numpy(res.mask).float()[None, None], size=(th, tw),
+                         mode="bilinear", align_corners=False, antialias=True)[0, 0] > 0.5
+    return data_uri(overlay(small, mask.numpy(), std)), [th, tw]
 
 
 def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
                   settings: dict) -> tuple[dict, str | None]:
     """Write one image's outputs (mask last), then its record. Returns (record, scoring
-    failure or None). `res` is segment()'s result at model size."""
+    failure or None). `res` is the segmenter's result at the image's size (its mask fused,
+    refined and cleaned up as `segment()` makes it)."""
     item, h, w, out = prep.item, prep.height, prep.width, opts.output
     paths = output_paths(out, item.key, opts.kinds())
     rel = {k: p.relative_to(out).as_posix() for k, p in paths.items()}
     write_text(claim_path(out, item.key), json.dumps({"key": item.key, "outputs": rel}))
-    prob, std = _maps_at(res, h, w)                      # 2 x 4 bytes per pixel
-    mask = prob > 0.5
+    prob, std, mask = res.probability, res.std, res.mask
     n = h * w
     entropy_sum = 0.0
     for r0, r1 in strip_rows(h, w):

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..diffusion.ensemble import MAX_SEED
-from ..images import ImageInputError, load_mask
+from ..images import ImageInputError, decode_rgb8, load_mask
 from ..io import WHOLE_FOLDER_ERRNOS, remove_stale_temp_files
 from ..metrics import summarise
+from ..options import SegmentOptions
 from ..postprocess import resolve_postprocess
 from .discover import InputImage, discover, is_inside, prepare
 from .errors import Interrupted, OutputError, UsageError
@@ -84,6 +84,12 @@ class BatchOptions:
     # the mask's clean-up (postprocess.py): "auto" = the model file's own setting, resolved
     # with the sampling defaults before the run (resolve_run_sampling), so records hold it
     postprocess: str | None = "auto"
+    # the family's options (options.py; None: the model's own): "ddim" | "ddpm" | "dpmpp";
+    # "mean" | "staple" | "mean-squared"; None | "crf" | "crf-published"; "full" | "center"
+    sampler: str | None = None
+    fusion: str = "mean"
+    refine: str | None = None
+    crop: str | None = None
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
@@ -98,13 +104,9 @@ class BatchOptions:
         if not str(self.output).strip():
             raise UsageError("-o/--output is empty (an unset shell variable?); name a folder")
         self.output = Path(self.output)
-        for name, lo in (("steps", 1), ("ensemble", 1), ("max_pixels", 1)):
-            v = getattr(self, name)
-            if v is None and name != "max_pixels":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {lo}, "
-                                 f"got {v!r}")
+        v = self.max_pixels
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"--max-pixels must be an integer >= 1, got {v!r}")
         if self.batch_size == "auto":
             pass
         elif self.batch_size is not None and (isinstance(self.batch_size, bool)
@@ -117,21 +119,19 @@ class BatchOptions:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                  f"got {v!r}")
-        from ..precision import PRECISIONS
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
-                             f"{self.precision!r}")
-        from ..postprocess import METHODS
-        if self.postprocess not in ("auto", "none", None, *METHODS):
-            raise UsageError(f"--postprocess must be one of auto, none, {', '.join(METHODS)}, "
-                             f"got {self.postprocess!r}")
-        from ..diffusion import SPACINGS
-        if self.spacing is not None and self.spacing not in SPACINGS:
-            raise UsageError(f"--spacing must be one of {', '.join(SPACINGS)}, got "
-                             f"{self.spacing!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
+        try:
+            self.segment_options()                 # the segment options, checked once here
+        except ValueError as e:
+            raise UsageError(f"--{e}") from None
+
+    def segment_options(self) -> SegmentOptions:
+        """What every image is segmented with, as `segment()` takes it (options.py);
+        resolved against the model when it loads (`Segmenter.resolve`)."""
+        return SegmentOptions(
+            steps=self.steps, ensemble=self.ensemble, spacing=self.spacing, seed=self.seed,
+            sampler=self.sampler, clip_x0=self.clip_x0, fusion=self.fusion,
+            refine=self.refine, crop=self.crop, precision=self.precision, tta=self.tta,
+            postprocess=self.postprocess)
 
     def kinds(self) -> list[str]:
         """Output kinds every finished image must have, the mask last (written last)."""
@@ -372,11 +372,15 @@ def process(state: RunState, queue: list[InputImage], pipe, batch: int, bar,
     The one loop of the local command and of each Ray worker. Returns the batch size left
     after any out-of-memory halving."""
     opts = state.opts
+    try:
+        seg = pipe.resolve(opts.segment_options())         # checked against the model once
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     while queue and not (opts.fail_fast and state.failures):
-        chunk, queue = _take_prepared(state, queue, batch, pipe.preprocessing, bar)
+        chunk, queue = _take_prepared(state, queue, batch, pipe, bar)
         if not chunk:
             continue
-        results, batch = _segment_chunk(state, chunk, pipe, batch, bar)
+        results, batch = _segment_chunk(state, chunk, pipe, seg, batch, bar)
         for prep, res in results:
             _write_one(state, prep, res)
             bar.update(1)
@@ -459,31 +463,33 @@ def _diffusion_steps(model, opts: BatchOptions) -> int | None:
 def load_checked_pipeline(model, opts: BatchOptions):
     """The run's pipeline, its steps and ensemble checked against it (T is the model's)."""
     pipe = _load_pipeline(model, opts)
+    if not pipe.choices().samplers:        # no sampling loop (DiffSeg): no steps to record
+        opts.steps = opts.spacing = None
     try:
-        pipe.check_args(opts.steps, opts.ensemble)
+        pipe.resolve(steps=opts.steps, ensemble=opts.ensemble, spacing=opts.spacing)
     except ValueError as e:
         raise UsageError(f"--{e}") from None
     return pipe
 
 
 def _load_pipeline(model, opts: BatchOptions):
-    from ..api import Pipeline, as_pipeline
+    from ..api import as_pipeline, load
     from ..checkpoint import CheckpointError
     try:
         if model is None and opts.checkpoint is not None and opts.model_settings:
-            return Pipeline.from_pretrained(opts.checkpoint, **opts.model_settings)
+            return load(opts.checkpoint, **opts.model_settings)
         return as_pipeline(model if model is not None else opts.checkpoint)
     except (FileNotFoundError, CheckpointError, OSError, ValueError, TypeError) as e:
         raise UsageError(f"cannot load the model: {e}") from None
 
 
-def _take_prepared(state: RunState, queue, batch, preprocessing, bar):
+def _take_prepared(state: RunState, queue, batch, pipe, bar):
     """Decode images from the queue until `batch` are ready (failures recorded)."""
     chunk = []
     while queue and len(chunk) < batch:
         item = queue.pop(0)
         try:
-            chunk.append(prepare(item, preprocessing, state.opts.max_pixels))
+            chunk.append(prepare(item, pipe, state.opts.max_pixels))
         except ImageInputError as e:
             state.fail(item.path, str(e))
             bar.update(1)
@@ -504,22 +510,22 @@ def _is_oom(e: BaseException) -> bool:
         or "can't allocate memory" in str(e).lower()
 
 
-def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
-    """pipe.segment on the chunk, `batch` images per call (one network batch each). When the
-    network runs out of memory the batch is halved, for the rest of the run too.
+def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
+    """The segmenter's loop (`segment_views`, as `segment()` runs it) on the chunk's views,
+    `batch` images per network batch; results at each image's size. When the network runs
+    out of memory the batch is halved, for the rest of the run too.
     Returns ([(prepared, result)], batch)."""
-    opts = state.opts
     done, i = [], 0
     while i < len(chunk):
         piece = chunk[i:i + batch]
         try:
             # Noise keyed by each image's output name: a resumed or re-batched run gives
             # every image the same chains as an uninterrupted one.
-            res = pipe.segment([p.model_chw for p in piece], steps=opts.steps,
-                               ensemble=opts.ensemble, seed=opts.seed, batch_size=len(piece),
-                               noise_keys=[p.item.key for p in piece], clip_x0=opts.clip_x0,
-                               precision=opts.precision, spacing=opts.spacing,
-                               tta=opts.tta, postprocess=opts.postprocess)
+            res = pipe.segment_views([p.model_chw for p in piece],
+                                     [(p.height, p.width) for p in piece],
+                                     [p.item.key for p in piece],
+                                     seg.replace(batch_size=len(piece)),
+                                     images=_pictures(piece) if seg.refine else None)
         except (MemoryError, RuntimeError) as e:
             wrong = _WRONG_CHANNELS.search(str(e))
             if wrong:                  # the same for every image: each one fails, the run goes on
@@ -546,6 +552,13 @@ def _segment_chunk(state: RunState, chunk, pipe, batch, bar):
             done.extend(zip(piece, res))
         i += len(piece)
     return done, batch
+
+
+def _pictures(piece) -> list:
+    """(3, H, W) in [0, 1] of each image at its size: what a CRF refines on."""
+    import torch
+    return [torch.from_numpy(decode_rgb8(p.item.path, p.height, p.width)).permute(2, 0, 1)
+            .float() / 255 for p in piece]
 
 
 def _write_one(state: RunState, prep, res) -> None:

@@ -1,23 +1,34 @@
-"""Model families: one folder per network (reference, fast model, checkpoint reading).
+"""Model families: one folder per network (reference, fast model, checkpoint reading, loss),
+registered here by name.
 
     FAMILIES["dermosegdiff"]      DermoSegDiff (Bozorgpour et al., MICCAI 2023 PRIME)
     FAMILIES["medsegdiff"]        MedSegDiff as lucidrains' med-seg-diff-pytorch builds it
     FAMILIES["medsegdiff-official"]  MedSegDiff V2 as its authors' code builds it
     FAMILIES["diffseg"]           DiffSeg (Shuai et al. 2024), two denoisers at t = 0
 
-`get_family(name)`, `family_of_network(net)` and `detect_family(obj)` are how the rest of
+A new family is a folder (or any module) whose ModelFamily instance is passed to
+`register(family)`; nothing else in the engine names it. `get_family(name)`,
+`family_of_network(net)`, `detect_family(obj)` and `find_config(name)` are how the rest of
 the engine finds a family; none of them imports a family's fast path.
 """
 from __future__ import annotations
 
 from .base import ModelFamily
-from .dermosegdiff import DERMOSEGDIFF
-from .diffseg import DIFFSEG
-from .medsegdiff import MEDSEGDIFF
-from .medsegdiff_official import MEDSEGDIFF_OFFICIAL
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (DERMOSEGDIFF, MEDSEGDIFF,
-                                                        MEDSEGDIFF_OFFICIAL, DIFFSEG)}
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register(family: ModelFamily) -> ModelFamily:
+    """Make `family` known by its name (loading, detection, `--config` names). Registering
+    another instance under a taken name replaces it (a test's toy family, a reload)."""
+    if not isinstance(family, ModelFamily) or not family.name:
+        raise TypeError(f"register() takes a ModelFamily with a name, got {family!r}")
+    FAMILIES[family.name] = family
+    return family
+
+
+def unregister(name: str) -> None:
+    FAMILIES.pop(name, None)
 
 
 def get_family(name: str) -> ModelFamily:
@@ -37,17 +48,11 @@ def family_of_network(net) -> ModelFamily:
 
 def find_config(name: str):
     """(family, config) of a named config of any family ("default", "msd_ph2_64", ...)."""
-    from .dermosegdiff import CONFIGS
-    from .diffseg import DIFFSEG_CONFIGS
-    from .medsegdiff import MSD_CONFIGS
-    from .medsegdiff_official import OFFICIAL_CONFIGS
-    tables = ((DERMOSEGDIFF, CONFIGS), (MEDSEGDIFF, MSD_CONFIGS),
-              (MEDSEGDIFF_OFFICIAL, OFFICIAL_CONFIGS), (DIFFSEG, DIFFSEG_CONFIGS))
-    for fam, table in tables:
-        if name in table:
-            return fam, table[name]
+    for fam in FAMILIES.values():
+        if name in fam.configs:
+            return fam, fam.configs[name]
     raise KeyError(f"unknown config {name!r}; known: "
-                   f"{sorted(n for _, t in tables for n in t)}")
+                   f"{sorted(n for f in FAMILIES.values() for n in f.configs)}")
 
 
 def detect_family(obj: dict) -> tuple[ModelFamily, dict] | None:
@@ -59,5 +64,17 @@ def detect_family(obj: dict) -> tuple[ModelFamily, dict] | None:
     return None
 
 
-__all__ = ["ModelFamily", "FAMILIES", "get_family", "family_of_network", "detect_family",
-           "find_config"]
+def _register_builtin() -> None:
+    # The families this package ships, in detection order.
+    from .dermosegdiff import DERMOSEGDIFF
+    from .diffseg import DIFFSEG
+    from .medsegdiff import MEDSEGDIFF
+    from .medsegdiff_official import MEDSEGDIFF_OFFICIAL
+    for fam in (DERMOSEGDIFF, MEDSEGDIFF, MEDSEGDIFF_OFFICIAL, DIFFSEG):
+        register(fam)
+
+
+_register_builtin()
+
+__all__ = ["ModelFamily", "FAMILIES", "register", "unregister", "get_family",
+           "family_of_network", "detect_family", "find_config"]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..diffusion import Schedule
+from ..options import Choices
 from ..preprocess import Preprocessing
 
 
@@ -32,6 +33,7 @@ class ModelFamily:
     title: str = ""                   # human name for messages ("DermoSegDiff (MICCAI 2023)")
     config_class: type = object       # frozen dataclass with to_json / from_dict
     signature_keys: tuple = ()        # state-dict keys that identify it (error messages)
+    configs: dict = {}                # its named configs ("default", ...): `--config NAME`
 
     # ------------------------------------------------------------------ networks
     def build_reference(self, config) -> nn.Module:
@@ -82,6 +84,43 @@ class ModelFamily:
         Default: 12 float32 copies of 256 channels at the input size. Deliberately high."""
         s = self.preprocessing(config).image_size
         return 4 * 12 * 256 * s * s
+
+    # ------------------------------------------------------------------ segmenting
+    def segmenter(self, net: nn.Module, schedule: Schedule, preprocessing: Preprocessing,
+                  meta: dict | None = None):
+        """The segmenter (segmenter.py) of one loaded network; `meta` is its file's metadata
+        (own format; {} otherwise). Mask-diffusion families: a Pipeline with the file's
+        sampler defaults and mask clean-up."""
+        from ..pipeline import Pipeline, postprocess_from, sampler_defaults_from
+        meta = meta or {}
+        return Pipeline(net, self, schedule, preprocessing, sampler_defaults_from(meta),
+                        postprocess_from(meta))
+
+    def example_inputs(self, config, batch: int) -> tuple[tuple, tuple[str, ...]]:
+        """(arguments, their names) of one network call at `batch` (ONNX export, tests):
+        mask-diffusion networks take (x_t, image, t)."""
+        s = self.preprocessing(config).image_size
+        t = torch.full((batch,), 1, dtype=torch.long)
+        return ((torch.randn(batch, 1, s, s), torch.rand(batch, 3, s, s), t),
+                ("x_t", "image", "t"))
+
+    def segmenter_from_file(self, tensors: dict, meta: dict, device="cpu"):
+        """A segmenter from an own-format file whose layout is the family's own (e.g. two
+        networks in one file), or None when the file is one network (the usual case)."""
+        return None
+
+    def choices(self, config) -> Choices:
+        """What its segmenters accept beyond the global option checks (options.Choices):
+        samplers, fusion rules, refinements, crops. The command line's help lists them."""
+        return Choices()
+
+    # ------------------------------------------------------------------ training
+    def training_loss(self, net: nn.Module, config, image: torch.Tensor, x0: torch.Tensor,
+                      schedule: Schedule, gen: torch.Generator, options) -> tuple:
+        """(loss tensor, {name: float}) of one training batch, as the original code trains:
+        `net` (maybe under autocast) is a network of `config`; image (B, C, S, S) preprocessed, x0 (B, 1, S, S) in [-1, 1], draws from the CPU
+        generator `gen`; `options` is the run's TrainOptions."""
+        raise NotImplementedError(f"{self.title or self.name} cannot be trained by dsd-fast")
 
     # ------------------------------------------------------------------ checkpoints
     def recognises(self, state_dict: dict[str, torch.Tensor]) -> bool:

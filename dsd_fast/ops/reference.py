@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..families.dermosegdiff.layers import DIM_HEAD, HEADS
+# The linear-attention op's fixed head layout: 4 heads x 32 dimensions, as DermoSegDiff's
+# and med-seg-diff-pytorch's LinearAttention (families/*/layers.py) hold it. Written here
+# again so that the bottom layer imports no family.
+HEADS, DIM_HEAD = 4, 32
 
 __all__ = ["ff_parser_ref", "ff_parser_out_ref", "group_norm_silu_ref", "gated_conv1x1_ref",
            "linear_attention_ref"]

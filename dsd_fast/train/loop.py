@@ -31,8 +31,6 @@ from ..preprocess import minmax_normalise
 from ..results import samples_to_result
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
 from .sources import DataSource, MixedBatches, load_source
-from .losses import (GAMMA_PH2, dermosegdiff_loss, draw_t_and_noise, medsegdiff_loss,
-                     official_medsegdiff_loss)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -62,7 +60,7 @@ class TrainOptions:
     ema_beta: float = 0.9999
     ema_update_after: int = 500
     ema_power: float = 0.9             # published for PH2
-    gamma: float = GAMMA_PH2
+    gamma: float = 0.25             # DermoSegDiff's boundary-loss exponent (its PH2 value)
     boundary_loss: bool = True
     val_every: int = 500
     val_steps: int = 10                # DDIM steps during validation
@@ -195,9 +193,9 @@ def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
     """Mean per-image Dice at each image's original size (clipped DDIM with the family's
     conventions, ensemble mean > 0). Image i's noise is keyed by its index in `samples`,
     so figures compare across runs."""
-    from ..api import Pipeline
+    from ..api import pipeline_from_network
     model.eval()
-    pipe = Pipeline.from_model(model, schedule)
+    pipe = pipeline_from_network(model, schedule)
     dices = []
     for start in range(0, len(samples), batch_images):
         chunk = samples[start:start + batch_images]
@@ -337,20 +335,8 @@ class Trainer:
         o = self.opts
         self.model.train()
         image, x0 = (v.to(self.device) for v in self.batches.next())
-        if self.family.name == "medsegdiff":
-            loss, parts = medsegdiff_loss(self.net, image, x0, self.schedule,
-                                          self.config.objective, self.config.self_condition,
-                                          self.gen)
-        elif self.family.name == "medsegdiff-official":
-            loss, parts = official_medsegdiff_loss(self.net, image, x0, self.schedule,
-                                                   self.gen)
-        else:
-            # Published: t ~ randint(1, T); t = 0 is never trained.
-            t, noise = draw_t_and_noise(self.gen, 1, self.schedule.T, x0)
-            x_t = self.schedule.q_sample(x0, t, noise)
-            eps_hat = self.net(x_t, image, t)
-            loss, parts = dermosegdiff_loss(eps_hat, noise, x0, t, self.schedule.T, o.gamma,
-                                            o.boundary_loss)
+        loss, parts = self.family.training_loss(self.net, self.config, image, x0,
+                                                self.schedule, self.gen, o)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         lr = scheduled_lr(o.lr, o.lr_schedule, self.step, self.ema_origin, o.total_steps)

@@ -457,10 +457,10 @@ def test_glob_recursive_ground_truth_and_output_choice(tmp_path, ckpt, capsys):
 
 
 def test_auto_batch_size_follows_the_memory_budget(tiny_model, monkeypatch):
-    from dsd_fast import Pipeline
+    from dsd_fast import pipeline_from_network
     from dsd_fast.cli import memory
     from dsd_fast.cli.memory import AUTO_BATCH_MAX, CPU_BUDGET_FRACTION, auto_batch_size
-    pipe = Pipeline.from_model(tiny_model)
+    pipe = pipeline_from_network(tiny_model)
     per_image = pipe.family.chain_bytes(pipe.config) * 5
     assert auto_batch_size(pipe, 5, budget=per_image // 2) == 1
     assert auto_batch_size(pipe, 5, budget=3 * per_image) == 3

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsd_fast.train.losses import (BOUNDARY_SPREAD, canny_zero_thresholds, boundary_weight_map,
-                             dermosegdiff_loss, time_exponent)
+from dsd_fast.families.dermosegdiff.loss import (BOUNDARY_SPREAD, boundary_weight_map,
+                                                 canny_zero_thresholds,
+                                                 dermosegdiff_loss, time_exponent)
 
 
 def square_mask(size=32, lo=8, hi=24):

@@ -87,15 +87,15 @@ def test_networks_and_difference_map_match_the_official_code(name, golden):
     assert flipped <= MAX_FLIPPED, f"{flipped} mask pixels differ from the official code"
     assert 0.05 < mask.float().mean() < 0.95                  # a mask, not all or nothing
     # the pipeline's batched draw with the same noises gives the same masks
-    out = pipe.draw(g["images"], 1, 0, [0, 1],
+    out = pipe.draw_masks(g["images"], 1, 0, [0, 1],
                     noises=[(g["eps_have"][i:i + 1], g["eps_no"][i:i + 1]) for i in range(2)])
     assert int((out["mask"][:, 0] != g["mask"].bool()).sum()) <= MAX_FLIPPED
 
 
 def test_fast_networks_equal_the_reference_at_t0(golden):
     pipe = pair("c96")
-    ref = pipe.draw(golden["c96.images"], 3, 7, ["a", "b"], backend="reference")
-    fast = pipe.draw(golden["c96.images"], 3, 7, ["a", "b"], backend="fast")
+    ref = pipe.draw_masks(golden["c96.images"], 3, 7, ["a", "b"], backend="reference")
+    fast = pipe.draw_masks(golden["c96.images"], 3, 7, ["a", "b"], backend="fast")
     off = (fast["difference"] - ref["difference"]).abs()      # 6 maps: 3 draws x 2 images
     # The fast network (channels_last, folded bias) rounds differently from the reference;
     # with 2 threads oneDNN's kernels made ~1/6 of the difference-map pixels move by up to
@@ -200,13 +200,13 @@ def test_tta_draws_come_back_aligned_and_spacing_is_refused():
     from dsd_fast.diffusion.tta import member_views, undo_member_views
     pipe = pair("c32")
     x = pipe.model_input([torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(2))])
-    out = pipe.draw(x, 8, 0, [0], tta=True)
+    out = pipe.draw_masks(x, 8, 0, [0], tta=True)
     views = member_views(x, 8)                                  # (8, 3, S, S)
     for e in (0, 3, 6):
-        plain = pipe.draw(views[e:e + 1], 8, 0, [0])["difference"][0, e]
+        plain = pipe.draw_masks(views[e:e + 1], 8, 0, [0])["difference"][0, e]
         want = undo_member_views(torch.stack([plain] * 8)[:, None], 8)[e, 0]
         assert torch.allclose(out["difference"][0, e], want, atol=1e-5), e
-    with pytest.raises(ValueError, match="no time grid"):
+    with pytest.raises(ValueError, match="no sampling loop"):
         pipe.segment([torch.rand(3, 20, 20)], ensemble=2, spacing="trailing")
 
 
@@ -221,4 +221,4 @@ def test_assumed_settings_are_announced(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", AssumedSettingsWarning)       # all given: silent
         dsd_fast.load_model(tmp_path / "model_train8.pth", timesteps=200, input_range="0..1",
-                            num_heads=4)
+                            num_heads=4, image_size=128)

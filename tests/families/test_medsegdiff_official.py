@@ -145,7 +145,7 @@ def test_a_wrong_guess_fails_naming_the_key():
 @pytest.mark.parametrize("sampler,steps", [("ddim", 5), ("dpmpp", 5), ("ddpm", 30)])
 def test_segment_runs_every_sampler_and_maps_the_mask_space(sampler, steps):
     net = golden_net("msd_official_tiny", timesteps=30)
-    pipe = dsd_fast.Pipeline.from_model(net)
+    pipe = dsd_fast.pipeline_from_network(net)
     image = torch.rand(3, 40, 50)
     res = pipe.segment([image], steps=steps, ensemble=2, sampler=sampler,
                        backend="reference", return_samples=True)[0]
@@ -159,7 +159,7 @@ def test_segment_runs_every_sampler_and_maps_the_mask_space(sampler, steps):
 
 def test_pipeline_ddpm_is_the_learned_range_loop_with_the_engine_noise():
     net = golden_net("msd_official_tiny", timesteps=30)
-    pipe = dsd_fast.Pipeline.from_model(net)
+    pipe = dsd_fast.pipeline_from_network(net)
     image = torch.rand(1, 3, 32, 32)
     got = pipe.sample(image, 30, 1, 7, [0], sampler="ddpm", backend="reference")
     from dsd_fast.diffusion.ensemble import initial_noise

@@ -61,7 +61,7 @@ def test_fast_v2_runs_channels_last_throughout():
 
 def test_fast_masks_agree_with_the_reference_end_to_end():
     net = net_for("msd_official_tiny", timesteps=50)
-    pipe = dsd_fast.Pipeline.from_model(net)
+    pipe = dsd_fast.pipeline_from_network(net)
     images = [torch.rand(3, 48, 40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     for sampler in ("ddim", "dpmpp"):
         ref = pipe.segment(images, steps=10, ensemble=3, sampler=sampler, backend="reference")
@@ -74,7 +74,7 @@ def test_fast_masks_agree_with_the_reference_end_to_end():
 
 def test_pipeline_samples_through_the_denoiser_adapter():
     net = net_for("msd_official_tiny")
-    pipe = dsd_fast.Pipeline.from_model(net)
+    pipe = dsd_fast.pipeline_from_network(net)
     assert isinstance(pipe.eps_model("fast"), OfficialDenoiser)
     assert getattr(pipe.eps_model("fast").net, "is_fast", False)
 

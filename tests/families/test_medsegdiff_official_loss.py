@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from dsd_fast.families.medsegdiff_official import (OFFICIAL_CONFIGS, build_official_medsegdiff,
                                                    official_schedule)
-from dsd_fast.train.losses import (CAL_WEIGHT, official_medsegdiff_loss,
-                                   official_medsegdiff_terms)
+from dsd_fast.families.medsegdiff_official.loss import (CAL_WEIGHT, official_medsegdiff_loss,
+                                                        official_medsegdiff_terms)
 
 GOLDEN = load_file(str(Path(__file__).parent.parent / "data"
                        / "msd_official_loss_golden.safetensors"))

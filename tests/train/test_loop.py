@@ -164,7 +164,7 @@ def test_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
     bundle it writes loads back as a MedSegDiff pipeline with its schedule."""
     import dsd_fast
     from dsd_fast.cli import main
-    from dsd_fast.train.losses import medsegdiff_loss
+    from dsd_fast.families.medsegdiff.loss import medsegdiff_loss
     root = make_disc_dataset(tmp_path / "data")
     args = ["train", "--images", str(root / "images"), "--masks", str(root / "masks"),
             "--train-ids", str(root / "train.txt"), "--val-ids", str(root / "val.txt"),
@@ -279,7 +279,7 @@ def test_device_is_checked_before_anything_is_built(tmp_path):
 
 
 def test_random_draws_come_from_the_cpu_generator_on_the_batch_device():
-    from dsd_fast.train.losses import draw_t_and_noise
+    from dsd_fast.diffusion.training import draw_t_and_noise
     x0 = torch.zeros(3, 1, 8, 8)
     t, noise = draw_t_and_noise(torch.Generator().manual_seed(5), 1, 100, x0)
     gen = torch.Generator().manual_seed(5)

@@ -25,7 +25,18 @@ class DermoSegDiffFamily(ModelFamily):
     name = "dermosegdiff"
     title = "DermoSegDiff"
     config_class = ModelConfig
+    configs = CONFIGS
     signature_keys = _ckpt.SIGNATURE_KEYS
+
+    def training_loss(self, net, config, image, x0, schedule, gen, options):
+        """Published: t ~ randint(1, T) (t = 0 is never trained), eps-MSE + the boundary
+        term (loss.py)."""
+        from ...diffusion.training import draw_t_and_noise
+        from .loss import dermosegdiff_loss
+        t, noise = draw_t_and_noise(gen, 1, schedule.T, x0)
+        eps_hat = net(schedule.q_sample(x0, t, noise), image, t)
+        return dermosegdiff_loss(eps_hat, noise, x0, t, schedule.T, options.gamma,
+                                 options.boundary_loss)
 
     def build_reference(self, config: ModelConfig) -> DermoSegDiff:
         return DermoSegDiff(config)

@@ -15,11 +15,16 @@ file saved by `save_diffseg` (both networks in one .safetensors).
 """
 from __future__ import annotations
 
+import torch
+
 from ...diffusion import Schedule
+from ...errors import CheckpointError
+from ...options import Choices
 from ...preprocess import Preprocessing
 from ..base import ModelFamily
 from . import checkpoint as _ckpt
 from .config import DIFFSEG_CONFIGS, DiffSegConfig
+from .pipeline import DiffSegPipeline, pair_from_file
 from .reference import DiffSegUNet
 
 
@@ -27,8 +32,31 @@ class DiffSegFamily(ModelFamily):
     name = "diffseg"
     title = "DiffSeg (CheneyNine/DiffSeg)"
     config_class = DiffSegConfig
+    configs = DIFFSEG_CONFIGS
     signature_keys = _ckpt.SIGNATURE_KEYS
     mask_diffusion = False          # no sampler: a DiffSegPipeline, not a Pipeline
+
+    def choices(self, config) -> Choices:
+        # no sampling loop; DiffSeg's own CRF protocol and its published centre crop
+        return Choices(samplers=(), refines=(None, "crf", "crf-published"),
+                       crops=("full", "center"), spacings=("leading",), steps_apply=(),
+                       T=config.timesteps, default_ensemble=5)
+
+    def segmenter(self, net, schedule, preprocessing, meta=None):
+        raise CheckpointError(
+            f"a {self.title} network is one of a pair and segments nothing alone: use "
+            "dsd_fast.families.diffseg.DiffSegPipeline.from_files(have_path, no_path), or load a pair saved "
+            "with dsd_fast.save_model(pipeline, 'pair.safetensors')")
+
+    def example_inputs(self, config, batch):
+        t = torch.full((batch,), 1, dtype=torch.long)
+        s = config.image_size
+        return (torch.randn(batch, config.in_channels, s, s), t), ("x_t", "t")
+
+    def segmenter_from_file(self, tensors, meta, device="cpu"):
+        if not any(k.startswith("have.") for k in tensors):
+            return None
+        return pair_from_file(tensors, meta, device)
 
     def build_reference(self, config: DiffSegConfig) -> DiffSegUNet:
         return DiffSegUNet(config)
@@ -67,5 +95,8 @@ class DiffSegFamily(ModelFamily):
 
 
 DIFFSEG = DiffSegFamily()
+DiffSegPipeline.family = DIFFSEG        # the pipeline module imports no family object
 
-__all__ = ["DIFFSEG", "DiffSegFamily", "DiffSegUNet", "DiffSegConfig", "DIFFSEG_CONFIGS"]
+
+__all__ = ["DIFFSEG", "DiffSegFamily", "DiffSegUNet", "DiffSegConfig", "DIFFSEG_CONFIGS",
+           "DiffSegPipeline"]

@@ -1,7 +1,7 @@
 """DiffSegPipeline: two denoisers, N noise draws per image, masks at the original size.
 
-    pipe = dsd_fast.families.diffseg.DiffSegPipeline.from_files("model_train8.pth",
-                                                                "model_no8.pth")
+    from dsd_fast.families.diffseg.pipeline import DiffSegPipeline
+    pipe = DiffSegPipeline.from_files("model_train8.pth", "model_no8.pth")
     results = pipe.segment(["lesion.jpg"], ensemble=5)          # SegmentationResult each
 
 Per call: images -> (3, H, W) in [0, 1] -> the models' input (S x S, in [-1, 1] for the
@@ -17,13 +17,16 @@ Where the mask covers the image (`crop`):
   "center": the published transform, shorter side resized to S (aspect kept) and the
       central S x S crop segmented; outside the crop the result is background with zero
       spread. The official code stops at the crop.
-There is no sampling loop: `steps`, `sampler`, `eta` and `clip_x0` are accepted for a
-common signature and ignored.
+There is no sampling loop: `steps`, `sampler` and `spacing` are refused; `eta` and
+`clip_x0` do not apply. The batched loop is the shared one (segmenter.py).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,26 +35,27 @@ from torch import nn
 
 from ...diffusion import flush_denormals, noise_seed
 from ...diffusion.tta import member_views, undo_member_views
-from ...images import as_image_list, to_chw
-from ...postprocess import postprocessed, resolve_postprocess
+from ...errors import CheckpointError
+from ...model_files import read_file
+from ...options import CROPS, Choices, SegmentOptions
 from ...precision import resolve_precision, with_precision
-from ...preprocess import Preprocessing, content_key, to_model_input
+from ...preprocess import Preprocessing, to_model_input
 from ...results import SegmentationResult, samples_to_result
+from ...segmenter import Segmenter
+from ...state_dict import check_state_dict
 from .difference import difference_map, mask_from_difference, residual, t0_coefficients
 
-CROPS = ("full", "center")
-REFINES = (None, "crf", "crf-published")
-
-
 @dataclass(eq=False, repr=False)
-class DiffSegPipeline:
+class DiffSegPipeline(Segmenter):
     have: nn.Module            # trained on lesion images
     no: nn.Module              # fine-tuned towards lesion-free pictures
     crop: str = "full"
 
+    # The DiffSeg family (families/diffseg/__init__.py sets it when it imports this module,
+    # so that this module imports nothing of its family package).
+    family: ClassVar = None
+
     def __post_init__(self):
-        from . import DIFFSEG
-        self.family = DIFFSEG
         if self.have.config != self.no.config:
             raise ValueError("the two DiffSeg networks differ in config: "
                              f"{self.have.config} vs {self.no.config}")
@@ -64,9 +68,8 @@ class DiffSegPipeline:
                    **settings) -> "DiffSegPipeline":
         """The two official state-dict files (`model_train*.pth` = have, `model_no*.pth` =
         no); `settings` (num_heads, timesteps, input_range, groups) say what they cannot."""
-        from ...checkpoint import load_model
-        have = load_model(have_path, device=device, family="diffseg", **settings)
-        no = load_model(no_path, device=device, family="diffseg", **settings)
+        have, no = (_network_from_file(cls.family, p, device, settings)
+                    for p in (have_path, no_path))
         return cls(have, no, crop)
 
     @property
@@ -84,6 +87,9 @@ class DiffSegPipeline:
     @property
     def preprocessing(self) -> Preprocessing:
         return self.family.preprocessing(self.config)
+
+    def networks(self) -> dict:
+        return {"have": self.have, "no": self.no}
 
     def to(self, device) -> "DiffSegPipeline":
         self.have.to(device)
@@ -105,36 +111,36 @@ class DiffSegPipeline:
         from ... import ops
         return ops.fast_path_available(self.device)
 
-    # ------------------------------------------------------------------ the method
-    def check_args(self, steps=1, ensemble=1, sampler="ddim", fusion="mean", refine=None,
-                   batch_size=1, seed=0, eta=0.0) -> None:
-        from ...api import _is_int
-        from ...diffusion.ensemble import MAX_SEED
-        from ...results import check_fusion
-        if refine not in REFINES:
-            raise ValueError(f"refine must be one of {REFINES}, got {refine!r}")
-        check_fusion(fusion, None if refine is None else "crf")
-        for name, v in (("steps", steps), ("ensemble", ensemble), ("batch_size", batch_size)):
-            if not _is_int(v) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    # ------------------------------------------------------------------ the segmenter steps
+    def choices(self) -> Choices:
+        base = self.family.choices(self.config)
+        return dataclasses.replace(base, crops=(self.crop, *(c for c in base.crops
+                                                            if c != self.crop)))
 
-    def model_input(self, chws: list[torch.Tensor]) -> torch.Tensor:
-        """(3, H, W) in [0, 1] -> (N, 3, S, S) in the models' range (centre-cropped when
-        crop="center")."""
-        s = self.config.image_size
-        if self.crop == "center":
-            x = torch.stack([_center_crop(c, s) for c in chws])
-        else:
-            x = to_model_input(chws, self.preprocessing)
-        x = x.to(self.device)
+    def view(self, chw: torch.Tensor, crop: str | None = None) -> torch.Tensor:
+        """(3, H, W) in [0, 1] -> (3, S, S) in [0, 1]: the centre crop (crop="center") or the
+        whole image resized (the pipeline's own crop unless given)."""
+        if (crop or self.crop) == "center":
+            return _center_crop(chw, self.config.image_size)
+        return to_model_input([chw], self.preprocessing)[0]
+
+    def model_input(self, chws: list[torch.Tensor], crop: str | None = None) -> torch.Tensor:
+        """(3, H, W) in [0, 1] -> (N, 3, S, S) in the models' range."""
+        x = torch.stack([self.view(c, crop) for c in chws]).to(self.device)
+        return self._in_range(x)
+
+    def _in_range(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2 - 1 if self.config.input_range == "-1..1" else x
 
+    def draw(self, views: torch.Tensor, keys: list, opts: SegmentOptions) -> torch.Tensor:
+        out = self.draw_masks(self._in_range(views), opts.ensemble, opts.seed, keys,
+                              opts.backend, precision=opts.precision, tta=opts.tta)
+        return out["mask"].float() * 2 - 1                          # mask space [-1, 1]
+
     @torch.no_grad()
-    def draw(self, x: torch.Tensor, ensemble: int, seed: int, noise_keys: list,
-             backend: str = "auto", noises=None, precision: str = "fp32",
-             tta: bool = False) -> dict:
+    def draw_masks(self, x: torch.Tensor, ensemble: int, seed: int, noise_keys: list,
+                   backend: str = "auto", noises=None, precision: str = "fp32",
+                   tta: bool = False) -> dict:
         """(N, 3, S, S) model inputs -> per draw: mask (N, E, S, S) bool and difference map
         (N, E, S, S). Image i's draws come from its own generator (seed, noise_keys[i]):
         eps_have (E, 3, S, S) first, then eps_no; `noises` [(eps_have, eps_no)] per image
@@ -161,71 +167,68 @@ class DiffSegPipeline:
         return {"mask": mask_from_difference(diff).view(n, ensemble, h, w),
                 "difference": diff.view(n, ensemble, h, w)}
 
-    def segment(self, images, steps: int | None = None, ensemble: int | None = None,
-                seed: int = 0, sampler: str = "ddim", eta: float = 0.0, batch_size: int = 4,
-                fusion: str = "mean", refine: str | None = None, backend: str = "auto",
-                return_samples: bool = False, progress: bool = False,
-                noise_keys: list | None = None, clip_x0: bool = True,
-                noises=None, precision: str = "fp32", spacing: str | None = None,
-                tta: bool = False, postprocess: str | None = "auto") -> list[SegmentationResult]:
-        """Segment skin lesions; arguments as `dsd_fast.segment` (steps, sampler, eta and
-        clip_x0 do not apply and are ignored; there is no time grid, so only the default
-        spacing is accepted). refine: None, "crf" (this project's DenseCRF on the draws'
-        masks) or "crf-published" (the official protocol: crf.py). postprocess "auto" is
-        none here (DiffSeg files carry no such setting)."""
-        items = as_image_list(images)
-        postprocess = resolve_postprocess(postprocess, None)
-        if noise_keys is not None and len(noise_keys) != len(items):
-            raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
-        # None: not given (segment()'s convention); DiffSeg's own defaults
-        steps = 1 if steps is None else steps
-        ensemble = 5 if ensemble is None else ensemble
-        spacing = "leading" if spacing is None else spacing
-        self.check_args(steps, ensemble, sampler, fusion, refine, batch_size, seed, eta)
-        if spacing != "leading":
-            raise ValueError(f"DiffSeg runs its denoisers once at t = 0: there is no time "
-                             f"grid to space, got spacing={spacing!r}")
-        if not isinstance(tta, bool):
-            raise ValueError(f"tta must be True or False, got {tta!r}")
-        precision = resolve_precision(precision, self.device)
-        chws = [to_chw(item, i) for i, item in enumerate(items)]
-        keys = list(noise_keys) if noise_keys is not None else [content_key(c) for c in chws]
-        results = []
-        for start in range(0, len(chws), int(batch_size)):
-            chunk, ck = chws[start:start + batch_size], keys[start:start + batch_size]
-            cn = None if noises is None else noises[start:start + batch_size]
-            out = self.draw(self.model_input(chunk), int(ensemble), int(seed), ck, backend, cn,
-                            precision, tta)
-            for k, chw in enumerate(chunk):
-                samples = out["mask"][k].float() * 2 - 1                 # mask space [-1, 1]
-                rng = np.random.default_rng(noise_seed(seed, ck[k]))
-                results.append(postprocessed(
-                    self._result(samples, chw, return_samples, fusion, refine, rng),
-                    postprocess))
-        return results
-
-    __call__ = segment
-
-    def _result(self, samples, chw, return_samples, fusion, refine, rng) -> SegmentationResult:
-        h, w = chw.shape[1:]
-        if self.crop == "full":
-            if refine == "crf-published":
-                return _published_crf_result(samples, chw, (h, w), return_samples, rng)
-            return samples_to_result(samples, (h, w), return_samples, fusion,
-                                     "crf" if refine == "crf" else None, chw, rng)
+    def to_result(self, samples, size, image, opts, rng) -> SegmentationResult:
+        h, w = size
+        if opts.crop == "full":
+            return _fused(samples, (h, w), image, opts, rng)
         top, left, bh, bw = _crop_box(h, w, self.config.image_size)
-        inner = chw[:, top:top + bh, left:left + bw]
-        if refine == "crf-published":
-            res = _published_crf_result(samples, inner, (bh, bw), return_samples, rng)
-        else:
-            res = samples_to_result(samples, (bh, bw), return_samples, fusion,
-                                    "crf" if refine == "crf" else None, inner, rng)
-        return _paste(res, (h, w), top, left)
+        inner = None if image is None else image[:, top:top + bh, left:left + bw]
+        return _paste(_fused(samples, (bh, bw), inner, opts, rng), (h, w), top, left)
+
+    # ------------------------------------------------------------------ files
+    def file_contents(self) -> tuple[dict, dict]:
+        """(tensors, metadata) of both networks as one own-format file (`have.*`, `no.*`)."""
+        tensors = {f"{part}.{k}": v for part in ("have", "no")
+                   for k, v in getattr(self, part).state_dict().items()}
+        return tensors, {"family": self.family.name, "config": self.config.to_json(),
+                         "crop": self.crop}
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.have.parameters())
         return (f"DiffSegPipeline({n / 1e6:.2f} M parameters x 2, T={self.config.timesteps}, "
                 f"crop={self.crop!r}, device={self.device})")
+
+
+def pair_from_file(tensors: dict, meta: dict, device="cpu") -> DiffSegPipeline:
+    """An own-format DiffSeg file (both networks, keys `have.*` and `no.*`) -> its pipeline."""
+    family = DiffSegPipeline.family
+    try:
+        config = family.config_class.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"the file's metadata is not valid: {e}") from None
+    nets = []
+    for part in ("have", "no"):
+        sd = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")}
+        nets.append(_built(family, config, sd, device))
+    return DiffSegPipeline(*nets, crop=meta.get("crop", "full"))
+
+
+def _network_from_file(family, path, device, settings: dict) -> nn.Module:
+    """One official state-dict file -> its U-Net (config from shapes and `settings`)."""
+    obj, _ = read_file(path)
+    sd = family.state_dict_from(obj) if isinstance(obj, dict) else None
+    if sd is None or not family.recognises(sd):
+        raise CheckpointError(f"{path}: not a {family.title} state dict (expected keys like "
+                              f"{', '.join(repr(k) for k in family.signature_keys[:2])})")
+    try:
+        config = family.infer_config(sd, **settings)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return _built(family, config, sd, device)
+
+
+def _built(family, config, state_dict: dict, device) -> nn.Module:
+    net = family.build_reference(config)
+    check_state_dict(net.state_dict(), state_dict)
+    net.load_state_dict(state_dict, strict=True)
+    return net.to(device).eval()
+
+
+def _fused(samples, size, image, opts, rng) -> SegmentationResult:
+    if opts.refine == "crf-published":
+        return _published_crf_result(samples, image, size, opts.return_samples, rng)
+    return samples_to_result(samples, size, opts.return_samples, opts.fusion, opts.refine,
+                             image, rng)
 
 
 # ----------------------------------------------------------------------------- crops

@@ -26,7 +26,13 @@ class MedSegDiffFamily(ModelFamily):
     name = "medsegdiff"
     title = "MedSegDiff (med-seg-diff-pytorch)"
     config_class = MedSegDiffConfig
+    configs = MSD_CONFIGS
     signature_keys = _ckpt.SIGNATURE_KEYS
+
+    def training_loss(self, net, config, image, x0, schedule, gen, options):
+        from .loss import medsegdiff_loss
+        return medsegdiff_loss(net, image, x0, schedule, config.objective,
+                               config.self_condition, gen)
 
     def build_reference(self, config: MedSegDiffConfig) -> MedSegDiffUnet:
         return MedSegDiffUnet(config)

@@ -27,7 +27,12 @@ class OfficialMedSegDiffFamily(ModelFamily):
     name = "medsegdiff-official"
     title = "MedSegDiff (official code, V2)"
     config_class = OfficialMSDConfig
+    configs = OFFICIAL_CONFIGS
     signature_keys = _ckpt.SIGNATURE_KEYS
+
+    def training_loss(self, net, config, image, x0, schedule, gen, options):
+        from .loss import official_medsegdiff_loss
+        return official_medsegdiff_loss(net, image, x0, schedule, gen)
 
     def build_reference(self, config: OfficialMSDConfig) -> OfficialMedSegDiff:
         return OfficialMedSegDiff(config)

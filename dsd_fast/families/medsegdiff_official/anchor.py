@@ -48,7 +48,7 @@ class FFParser(nn.Module):
 class ConvUnit(nn.Module):
     """conv3x3 -> [Dropout2d] -> BatchNorm (`instnorm`) -> LeakyReLU(0.01). The dropout
     (nnU-Net's, p = 0.5 in the encoder and bottleneck, none in the decoder) acts only in
-    training (train/losses.py) and holds no weights."""
+    training (loss.py) and holds no weights."""
 
     def __init__(self, cin: int, cout: int, dropout: float = 0.0):
         super().__init__()

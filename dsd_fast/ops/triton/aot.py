@@ -32,7 +32,7 @@ def _ints(names):
 
 
 def ff_parser_class(size: int, dtype: str = "fp32") -> KernelClass:
-    from . import pad16
+    from .runtime import pad16
     p, k = pad16(size), pad16(size // 2 + 1)
     sig = {"x_ptr": f"*{dtype}", "w_ptr": "*fp32", "y_ptr": f"*{dtype}",
            **{n: "*fp32" for n in ("cw_ptr", "nsw_ptr", "ch_ptr", "sh_ptr", "icw_ptr",
@@ -80,7 +80,7 @@ def gn_classes(channels: int, groups: int, size: int, dtype: str = "fp32",
 
 
 def gated_class(cx: int, cg: int, size: int, dtype: str = "fp32") -> KernelClass:
-    from . import pad16
+    from .runtime import pad16
     ieee = dtype == "fp32"
     bm = min(pad16(cx), 64)
     bk = min(pad16(cg), 32 if ieee else 64)

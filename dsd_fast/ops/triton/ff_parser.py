@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from . import check_device, device_guard, pad16, require_triton, tl, triton
+from .runtime import check_device, device_guard, pad16, require_triton, tl, triton
 
 # A plane's whole spectrum lives in one program (registers and shared memory). At 128 x 128
 # the fp32 DFT matmuls ask for 262,144 B of shared memory per block, more than any NVIDIA

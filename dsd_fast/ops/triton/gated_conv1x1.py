@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from . import check_device, device_guard, pad16, require_triton, tl, triton
+from .runtime import check_device, device_guard, pad16, require_triton, tl, triton
 
 
 @triton.jit

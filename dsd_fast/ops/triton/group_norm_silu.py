@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from . import check_device, device_guard, require_triton, tl, triton
+from .runtime import check_device, device_guard, require_triton, tl, triton
 
 TILE = 4096          # elements per chunk (16 KiB of float32 in registers per program)
 MAX_CHUNKS = 4096    # chunk statistics one program combines (power of two)

@@ -1,0 +1,165 @@
+"""Pipeline: the segmenter of every mask-diffusion family (DermoSegDiff, MedSegDiff, official
+MedSegDiff). Built by the family (`ModelFamily.segmenter`), usually through `dsd_fast.load`.
+
+    pipe = dsd_fast.load()                      # bundled default; or load("model.pth")
+    results = pipe.segment(["a.jpg", "b.png"])  # the model's own sampler; or steps=, ...
+
+A Pipeline holds the reference network, its family, its diffusion schedule and its
+preprocessing as real fields. Per call (segmenter.py holds the loop):
+    images -> (C, H, W) in [0, 1] (images.py) -> the network's view (preprocess.py)
+    each image repeated `ensemble` times -> ONE batched sampler run (diffusion/ensemble.py)
+    samples -> probability, std, mask at the original size (results.py)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .allocator import tune_malloc
+from .diffusion import SPACINGS, Schedule, as_eps_model, sample_ensemble
+from .errors import CheckpointError
+from .options import BACKENDS, Choices, SegmentOptions
+from .postprocess import METHODS as POSTPROCESS_METHODS
+from .precision import resolve_precision, with_precision
+from .preprocess import Preprocessing, to_model_input
+from .segmenter import Segmenter
+
+
+@dataclass(eq=False, repr=False)
+class Pipeline(Segmenter):
+    """Network + family + schedule + preprocessing: everything `segment` needs."""
+    model: nn.Module
+    family: object
+    schedule: Schedule
+    preprocessing: Preprocessing
+    # The sampler setting the weights were measured best with at segment()'s cost, from the
+    # file's metadata ("sampler_defaults": steps, ensemble, spacing); None: CLASSIC_SAMPLING.
+    sampler_defaults: dict | None = None
+    # The mask clean-up segment(postprocess="auto") runs (postprocess.py), from the file's
+    # metadata ("postprocess"); None: the published mask, untouched.
+    postprocess_default: str | None = None
+
+    @property
+    def config(self):
+        return self.family.config_of(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "Pipeline":
+        self.model.to(device)
+        return self
+
+    # ------------------------------------------------------------------ the network
+    def denoiser(self, backend: str = "auto") -> nn.Module:
+        """The network the sampler calls: the fast model (folded weights, fused ops) or the
+        reference itself. "auto" takes the fast path when the C++ ops are built (on CPU) or
+        the Triton kernels are registered (on CUDA)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if self.device.type == "cpu":
+            tune_malloc()                     # keep activations' pages mapped (allocator.py)
+        if backend == "reference":
+            return self.model
+        if backend == "auto":
+            from . import ops
+            if not ops.fast_path_available(self.device):
+                return self.model
+        return self.family.fast_model_for(self.model)
+
+    def eps_model(self, backend: str = "auto", precision: str = "fp32"):
+        """denoiser(backend) at `precision` (precision.py) as a noise predictor (x0 / v
+        outputs converted, self-conditioning fed back)."""
+        conv = self.family.sampling_conventions(self.config)
+        net = with_precision(self.family.eps_network(self.denoiser(backend)),
+                             resolve_precision(precision, self.device))
+        return as_eps_model(net, self.family.prediction(self.config), self.schedule,
+                            conv["self_condition"])
+
+    def sample(self, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
+               noise_keys: list, sampler: str = "ddim", eta: float = 0.0,
+               clip_x0: bool = True, backend: str = "auto", eps_model=None,
+               spacing: str = "leading", tta: bool = False) -> torch.Tensor:
+        """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in [-1, 1], with the
+        family's sampling conventions (its DDPM, its DDIM grid and clipping)."""
+        conv = self.family.sampling_conventions(self.config)
+        x = sample_ensemble(eps_model or self.eps_model(backend), self.schedule, model_input,
+                            steps, ensemble, seed, noise_keys=noise_keys, sampler=sampler,
+                            eta=eta, clip_x0=clip_x0, ddpm=conv["ddpm"],
+                            keep_eps=conv["keep_eps"], ddim_timesteps=conv["ddim_timesteps"],
+                            spacing=spacing, tta=tta)
+        return self.family.signed_samples(x, self.config)
+
+    def model_input(self, chws: list[torch.Tensor]) -> torch.Tensor:
+        """(C, H, W) images in [0, 1] -> (N, C, S, S) network input on the model's device."""
+        return to_model_input(chws, self.preprocessing).to(self.device)
+
+    # ------------------------------------------------------------------ the segmenter steps
+    def choices(self) -> Choices:
+        own_grid = self.family.sampling_conventions(self.config)["ddim_timesteps"]
+        return dataclasses.replace(
+            self.family.choices(self.config), T=self.schedule.T,
+            sampler_defaults=self.sampler_defaults, postprocess=self.postprocess_default,
+            # a family whose DDIM walks its original code's own grid has only that one
+            spacings=("leading",) if own_grid is not None else SPACINGS)
+
+    def view(self, chw: torch.Tensor) -> torch.Tensor:
+        return to_model_input([chw], self.preprocessing)[0]
+
+    def draw(self, views: torch.Tensor, keys: list, opts: SegmentOptions) -> torch.Tensor:
+        return self.sample(views, opts.steps, opts.ensemble, opts.seed, keys, opts.sampler,
+                           opts.eta, opts.clip_x0, spacing=opts.spacing, tta=opts.tta,
+                           eps_model=self.eps_model(opts.backend, opts.precision))
+
+    def sampler_settings(self, steps=None, ensemble=None, spacing=None, sampler="ddim"):
+        """(steps, ensemble, spacing) a segment() call with these runs (options.resolve)."""
+        o = self.resolve(steps=steps, ensemble=ensemble, spacing=spacing, sampler=sampler)
+        return o.steps, o.ensemble, o.spacing
+
+    # ------------------------------------------------------------------ files
+    def file_contents(self) -> tuple[dict, dict]:
+        """(tensors, metadata) of this pipeline as an own-format file (checkpoint.save_model)."""
+        config = self.config
+        meta = {"family": self.family.name, "config": config.to_json(),
+                "schedule": json.dumps(self.schedule.to_dict()),
+                "preprocessing": json.dumps(self.preprocessing.to_dict())}
+        if self.sampler_defaults:
+            meta["sampler_defaults"] = json.dumps(self.sampler_defaults)
+        if self.postprocess_default:
+            meta["postprocess"] = self.postprocess_default
+        return dict(self.model.state_dict()), meta
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return (f"Pipeline(family={self.family.name!r}, {n / 1e6:.2f} M parameters, "
+                f"T={self.schedule.T}, {self.preprocessing}, device={self.device})")
+
+
+def sampler_defaults_from(meta: dict) -> dict | None:
+    """A file's "sampler_defaults" metadata (JSON: steps, ensemble, spacing), checked."""
+    raw = meta.get("sampler_defaults")
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        out = {"steps": int(d["steps"]), "ensemble": int(d["ensemble"]),
+               "spacing": str(d["spacing"])}
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"the file's sampler_defaults metadata is not valid: {e}") from None
+    if out["steps"] < 1 or out["ensemble"] < 1 or out["spacing"] not in SPACINGS:
+        raise CheckpointError(f"the file's sampler_defaults metadata is not valid: {raw}")
+    return out
+
+
+def postprocess_from(meta: dict) -> str | None:
+    """A file's "postprocess" metadata (a postprocess.METHODS name), checked."""
+    raw = meta.get("postprocess")
+    if raw is not None and raw not in POSTPROCESS_METHODS:
+        raise CheckpointError(f"the file's postprocess metadata {raw!r} is not one of "
+                            f"{POSTPROCESS_METHODS}")
+    return raw

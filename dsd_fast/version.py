@@ -1,0 +1,2 @@
+"""The package version (setup.py reads it too)."""
+__version__ = "0.2.0"

@@ -1,0 +1,87 @@
+"""The API and the command line give the same mask for the same file, options and noise key,
+for every family: both run the segmenter's one loop (segmenter.py) from its view of the
+image, so the mask the command line writes is the one segment() returns, fused, refined and
+cleaned up the same way (before, the command line thresholded the probability itself and
+skipped the file's mask clean-up, and resized a DiffSeg centre-crop model's input itself)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dsd_fast
+from dsd_fast.cli import main
+from dsd_fast.families import get_family
+from dsd_fast.families.diffseg import DiffSegPipeline
+
+SMALL = {"dermosegdiff": "tiny_ff", "medsegdiff": "msd_tiny_sc",
+         "medsegdiff-official": "msd_official_tiny", "diffseg": "diffseg_tiny"}
+
+
+def _model_file(tmp_path, family: str, **meta) -> str:
+    fam = get_family(family)
+    config = fam.configs[SMALL[family]]
+    torch.manual_seed(3)
+    if family == "diffseg":
+        model = DiffSegPipeline(fam.build_reference(config).eval(),
+                                fam.build_reference(config).eval(), crop="center")
+    else:
+        model = fam.build_reference(config).eval()
+    return str(dsd_fast.save_model(model, tmp_path / f"{family}.safetensors",
+                                   extra_metadata=meta or None))
+
+
+def _image(tmp_path) -> str:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 255, (30, 44, 3), dtype=np.uint8)
+    img[8:22, 10:30] //= 3                                  # a darker blob
+    Image.fromarray(img).save(folder / "case.png")
+    return str(folder / "case.png")
+
+
+def _cli_mask(tmp_path, image: str, model: str, *flags) -> np.ndarray:
+    out = tmp_path / "out"
+    assert main(["segment", image, "-o", str(out), "--checkpoint", model, "-q",
+                 "--no-report", *flags]) == 0
+    return np.array(Image.open(out / "case_mask.png")) > 0
+
+
+@pytest.mark.parametrize("family, flags, api", [
+    ("dermosegdiff", ["--steps", "2", "--ensemble", "3"], dict(steps=2, ensemble=3)),
+    ("dermosegdiff", ["--steps", "2", "--ensemble", "3", "--fusion", "staple"],
+     dict(steps=2, ensemble=3, fusion="staple")),
+    ("medsegdiff", ["--steps", "2", "--ensemble", "2"], dict(steps=2, ensemble=2)),
+    ("medsegdiff-official", ["--steps", "2", "--ensemble", "2", "--sampler", "dpmpp"],
+     dict(steps=2, ensemble=2, sampler="dpmpp")),
+    ("diffseg", ["--ensemble", "3"], dict(ensemble=3)),
+    ("diffseg", ["--ensemble", "3", "--crop", "full"], dict(ensemble=3, crop="full")),
+])
+def test_the_command_line_writes_the_api_mask(tmp_path, family, flags, api):
+    image, model = _image(tmp_path), _model_file(tmp_path, family)
+    cli = _cli_mask(tmp_path, image, model, *flags)
+    res = dsd_fast.load(model).segment(image, noise_keys=["case"], batch_size=1, **api)[0]
+    np.testing.assert_array_equal(cli, res.mask)
+    prob = np.array(Image.open(tmp_path / "out" / "case_prob.png")) / 65535
+    np.testing.assert_allclose(prob, res.probability, atol=1 / 65535)
+
+
+def test_a_centre_crop_pair_marks_nothing_outside_its_crop_on_the_command_line(tmp_path):
+    """The DiffSeg pair saved with crop="center": outside the crop box the command line's
+    mask is background, as the API's (the command line resized the whole image before)."""
+    image, model = _image(tmp_path), _model_file(tmp_path, "diffseg")
+    cli = _cli_mask(tmp_path, image, model, "--ensemble", "2")
+    # 30 x 44, S = 16: the centre crop keeps the middle 30 of the 44 columns
+    assert not cli[:, :6].any() and not cli[:, -6:].any()
+
+
+def test_the_file_s_mask_clean_up_applies_on_the_command_line(tmp_path):
+    """A model file saying postprocess=largest: the command line writes the cleaned mask."""
+    image = _image(tmp_path)
+    model = _model_file(tmp_path, "dermosegdiff", postprocess="largest")
+    cli = _cli_mask(tmp_path, image, model, "--steps", "2", "--ensemble", "3")
+    res = dsd_fast.load(model).segment(image, steps=2, ensemble=3, noise_keys=["case"])[0]
+    assert res.fusion.endswith("+largest")
+    np.testing.assert_array_equal(cli, res.mask)
