@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from dsd_fast.serve import ServeConfig
 from dsd_fast.serve.backend import LocalBackend
@@ -26,7 +25,11 @@ from dsd_fast.serve.engine import Job, mask_from_png
 from dsd_fast.serve.limits import ApiError
 from dsd_fast.serve.options import SegmentOptions
 
-from conftest import SMALL
+from serve_support import SKIP_WITHOUT_SERVE, SMALL
+from serve_support import pipeline, reference, sample_paths, server  # noqa: F401 (fixtures)
+
+pytestmark = SKIP_WITHOUT_SERVE
+requests = pytest.importorskip("requests", reason="the tests' HTTP client (test extra)")
 
 REPO = Path(__file__).resolve().parents[2]
 OPTS = SegmentOptions(model="default", steps=2, ensemble=2, spacing="leading")

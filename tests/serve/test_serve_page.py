@@ -19,14 +19,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serve_support import SKIP_WITHOUT_SERVE
+from serve_support import pipeline, reference, sample_paths, server  # noqa: F401 (fixtures)
+
 selenium = pytest.importorskip("selenium", reason="needs selenium (the test extra)")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+pytestmark = [SKIP_WITHOUT_SERVE, pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs Chromium and its driver (Debian: apt-get install chromium chromium-driver;"
-    " .ci/install_browser.sh)")
+    " .ci/install_browser.sh)")]
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -7,11 +7,14 @@ import socket
 
 import numpy as np
 import pytest
-import requests
 
 from dsd_fast.serve.engine import mask_from_png
 
-from conftest import SMALL
+from serve_support import SKIP_WITHOUT_SERVE, SMALL
+from serve_support import pipeline, reference, sample_paths, server  # noqa: F401 (fixtures)
+
+pytestmark = SKIP_WITHOUT_SERVE
+requests = pytest.importorskip("requests", reason="the tests' HTTP client (test extra)")
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'dsd_fast[serve,ray]'")
 

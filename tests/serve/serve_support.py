@@ -1,20 +1,27 @@
 """Fixtures of the serve tests: a real server on 127.0.0.1 (an ephemeral port, uvicorn in a
 thread) with the bundled default model and small sampler settings (2 steps x 2 members)
-so a request takes well under a second. Skipped without the serve extra."""
+so a request takes well under a second.
+
+A module, not a conftest.py: tests elsewhere import tests/conftest.py as `conftest`, and a
+second conftest.py collected before them would take that name. Each test module imports
+the fixtures it uses from here and sets `pytestmark = SKIP_WITHOUT_SERVE`.
+"""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'dsd_fast[serve]'")
-pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'dsd_fast[serve]'")
-pytest.importorskip("python_multipart",
-                    reason="needs the serve extra: pip install 'dsd_fast[serve]'")
-pytest.importorskip("requests", reason="the serve tests' HTTP client (the test extra)")
-
-SAMPLES = Path(__file__).resolve().parents[2] / "dsd_fast" / "samples"
+HERE = Path(__file__).resolve().parent
+SAMPLES = HERE.parents[1] / "dsd_fast" / "samples"
 SMALL = {"steps": 2, "ensemble": 2}          # what every request of these tests asks for
+# The serve extra and the tests' HTTP client; without them every test here is skipped.
+MISSING = [m for m in ("fastapi", "uvicorn", "python_multipart", "requests")
+           if importlib.util.find_spec(m) is None]
+SKIP_WITHOUT_SERVE = pytest.mark.skipif(
+    bool(MISSING), reason=f"needs pip install 'dsd_fast[serve,test]' ({', '.join(MISSING)} "
+    "missing)")
 
 
 @pytest.fixture(scope="session")
