@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 
+from . import interrupt_at_start  # noqa: F401  (first: a Ctrl-C while torch imports)
 from .api import Pipeline, Segmenter, load, pipeline_from_network, segment
 from .checkpoint import CheckpointError, load_model, save_model
 from .families import FAMILIES, get_family, register

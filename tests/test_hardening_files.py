@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import unicodedata
 import warnings
 from pathlib import Path
@@ -17,12 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from dsd_fast import ImageInputError, Preprocessing, save_model
+from dsd_fast import ImageInputError, load, save_model
 from dsd_fast.cli import main
 from dsd_fast.cli.discover import discover, prepare
 from dsd_fast.images import (decode_reduced, list_images, load_image_file, open_image,
                              to_chw, upright, upright_size)
-from dsd_fast.preprocess import to_model_input
 
 FAST = ["--steps", "1", "--ensemble", "1", "--threads", "1", "-q"]
 FORMATS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp"}
@@ -34,6 +32,13 @@ STORE_FOR = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
 @pytest.fixture
 def ckpt(tmp_path, tiny_model):
     return str(save_model(tiny_model, tmp_path / "tiny.safetensors"))
+
+
+@pytest.fixture
+def segmenter(ckpt):
+    """What prepare() decodes for: the tiny model's segmenter (its `view` of a picture is
+    the API's model input)."""
+    return load(ckpt)
 
 
 def _pattern(h=48, w=80):
@@ -90,19 +95,18 @@ def test_orientation_is_applied_once_on_every_reader_path(tmp_path, fmt, tag):
 
 @pytest.mark.parametrize("tag", sorted(STORE_FOR))
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_command_line_reader_gives_the_api_model_input(tmp_path, fmt, tag):
+def test_command_line_reader_gives_the_api_model_input(tmp_path, segmenter, fmt, tag):
     """prepare() (the command line's decode) below --max-pixels makes exactly the API's model
     input; above it, the reduced decode has the same size, orientation and near values."""
     want = _pattern()
     path = tmp_path / f"o{tag}{FORMATS[fmt]}"
     _save_oriented(path, want, tag, fmt)
-    pre = Preprocessing(image_size=16)
-    api = to_model_input([to_chw(path)], pre)[0]
+    api = segmenter.view(to_chw(path))
     item = discover([str(path)]).images[0]
-    full = prepare(item, pre, max_pixels=10**7)
+    full = prepare(item, segmenter, max_pixels=10**7)
     assert (full.height, full.width) == want.shape[:2] and full.downscaled is None
     assert np.array_equal(full.model_chw.numpy(), api.numpy())
-    reduced = prepare(item, pre, max_pixels=want.size // 3 // 4)
+    reduced = prepare(item, segmenter, max_pixels=want.size // 3 // 4)
     assert (reduced.height, reduced.width) == want.shape[:2]
     assert reduced.downscaled is not None and reduced.downscaled[1] > reduced.downscaled[0]
     assert float((reduced.model_chw - api).abs().mean()) < 0.06
@@ -146,7 +150,7 @@ def _corrupt_png(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_corrupt_png_is_refused_by_the_command_line_like_the_api(tmp_path, ckpt):
+def test_corrupt_png_is_refused_by_the_command_line_like_the_api(tmp_path, ckpt, segmenter):
     bad = tmp_path / "in" / "bad.png"
     bad.parent.mkdir()
     _corrupt_png(bad)
@@ -154,7 +158,7 @@ def test_corrupt_png_is_refused_by_the_command_line_like_the_api(tmp_path, ckpt)
         load_image_file(bad)
     item = discover([str(bad)]).images[0]
     with pytest.raises(ImageInputError, match="broken data stream|corrupt"):
-        prepare(item, Preprocessing(image_size=16), max_pixels=10**7)
+        prepare(item, segmenter, max_pixels=10**7)
     out = tmp_path / "out"
     assert main(["segment", str(bad), "-o", str(out), "--checkpoint", ckpt, *FAST]) == 1
     doc = json.loads((out / "results.json").read_text())
@@ -169,3 +173,149 @@ def test_malformed_exif_is_ignored_quietly(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_image_file(path).shape == (48, 80, 3)
+
+
+# ----------------------------------------------------------------------------- weak spots
+
+def test_empty_file_says_empty(tmp_path):
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(ImageInputError, match=r"e\.png: empty file \(0 bytes\)"):
+        load_image_file(tmp_path / "e.png")
+
+
+def _animated(path: Path, n: int = 3) -> None:
+    frames = [Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)) for i in range(n)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+@pytest.mark.parametrize("suffix", (".gif", ".webp", ".png", ".tif"))
+def test_animated_file_uses_the_first_frame_and_says_so(tmp_path, suffix):
+    path = tmp_path / f"anim{suffix}"
+    _animated(path)
+    with pytest.warns(UserWarning, match=r"3 frames .*only the first"):
+        arr = load_image_file(path)
+    assert arr.max() == 0                                      # frame 0 is the black one
+
+
+def test_gif_and_webp_in_a_folder_are_found_and_frames_recorded(tmp_path, ckpt, capsys):
+    """They were skipped silently in folders ("of 5 inputs" for 7 files) though they worked
+    when named; the frame count of an animated one goes into its record."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i, suffix in enumerate((".png", ".jpg", ".bmp", ".tif", ".tiff", ".gif", ".webp")):
+        Image.fromarray(_pattern(20, 30)).save(src / f"im{i}{suffix}")
+    _animated(src / "anim.gif")
+    (src / "notes.txt").write_text("not an image")
+    assert {im.path.name for im in discover([str(src)]).images} == \
+        {f"im{i}{s}" for i, s in enumerate((".png", ".jpg", ".bmp", ".tif", ".tiff", ".gif",
+                                            ".webp"))} | {"anim.gif"}
+    assert main(["segment", str(src), "-o", str(out), "--checkpoint", ckpt, *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "anim.gif: 3 frames" in err and "only the first" in err
+    recs = {r["key"]: r for r in json.loads((out / "results.json").read_text())["images"]}
+    assert len(recs) == 8 and recs["anim"]["frames"] == 3 and "frames" not in recs["im0"]
+
+
+def test_nfd_image_name_matches_nfc_ground_truth(tmp_path, ckpt):
+    """macOS writes decomposed names (NFD); a ground-truth folder written elsewhere has them
+    composed (NFC): the image is matched and its outputs get the NFC name."""
+    nfd, nfc_name = unicodedata.normalize("NFD", "lésion_ü"), "lésion_ü"
+    assert nfd != nfc_name
+    src, gt, out = tmp_path / "in", tmp_path / "gt", tmp_path / "out"
+    src.mkdir(), gt.mkdir()
+    Image.fromarray(_pattern(20, 30)).save(src / f"{nfd}.png")
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 5:20] = 255
+    Image.fromarray(mask).save(gt / f"{nfc_name}.png")
+    assert list(list_images(src)) == [nfc_name]
+    assert main(["segment", str(src), "-o", str(out), "--checkpoint", ckpt, "--gt", str(gt),
+                 *FAST]) == 0
+    rec = json.loads((out / "results.json").read_text())["images"][0]
+    assert rec["key"] == nfc_name and rec["metrics"] is not None
+    assert (out / f"{nfc_name}_mask.png").exists()
+
+
+def _cmyk_profile() -> bytes:
+    """A minimal ICC v2 CMYK output profile (Lab PCS, 2-point lut8 A2B0 / B2A0 tables) with
+    colours unlike Pillow's profile-less CMYK formula, made here so no profile file is
+    needed."""
+    import struct
+
+    def s15(x):
+        return struct.pack(">i", round(x * 65536))
+
+    def lut8(n_in, n_out, corner):
+        body = b"mft1" + bytes(4) + bytes([n_in, n_out, 2, 0])
+        body += b"".join(s15(1.0 if i == j else 0.0) for i in range(3) for j in range(3))
+        body += bytes(range(256)) * n_in
+        for idx in range(2 ** n_in):             # first input channel varies slowest
+            bits = [(idx >> (n_in - 1 - c)) & 1 for c in range(n_in)]
+            body += bytes(corner(bits))
+        return body + bytes(range(256)) * n_out
+
+    def cmyk_to_lab(b):                          # a warm, dark-biased ink set, Lab encoded
+        c, m, y, k = b
+        L = 100 * (1 - k) * (1 - 0.22 * c - 0.3 * m - 0.08 * y)
+        a = 128 + 55 * m - 30 * c - 5 * y
+        bb = 128 + 60 * y - 40 * c + 10 * m
+        return [round(L * 255 / 100), max(0, min(255, round(a))), max(0, min(255, round(bb)))]
+
+    def lab_to_cmyk(b):
+        L, a, bb = b
+        return [0, 0, 0, 255 if L == 0 else 0]
+
+    wtpt = b"XYZ " + bytes(4) + s15(0.9642) + s15(1.0) + s15(0.8249)
+    text = b"dsd-fast test CMYK\x00"
+    desc = (b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4) + bytes(4)
+            + bytes(2) + bytes(1) + bytes(67))
+    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"A2B0", lut8(4, 3, cmyk_to_lab)),
+            (b"B2A0", lut8(3, 4, lab_to_cmyk))]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = struct.pack(">I", len(tags)), b""
+    for sig, body in tags:
+        body += bytes(-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"prtr" + b"CMYK"
+              + b"Lab " + bytes(12) + b"acsp" + bytes(4 + 4 + 4 + 4 + 8 + 4)
+              + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(4))
+    header += bytes(128 - len(header))
+    return header + table + data
+
+
+def test_cmyk_jpeg_is_converted_through_its_icc_profile(tmp_path, segmenter):
+    """Decision (images.py docstring): CMYK goes through its embedded profile to sRGB."""
+    rng = np.random.default_rng(1)
+    cmyk = Image.fromarray(rng.integers(0, 255, (24, 32, 4), dtype=np.uint8), "CMYK")
+    icc = _cmyk_profile()
+    path = tmp_path / "print.jpg"
+    cmyk.save(path, quality=100, icc_profile=icc)
+    with Image.open(path) as im:
+        im.load()
+        want = np.asarray(ImageCms.profileToProfile(
+            im, io.BytesIO(icc), ImageCms.createProfile("sRGB"), outputMode="RGB"))
+        naive = np.asarray(im.convert("RGB"))
+    assert np.abs(want.astype(int) - naive).mean() > 10        # the profile matters here
+    assert np.array_equal(load_image_file(path), want)
+    item = discover([str(path)]).images[0]                      # the command line's reader
+    assert np.array_equal(prepare(item, segmenter, 10**7).model_chw.numpy(),
+                          segmenter.view(to_chw(path)).numpy())
+
+
+def test_png_gamma_and_rgb_profiles_keep_the_stored_values(tmp_path):
+    """Decision (images.py docstring): as the training data were read, RGB values are used as
+    stored; a gAMA chunk or an RGB ICC profile does not change them."""
+    import struct
+
+    from PIL import PngImagePlugin
+    arr = _pattern()
+    info = PngImagePlugin.PngInfo()
+    info.add(b"gAMA", struct.pack(">I", 45455))                # gamma 1 / 2.2
+    Image.fromarray(arr).save(tmp_path / "g.png", pnginfo=info)
+    with Image.open(tmp_path / "g.png") as im:
+        assert abs(im.info["gamma"] - 0.45455) < 1e-4           # the chunk is there
+    assert np.array_equal(load_image_file(tmp_path / "g.png"), arr)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(arr).save(tmp_path / "p.png", icc_profile=srgb)
+    assert np.array_equal(load_image_file(tmp_path / "p.png"), arr)

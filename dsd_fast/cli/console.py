@@ -3,9 +3,9 @@
     plain_warnings()        Python warnings as one line, `warning: <message>` (no source line)
     cap_threads(n)          --threads above the cores this process may use: capped, said once
     silence_broken_pipe()   `dsd-fast ... | head`: the reader left; stop quietly, as Unix tools
-    quiet_interrupt_while_starting()
-                            Ctrl-C while the package imports (torch takes seconds): one line
-                            and exit 130, installed by dsd_fast/__init__.py before the imports
+
+Ctrl-C while the package imports (torch takes seconds, before `main` can catch anything) is
+dsd_fast/interrupt_at_start.py's, imported first by dsd_fast/__init__.py.
 
 main.py's `main` uses the first three around every subcommand; they keep the state they
 change (warnings.showwarning) to the call, so calling `main` in-process (tests) leaves the
@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 
-EXIT_INTERRUPTED = 130          # 128 + SIGINT, what a shell reports for Ctrl-C
+from ..interrupt_at_start import EXIT_INTERRUPTED  # noqa: F401  (130 = 128 + SIGINT)
 EXIT_BROKEN_PIPE = 141          # 128 + SIGPIPE, what a shell reports for `yes | head`
 
 
@@ -83,35 +83,3 @@ def silence_broken_pipe() -> None:
         except (OSError, ValueError, AttributeError):
             continue
     os.close(devnull)
-
-
-def _started_as_command() -> bool:
-    """True in a process started as `dsd-fast ...` or `python -m dsd_fast.cli ...`."""
-    argv = list(getattr(sys, "orig_argv", sys.argv))
-    if any(os.path.basename(a) == "dsd-fast" for a in argv[:2]):
-        return True
-    return any(a == "-m" and b == "dsd_fast.cli" for a, b in zip(argv, argv[1:])) \
-        or "-mdsd_fast.cli" in argv
-
-
-def quiet_interrupt_while_starting() -> None:
-    """In the command's own process only: a Ctrl-C that escapes everything (the package's
-    imports take seconds, before `main` can catch anything) prints `interrupted` and exits
-    130 instead of a traceback through torch's import. A library user's process is left
-    alone."""
-    if not _started_as_command():
-        return
-    previous = sys.excepthook
-
-    def hook(kind, value, tb):
-        if kind is not None and issubclass(kind, KeyboardInterrupt):
-            try:
-                sys.stdout.flush()
-                sys.stderr.write("interrupted\n")
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
-            finally:
-                os._exit(EXIT_INTERRUPTED)
-        previous(kind, value, tb)
-    sys.excepthook = hook

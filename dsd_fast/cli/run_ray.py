@@ -45,11 +45,18 @@ def _import_ray():
     return ray
 
 
-def _init(ray, address: str, cpus: int | None) -> bool:
+def _init(ray, address: str, cpus: int | None, quiet: bool = False) -> bool:
     """Join or start a Ray instance; True when this call started it (then it is shut down
-    at the end)."""
+    at the end). `quiet` (-q): Ray's own notices stay off the terminal too (its loggers'
+    warnings, the raylet's messages to the driver, colour codes; errors still show)."""
     import logging
-    logging.getLogger("ray.data").setLevel(logging.WARNING)      # no per-dataset INFO lines
+    logging.getLogger("ray.data").setLevel(logging.ERROR if quiet else logging.WARNING)
+    if quiet:
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        import ray._private.worker as ray_worker
+        if hasattr(ray_worker, "_worker_logs_enabled"):            # raylet notices (yellow)
+            ray_worker._worker_logs_enabled = False
     if ray.is_initialized():
         return False
     kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -120,7 +127,7 @@ def segment_on_ray(state, todo: list[InputImage], model=None) -> None:
     ray = _import_ray()
     opts = state.opts
     threads = opts.threads or 1
-    started = _init(ray, opts.ray, os.cpu_count())
+    started = _init(ray, opts.ray, os.cpu_count(), quiet=opts.quiet)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = opts.workers or max(1, cpus // threads)
