@@ -319,3 +319,18 @@ def test_png_gamma_and_rgb_profiles_keep_the_stored_values(tmp_path):
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     Image.fromarray(arr).save(tmp_path / "p.png", icc_profile=srgb)
     assert np.array_equal(load_image_file(tmp_path / "p.png"), arr)
+
+
+def test_nfd_ground_truth_in_a_mirrored_subfolder_is_found(tmp_path, ckpt):
+    """--gt with -r looks in GT/<subfolder>/ first: a ground truth whose name is spelled in
+    NFD there (copied from a Mac) is found for the NFC-named image."""
+    src, gt, out = tmp_path / "in", tmp_path / "gt", tmp_path / "out"
+    (src / "visit1").mkdir(parents=True), (gt / "visit1").mkdir(parents=True)
+    Image.fromarray(_pattern(20, 30)).save(src / "visit1" / "lésion.png")
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 5:20] = 255
+    Image.fromarray(mask).save(gt / "visit1" / f"{unicodedata.normalize('NFD', 'lésion')}.png")
+    assert main(["segment", str(src), "-r", "-o", str(out), "--checkpoint", ckpt, "--gt",
+                 str(gt), *FAST]) == 0
+    rec = json.loads((out / "results.json").read_text())["images"][0]
+    assert rec["key"] == "visit1/lésion" and rec["metrics"] is not None

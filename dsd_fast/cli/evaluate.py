@@ -93,6 +93,7 @@ class GroundTruth:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise UsageError(f"--gt {folder}: no such folder")
+        self._listings: dict[Path, dict[str, Path]] = {}     # subfolder -> {NFC stem: file}
         try:
             self.flat = list_images(self.folder)
         except ValueError as e:
@@ -105,6 +106,11 @@ class GroundTruth:
                 for cand in (sub / f"{item.stem}{suffix}", sub / f"{item.stem}{suffix.upper()}"):
                     if cand.is_file():
                         return cand
+            # the same name spelled otherwise in Unicode (macOS writes NFD): by NFC stem
+            if sub not in self._listings:
+                self._listings[sub] = list_images(sub) if sub.is_dir() else {}
+            if item.stem in self._listings[sub]:
+                return self._listings[sub][item.stem]
         return self.flat.get(item.stem)
 
     def score(self, item: InputImage, mask: np.ndarray) -> dict:
