@@ -79,7 +79,7 @@ class Pipeline(Segmenter):
         net = with_precision(self.family.eps_network(self.denoiser(backend)),
                              resolve_precision(precision, self.device))
         return as_eps_model(net, self.family.prediction(self.config), self.schedule,
-                            conv["self_condition"])
+                            conv.self_condition)
 
     def sample(self, model_input: torch.Tensor, steps: int, ensemble: int, seed: int,
                noise_keys: list, sampler: str = "ddim", eta: float = 0.0,
@@ -90,8 +90,8 @@ class Pipeline(Segmenter):
         conv = self.family.sampling_conventions(self.config)
         x = sample_ensemble(eps_model or self.eps_model(backend), self.schedule, model_input,
                             steps, ensemble, seed, noise_keys=noise_keys, sampler=sampler,
-                            eta=eta, clip_x0=clip_x0, ddpm=conv["ddpm"],
-                            keep_eps=conv["keep_eps"], ddim_timesteps=conv["ddim_timesteps"],
+                            eta=eta, clip_x0=clip_x0, ddpm=conv.ddpm, keep_eps=conv.keep_eps,
+                            ddim_timesteps=conv.ddim_timesteps,
                             spacing=spacing, tta=tta)
         return self.family.signed_samples(x, self.config)
 
@@ -101,7 +101,7 @@ class Pipeline(Segmenter):
 
     # ------------------------------------------------------------------ the segmenter steps
     def choices(self) -> Choices:
-        own_grid = self.family.sampling_conventions(self.config)["ddim_timesteps"]
+        own_grid = self.family.sampling_conventions(self.config).ddim_timesteps
         return dataclasses.replace(
             self.family.choices(self.config), T=self.schedule.T,
             sampler_defaults=self.sampler_defaults, postprocess=self.postprocess_default,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..diffusion import Schedule
+from ..diffusion.conventions import SamplingConventions
 from ..options import Choices
 from ..preprocess import Preprocessing
 
@@ -59,13 +60,10 @@ class ModelFamily:
     def default_schedule(self, config) -> Schedule:
         raise NotImplementedError
 
-    def sampling_conventions(self, config) -> dict:
-        """How the original code samples, beyond the schedule: its DDPM ("published": the
-        plain eps form, or "clipped": the x0-clipped posterior), whether its clipped DDIM
-        keeps the network's eps (`keep_eps`), its DDIM grid (`ddim_timesteps(T, steps)`,
-        None = diffusion.ddim_timesteps), and whether the network is self-conditioned."""
-        return {"ddpm": "published", "keep_eps": False, "ddim_timesteps": None,
-                "self_condition": False}
+    def sampling_conventions(self, config) -> SamplingConventions:
+        """How the original code samples, beyond the schedule (diffusion/conventions.py);
+        default: the published DDPM, the plain DDIM grid, no self-conditioning."""
+        return SamplingConventions()
 
     def preprocessing(self, config) -> Preprocessing:
         raise NotImplementedError

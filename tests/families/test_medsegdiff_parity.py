@@ -103,7 +103,7 @@ def _ours(unet_name, objective, T, tmp_path):
                          **settings(unet_name))
     conv = MEDSEGDIFF.sampling_conventions(pipe.config)
     eps = as_eps_model(pipe.model, MEDSEGDIFF.prediction(pipe.config), pipe.schedule,
-                       conv["self_condition"])
+                       conv.self_condition)
     return unet, pipe, eps, conv
 
 
@@ -134,7 +134,7 @@ def test_ddim_matches_the_package(unet_name, objective, eta, tmp_path):
     img = inputs(16, b=2)[1]
     torch.manual_seed(6)
     want = wrapper.sample(img)
-    sampler = DDIMSampler(pipe.schedule, S, eta, clip_x0=True, keep_eps=conv["keep_eps"],
+    sampler = DDIMSampler(pipe.schedule, S, eta, clip_x0=True, keep_eps=conv.keep_eps,
                           timesteps=package_ddim_timesteps(T, S))
     got = sampler.sample(eps, img, torch.Generator().manual_seed(6))
     assert ((got + 1) / 2 - want).abs().max() <= 1e-4

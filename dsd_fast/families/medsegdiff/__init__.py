@@ -52,7 +52,7 @@ class MedSegDiffFamily(ModelFamily):
             return Schedule.cosine(config.timesteps)
         return Schedule.scaled_linear(config.timesteps)
 
-    def sampling_conventions(self, config: MedSegDiffConfig) -> dict:
+    def sampling_conventions(self, config: MedSegDiffConfig):
         return conventions(config)
 
     def preprocessing(self, config: MedSegDiffConfig) -> Preprocessing:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ...diffusion.conventions import SamplingConventions
 from .config import MedSegDiffConfig
 
 PACKAGE_DDIM_ETA = 1.0
@@ -30,6 +31,7 @@ def package_ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     return torch.tensor(list(reversed(times))[:-1], dtype=torch.long)
 
 
-def conventions(config: MedSegDiffConfig) -> dict:
-    return {"ddpm": "clipped", "keep_eps": config.objective == "pred_noise",
-            "ddim_timesteps": package_ddim_timesteps, "self_condition": config.self_condition}
+def conventions(config: MedSegDiffConfig) -> SamplingConventions:
+    return SamplingConventions(ddpm="clipped", keep_eps=config.objective == "pred_noise",
+                               ddim_timesteps=package_ddim_timesteps,
+                               self_condition=config.self_condition)

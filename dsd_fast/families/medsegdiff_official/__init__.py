@@ -15,6 +15,7 @@ per image); sampler="ddpm" runs its learned-range DDPM, "ddim" and "dpmpp" the f
 """
 from __future__ import annotations
 
+from ...diffusion.conventions import SamplingConventions
 from ...preprocess import Preprocessing
 from ..base import ModelFamily
 from . import checkpoint as _ckpt
@@ -54,9 +55,8 @@ class OfficialMedSegDiffFamily(ModelFamily):
     def default_schedule(self, config: OfficialMSDConfig):
         return official_schedule(config.timesteps, config.noise_schedule)
 
-    def sampling_conventions(self, config: OfficialMSDConfig) -> dict:
-        return {"ddpm": "learned_range" if config.learn_sigma else "clipped",
-                "keep_eps": False, "ddim_timesteps": None, "self_condition": False}
+    def sampling_conventions(self, config: OfficialMSDConfig) -> SamplingConventions:
+        return SamplingConventions(ddpm="learned_range" if config.learn_sigma else "clipped")
 
     def preprocessing(self, config: OfficialMSDConfig) -> Preprocessing:
         # its ISIC loader: Resize((S, S)) then ToTensor(): [0, 1], no normalisation
