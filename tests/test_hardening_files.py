@@ -23,7 +23,7 @@ from dsd_fast.images import (decode_reduced, list_images, load_image_file, open_
                              to_chw, upright, upright_size)
 
 FAST = ["--steps", "1", "--ensemble", "1", "--threads", "1", "-q"]
-FORMATS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp"}
+FORMATS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "TIFF-LZW": ".tiff", "WEBP": ".webp"}
 # the transpose that stores an upright picture so that EXIF orientation `tag` shows it upright
 STORE_FOR = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
              8: Image.Transpose.ROTATE_270}
@@ -58,12 +58,13 @@ def _save_oriented(path: Path, upright_rgb: np.ndarray, tag: int, fmt: str) -> N
     stored = Image.fromarray(upright_rgb).transpose(STORE_FOR[tag])
     exif = Image.Exif()
     exif[0x0112] = tag
-    kw = {"JPEG": {"quality": 98, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
-    if fmt == "TIFF":
+    kw = {"JPEG": {"quality": 98, "subsampling": 0}, "WEBP": {"lossless": True},
+          "TIFF-LZW": {"compression": "tiff_lzw"}}.get(fmt, {})     # LZW: libtiff's decoder
+    if fmt.startswith("TIFF"):
         kw["tiffinfo"] = {0x0112: tag}
     else:
         kw["exif"] = exif.tobytes()
-    stored.save(path, fmt, **kw)
+    stored.save(path, fmt.split("-")[0], **kw)
 
 
 def _close(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
