@@ -158,6 +158,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_finishes_the_request_in_flight(sample_paths, reference):
     """SIGTERM while a request runs: it is answered in full, then the process exits 0."""
     port = _free_port()

@@ -25,6 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ray_serve_answers_one_request(sample_paths, reference):
     import ray
     from ray import serve
@@ -35,8 +36,17 @@ def test_ray_serve_answers_one_request(sample_paths, reference):
         pytest.skip("a Ray instance is already running in this process")
     config = ServeConfig(models=("default",), host="127.0.0.1", port=_free_port(),
                          threads=1, warmup=False)      # Ray's start-up is slow enough
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                     log_to_driver=False)
+            break
+        except Exception as e:
+            # Ray gives its raylet a fixed 30 s to register; on a loaded machine that can
+            # pass once. Anything else, or a second time, fails the test.
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
     try:
         url = deploy(config, replicas=1)
         path = sample_paths[0]
