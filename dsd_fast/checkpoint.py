@@ -41,7 +41,19 @@ def _family_for_config(config) -> ModelFamily | None:
     return None
 
 
+def _is_optimizer_state(obj) -> bool:
+    """torch's optimizer.state_dict(): {'state': {...}, 'param_groups': [...]} (the official
+    MedSegDiff code writes one beside every checkpoint, as optsavedmodel*.pt)."""
+    return isinstance(obj, dict) and isinstance(obj.get("state"), dict) \
+        and isinstance(obj.get("param_groups"), list)
+
+
 def _no_family_error(obj) -> CheckpointError:
+    if _is_optimizer_state(obj):
+        return CheckpointError(
+            "this is optimizer state (keys 'state' and 'param_groups'), not a model: it holds "
+            "no weights. The official MedSegDiff code writes it as optsavedmodel*.pt; use "
+            "the savedmodel*.pt or emasavedmodel*.pt beside it")
     tried = "; ".join(f"{f.name} (keys like {', '.join(repr(k) for k in f.signature_keys[:2])})"
                       for f in FAMILIES.values())
     keys = sorted(obj)[:8] if isinstance(obj, dict) else []
@@ -76,6 +88,8 @@ def _resolve(obj, meta: dict, family, config, settings: dict):
         family, sd = found
     else:
         sd = family.state_dict_from(obj)
+        if sd is None and _is_optimizer_state(obj):
+            raise _no_family_error(obj)
         if sd is None:
             raise CheckpointError(
                 f"no {family.title} weights found: expected a state dict or a training "

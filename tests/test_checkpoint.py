@@ -185,3 +185,81 @@ def test_unreadable_files(tmp_path):
     junk.write_bytes(b"\x00\x01garbage")
     with pytest.raises(CheckpointError):
         load_model(junk)
+
+
+def _msd_tiny_state_dict():
+    from dsd_fast.families.medsegdiff import MEDSEGDIFF, MSD_CONFIGS
+    torch.manual_seed(0)
+    return MEDSEGDIFF.build_reference(MSD_CONFIGS["msd_tiny"]).state_dict()
+
+
+def test_an_optimizer_state_file_is_named_for_what_it_is(tmp_path):
+    """The official MedSegDiff code writes optsavedmodel*.pt (optimizer.state_dict()) beside
+    every checkpoint: loading it says so and names the model files to use instead."""
+    net = torch.nn.Conv2d(2, 3, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    net(torch.randn(1, 2, 5, 5)).sum().backward()
+    opt.step()
+    path = tmp_path / "optsavedmodel000100.pt"
+    torch.save(opt.state_dict(), path)
+    for kw in ({}, {"family": "medsegdiff-official"}):
+        with pytest.raises(CheckpointError, match=r"optimizer state.*savedmodel\*\.pt or "
+                                                  r"emasavedmodel\*\.pt"):
+            dsd_fast.load(path, **kw)
+
+
+def test_missing_weights_are_counted_and_grouped(tiny_model):
+    """A file from another config or version lacks whole blocks: the message counts them,
+    groups them by block (prefix up to the first index) and does not blame a config the
+    user never gave."""
+    sd = dict(tiny_model.state_dict())
+    gone = [k for k in sd if k.startswith("encoder_blocks.1.")]
+    assert len(gone) > 5
+    for k in gone:
+        del sd[k]
+    sd["extra.0.weight"] = torch.zeros(2)
+    sd["extra.1.weight"] = torch.zeros(2)
+    with pytest.raises(CheckpointError) as e:
+        load_model(sd, config=get_config("tiny"))
+    msg = str(e.value)
+    assert f"lacks {len(gone)} of the {len(tiny_model.state_dict())} weights" in msg, msg
+    assert f"encoder_blocks.1.*: {len(gone)} tensors" in msg, msg
+    assert "has 2 weights" in msg and "extra.0.*: 1 tensor" in msg and "extra.1.*" in msg
+    assert "another config or another version" in msg
+
+
+def test_key_groups():
+    from dsd_fast.weight_keys import grouped, key_group
+    assert key_group("downs.3.1.block1.proj.weight") == "downs.3.*"
+    assert key_group("init_conv.weight") == "init_conv.*"
+    assert key_group("betas") == "betas"
+    many = [f"g{i}.0.w" for i in range(9)] + ["g0.0.b"]
+    assert grouped(many) == ("g0.0.*: 2 tensors, g1.0.*: 1 tensor, g2.0.*: 1 tensor, "
+                             "g3.0.*: 1 tensor, g4.0.*: 1 tensor, g5.0.*: 1 tensor and 3 "
+                             "more groups")
+
+
+def test_medsegdiff_files_without_their_T_warn_what_was_assumed(tmp_path):
+    """med-seg-diff-pytorch's driver stores T nowhere: loading a bare Unet state dict says
+    it assumed timesteps=1000, as the other families announce theirs; given, silent."""
+    import warnings
+
+    from dsd_fast.families.medsegdiff.checkpoint import AssumedSettingsWarning
+    path = tmp_path / "unet.pt"
+    torch.save(_msd_tiny_state_dict(), path)
+    with pytest.warns(AssumedSettingsWarning, match="timesteps=1000"):
+        pipe = dsd_fast.load(path)
+    assert pipe.schedule.T == 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumedSettingsWarning)
+        assert dsd_fast.load(path, timesteps=20).schedule.T == 20
+
+
+def test_diffseg_assumed_settings_name_the_image_size(tmp_path):
+    from dsd_fast.families.diffseg import DIFFSEG, DIFFSEG_CONFIGS
+    from dsd_fast.families.diffseg.checkpoint import AssumedSettingsWarning
+    torch.manual_seed(0)
+    sd = DIFFSEG.build_reference(DIFFSEG_CONFIGS["diffseg_tiny"]).state_dict()
+    with pytest.warns(AssumedSettingsWarning, match="image_size=128") as record:
+        load_model(sd, timesteps=1000, input_range="-1..1", num_heads=4)
+    assert "image_size=" in str(record[0].message)

@@ -2,8 +2,8 @@
 no wrapper, no config. Recovered from shapes: model_channels, channel_mult,
 num_res_blocks, attention resolutions, in/out channels. Not recoverable, so settings with
 the newest code's values: num_heads (4: 1 head gives other outputs), timesteps T (1000; the
-initial notebook used 200), input_range ("-1..1"; the newest "have" training fed 0..1), and
-the GroupNorm groups (32).
+initial notebook used 200), input_range ("-1..1"; the newest "have" training fed 0..1),
+image_size (128, the size images are resized to) and the GroupNorm groups (32).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from .config import DiffSegConfig
 SIGNATURE_KEYS = ("time_embed.0.weight", "down_blocks.0.0.weight",
                   "middle_block.1.qkv.weight", "out.2.weight")
 DEFAULTS = dict(num_heads=4, timesteps=1000, input_range="-1..1", groups=32, image_size=128)
+# what changes the masks silently when wrong; announced when assumed (groups: 32 everywhere)
+ANNOUNCED = ("timesteps", "input_range", "num_heads", "image_size")
 
 
 class ConfigInferenceError(ValueError):
@@ -42,14 +44,14 @@ def infer_config(sd: dict[str, torch.Tensor], **settings) -> DiffSegConfig:
         raise ConfigInferenceError(f"unknown DiffSeg settings {sorted(unknown)}; known: "
                                    f"{sorted(DEFAULTS)}")
     s = {**DEFAULTS, **settings}
-    assumed = [f"{k}={DEFAULTS[k]!r}" for k in ("timesteps", "input_range", "num_heads")
-               if k not in settings]
+    assumed = [f"{k}={DEFAULTS[k]!r}" for k in ANNOUNCED if k not in settings]
     if assumed:
         warnings.warn(
-            f"DiffSeg files do not store T, the input range or the head count; assumed "
-            f"{', '.join(assumed)} (the newest official code's values). Pass timesteps=, "
-            "input_range=, num_heads= if your model was trained otherwise (the initial "
-            "notebook used T=200).", AssumedSettingsWarning, stacklevel=4)
+            f"DiffSeg files do not store T, the input range, the head count or the image "
+            f"size; assumed {', '.join(assumed)} (the newest official code's values). Pass "
+            "timesteps=, input_range=, num_heads=, image_size= (CLI: --model-setting "
+            "KEY=VALUE) if your model was trained otherwise (the initial notebook used "
+            "T=200).", AssumedSettingsWarning, stacklevel=4)
     for k in SIGNATURE_KEYS:
         if k not in sd:
             raise ConfigInferenceError(f"cannot infer the DiffSeg config: key {k!r} is "

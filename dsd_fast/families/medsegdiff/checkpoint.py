@@ -13,11 +13,13 @@ ViT's patch size, depth and head width. Not recoverable, so settings with the pa
 defaults: `resnet_block_groups` (8), the split of the 3 x heads x dim_head qkv width
 (4 x 32: any other width needs `attn_heads`), and what the network was trained to predict
 (`objective`, pred_noise). The schedule (`timesteps`, `beta_schedule`; 1000, cosine) comes
-from the wrapper's buffers when present, else from the settings.
+from the wrapper's buffers when present, else from the settings (a warning says when T was
+assumed: the driver script stores it nowhere).
 """
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 
@@ -37,6 +39,10 @@ PACKAGE_DEFAULTS = dict(resnet_block_groups=8, attn_heads=4, attn_dim_head=32,
 
 class ConfigInferenceError(ValueError):
     """Shapes do not tell a MedSegDiff config (the message says what to pass)."""
+
+
+class AssumedSettingsWarning(UserWarning):
+    """A MedSegDiff setting the file does not store was taken from the package's defaults."""
 
 
 def _strip(sd: dict, prefix: str) -> dict:
@@ -102,6 +108,13 @@ def infer_config(sd: dict[str, torch.Tensor], **settings) -> MedSegDiffConfig:
     if unknown:
         raise ConfigInferenceError(f"unknown MedSegDiff settings {sorted(unknown)}; known: "
                                    f"{sorted(PACKAGE_DEFAULTS)}")
+    if "timesteps" not in settings:
+        warnings.warn(
+            f"this MedSegDiff file does not store its diffusion steps T (a bare Unet state "
+            f"dict, or the driver's checkpoint); assumed timesteps="
+            f"{PACKAGE_DEFAULTS['timesteps']} (the package's default). Pass timesteps= "
+            "(CLI: --model-setting timesteps=N) if it was trained otherwise (the driver's "
+            "--timesteps).", AssumedSettingsWarning, stacklevel=4)
     s = {**PACKAGE_DEFAULTS, **settings}
     dim, in_mask = _need(sd, "init_conv.weight")[:2]
     img_ch = _need(sd, "cond_init_conv.weight")[1]
