@@ -8,7 +8,7 @@ in bfloat16 where autocast puts them, float32 accumulation inside those kernels,
 what autocast keeps in float32 (normalisations, softmax, the FF-Parser's FFT). The network's
 output is cast back to float32 before the sampler sees it, so every sampler step (the noise
 schedule arithmetic, x0 clipping, the ensemble mean) stays float32. The CPU fast models'
-3x3 convolutions run as Winograd with bfloat16 products instead (families/winograd_layers.py;
+3x3 convolutions run as Winograd with bfloat16 products instead (families/shared/winograd.py;
 float32 out, a few times bfloat16's per-layer error, the masks within the bar below).
 
 It is only offered where the hardware does bfloat16 natively: AVX-512 BF16 or AMX on x86

@@ -75,7 +75,7 @@ def implementations(device: str) -> dict[str, tuple[str, object]]:
                              getattr(ops, name))
             else:
                 out[name] = (f"PyTorch twin: {ops.CPU_REASON}", None)
-        # the fast models' 3x3 convolutions (families/winograd_layers.py)
+        # the fast models' 3x3 convolutions (families/shared/winograd.py)
         if ops.WINOGRAD:
             bf16 = ("; its bfloat16 form for precision='bf16' too" if ops.WINOGRAD_BF16
                     else "; precision='bf16' keeps oneDNN's bfloat16 convolution")

@@ -59,7 +59,7 @@ def test_fast_model_runs_channels_last_throughout_on_the_cpu():
         x = args[0]
         seen.append((type(m).__name__, x.is_contiguous(memory_format=torch.channels_last)
                      and not x.is_contiguous()))
-    from dsd_fast.families.fast_attention import LinearAttentionCore
+    from dsd_fast.families.shared.fast_attention import LinearAttentionCore
     hooks = [m.register_forward_pre_hook(record) for m in fast.modules()
              if (isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.in_channels > 3)
              or isinstance(m, LinearAttentionCore)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dsd_fast import DermoSegDiff, ModelConfig, get_config
-from dsd_fast.families.common_layers import SpaceToDepth
+from dsd_fast.families.shared.layers import SpaceToDepth
 from dsd_fast.families.dermosegdiff.layers import FFParser, standardize_weight
 
 from conftest import make_model

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from dsd_fast import get_config
-from dsd_fast.families import fast_blocks
+from dsd_fast.families.shared import fast_blocks
 from dsd_fast.families.dermosegdiff.fast import build_fast_model
-from dsd_fast.families.fast_blocks import FusedResnetBlock, MemoTimeMLP
+from dsd_fast.families.shared.fast_blocks import FusedResnetBlock, MemoTimeMLP
 from dsd_fast.families.medsegdiff.config import MSD_CONFIGS
 from dsd_fast.families.medsegdiff.fast import build_fast_model as build_fast_msd
 from dsd_fast.families.medsegdiff.reference import MedSegDiffUnet

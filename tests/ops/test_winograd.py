@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsd_fast import ops
-from dsd_fast.families.fast_blocks import FusedBlock
-from dsd_fast.families.winograd_layers import WinogradConv2d, enable_winograd, winograd_mode
+from dsd_fast.families.shared.fast_blocks import FusedBlock
+from dsd_fast.families.shared.winograd import WinogradConv2d, enable_winograd, winograd_mode
 from dsd_fast.ops import winograd
 
 needs_ext = pytest.mark.skipif(not ops.WINOGRAD, reason="dsd_fast._C_<isa> is not built "

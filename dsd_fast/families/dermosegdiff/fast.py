@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last,
+from ..shared.fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last,
                            memoize_time_mlps)
-from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
+from ..shared.fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
-from ..winograd_layers import enable_winograd, resolve_winograd
+from ..shared.winograd import enable_winograd, resolve_winograd
 from .fast_attention import FastLAtt
 from .layers import RB, Block, LAtt, ResnetBlock, standardize_weight, ws_eps
 from .reference import DermoSegDiff, EncoderLevel

@@ -1,6 +1,6 @@
 """DermoSegDiff's linear attention block for the fast model: Residual(PreNorm(
 LinearAttention)) with its two GroupNorm(1, C), around the reassociated core
-(families/fast_attention.py: why and how the matmuls are reordered, and what it costs).
+(families/shared/fast_attention.py: why and how the matmuls are reordered, and what it costs).
 Only rounding differs from the published order (float32: ~1e-6 relative, checked in
 tests/families/test_dermosegdiff_fast.py).
 """
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast_attention import LinearAttentionCore
+from ..shared.fast_attention import LinearAttentionCore
 from .layers import DIM_HEAD, HEADS, LAtt
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common_layers import Residual
+from ..shared.layers import Residual
 
 
 def standardize_weight(weight: torch.Tensor, eps: float) -> torch.Tensor:

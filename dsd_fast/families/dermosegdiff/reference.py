@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from ..common_layers import Residual, downsample, time_mlp, upsample
+from ..shared.layers import Residual, downsample, time_mlp, upsample
 from .layers import RB, Attention, FFParser, LAtt, PreNorm
 
 BOTTLENECK_GROUPS = 4   # published: the bottleneck's ResnetBlocks use 4 groups, whatever G is

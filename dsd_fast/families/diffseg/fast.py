@@ -10,7 +10,7 @@ GroupNorm + SiLU is the fused `ops.group_norm_silu`, which keeps channels_last o
 within noise of it, 2.92-2.99 s against 2.95-3.15 s; an NCHW-only op had made it 3.72 s
 through layout copies). On the
 CPU (C++ ops built) the 3x3 convolutions run by Winograd F(4x4, 3x3)
-(`winograd_layers.enable_winograd`; `winograd=False` saves their transformed weights). The middle
+(`shared.winograd.enable_winograd`; `winograd=False` saves their transformed weights). The middle
 attention, the stems and the downsampling convs are the reference code. Calling the fast
 network at another t raises: it was built for t = 0.
 """
@@ -23,7 +23,7 @@ from torch import nn
 
 from ... import ops
 from ...ops.winograd import supported as winograd_supported
-from ..winograd_layers import WinogradWeight, conv3x3, enable_winograd, resolve_winograd
+from ..shared.winograd import WinogradWeight, conv3x3, enable_winograd, resolve_winograd
 from .reference import DiffSegUNet, ResidualBlock, Stage, timestep_embedding
 
 

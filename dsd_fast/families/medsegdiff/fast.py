@@ -11,10 +11,10 @@
     norm pair gives the same filter, so the op's ortho pair serves (medsegdiff.md 1.4;
     checked against the package in tests/families/test_medsegdiff_parity.py). The dynamic
     variant's per-sample map keeps the reference path;
-  * linear attention reassociated (`families.fast_attention`, the fused C++ op for the
+  * linear attention reassociated (`families.shared.fast_attention`, the fused C++ op for the
     default 4 x 32 heads) between the channel LayerNorms;
   * space-to-depth + 1x1 conv and nearest x2 + 3x3 conv as cheaper convolutions
-    (`families.fast_resample`);
+    (`families.shared.fast_resample`);
   * on the CPU, weights and activations in channels_last (NHWC), every channel LayerNorm as
     F.layer_norm over the NHWC view's contiguous channel axis (FastChannelLayerNorm); the
     FF-Parser op gets an NCHW copy (it filters whole planes). The bundled model's forward
@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..common_layers import Residual
-from ..fast_attention import LinearAttentionCore
-from ..fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last,
+from ..shared.layers import Residual
+from ..shared.fast_attention import LinearAttentionCore
+from ..shared.fast_blocks import (ChannelsLastOutput, FusedBlock, FusedResnetBlock, is_channels_last,
                            memoize_time_mlps)
-from ..fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
+from ..shared.fast_resample import (FastDownsample, FastUpsample, is_published_downsample,
                              is_published_upsample)
-from ..winograd_layers import enable_winograd, resolve_winograd
+from ..shared.winograd import enable_winograd, resolve_winograd
 from .layers import (ChannelLayerNorm, Conditioning, LinearAttention, ResnetBlock,
                      layer_norm_eps)
 from .reference import MedSegDiffUnet

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..common_layers import Residual, SpaceToDepth
+from ..shared.layers import Residual, SpaceToDepth
 
 
 def layer_norm_eps(dtype: torch.dtype) -> float:

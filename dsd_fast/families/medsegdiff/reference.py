@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..common_layers import Residual, downsample, time_mlp, upsample
+from ..shared.layers import Residual, downsample, time_mlp, upsample
 from .config import MedSegDiffConfig
 from .layers import Attention, Conditioning, LinearAttention, ResnetBlock, Transformer
 

@@ -17,7 +17,7 @@ tests/families/test_medsegdiff_official_fast.py:
     256 px; on CUDA the layout is not measured yet (no GPU so far). V1 stays NCHW (its
     FF-Parser op and highway gates take NCHW);
   - V2 on the CPU (C++ ops built): its 3x3 convolutions by Winograd F(4x4, 3x3)
-    (`winograd_layers.enable_winograd`; `winograd=False` saves the transformed weights' memory).
+    (`shared.winograd.enable_winograd`; `winograd=False` saves the transformed weights' memory).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import ops
-from ..winograd_layers import enable_winograd, resolve_winograd
+from ..shared.winograd import enable_winograd, resolve_winograd
 from .anchor import ConvUnit, FFParser
 from .layers import AttentionBlock, ResBlock
 from .reference import OfficialMedSegDiff

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
+from ... import ops
 
 
 class LinearAttentionCore(nn.Module):

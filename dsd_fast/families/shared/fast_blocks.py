@@ -6,7 +6,7 @@ plus a residual; the fast form runs GroupNorm, modulation and SiLU as one op
 weight-standardised weight (folded once), MedSegDiff its plain weight.
 
 On the CPU the fast models run those 3x3 convolutions by Winograd F(4x4, 3x3)
-(winograd_layers.py).
+(winograd.py).
 
 A sampler calls the network with the same few timesteps for every image, so on the CPU the
 time MLP's output is remembered per timestep vector (`MemoTimeMLP`) and each block's
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
-from ..ops import winograd
-from .winograd_layers import WinogradWeight, autocast_cpu_dtype, conv3x3
+from ... import ops
+from ...ops import winograd
+from .winograd import WinogradWeight, autocast_cpu_dtype, conv3x3
 
 
 _MEMO_FLAG = "_dsd_fast_memo"       # set on embeddings a MemoTimeMLP keeps alive
@@ -87,7 +87,7 @@ class FusedBlock(nn.Module):
         self.wino: WinogradWeight | None = None
 
     def enable_winograd(self) -> bool:
-        """Keep the weight's Winograd transforms too (winograd_layers.py); False (nothing
+        """Keep the weight's Winograd transforms too (winograd.py); False (nothing
         kept) for channel counts the op cannot take."""
         k, c = self.weight.shape[:2]
         if not winograd.supported(c, k):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common_layers import SpaceToDepth
+from .layers import SpaceToDepth
 from .fast_blocks import is_channels_last
 
 # For output parity a: which 3x3 tap rows fall on input offset 0 and 1 of the 2x2 window

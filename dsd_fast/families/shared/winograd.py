@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
-from ..ops import winograd
+from ... import ops
+from ...ops import winograd
 
 __all__ = ["WinogradWeight", "winograd_mode", "conv3x3", "WinogradConv2d", "winograd_eligible",
            "enable_winograd", "resolve_winograd"]
