@@ -88,20 +88,31 @@ def open_image(path):
                               "expected an image file")
     if path.stat().st_size == 0:
         raise ImageInputError(f"{path}: empty file (0 bytes), expected an image")
+    # Opened from a file object of ours, not from the path: given a path, Pillow 11-13 may
+    # memory-map an uncompressed TIFF and then turn an orientation 6/8 picture wrongly in
+    # modes L, I;16, RGBA, P and CMYK (the pixels scrambled, the size the stored one); from
+    # a file object every Pillow >= 10 decodes it as it decodes other files.
     try:
-        im = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ImageInputError(f"{path}: too large to decode safely ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
+        fp = open(path, "rb")
+    except OSError as e:
+        raise ImageInputError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
-        yield im
-    except ImageInputError:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
+        try:
+            im = Image.open(fp)
+        except Image.DecompressionBombError as e:
+            raise ImageInputError(f"{path}: too large to decode safely ({e})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
+        try:
+            yield im
+        except ImageInputError:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
+        finally:
+            im.close()
     finally:
-        im.close()
+        fp.close()
 
 
 def orientation(im: Image.Image) -> int:

@@ -20,7 +20,7 @@ from dsd_fast import ImageInputError, load, save_model
 from dsd_fast.cli import main
 from dsd_fast.cli.discover import discover, prepare
 from dsd_fast.images import (decode_reduced, list_images, load_image_file, open_image,
-                             to_chw, upright, upright_size)
+                             pil_to_array, to_chw, upright, upright_size)
 
 FAST = ["--steps", "1", "--ensemble", "1", "--threads", "1", "-q"]
 FORMATS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "TIFF-LZW": ".tiff", "WEBP": ".webp"}
@@ -335,3 +335,25 @@ def test_nfd_ground_truth_in_a_mirrored_subfolder_is_found(tmp_path, ckpt):
                  str(gt), *FAST]) == 0
     rec = json.loads((out / "results.json").read_text())["images"][0]
     assert rec["key"] == "visit1/lésion" and rec["metrics"] is not None
+
+
+@pytest.mark.parametrize("tag", (6, 8))
+@pytest.mark.parametrize("mode", ("L", "I;16", "RGBA", "P", "CMYK"))
+def test_uncompressed_tiff_of_any_mode_turned_once(tmp_path, segmenter, mode, tag):
+    """Found by probing: opened by its path, Pillow 11-13 memory-maps an uncompressed TIFF
+    and scrambles an orientation 6/8 picture in these modes (a 16-bit ultrasound TIFF
+    failed with 'could not broadcast (40,60,1) into (60,40,3)'). Every reader now gives
+    the upright picture."""
+    if mode == "I;16":
+        up = Image.fromarray((np.arange(48 * 80, dtype=np.uint16).reshape(48, 80) * 17))
+    else:
+        up = Image.fromarray(_pattern()).convert(mode)
+    path = tmp_path / f"{mode.replace(';', '')}_{tag}.tif"
+    up.transpose(STORE_FOR[tag]).save(path, tiffinfo={0x0112: tag})
+    want = pil_to_array(up)                                  # the upright picture itself
+    assert want.shape[:2] == (48, 80)
+    assert np.array_equal(load_image_file(path), want)
+    item = discover([str(path)]).images[0]
+    prep = prepare(item, segmenter, max_pixels=10**7)
+    assert (prep.height, prep.width) == (48, 80)
+    assert np.array_equal(prep.model_chw.numpy(), segmenter.view(to_chw(path)).numpy())
