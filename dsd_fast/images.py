@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jp2",
+                  ".j2k"}
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 INTEGER_MODES = SIXTEEN_BIT_MODES + ("I",)     # scaled by 65535 (PNG stores 16-bit as "I")
 STRIP_PIXELS = 1 << 20     # large images are converted in row strips of about this many pixels
@@ -72,6 +73,32 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 # ----------------------------------------------------------------------------- files
 
+# Formats whose decoding runs another program: never tried (Pillow's EPS reader runs
+# Ghostscript on whatever PostScript a file holds, whatever the file is named).
+_EXTERNAL_DECODERS = {"EPS"}
+
+
+def _decodable_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in Image.OPEN if f not in _EXTERNAL_DECODERS)
+
+
+def _not_an_image(fp) -> str | None:
+    """What a file that no reader identified is, where its first bytes say it plainly."""
+    try:
+        fp.seek(0)
+        head = fp.read(132)
+    except (OSError, ValueError):
+        return None
+    if head[128:132] == b"DICM":
+        return ("a DICOM file, not an image file: export its pixel data to PNG or TIFF "
+                "first (e.g. with pydicom or dcmtk's dcmj2pnm)")
+    if head.startswith(b"%!PS") or head.startswith(b"\xc5\xd0\xd3\xc6"):
+        return ("a PostScript/EPS file: not read (decoding it would run Ghostscript); "
+                "convert it to PNG or TIFF first")
+    return None
+
+
 @contextlib.contextmanager
 def open_image(path):
     """The PIL image of `path`, not yet decoded (nor turned upright: see `upright`); any
@@ -98,11 +125,12 @@ def open_image(path):
         raise ImageInputError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         try:
-            im = Image.open(fp)
+            im = Image.open(fp, formats=_decodable_formats())
         except Image.DecompressionBombError as e:
             raise ImageInputError(f"{path}: too large to decode safely ({e})") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
+            raise ImageInputError(f"{path}: {_not_an_image(fp) or 'unreadable or corrupt image'}"
+                                  f" ({e})") from None
         try:
             yield im
         except ImageInputError:

@@ -357,3 +357,36 @@ def test_uncompressed_tiff_of_any_mode_turned_once(tmp_path, segmenter, mode, ta
     prep = prepare(item, segmenter, max_pixels=10**7)
     assert (prep.height, prep.width) == (48, 80)
     assert np.array_equal(prep.model_chw.numpy(), segmenter.view(to_chw(path)).numpy())
+
+
+# ----------------------------------------------------------------------------- probes
+
+def test_postscript_is_never_decoded_whatever_its_name(tmp_path, monkeypatch):
+    """Pillow's EPS reader runs Ghostscript on the file's PostScript: a .png that holds
+    PostScript is refused by name, and no EPS decoder is ever asked to load it."""
+    from PIL import EpsImagePlugin
+
+    def decoded(self, *a, **k):
+        raise AssertionError("an EPS file was decoded (Ghostscript would run)")
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "load", decoded)
+    path = tmp_path / "scan.png"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n"
+                     b"0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
+    with pytest.raises(ImageInputError, match="PostScript/EPS file: not read"):
+        load_image_file(path)
+
+
+def test_dicom_file_is_named_as_such(tmp_path):
+    path = tmp_path / "study.dcm"
+    path.write_bytes(bytes(128) + b"DICM" + bytes(range(256)) * 4)
+    with pytest.raises(ImageInputError, match="a DICOM file, not an image file: export"):
+        load_image_file(path)
+
+
+def test_jpeg2000_in_a_folder_is_found(tmp_path):
+    from PIL import features
+    if not features.check("jpg_2000"):
+        pytest.skip("this Pillow has no JPEG 2000 codec")
+    Image.fromarray(_pattern()).save(tmp_path / "x.jp2")
+    assert [im.path.name for im in discover([str(tmp_path)]).images] == ["x.jp2"]
+    assert load_image_file(tmp_path / "x.jp2").shape == (48, 80, 3)

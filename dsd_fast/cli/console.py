@@ -14,6 +14,7 @@ interpreter as it was.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -26,10 +27,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _print_warning(message, category, filename, lineno, file=None, line=None,
+                   shown: set | None = None) -> None:
     """warnings.showwarning's replacement: `warning: <message>` on stderr, written through
-    tqdm when a progress bar may be on screen (so the bar is redrawn below the line)."""
+    tqdm when a progress bar may be on screen (so the bar is redrawn below the line). A text
+    in `shown` is not repeated (PIL warns of a huge image on opening and again on loading)."""
     text = f"warning: {_one_line(message)}"
+    if shown is not None:
+        if text in shown:
+            return
+        shown.add(text)
     stream = file or sys.stderr
     try:
         if "tqdm" in sys.modules and stream is sys.stderr:
@@ -45,7 +52,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def plain_warnings():
     """Warnings raised inside the block print as one plain line (see `_print_warning`)."""
     before = warnings.showwarning
-    warnings.showwarning = _print_warning
+    warnings.showwarning = functools.partial(_print_warning, shown=set())
     try:
         yield
     finally:
