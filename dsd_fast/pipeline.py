@@ -108,7 +108,7 @@ class Pipeline(Segmenter):
             # a family whose DDIM walks its original code's own grid has only that one
             spacings=("leading",) if own_grid is not None else SPACINGS)
 
-    def view(self, chw: torch.Tensor) -> torch.Tensor:
+    def view(self, chw: torch.Tensor, opts: SegmentOptions | None = None) -> torch.Tensor:
         return to_model_input([chw], self.preprocessing)[0]
 
     def draw(self, views: torch.Tensor, keys: list, opts: SegmentOptions) -> torch.Tensor:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .diffusion import noise_seed
-from .images import as_image_list, to_chw
+from .channels import ChannelNote, model_image
+from .images import as_image_list
 from .options import Choices, SegmentOptions, resolve
 from .postprocess import postprocessed
 from .preprocess import content_key
@@ -41,8 +42,9 @@ class Segmenter:
     def choices(self) -> Choices:
         raise NotImplementedError
 
-    def view(self, chw: torch.Tensor) -> torch.Tensor:
-        """(C, H, W) in [0, 1] -> the (C, S, S) tensor the model sees."""
+    def view(self, chw: torch.Tensor, opts: SegmentOptions | None = None) -> torch.Tensor:
+        """(C, H, W) in [0, 1] -> the (C, S, S) tensor the model sees under resolved `opts`
+        (None: the segmenter's own settings)."""
         raise NotImplementedError
 
     def draw(self, views: torch.Tensor, keys: list, opts: SegmentOptions) -> torch.Tensor:
@@ -82,13 +84,33 @@ class Segmenter:
         opts = self.resolve(options, **changes)
         if noise_keys is not None and len(noise_keys) != len(items):
             raise ValueError(f"noise_keys has {len(noise_keys)} entries for {len(items)} images")
-        chws = [to_chw(item, i) for i, item in enumerate(items)]
+        chws = self.read_images(items)
         keys = list(noise_keys) if noise_keys is not None else [content_key(c) for c in chws]
-        return self.segment_views([self.view(c) for c in chws],
+        return self.segment_views([self.view(c, opts) for c in chws],
                                   [tuple(c.shape[1:]) for c in chws], keys, opts,
                                   images=chws, progress=progress)
 
     __call__ = segment
+
+    @property
+    def channels(self) -> int:
+        """The channel count its images have (the family reads it from the config)."""
+        return self.family.image_channels(self.config)
+
+    def read_images(self, items: list) -> list[torch.Tensor]:
+        """Each image as a (channels, H, W) tensor in [0, 1] (channels.py), all checked
+        before any work; conversions (grayscale replicated, RGB to luma, alpha dropped)
+        are announced once per call."""
+        chws, notes = [], {}
+        for i, item in enumerate(items):
+            chw, note = model_image(item, i, self.channels)
+            chws.append(chw)
+            if note:
+                notes[note] = notes.get(note, 0) + 1
+        for note, n in notes.items():
+            warnings.warn(f"{note} for {n} image{'s' if n > 1 else ''} (the model takes "
+                          f"{self.channels}-channel images)", ChannelNote, stacklevel=3)
+        return chws
 
     def segment_views(self, views: list[torch.Tensor], sizes: list[tuple[int, int]],
                       keys: list, opts: SegmentOptions, images: list | None = None,

@@ -15,10 +15,12 @@ import glob as globlib
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from ..channels import ChannelNote, model_image
 from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced, nfc,
                       open_image, pending_orientation, pil_to_array, upright, upright_size,
                       warn_first_frame)
@@ -270,12 +272,18 @@ def fingerprint(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def prepare(item: InputImage, segmenter, max_pixels: int) -> Prepared:
-    """Decode one image into the segmenter's view of it (`segmenter.view`: what
-    `segment()` makes of the same picture). Above `max_pixels` the view is made from a
-    reduced decode."""
+def prepare(item: InputImage, segmenter, max_pixels: int, opts=None) -> Prepared:
+    """Decode one image into the segmenter's view of it under the run's resolved segment
+    options `opts` (`segmenter.view`: what `segment()` makes of the same picture). Above
+    `max_pixels` the view is made from a reduced decode."""
     path = item.path
     fp = fingerprint(path) if path.exists() else {}
+    if segmenter.channels != 3:             # grayscale or N-channel models: channels.py
+        chw, note = model_image(path, 0, segmenter.channels)
+        if note:
+            warnings.warn(f"{note} (the model takes {segmenter.channels}-channel images)",
+                          ChannelNote, stacklevel=2)
+        return Prepared(item, segmenter.view(chw, opts), chw.shape[1], chw.shape[2], None, fp)
     with open_image(path) as im:
         w, h = upright_size(im)                 # the picture as shown (EXIF orientation)
         _check_memory(path, h, w)
@@ -290,4 +298,4 @@ def prepare(item: InputImage, segmenter, max_pixels: int) -> Prepared:
             arr, downscaled = pil_to_array(small), (small.size[1], small.size[0])
     chw = array_to_chw(arr, str(path))
     del arr
-    return Prepared(item, segmenter.view(chw), h, w, downscaled, fp, frames)
+    return Prepared(item, segmenter.view(chw, opts), h, w, downscaled, fp, frames)

@@ -377,7 +377,7 @@ def process(state: RunState, queue: list[InputImage], pipe, batch: int, bar,
     except ValueError as e:
         raise UsageError(str(e)) from None
     while queue and not (opts.fail_fast and state.failures):
-        chunk, queue = _take_prepared(state, queue, batch, pipe, bar)
+        chunk, queue = _take_prepared(state, queue, batch, pipe, seg, bar)
         if not chunk:
             continue
         results, batch = _segment_chunk(state, chunk, pipe, seg, batch, bar)
@@ -483,13 +483,13 @@ def _load_pipeline(model, opts: BatchOptions):
         raise UsageError(f"cannot load the model: {e}") from None
 
 
-def _take_prepared(state: RunState, queue, batch, pipe, bar):
+def _take_prepared(state: RunState, queue, batch, pipe, seg, bar):
     """Decode images from the queue until `batch` are ready (failures recorded)."""
     chunk = []
     while queue and len(chunk) < batch:
         item = queue.pop(0)
         try:
-            chunk.append(prepare(item, pipe, state.opts.max_pixels))
+            chunk.append(prepare(item, pipe, state.opts.max_pixels, seg))
         except ImageInputError as e:
             state.fail(item.path, str(e))
             bar.update(1)

@@ -68,6 +68,11 @@ class ModelFamily:
     def preprocessing(self, config) -> Preprocessing:
         raise NotImplementedError
 
+    def image_channels(self, config) -> int:
+        """How many channels its images have (read from the weights' first convolution
+        where a file does not say): 3 for RGB, 1 for grayscale modalities, N for stacks."""
+        return 3
+
     def eps_network(self, net: nn.Module) -> nn.Module:
         """What the samplers call, given denoiser(backend): the network itself, or an
         adapter where the original's forward returns more than the prediction."""
@@ -99,7 +104,8 @@ class ModelFamily:
         mask-diffusion networks take (x_t, image, t)."""
         s = self.preprocessing(config).image_size
         t = torch.full((batch,), 1, dtype=torch.long)
-        return ((torch.randn(batch, 1, s, s), torch.rand(batch, 3, s, s), t),
+        c = self.image_channels(config)
+        return ((torch.randn(batch, 1, s, s), torch.rand(batch, c, s, s), t),
                 ("x_t", "image", "t"))
 
     def segmenter_from_file(self, tensors: dict, meta: dict, device="cpu"):
@@ -139,6 +145,15 @@ class ModelFamily:
         a run at another size); only families whose weights allow it override this."""
         raise ValueError(f"{self.title or self.name} weights cannot be moved to another "
                          f"image size")
+
+    def adapted_state_dict(self, state_dict: dict[str, torch.Tensor], source, target) -> dict:
+        """Weights of config `source` for a network of config `target` (a warm start of a
+        run at another input size or channel count); ValueError where they cannot carry
+        over. Default: only an equal config."""
+        if source == target:
+            return state_dict
+        raise ValueError(f"{self.title or self.name} weights of config {source.to_json()} "
+                         f"cannot start a network of config {target.to_json()}")
 
     def settings_from(self, obj: dict) -> dict:
         """Config settings a file of the original code stores beside the weights (e.g. a

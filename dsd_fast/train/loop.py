@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model, read_metadata, save_model
+from ..channels import to_model_channels
 from ..diffusion import Schedule
 from ..families import find_config
 from ..io import torch_save
@@ -199,7 +200,7 @@ def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
     dices = []
     for start in range(0, len(samples), batch_images):
         chunk = samples[start:start + batch_images]
-        inp = torch.stack([s.image for s in chunk])
+        inp = to_model_channels(torch.stack([s.image for s in chunk]), pipe.channels)
         if pipe.preprocessing.normalise == "minmax":
             inp = minmax_normalise(inp)
         out = pipe.sample(inp.to(pipe.device), steps, ensemble, seed,
@@ -219,6 +220,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.family, self.config = find_config(opts.config)
         self.schedule = self.family.default_schedule(self.config)
+        self.channels = self.family.image_channels(self.config)
+        self.preprocessing = self.family.preprocessing(self.config)
         size = self.config.image_size
         torch.manual_seed(opts.seed)
         self.device = torch.device(opts.device)
@@ -307,16 +310,11 @@ class Trainer:
         src = load_model(path)
         weights = src.state_dict()
         if src.config != self.config:
-            same_but_size = type(src.config) is type(self.config) and \
-                hasattr(self.config, "image_size") and \
-                src.config.replace(image_size=self.config.image_size) == self.config
-            if not same_but_size:
-                raise ValueError(f"{path} has config {src.config.to_json()}, but this run "
-                                 f"trains {self.config.to_json()} (--config {self.opts.config})")
-            weights = self.family.resized_state_dict(weights, src.config,
-                                                     self.config.image_size)
-            self.log(f"{path}: weights moved from {src.config.image_size} px to "
-                     f"{self.config.image_size} px")
+            try:
+                weights = self.family.adapted_state_dict(weights, src.config, self.config)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e} (--config {self.opts.config})") from None
+            self.log(f"{path}: weights carried over from {src.config.to_json()}")
         self.model.load_state_dict(weights)
         self.ema.shadow = {k: v.detach().clone().to(self.device) for k, v in weights.items()}
         meta = read_metadata(path)
@@ -335,6 +333,10 @@ class Trainer:
         o = self.opts
         self.model.train()
         image, x0 = (v.to(self.device) for v in self.batches.next())
+        if self.channels != image.shape[1]:      # RGB-held data for a grayscale model: luma,
+            image = to_model_channels(image, self.channels)     # then normalised again as
+            if self.preprocessing.normalise == "minmax":         # inference does (luma first)
+                image = minmax_normalise(image)
         loss, parts = self.family.training_loss(self.net, self.config, image, x0,
                                                 self.schedule, self.gen, o)
         self.opt.zero_grad(set_to_none=True)

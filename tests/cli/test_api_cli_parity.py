@@ -85,3 +85,20 @@ def test_the_file_s_mask_clean_up_applies_on_the_command_line(tmp_path):
     res = dsd_fast.load(model).segment(image, steps=2, ensemble=3, noise_keys=["case"])[0]
     assert res.fusion.endswith("+largest")
     np.testing.assert_array_equal(cli, res.mask)
+
+
+def test_a_call_s_crop_overrides_the_pair_s_own(tmp_path):
+    """crop= given to a call decides both the model's view and where the result goes: a
+    full-frame pair asked for crop="center" equals a centre-crop pair (the view used to
+    follow the pair's own crop while the result was placed by the call's)."""
+    fam = get_family("diffseg")
+    config = fam.configs[SMALL["diffseg"]]
+    torch.manual_seed(3)
+    have, no = fam.build_reference(config).eval(), fam.build_reference(config).eval()
+    img = torch.rand(3, 30, 44, generator=torch.Generator().manual_seed(1))
+    asked = DiffSegPipeline(have, no, crop="full").segment(img, crop="center", ensemble=2)[0]
+    own = DiffSegPipeline(have, no, crop="center").segment(img, ensemble=2)[0]
+    np.testing.assert_array_equal(asked.probability, own.probability)
+    back = DiffSegPipeline(have, no, crop="center").segment(img, crop="full", ensemble=2)[0]
+    full = DiffSegPipeline(have, no, crop="full").segment(img, ensemble=2)[0]
+    np.testing.assert_array_equal(back.probability, full.probability)

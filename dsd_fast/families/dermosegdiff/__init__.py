@@ -38,6 +38,9 @@ class DermoSegDiffFamily(ModelFamily):
         return dermosegdiff_loss(eps_hat, noise, x0, t, schedule.T, options.gamma,
                                  options.boundary_loss)
 
+    def image_channels(self, config) -> int:
+        return config.channels_g
+
     def build_reference(self, config: ModelConfig) -> DermoSegDiff:
         return DermoSegDiff(config)
 
@@ -73,6 +76,28 @@ class DermoSegDiffFamily(ModelFamily):
 
     def infer_config(self, state_dict, **settings) -> ModelConfig:
         return _ckpt.infer_config(state_dict, **settings)
+
+    def adapted_state_dict(self, state_dict, source: ModelConfig, target: ModelConfig):
+        """Another input size (FF-Parser gates resized) and/or another image channel count:
+        3 -> 1 sums the first image convolution over colours (exactly the RGB model on a
+        replicated gray image), 1 -> 3 spreads it (a third to each colour)."""
+        if source.replace(image_size=target.image_size,
+                          channels_g=target.channels_g) != target:
+            return super().adapted_state_dict(state_dict, source, target)
+        out = dict(state_dict)
+        if source.image_size != target.image_size:
+            out = self.resized_state_dict(out, source, target.image_size)
+        if source.channels_g != target.channels_g:
+            w = out["init_conv_g.weight"]                  # (dim_g, channels_g, 1, 1)
+            if target.channels_g == 1:
+                out["init_conv_g.weight"] = w.sum(dim=1, keepdim=True)
+            elif source.channels_g == 1:
+                out["init_conv_g.weight"] = w.expand(-1, target.channels_g, -1, -1) \
+                    / target.channels_g
+            else:
+                raise ValueError(f"image channels {source.channels_g} -> "
+                                 f"{target.channels_g}: only 1 <-> N carry over")
+        return out
 
     def resized_state_dict(self, state_dict, config: ModelConfig, image_size: int):
         """Only the FF-Parser gates depend on the input size (no position embeddings):

@@ -100,8 +100,15 @@ _SMALL = {
     # default's 2.5 s budget (bench/size_width_speed.py).
     "default_80": ModelConfig(16, 16, (1, 2, 4, 4), (1, 2, 4, 4), 8, ff_parser=True,
                               image_size=80),
+    # The default for grayscale modalities (ultrasound): one image channel. Warm-started
+    # from RGB weights, its first image convolution is the RGB one summed over colours, so
+    # it starts out computing exactly what the RGB model computes on a replicated gray image.
+    "default_gray": ModelConfig(16, 16, (1, 2, 4, 4), (1, 2, 4, 4), 8, ff_parser=True,
+                                image_size=64, channels_g=1),
     "tiny": ModelConfig(8, 8, (1, 2, 2), (1, 2, 2), 4, ff_parser=False, image_size=16),
     "tiny_ff": ModelConfig(8, 8, (1, 2, 2), (1, 2, 2), 4, ff_parser=True, image_size=16),
+    "tiny_gray": ModelConfig(8, 8, (1, 2, 2), (1, 2, 2), 4, ff_parser=True, image_size=16,
+                             channels_g=1),
 }
 
 CONFIGS: dict[str, ModelConfig] = {**_PUBLISHED, **_SMALL}

@@ -58,6 +58,9 @@ class DiffSegFamily(ModelFamily):
             return None
         return pair_from_file(tensors, meta, device)
 
+    def image_channels(self, config) -> int:
+        return config.in_channels
+
     def build_reference(self, config: DiffSegConfig) -> DiffSegUNet:
         return DiffSegUNet(config)
 

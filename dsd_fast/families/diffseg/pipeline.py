@@ -117,16 +117,18 @@ class DiffSegPipeline(Segmenter):
         return dataclasses.replace(base, crops=(self.crop, *(c for c in base.crops
                                                             if c != self.crop)))
 
-    def view(self, chw: torch.Tensor, crop: str | None = None) -> torch.Tensor:
+    def view(self, chw: torch.Tensor, opts: SegmentOptions | None = None) -> torch.Tensor:
         """(3, H, W) in [0, 1] -> (3, S, S) in [0, 1]: the centre crop (crop="center") or the
-        whole image resized (the pipeline's own crop unless given)."""
-        if (crop or self.crop) == "center":
+        whole image resized (the call's crop, else the pipeline's own)."""
+        crop = (opts.crop if opts is not None else None) or self.crop
+        if crop == "center":
             return _center_crop(chw, self.config.image_size)
         return to_model_input([chw], self.preprocessing)[0]
 
     def model_input(self, chws: list[torch.Tensor], crop: str | None = None) -> torch.Tensor:
         """(3, H, W) in [0, 1] -> (N, 3, S, S) in the models' range."""
-        x = torch.stack([self.view(c, crop) for c in chws]).to(self.device)
+        opts = SegmentOptions(crop=crop) if crop else None
+        x = torch.stack([self.view(c, opts) for c in chws]).to(self.device)
         return self._in_range(x)
 
     def _in_range(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,9 @@ class MedSegDiffFamily(ModelFamily):
         return medsegdiff_loss(net, image, x0, schedule, config.objective,
                                config.self_condition, gen)
 
+    def image_channels(self, config) -> int:
+        return config.input_img_channels
+
     def build_reference(self, config: MedSegDiffConfig) -> MedSegDiffUnet:
         return MedSegDiffUnet(config)
 

@@ -35,6 +35,9 @@ class OfficialMedSegDiffFamily(ModelFamily):
         from .loss import official_medsegdiff_loss
         return official_medsegdiff_loss(net, image, x0, schedule, gen)
 
+    def image_channels(self, config) -> int:
+        return config.in_channels - 1          # its input is the image stacked with x_t
+
     def build_reference(self, config: OfficialMSDConfig) -> OfficialMedSegDiff:
         return OfficialMedSegDiff(config)
 
