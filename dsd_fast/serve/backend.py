@@ -44,7 +44,8 @@ class LocalBackend:
         return self.engine.run(jobs)
 
     def _load(self) -> Engine:
-        engine = Engine(self.catalog.load_pipelines(), threads=self.config.threads)
+        engine = Engine(self.catalog.load_pipelines(self.config.device),
+                        threads=self.config.threads)
         if self.config.warmup:
             engine.warmup()
         return engine

@@ -82,11 +82,11 @@ class ModelCatalog:
     def describe(self) -> list[dict]:
         return [e.describe() for e in self.entries.values()]
 
-    def load_pipelines(self) -> dict:
-        """{name: Pipeline} with every network loaded (weights only; see checkpoint.py)."""
+    def load_pipelines(self, device: str = "cpu") -> dict:
+        """{name: Pipeline} with every network loaded on `device` (weights only; see
+        checkpoint.py)."""
         from ..api import load
-        return {name: load(e.path)
-                for name, e in self.entries.items()}
+        return {name: load(e.path, device=device) for name, e in self.entries.items()}
 
 
 def sampling_defaults(path: Path) -> tuple[dict | None, str | None]:

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the network (default: torch's)")
+    p.add_argument("--device", default="cpu",
+                   help="where the networks run: cpu (default), cuda or cuda:N")
     p.add_argument("--max-batch", type=int, default=8,
                    help="most images in one batched segment() call (default 8)")
     p.add_argument("--batch-wait-ms", type=float, default=15.0,
@@ -56,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> ServeConfig:
     return ServeConfig(
         models=tuple(args.models or DEFAULT_MODELS), host=args.host, port=args.port,
-        threads=args.threads, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-        max_queue=args.max_queue, request_timeout_s=args.timeout,
+        threads=args.threads, device=args.device, max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, request_timeout_s=args.timeout,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
         max_steps=args.max_steps, max_ensemble=args.max_ensemble)
 

@@ -36,8 +36,11 @@ class ServeConfig:
     max_queue: int = 64
     # A request not answered within this many seconds (queue wait included) gets 504.
     request_timeout_s: float = 120.0
-    # torch threads of the worker (None: torch's default).
+    # torch threads of the worker (None: torch's default), and where the networks run
+    # ("cpu", "cuda", "cuda:1"); batching gains most on a GPU, where one image's ensemble
+    # leaves most of the device idle.
     threads: int | None = None
+    device: str = "cpu"
     # Run one tiny segmentation per model at start-up so the first request does not pay
     # for building the fast network; /readyz says ready only after it.
     warmup: bool = True

@@ -88,7 +88,8 @@ class Metrics:
                f"# TYPE {p}_requests_total counter"]
         with self._lock:
             for (endpoint, status), n in sorted(self._requests.items()):
-                out.append(f"{p}_requests_total{_labels({'endpoint': endpoint, 'status': status})} {n}")
+                labels = _labels({"endpoint": endpoint, "status": status})
+                out.append(f"{p}_requests_total{labels} {n}")
             out += [f"# HELP {p}_errors_total Requests refused or failed, by error code.",
                     f"# TYPE {p}_errors_total counter"]
             for code, n in sorted(self._errors.items()):

@@ -87,13 +87,14 @@ def build_app(config: ServeConfig, replicas: int = 1):
     @serve.deployment(name="Segmenter", num_replicas=replicas,
                       max_ongoing_requests=config.max_batch * 2,
                       max_queued_requests=config.max_queue,
-                      ray_actor_options={"num_cpus": threads})
+                      ray_actor_options={"num_cpus": threads,
+                                         "num_gpus": 0 if config.device == "cpu" else 1})
     class Segmenter:
         def __init__(self, config_dict: dict):
             from .catalog import ModelCatalog
             from .engine import Engine
             cfg = ServeConfig.from_dict(config_dict)
-            self.engine = Engine(ModelCatalog(cfg.models).load_pipelines(),
+            self.engine = Engine(ModelCatalog(cfg.models).load_pipelines(cfg.device),
                                  threads=cfg.threads or 1)
             if cfg.warmup:
                 self.engine.warmup()

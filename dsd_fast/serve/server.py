@@ -51,7 +51,18 @@ def _server_class():
 
 def serve_forever(config: ServeConfig, log_level: str = "info") -> int:
     """`dsd-fast serve`: run until SIGINT / SIGTERM; 0 after a clean shutdown."""
+    import ipaddress
+    import logging
+
     from .app import create_app
+    try:
+        loopback = ipaddress.ip_address(config.host).is_loopback
+    except ValueError:
+        loopback = config.host == "localhost"
+    if not loopback:
+        logging.getLogger("dsd_fast.serve").warning(
+            "listening on %s: the service has no authentication; anyone who can reach this "
+            "address can use it (put it behind a proxy that authenticates)", config.host)
     server = _server_class()(uvicorn_config(create_app(config), config, log_level))
     server.run()
     return 0 if server.started else 1
