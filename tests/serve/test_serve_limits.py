@@ -201,3 +201,11 @@ def test_graceful_shutdown_finishes_the_request_in_flight(sample_paths, referenc
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_command_refuses_an_unknown_model_before_starting():
+    r = subprocess.run([sys.executable, "-m", "dsd_fast.cli", "serve", "--model", "nope",
+                        "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "model 'nope': no such file, and not a bundled model" in r.stderr
+    assert "Traceback" not in r.stderr
