@@ -1,8 +1,8 @@
 """`dsd-fast serve` under load: requests/s and p50/p99 latency at concurrency 1, 4 and 16,
 with request batching on and off, against one request at a time.
 
-    python bench/bench_serve.py [--requests 32] [--steps 5 --ensemble 5 --spacing trailing]
-                                [--cpu 1] [--max-batch 16] [--json out.json]
+    python bench/bench_serve.py [--requests 32] [--rounds 1] [--cpu 1] [--max-batch 16]
+                                [--steps 5 --ensemble 5 --spacing trailing] [--json out.json]
 
 Each server is a real `dsd-fast serve` process on 127.0.0.1 (an ephemeral port), pinned to
 CPU `--cpu` with one torch thread (taskset; this project's machine runs a training on core
@@ -12,6 +12,7 @@ request's image at a time whatever the concurrency. The client sends the bundled
 images in turn from `concurrency` threads, each request a multipart upload answered with
 the JSON (all four PNGs), --requests per row after `concurrency` warm-up requests; the
 latency is the client's wall time per request. With 32 requests p99 is about the slowest.
+Both servers run side by side (the idle one costs nothing) and the rows alternate.
 The sampler setting defaults to the bundled model's recommended fast one (5 members x 5
 trailing steps), so a row takes seconds, not minutes.
 """
@@ -83,7 +84,9 @@ def one_request(url: str, image: bytes, name: str, options: dict) -> tuple[float
     return seconds, r.json()["batch_images"]
 
 
-def load_level(url: str, concurrency: int, n: int, options: dict) -> dict:
+def load_level(url: str, concurrency: int, n: int, options: dict) -> tuple[float, list]:
+    """(wall seconds, [(latency s, images in its batch)]) of n requests from `concurrency`
+    threads, after `concurrency` warm-up requests."""
     images = [(p.read_bytes(), p.name) for p in SAMPLES]
 
     def run(count: int, offset: int):
@@ -94,17 +97,24 @@ def load_level(url: str, concurrency: int, n: int, options: dict) -> dict:
     run(concurrency, 0)                                   # warm-up (not measured)
     started = time.perf_counter()
     out = run(n, 1)
-    wall = time.perf_counter() - started
-    lat = np.array([s for s, _ in out])
-    return {"concurrency": concurrency, "requests": n, "seconds": wall,
-            "requests_per_s": n / wall, "p50_s": float(np.percentile(lat, 50)),
-            "p99_s": float(np.percentile(lat, 99)),
-            "mean_batch": float(np.mean([b for _, b in out]))}
+    return time.perf_counter() - started, out
+
+
+def summarise(mode: str, concurrency: int, walls: list, outs: list) -> dict:
+    lat = np.array([s for s, _ in outs])
+    return {"mode": mode, "concurrency": concurrency, "requests": len(outs),
+            "seconds": sum(walls), "requests_per_s": len(outs) / sum(walls),
+            "p50_s": float(np.percentile(lat, 50)), "p99_s": float(np.percentile(lat, 99)),
+            "mean_batch": float(np.mean([b for _, b in outs]))}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=32, help="measured requests per row")
+    ap.add_argument("--requests", type=int, default=32,
+                    help="measured requests per row and round")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds; each runs every row once, modes alternating, so a drift "
+                    "of the machine's speed falls on both modes alike")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--ensemble", type=int, default=5)
@@ -115,22 +125,31 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     options = {"steps": args.steps, "ensemble": args.ensemble, "spacing": args.spacing}
     levels = [int(c) for c in args.concurrency.split(",")]
-    rows = []
-    for mode, max_batch in (("unbatched", 1), ("batched", args.max_batch)):
-        server = Server(args.cpu, max_batch, max_queue=max(64, 2 * max(levels)))
-        try:
+    modes = {"unbatched": 1, "batched": args.max_batch}
+    servers = {}
+    results = {(m, c): ([], []) for c in levels for m in modes}
+    try:
+        for mode, max_batch in modes.items():
+            servers[mode] = Server(args.cpu, max_batch, max_queue=max(64, 2 * max(levels)))
+        for rnd in range(args.rounds):
             for c in levels:
-                row = {"mode": mode, **load_level(server.url, c, args.requests, options)}
-                rows.append(row)
-                print(f"{mode:9s} concurrency {c:2d}: {row['requests_per_s']:.2f} req/s, "
-                      f"p50 {row['p50_s']:.2f} s, p99 {row['p99_s']:.2f} s, mean batch "
-                      f"{row['mean_batch']:.1f}", flush=True)
-        finally:
+                for mode in modes:
+                    wall, out = load_level(servers[mode].url, c, args.requests, options)
+                    results[mode, c][0].append(wall)
+                    results[mode, c][1].extend(out)
+                    row = summarise(mode, c, [wall], out)
+                    print(f"round {rnd + 1} {mode:9s} concurrency {c:2d}: "
+                          f"{row['requests_per_s']:.2f} req/s, p50 {row['p50_s']:.2f} s, "
+                          f"p99 {row['p99_s']:.2f} s, mean batch {row['mean_batch']:.1f}",
+                          flush=True)
+    finally:
+        for server in servers.values():
             server.stop()
+    rows = [summarise(m, c, *results[m, c]) for m in modes for c in levels]
     base = next(r for r in rows if r["mode"] == "unbatched" and r["concurrency"] == 1)
     print(f"\nserver pinned to CPU {args.cpu}, 1 thread; bundled default model, "
           f"{args.ensemble} members x {args.steps} {args.spacing} steps; {args.requests} "
-          "requests per row\n")
+          f"requests per row x {args.rounds} round(s)\n")
     print("| server | concurrency | requests/s | p50 latency | p99 latency | images per "
           "batch | vs one at a time |")
     print("|---|---|---|---|---|---|---|")
@@ -140,7 +159,7 @@ def main(argv=None) -> int:
               f"{r['requests_per_s'] / base['requests_per_s']:.2f}x |")
     if args.json:
         Path(args.json).write_text(json.dumps({"options": options, "cpu": args.cpu,
-                                               "rows": rows}, indent=1))
+                                               "rounds": args.rounds, "rows": rows}, indent=1))
     return 0
 
 
