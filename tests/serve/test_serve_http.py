@@ -177,3 +177,14 @@ def test_page_docs_and_spec_are_local(server):
                  "/etc/passwd"):
         r = requests.get(server + path, timeout=TIMEOUT)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", path
+
+
+def test_uploads_leave_no_file_behind(server, sample_paths):
+    import glob
+    import tempfile
+    pattern = f"{tempfile.gettempdir()}/dsd-serve-*"      # limits.decode_image's folders
+    before = set(glob.glob(pattern))
+    good = sample_paths[0].read_bytes()
+    assert post(server, sample_paths[0]).status_code == 200
+    assert post(server, data=good[:len(good) // 2]).status_code == 400     # corrupt
+    assert set(glob.glob(pattern)) - before == set()

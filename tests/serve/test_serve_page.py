@@ -40,7 +40,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    profile = tempfile.mkdtemp(prefix="dsd-serve-chromium-")
+    profile = tempfile.mkdtemp(prefix="dsd-chromium-profile-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
