@@ -58,15 +58,17 @@ class RayBackend:
     async def submit(self, job, timeout_s: float):
         from ray.serve.exceptions import BackPressureError
         self.running += 1
-        response = self.segmenter.run_batch.remote(job)
+        response = None
         try:
+            response = self.segmenter.run_batch.remote(job)
             out = await asyncio.wait_for(response, timeout_s)
         except BackPressureError as e:
             n = max(1, round(getattr(e, "retry_after_s", None) or 1))
             raise ApiError(429, "queue_full", "the segmenter replicas' queues are full; "
                            f"retry in {n} s", {"Retry-After": str(n)}) from None
         except asyncio.TimeoutError:
-            response.cancel()
+            if response is not None:
+                response.cancel()
             raise ApiError(504, "timeout", f"no result within this server's limit of "
                            f"{timeout_s:g} s (queue wait and segmentation)") from None
         finally:
