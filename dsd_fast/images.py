@@ -83,6 +83,10 @@ def _decodable_formats() -> tuple[str, ...]:
     return tuple(f for f in Image.OPEN if f not in _EXTERNAL_DECODERS)
 
 
+_UNIDENTIFIED = ("unreadable or corrupt image (cannot identify image file: not PNG, JPEG, "
+                 "TIFF, BMP, GIF, WebP, JPEG 2000 or another format Pillow reads)")
+
+
 def _not_an_image(fp) -> str | None:
     """What a file that no reader identified is, where its first bytes say it plainly."""
     try:
@@ -128,9 +132,10 @@ def open_image(path):
             im = Image.open(fp, formats=_decodable_formats())
         except Image.DecompressionBombError as e:
             raise ImageInputError(f"{path}: too large to decode safely ({e})") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ImageInputError(f"{path}: {_not_an_image(fp) or 'unreadable or corrupt image'}"
-                                  f" ({e})") from None
+        except UnidentifiedImageError:
+            raise ImageInputError(f"{path}: {_not_an_image(fp) or _UNIDENTIFIED}") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
         try:
             yield im
         except ImageInputError:

@@ -8,6 +8,7 @@
     report.py      the index.html report;  visualise.py  overlays and heatmaps
     evaluate.py    `eval`: scoring predicted masks against ground truth
     errors.py      why a run stops early
+    console.py     on a terminal: one-line warnings, --threads cap, Ctrl-C, `| head`
 """
 from .main import build_parser, main
 
