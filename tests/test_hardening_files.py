@@ -390,3 +390,23 @@ def test_jpeg2000_in_a_folder_is_found(tmp_path):
     Image.fromarray(_pattern()).save(tmp_path / "x.jp2")
     assert [im.path.name for im in discover([str(tmp_path)]).images] == ["x.jp2"]
     assert load_image_file(tmp_path / "x.jp2").shape == (48, 80, 3)
+
+
+def test_mac_and_windows_companion_files_are_not_masks(tmp_path, capsys):
+    """A folder copied from a Mac or Windows brings ._<name>.png (AppleDouble), .DS_Store
+    and Thumbs.db: `dsd-fast eval` took ._a_mask.png for a prediction without ground truth
+    and stopped; they are not images."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    m = np.zeros((16, 16), np.uint8)
+    m[4:12, 4:12] = 255
+    Image.fromarray(m).save(pred / "a_mask.png")
+    Image.fromarray(m).save(gt / "a.png")
+    for folder in (pred, gt):
+        (folder / "._a_mask.png").write_bytes(b"\x00\x05\x16\x07" + bytes(200))
+        (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(200))
+        (folder / ".DS_Store").write_bytes(bytes(64))
+        (folder / "Thumbs.db").write_bytes(bytes(64))
+    assert list(list_images(pred)) == ["a_mask"] and list(list_images(gt)) == ["a"]
+    assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path)]) == 0
+    assert "1 images" in capsys.readouterr().out
