@@ -103,6 +103,23 @@ def _not_an_image(fp) -> str | None:
     return None
 
 
+# A TIFF tile is decoded whole: libtiff allocates it before reading a byte of it. Tiles are
+# a few hundred pixels wide in real files; one declared far larger than its image (a 64 x 64
+# image "in" 16384 x 16384 tiles costs 0.8 GB to refuse) is refused before decoding.
+MAX_TILE_PIXELS = 1 << 24
+
+
+def _check_tiles(im: Image.Image, path) -> None:
+    tags = getattr(im, "tag_v2", None)
+    if im.format != "TIFF" or tags is None:
+        return
+    tw, th = tags.get(322), tags.get(323)                    # TileWidth, TileLength
+    if isinstance(tw, int) and isinstance(th, int) and tw * th > MAX_TILE_PIXELS \
+            and tw * th > 4 * im.size[0] * im.size[1]:
+        raise ImageInputError(f"{path}: declares {tw} x {th}-pixel tiles for a "
+                              f"{im.size[0]} x {im.size[1]} image (a corrupt file?); not decoded")
+
+
 @contextlib.contextmanager
 def open_image(path):
     """The PIL image of `path`, not yet decoded (nor turned upright: see `upright`); any
@@ -137,6 +154,7 @@ def open_image(path):
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageInputError(f"{path}: unreadable or corrupt image ({e})") from None
         try:
+            _check_tiles(im, path)
             yield im
         except ImageInputError:
             raise

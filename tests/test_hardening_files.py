@@ -410,3 +410,33 @@ def test_mac_and_windows_companion_files_are_not_masks(tmp_path, capsys):
     assert list(list_images(pred)) == ["a_mask"] and list(list_images(gt)) == ["a"]
     assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path)]) == 0
     assert "1 images" in capsys.readouterr().out
+
+
+def _tiff_with_tiles(path: Path, size: int, tile: int) -> None:
+    """A `size` x `size` RGB TIFF declaring one deflate tile of `tile` x `tile` pixels."""
+    import struct
+    import zlib
+    data = zlib.compress(bytes(min(tile, 4096) * 3 * 16))
+    entries = [(256, 3, size), (257, 3, size), (258, 3, None), (259, 3, 8), (262, 3, 2),
+               (277, 3, 3), (284, 3, 1), (322, 4, tile), (323, 4, tile), (324, 4, None),
+               (325, 4, len(data))]
+    after = 8 + 2 + 12 * len(entries) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
+    for tag, typ, val in entries:
+        count = 3 if tag == 258 else 1
+        val = after if tag == 258 else (after + 6 if tag == 324 else val)
+        out += struct.pack("<HHI", tag, typ, count)
+        out += struct.pack("<HH", val, 0) if typ == 3 and count == 1 else struct.pack("<I", val)
+    out += struct.pack("<I", 0) + struct.pack("<HHH", 8, 8, 8) + data
+    path.write_bytes(bytes(out))
+
+
+def test_tiff_declaring_huge_tiles_is_refused_before_decoding(tmp_path):
+    """Found by probing: a 64 x 64 TIFF declaring 16384 x 16384 tiles made libtiff allocate
+    0.8 GB before failing with 'decoder error -2' (and a raw libtiff line on stderr)."""
+    _tiff_with_tiles(tmp_path / "t.tif", 64, 16384)
+    with pytest.raises(ImageInputError, match="declares 16384 x 16384-pixel tiles for a 64 x 64"):
+        load_image_file(tmp_path / "t.tif")
+    _tiff_with_tiles(tmp_path / "small_image_usual_tiles.tif", 64, 256)   # tile > image: fine
+    with open_image(tmp_path / "small_image_usual_tiles.tif") as im:
+        assert im.size == (64, 64)
