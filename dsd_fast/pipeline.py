@@ -9,6 +9,8 @@ preprocessing as real fields. Per call (segmenter.py holds the loop):
     images -> (C, H, W) in [0, 1] (images.py) -> the network's view (preprocess.py)
     each image repeated `ensemble` times -> ONE batched sampler run (diffusion/ensemble.py)
     samples -> probability, std, mask at the original size (results.py)
+A model of K > 1 mask channels has K classes (classes.py): `classes` names them (the file's
+metadata), its masks are label maps and its maps (K, H, W).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .options import BACKENDS, Choices, SegmentOptions
 from .postprocess import METHODS as POSTPROCESS_METHODS
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, to_model_input
+from .classes import check_classes, class_metadata, classes_from_metadata
 from .segmenter import Segmenter
 
 
@@ -42,6 +45,14 @@ class Pipeline(Segmenter):
     # The mask clean-up segment(postprocess="auto") runs (postprocess.py), from the file's
     # metadata ("postprocess"); None: the published mask, untouched.
     postprocess_default: str | None = None
+    # The class names and nesting of a model of several mask channels (classes.py), from
+    # the file's metadata "classes" / "classes_nested"; None: the defaults (`classes`).
+    class_names: tuple[str, ...] | None = None
+    nested_classes: bool | None = None
+
+    def __post_init__(self):
+        if self.class_names is not None:
+            self.class_names = check_classes(self.class_names, self.mask_channels)
 
     @property
     def config(self):
@@ -85,14 +96,15 @@ class Pipeline(Segmenter):
                noise_keys: list, sampler: str = "ddim", eta: float = 0.0,
                clip_x0: bool = True, backend: str = "auto", eps_model=None,
                spacing: str = "leading", tta: bool = False) -> torch.Tensor:
-        """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in [-1, 1], with the
-        family's sampling conventions (its DDPM, its DDIM grid and clipping)."""
+        """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in [-1, 1] ((N,
+        ensemble, K, S, S) for K > 1 classes), with the family's sampling conventions (its
+        DDPM, its DDIM grid and clipping)."""
         conv = self.family.sampling_conventions(self.config)
         x = sample_ensemble(eps_model or self.eps_model(backend), self.schedule, model_input,
                             steps, ensemble, seed, noise_keys=noise_keys, sampler=sampler,
                             eta=eta, clip_x0=clip_x0, ddpm=conv.ddpm, keep_eps=conv.keep_eps,
                             ddim_timesteps=conv.ddim_timesteps,
-                            spacing=spacing, tta=tta)
+                            spacing=spacing, tta=tta, mask_channels=self.mask_channels)
         return self.family.signed_samples(x, self.config)
 
     def model_input(self, chws: list[torch.Tensor]) -> torch.Tensor:
@@ -132,6 +144,8 @@ class Pipeline(Segmenter):
             meta["sampler_defaults"] = json.dumps(self.sampler_defaults)
         if self.postprocess_default:
             meta["postprocess"] = self.postprocess_default
+        if self.class_names is not None or self.mask_channels > 1:
+            meta.update(class_metadata(self.classes, self.nested))
         return dict(self.model.state_dict()), meta
 
     def __repr__(self) -> str:
@@ -163,3 +177,12 @@ def postprocess_from(meta: dict) -> str | None:
         raise CheckpointError(f"the file's postprocess metadata {raw!r} is not one of "
                             f"{POSTPROCESS_METHODS}")
     return raw
+
+
+def classes_from(meta: dict, mask_channels: int) -> tuple[tuple[str, ...] | None, bool | None]:
+    """A file's "classes" / "classes_nested" metadata (classes.py), checked against the
+    model's mask channel count."""
+    try:
+        return classes_from_metadata(meta, mask_channels)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None

@@ -70,8 +70,14 @@ def postprocess_mask(mask: np.ndarray, method: str | None) -> np.ndarray:
 def postprocessed(result, method: str | None):
     """A SegmentationResult with its mask cleaned by `method` (resolved; None: unchanged)
     and the clean-up named in its `fusion`; the maps stay as the ensemble gave them. The
-    one place every pipeline applies it."""
-    if method is not None:
+    one place every pipeline applies it. A label map of several classes (classes.py) is
+    cleaned class by class, each class's region on its own, then labelled again."""
+    if method is not None and getattr(result, "classes", None) is not None:
+        from .classes import label_map
+        regions = np.stack([postprocess_mask(r, method) for r in result.class_regions()])
+        result.mask = label_map(regions, result.nested, result.probability)
+        result.fusion += f"+{method}"
+    elif method is not None:
         result.mask = postprocess_mask(result.mask, method)
         result.fusion += f"+{method}"
     return result

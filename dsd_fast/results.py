@@ -4,6 +4,10 @@
     probability p = clamp((mean + 1) / 2, 0, 1); std of each sample mapped to [0, 1]
     p and std upsampled bilinearly to the original (H, W); mask = p > 0.5
 The published rule "mean of samples > 0" is the same threshold as p > 0.5.
+
+A model of K > 1 classes (classes.py) gives samples (E, K, S, S): each class's maps are made
+as above, giving (K, H, W) probability, std and entropy, and `mask` is the (H, W) uint8 label
+map of the classes' regions (`samples_to_class_result`).
 """
 from __future__ import annotations
 
@@ -19,17 +23,30 @@ REFINES = (None, "crf")
 
 @dataclass
 class SegmentationResult:
-    mask: np.ndarray              # (H, W) bool, at the image's original size
+    mask: np.ndarray              # (H, W) bool, at the image's original size; K > 1 classes:
+    #                               (H, W) uint8 labels, 0 background, k = classes[k - 1]
     probability: np.ndarray       # (H, W) float32 in [0, 1]: ensemble mean mapped to [0, 1]
+    #                               ((K, H, W) for K > 1 classes: one map per class)
     std: np.ndarray               # (H, W) float32: per-pixel std across the ensemble, [0, 1] units
     entropy: np.ndarray           # (H, W) float32: binary entropy (bits) of `probability`
     samples: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) bool when asked
+    #                               ((N, K, H, W) for K > 1 classes)
     fusion: str = "mean"          # how `mask` was made: "mean", "staple", "mean+crf", and
     #                               "+largest" etc. when post-processed (postprocess.py)
+    classes: tuple[str, ...] | None = None   # K > 1: the class names; None: one class
+    nested: bool = True           # K > 1: how labels were made from regions (classes.py)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.mask.shape
+
+    def class_regions(self) -> np.ndarray:
+        """(K, H, W) bool: each class's region (K = 1: the mask itself). Nested classes'
+        regions include the inner ones (the disc includes the cup)."""
+        if self.classes is None:
+            return np.asarray(self.mask, dtype=bool)[None]
+        from .classes import class_regions
+        return class_regions(self.mask, len(self.classes), self.nested)
 
 
 def check_fusion(fusion: str, refine: str | None) -> None:
@@ -90,6 +107,55 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
                              std=up[1].clamp_min(0).numpy().astype(np.float32),
                              entropy=entropy_map(probability).astype(np.float32),
                              fusion=fusion + ("+crf" if refine == "crf" else ""))
+    if return_samples:
+        res.samples = binary
+    return res
+
+
+def samples_to_class_result(samples: torch.Tensor, size_hw: tuple[int, int],
+                            classes: tuple[str, ...], nested: bool = True,
+                            return_samples: bool = False,
+                            fusion: str = "mean") -> SegmentationResult:
+    """(E, K, S, S) samples of one image, K = len(classes) > 1 -> result at (H, W).
+
+    Each class's probability, std and entropy are computed as `samples_to_result` does for
+    one class ((K, H, W) each); each class's region is its probability > 0.5 (or its STAPLE
+    over the members' binary masks, or the mean-squared rule), and `mask` is the label map
+    of the regions (classes.label_map: nested, the inner class wins; exclusive, the most
+    probable). CRF refinement is DiffSeg's two-label protocol and is refused for K > 1
+    (Segmenter.resolve), so it is not taken here.
+    """
+    from .classes import label_map
+    from .uncertainty import entropy_map, staple_fusion
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    samples = samples.float()
+    e, k = samples.shape[:2]
+    if k != len(classes):
+        raise ValueError(f"samples of {k} mask channels for {len(classes)} classes")
+    fg = ((samples + 1) / 2).clamp(0, 1)                             # (E, K, S, S)
+    prob = ((samples.mean(dim=0) + 1) / 2).clamp(0, 1)               # (K, S, S)
+    std = fg.std(dim=0, unbiased=False)
+    up = F.interpolate(torch.cat((prob, std))[None], size=size_hw, mode="bilinear",
+                       align_corners=False)[0]
+    probability = up[:k].clamp(0, 1).numpy().astype(np.float32)     # (K, H, W)
+    std_up = up[k:].clamp_min(0).numpy().astype(np.float32)
+    regions = probability > 0.5
+    need_samples = return_samples or fusion == "staple"
+    binary = None
+    if need_samples:
+        fg_up = F.interpolate(fg, size=size_hw, mode="bilinear", align_corners=False)
+        binary = fg_up.numpy() > 0.5                                  # (E, K, H, W)
+    if fusion == "staple":
+        regions = np.stack([staple_fusion(binary[:, c]) for c in range(k)])
+    elif fusion == "mean-squared":
+        msq = ((samples + 1) / 2).mean(dim=0) ** 2                    # (K, S, S), unclipped
+        regions = (F.interpolate(msq[None], size=size_hw, mode="bilinear",
+                                 align_corners=False)[0] > 0.5).numpy()
+    entropy = np.stack([entropy_map(p) for p in probability]).astype(np.float32)
+    res = SegmentationResult(mask=label_map(regions, nested, probability),
+                             probability=probability, std=std_up, entropy=entropy,
+                             fusion=fusion, classes=tuple(classes), nested=nested)
     if return_samples:
         res.samples = binary
     return res

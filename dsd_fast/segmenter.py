@@ -7,6 +7,7 @@ A segmenter turns images into SegmentationResults. Each family builds its own
     choices()                 what the model accepts (options.Choices)
     view(chw)                 one (C, H, W) image in [0, 1] -> the model's (C, S, S) view
     draw(views, keys, opts)   (N, C, S, S) views -> (N, E, S, S) samples in [-1, 1]
+                              ((N, E, K, S, S) for a model of K > 1 classes)
     to_result(samples, ...)   one image's samples -> a result at its original size
 
 and share everything else here: options resolved once, images decoded and checked before any
@@ -27,7 +28,8 @@ from .images import as_image_list
 from .options import Choices, SegmentOptions, resolve
 from .postprocess import postprocessed
 from .preprocess import content_key
-from .results import SegmentationResult, samples_to_result
+from .classes import default_classes
+from .results import SegmentationResult, samples_to_class_result, samples_to_result
 
 
 class SegmentNote(UserWarning):
@@ -55,7 +57,11 @@ class Segmenter:
                   image: torch.Tensor | None, opts: SegmentOptions,
                   rng: np.random.Generator) -> SegmentationResult:
         """(E, S, S) samples of one image -> its result at `size` (H, W). `image` is the
-        (C, H, W) picture where a CRF needs it. Default: resize the view's maps back."""
+        (C, H, W) picture where a CRF needs it. Default: resize the view's maps back.
+        A model of K > 1 classes gives (E, K, S, S) samples and a label-map result."""
+        if self.mask_channels > 1:
+            return samples_to_class_result(samples, size, self.classes, self.nested,
+                                           opts.return_samples, opts.fusion)
         return samples_to_result(samples, size, opts.return_samples, opts.fusion,
                                  opts.refine, image, rng)
 
@@ -69,6 +75,10 @@ class Segmenter:
         (once per call; the loop below takes them as they are)."""
         opts = resolve(SegmentOptions.of(options, **changes), self.choices(),
                        note=lambda text: warnings.warn(text, SegmentNote, stacklevel=4))
+        if opts.refine is not None and self.mask_channels > 1:
+            raise ValueError(f"refine={opts.refine!r} is not available for a model of "
+                             f"{self.mask_channels} classes: the DenseCRF here is DiffSeg's "
+                             "two-label (lesion / background) protocol; use refine=None")
         if opts.refine is not None:
             from .crf import _densecrf
             _densecrf()                  # fail before sampling if the [crf] extra is missing
@@ -91,6 +101,27 @@ class Segmenter:
                                   images=chws, progress=progress)
 
     __call__ = segment
+
+    @property
+    def mask_channels(self) -> int:
+        """How many classes (mask channels) its network segments (the family reads it from
+        the config): 1 for today's binary masks."""
+        return self.family.mask_channels(self.config)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names (classes.py): the file's metadata "classes", else ("lesion",) for
+        one mask channel and ("class1", ..., "classK") for K. Label k of a K > 1 result's
+        mask is classes[k - 1]."""
+        names = getattr(self, "class_names", None)
+        return tuple(names) if names else default_classes(self.mask_channels)
+
+    @property
+    def nested(self) -> bool:
+        """Whether its classes are nested (the inner one wins in the label map; classes.py):
+        the file's "classes_nested", else True."""
+        nested = getattr(self, "nested_classes", None)
+        return True if nested is None else bool(nested)
 
     @property
     def channels(self) -> int:

@@ -139,9 +139,11 @@ class DDIMSampler:
     @torch.no_grad()
     def sample(self, eps_model, image: torch.Tensor, generator: torch.Generator,
                progress=None, x_init=None) -> torch.Tensor:
-        """image (B, 3, H, W) -> x_0 (B, 1, H, W); x_T ~ N(0, I) from `generator` or x_init."""
+        """image (B, 3, H, W) -> x_0 (B, K, H, W); x_T ~ N(0, I) from `generator` (K = 1) or
+        x_init (B, K, H, W) (K mask channels: one per class)."""
         b, _, h, w = image.shape
-        self._prepare((b, 1, h, w), image.device, image.dtype)
+        k = 1 if x_init is None else x_init.shape[1]
+        self._prepare((b, k, h, w), image.device, image.dtype)
         x, z, tab = self.x, self.z, self.tables
         if x_init is None:
             x.normal_(generator=generator)

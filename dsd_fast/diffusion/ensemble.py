@@ -3,7 +3,8 @@
     model_input (N, 3, S, S) --repeat each image E times--> (N*E, 3, S, S)
     x_T per image from its own generator (seeded by the call's seed and the image's key)
     one sampler run over all N*E chains: every network forward sees the whole batch
-    -> (N, E, S, S) samples in mask space [-1, 1]
+    -> (N, E, S, S) samples in mask space [-1, 1]; (N, E, K, S, S) for a model of K > 1
+       mask channels (classes.py), whose chains are (K, S, S) each
 
 Networks predict noise, the clean mask or v (what their family says); the samplers work on
 noise estimates, so `as_eps_model` converts the other two at each step with the schedule's
@@ -128,10 +129,13 @@ def noise_seed(seed: int, key) -> int:
     return seed * 1_000_003 + zlib.crc32(data)
 
 
-def initial_noise(keys: list, ensemble: int, size: int, seed: int) -> torch.Tensor:
-    """x_T for each image from its own generator: a mask depends on the seed and the image's
-    key only, not on which other images share its batch."""
-    noise = torch.empty(len(keys) * ensemble, 1, size, size)
+def initial_noise(keys: list, ensemble: int, size: int, seed: int,
+                  channels: int = 1) -> torch.Tensor:
+    """x_T (N*E, channels, S, S) for each image from its own generator: a mask depends on the
+    seed and the image's key only, not on which other images share its batch. Image i's E
+    chains are one normal_ draw of E * channels * S * S values, chain-major, so one channel
+    (channels=1) draws exactly what it always did."""
+    noise = torch.empty(len(keys) * ensemble, channels, size, size)
     for i, key in enumerate(keys):
         gen = torch.Generator().manual_seed(noise_seed(seed, key))
         noise[i * ensemble:(i + 1) * ensemble].normal_(generator=gen)
@@ -161,8 +165,9 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
                     sampler: str = "ddim", eta: float = 0.0, clip_x0: bool = True,
                     progress=None, ddpm: str = "published", keep_eps: bool = False,
                     ddim_timesteps=None, spacing: str = "leading",
-                    tta: bool = False) -> torch.Tensor:
-    """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in mask space [-1, 1].
+                    tta: bool = False, mask_channels: int = 1) -> torch.Tensor:
+    """(N, C, S, S) network inputs -> (N, ensemble, S, S) samples in mask space [-1, 1]
+    ((N, ensemble, K, S, S) for mask_channels K > 1: each chain denoises K class masks).
 
     eps_model(x_t, image, t) -> eps_hat (see `as_eps_model`). Image i's noise is keyed by
     noise_keys[i] (default: its index i). clip_x0 applies to DDIM (see DDIMSampler); the
@@ -187,7 +192,9 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
     keys = list(range(n)) if noise_keys is None else list(noise_keys)
     if len(keys) != n:
         raise ValueError(f"{len(keys)} noise keys for {n} images")
-    x_init = initial_noise(keys, ensemble, s, seed).to(image)
+    if not isinstance(mask_channels, int) or mask_channels < 1:
+        raise ValueError(f"mask_channels must be an integer >= 1, got {mask_channels!r}")
+    x_init = initial_noise(keys, ensemble, s, seed, mask_channels).to(image)
     gen = torch.Generator(device=image.device).manual_seed(seed)
     grid = ddim_timesteps(schedule.T, steps) if ddim_timesteps is not None else None
     with flush_denormals():
@@ -202,7 +209,7 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
         elif image.is_cuda and eta == 0:
             from .graph import static_ddim
             x = static_ddim(eps_model, schedule, steps, image, clip_x0, keep_eps,
-                            grid).run(image, x_init)
+                            grid, mask_channels).run(image, x_init)
         else:
             x = DDIMSampler(schedule, steps, eta, clip_x0, keep_eps, grid).sample(
                 eps_model, image, gen, progress=progress, x_init=x_init)
@@ -213,4 +220,6 @@ def sample_ensemble(eps_model, schedule: Schedule, model_input: torch.Tensor, st
             "match the one it was trained with)")
     if tta:
         x = undo_member_views(x, ensemble)
-    return x.view(n, ensemble, s, s)
+    if mask_channels == 1:
+        return x.view(n, ensemble, s, s)
+    return x.view(n, ensemble, mask_channels, s, s)

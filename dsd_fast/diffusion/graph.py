@@ -30,12 +30,12 @@ class StaticDDIM:
     def __init__(self, eps_model, schedule: Schedule, steps: int, batch: int, size: int,
                  dtype: torch.dtype, device: torch.device, clip_x0: bool = True,
                  keep_eps: bool = False, timesteps: torch.Tensor | None = None,
-                 image_channels: int = 3):
+                 image_channels: int = 3, mask_channels: int = 1):
         self.eps_model = eps_model
         self.sampler = DDIMSampler(schedule, steps, eta=0.0, clip_x0=clip_x0, keep_eps=keep_eps,
                                    timesteps=timesteps)
         self.image = torch.zeros(batch, image_channels, size, size, dtype=dtype, device=device)
-        self.x_init = torch.zeros(batch, 1, size, size, dtype=dtype, device=device)
+        self.x_init = torch.zeros(batch, mask_channels, size, size, dtype=dtype, device=device)
         self.graph = None
         self.out = None
         if device.type == "cuda":
@@ -72,17 +72,17 @@ _cache: "OrderedDict[tuple, StaticDDIM]" = OrderedDict()
 
 def static_ddim(eps_model, schedule: Schedule, steps: int, image: torch.Tensor,
                 clip_x0: bool = True, keep_eps: bool = False,
-                timesteps: torch.Tensor | None = None) -> StaticDDIM:
+                timesteps: torch.Tensor | None = None, mask_channels: int = 1) -> StaticDDIM:
     """Cached StaticDDIM for this (network, batch, size, steps, clip, grid, dtype, device); a
     new key captures a new graph, the least recently used one beyond CACHE_SIZE is dropped."""
     b, ch, s, _ = image.shape
-    key = (id(eps_model), b, ch, s, steps, bool(clip_x0), bool(keep_eps), image.dtype,
+    key = (id(eps_model), b, ch, mask_channels, s, steps, bool(clip_x0), bool(keep_eps), image.dtype,
            image.device, tuple(schedule.betas.tolist()),
            None if timesteps is None else tuple(timesteps.tolist()))
     hit = _cache.get(key)
     if hit is None or hit.eps_model is not eps_model:
         hit = StaticDDIM(eps_model, schedule, steps, b, s, image.dtype, image.device, clip_x0,
-                         keep_eps, timesteps, ch)
+                         keep_eps, timesteps, ch, mask_channels)
         _cache[key] = hit
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)

@@ -73,6 +73,11 @@ class ModelFamily:
         where a file does not say): 3 for RGB, 1 for grayscale modalities, N for stacks."""
         return 3
 
+    def mask_channels(self, config) -> int:
+        """How many mask channels its network denoises: 1 for a binary mask, K for K
+        classes (one binary mask each; classes.py says how they become one label map)."""
+        return 1
+
     def eps_network(self, net: nn.Module) -> nn.Module:
         """What the samplers call, given denoiser(backend): the network itself, or an
         adapter where the original's forward returns more than the prediction."""
@@ -95,9 +100,11 @@ class ModelFamily:
         (own format; {} otherwise). Mask-diffusion families: a Pipeline with the file's
         sampler defaults and mask clean-up."""
         from ..pipeline import Pipeline, postprocess_from, sampler_defaults_from
+        from ..pipeline import classes_from
         meta = meta or {}
+        names, nested = classes_from(meta, self.mask_channels(self.config_of(net)))
         return Pipeline(net, self, schedule, preprocessing, sampler_defaults_from(meta),
-                        postprocess_from(meta))
+                        postprocess_from(meta), names, nested)
 
     def example_inputs(self, config, batch: int) -> tuple[tuple, tuple[str, ...]]:
         """(arguments, their names) of one network call at `batch` (ONNX export, tests):
@@ -105,7 +112,8 @@ class ModelFamily:
         s = self.preprocessing(config).image_size
         t = torch.full((batch,), 1, dtype=torch.long)
         c = self.image_channels(config)
-        return ((torch.randn(batch, 1, s, s), torch.rand(batch, c, s, s), t),
+        k = self.mask_channels(config)
+        return ((torch.randn(batch, k, s, s), torch.rand(batch, c, s, s), t),
                 ("x_t", "image", "t"))
 
     def segmenter_from_file(self, tensors: dict, meta: dict, device="cpu"):
@@ -122,7 +130,7 @@ class ModelFamily:
     def training_loss(self, net: nn.Module, config, image: torch.Tensor, x0: torch.Tensor,
                       schedule: Schedule, gen: torch.Generator, options) -> tuple:
         """(loss tensor, {name: float}) of one training batch, as the original code trains:
-        `net` (maybe under autocast) is a network of `config`; image (B, C, S, S) preprocessed, x0 (B, 1, S, S) in [-1, 1], draws from the CPU
+        `net` (maybe under autocast) is a network of `config`; image (B, C, S, S) preprocessed, x0 (B, K, S, S) in [-1, 1] (K = mask_channels), draws from the CPU
         generator `gen`; `options` is the run's TrainOptions."""
         raise NotImplementedError(f"{self.title or self.name} cannot be trained by dsd-fast")
 

@@ -41,6 +41,9 @@ class DermoSegDiffFamily(ModelFamily):
     def image_channels(self, config) -> int:
         return config.channels_g
 
+    def mask_channels(self, config) -> int:
+        return config.channels_x
+
     def build_reference(self, config: ModelConfig) -> DermoSegDiff:
         return DermoSegDiff(config)
 

@@ -105,7 +105,13 @@ _SMALL = {
     # it starts out computing exactly what the RGB model computes on a replicated gray image.
     "default_gray": ModelConfig(16, 16, (1, 2, 4, 4), (1, 2, 4, 4), 8, ff_parser=True,
                                 image_size=64, channels_g=1),
+    # The default for two classes (optic disc and cup, classes.py): two mask channels in
+    # and two noise channels out, otherwise the default.
+    "default_2class": ModelConfig(16, 16, (1, 2, 4, 4), (1, 2, 4, 4), 8, ff_parser=True,
+                                  image_size=64, channels_x=2, out_dim=2),
     "tiny": ModelConfig(8, 8, (1, 2, 2), (1, 2, 2), 4, ff_parser=False, image_size=16),
+    "tiny_2class": ModelConfig(8, 8, (1, 2, 2), (1, 2, 2), 4, ff_parser=True, image_size=16,
+                               channels_x=2, out_dim=2),
     "tiny_ff": ModelConfig(8, 8, (1, 2, 2), (1, 2, 2), 4, ff_parser=True, image_size=16),
     "tiny_gray": ModelConfig(8, 8, (1, 2, 2), (1, 2, 2), 4, ff_parser=True, image_size=16,
                              channels_g=1),

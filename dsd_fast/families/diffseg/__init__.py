@@ -61,6 +61,9 @@ class DiffSegFamily(ModelFamily):
     def image_channels(self, config) -> int:
         return config.in_channels
 
+    def mask_channels(self, config) -> int:
+        return 1                               # one foreground mask (its CRF is two-label)
+
     def build_reference(self, config: DiffSegConfig) -> DiffSegUNet:
         return DiffSegUNet(config)
 

@@ -37,6 +37,9 @@ class MedSegDiffFamily(ModelFamily):
     def image_channels(self, config) -> int:
         return config.input_img_channels
 
+    def mask_channels(self, config) -> int:
+        return config.mask_channels
+
     def build_reference(self, config: MedSegDiffConfig) -> MedSegDiffUnet:
         return MedSegDiffUnet(config)
 

@@ -38,6 +38,9 @@ class OfficialMedSegDiffFamily(ModelFamily):
     def image_channels(self, config) -> int:
         return config.in_channels - 1          # its input is the image stacked with x_t
 
+    def mask_channels(self, config) -> int:
+        return 1                               # its code denoises one mask channel
+
     def build_reference(self, config: OfficialMSDConfig) -> OfficialMedSegDiff:
         return OfficialMedSegDiff(config)
 
