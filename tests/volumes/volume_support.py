@@ -128,3 +128,36 @@ def write_dicom_slice(path, pixels: np.ndarray, position, orientation, spacing,
     ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
     return path
+
+
+BRATS_CASE = "BraTS20_Training_001"
+BRATS_SHAPE = (24, 20, 4)
+
+
+def write_synthetic_brats_case(parent, case: str = BRATS_CASE, seg: bool = True,
+                               gz: bool = True):
+    """A small BraTS 2020-style case folder, the same bytes every time: four int16
+    modalities (different ranges, a brighter 'tumour' in each) and a seg with labels
+    0, 1, 2, 4; BraTS's affine diag(-1, -1, 1). -> the folder."""
+    import nibabel as nib
+    from pathlib import Path
+    folder = Path(parent) / case
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(35)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in BRATS_SHAPE), indexing="ij")
+    tumour = ((x - 9) ** 2 + (y - 12) ** 2 + 4 * (z - 2) ** 2) < 30
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = (23.0, 19.0, 0.0)
+    ext = ".nii.gz" if gz else ".nii"
+    for m, (scale, lift) in zip(("t1", "t1ce", "t2", "flair"),
+                                ((400, 150), (900, 700), (1500, 900), (600, 300))):
+        vol = rng.integers(0, scale, BRATS_SHAPE) + lift * tumour
+        vol[:2] = 0                                        # background rows, as skull-stripped
+        nib.save(nib.Nifti1Image(vol.astype(np.int16), affine), str(folder / f"{case}_{m}{ext}"))
+    if seg:
+        labels = np.zeros(BRATS_SHAPE, np.uint8)
+        labels[tumour] = 2
+        labels[tumour & (x < 9)] = 1
+        labels[tumour & (y > 13)] = 4
+        nib.save(nib.Nifti1Image(labels, affine), str(folder / f"{case}_seg{ext}"))
+    return folder
