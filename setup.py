@@ -90,6 +90,8 @@ setup(
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # the peer engines of bench/bench_peers.py
         "bench": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "openvino>=2024.0"],
+        # volumes (dsd_fast.volumes): NIfTI and BraTS case folders (nibabel), DICOM (pydicom)
+        "volumes": ["nibabel>=5.0", "pydicom>=2.4"],
     },
     entry_points={"console_scripts": ["dsd-fast=dsd_fast.cli:main"]},
     ext_modules=EXT_MODULES,
