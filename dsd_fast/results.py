@@ -76,14 +76,15 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
     "mean-squared" is the official MedSegDiff code's rule (which it calls staple): mean^2 > 0.5;
     refine="crf" refines with DenseCRF on `image` (3, H, W) (DiffSeg's protocol).
     """
-    from .uncertainty import entropy_map, staple_fusion
+    from .uncertainty import staple_fusion
     samples = samples.float()
     prob = ((samples.mean(dim=0) + 1) / 2).clamp(0, 1)
     fg = ((samples + 1) / 2).clamp(0, 1)
     std = fg.std(dim=0, unbiased=False)
     maps = torch.stack((prob, std))[None]                          # (1, 2, S, S)
     up = F.interpolate(maps, size=size_hw, mode="bilinear", align_corners=False)[0]
-    probability = up[0].clamp(0, 1).numpy().astype(np.float32)
+    probability = up[0].clamp_(0, 1).numpy()           # float32 views, no copies: a 64 MP
+    #                                                    image's maps are 256 MB each
     mask = probability > 0.5
     need_samples = return_samples or fusion == "staple" or refine == "crf"
     fg_up = (F.interpolate(fg[None], size=size_hw, mode="bilinear", align_corners=False)[0]
@@ -104,12 +105,23 @@ def samples_to_result(samples: torch.Tensor, size_hw: tuple[int, int],
                                  rng or np.random.default_rng(0))
         mask = refined > 0.5
     res = SegmentationResult(mask=mask, probability=probability,
-                             std=up[1].clamp_min(0).numpy().astype(np.float32),
-                             entropy=entropy_map(probability).astype(np.float32),
+                             std=up[1].clamp_min_(0).numpy(),
+                             entropy=entropy_f32(probability),
                              fusion=fusion + ("+crf" if refine == "crf" else ""))
     if return_samples:
         res.samples = binary
     return res
+
+
+def entropy_f32(prob: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """uncertainty.entropy_map as float32, a million pixels at a time (its float64
+    temporaries for a whole 64 MP map would take gigabytes)."""
+    from .uncertainty import entropy_map
+    out = np.empty(prob.shape, np.float32)
+    src, dst = prob.reshape(-1), out.reshape(-1)
+    for i in range(0, src.size, chunk):
+        dst[i:i + chunk] = entropy_map(src[i:i + chunk])
+    return out
 
 
 def samples_to_class_result(samples: torch.Tensor, size_hw: tuple[int, int],
@@ -126,7 +138,7 @@ def samples_to_class_result(samples: torch.Tensor, size_hw: tuple[int, int],
     (Segmenter.resolve), so it is not taken here.
     """
     from .classes import label_map
-    from .uncertainty import entropy_map, staple_fusion
+    from .uncertainty import staple_fusion
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     samples = samples.float()
@@ -152,7 +164,7 @@ def samples_to_class_result(samples: torch.Tensor, size_hw: tuple[int, int],
         msq = ((samples + 1) / 2).mean(dim=0) ** 2                    # (K, S, S), unclipped
         regions = (F.interpolate(msq[None], size=size_hw, mode="bilinear",
                                  align_corners=False)[0] > 0.5).numpy()
-    entropy = np.stack([entropy_map(p) for p in probability]).astype(np.float32)
+    entropy = np.stack([entropy_f32(p) for p in probability])
     res = SegmentationResult(mask=label_map(regions, nested, probability),
                              probability=probability, std=std_up, entropy=entropy,
                              fusion=fusion, classes=tuple(classes), nested=nested)
