@@ -1,20 +1,21 @@
 """`dsd-fast serve` under load: requests/s and p50/p99 latency at concurrency 1, 4 and 16,
 with request batching on and off, against one request at a time.
 
-    python bench/bench_serve.py [--requests 32] [--rounds 1] [--cpu 1] [--max-batch 16]
+    python bench/bench_serve.py [--requests 32] [--rounds 1] [--cpu 1] [--max-batch 4]
                                 [--steps 5 --ensemble 5 --spacing trailing] [--json out.json]
 
 Each server is a real `dsd-fast serve` process on 127.0.0.1 (an ephemeral port), pinned to
 CPU `--cpu` with one torch thread (taskset; this project's machine runs a training on core
-0), the bundled default model. "batched" is the default batcher (up to --max-batch images
-per segment() call, 15 ms wait); "unbatched" the same server with --max-batch 1, i.e. one
-request's image at a time whatever the concurrency. The client sends the bundled sample
-images in turn from `concurrency` threads, each request a multipart upload answered with
-the JSON (all four PNGs), --requests per row after `concurrency` warm-up requests; the
-latency is the client's wall time per request. With 32 requests p99 is about the slowest.
-Both servers run side by side (the idle one costs nothing) and the rows alternate.
-The sampler setting defaults to the bundled model's recommended fast one (5 members x 5
-trailing steps), so a row takes seconds, not minutes.
+0), the bundled default model. "batched" is the server's batcher (up to --max-batch images
+per segment() call, default the server's, 15 ms wait); "unbatched" the same server with
+--max-batch 1, i.e. one request's image at a time whatever the concurrency. The client
+sends the bundled sample images in turn from `concurrency` threads, each request a
+multipart upload answered with the JSON (all four PNGs), --requests per row after
+`concurrency` warm-up requests; the latency is the client's wall time per request (with
+32 requests p99 is about the slowest). Both servers run side by side (the idle one costs
+nothing) and the rows alternate between them. The sampler setting defaults to the bundled
+model's recommended fast one (5 members x 5 trailing steps), so a row takes seconds, not
+minutes.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import requests
+
+from dsd_fast.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "dsd_fast" / "samples").glob("*.png"))
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ensemble", type=int, default=5)
     ap.add_argument("--spacing", default="trailing")
     ap.add_argument("--cpu", type=int, default=1, help="CPU the server is pinned to (-1: none)")
-    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-batch", type=int, default=ServeConfig.max_batch,
+                    help="the batched server's --max-batch (default: the server's default)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     options = {"steps": args.steps, "ensemble": args.ensemble, "spacing": args.spacing}

@@ -28,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for the network (default: torch's)")
     p.add_argument("--device", default="cpu",
                    help="where the networks run: cpu (default), cuda or cuda:N")
-    p.add_argument("--max-batch", type=int, default=8,
-                   help="most images in one batched segment() call (default 8)")
+    p.add_argument("--max-batch", type=int, default=ServeConfig.max_batch,
+                   help="most images in one batched segment() call (default "
+                   f"{ServeConfig.max_batch}; a batch's requests are answered together, so "
+                   "raise it only where a batch runs faster per image, e.g. a GPU)")
     p.add_argument("--batch-wait-ms", type=float, default=15.0,
                    help="how long the first request of a batch waits for others with the "
                    "same options (default 15)")

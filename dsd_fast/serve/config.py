@@ -30,7 +30,11 @@ class ServeConfig:
     max_ensemble: int = 64
     # Batching: requests for one model and one set of options that arrive within
     # `batch_wait_ms` of the first share the network's forwards, up to `max_batch` images.
-    max_batch: int = 8
+    # A batch's requests are all answered when it ends: on one CPU core (bench_serve.py)
+    # 16 images per batch gave no more requests/s than one at a time and twice the median
+    # latency at 16 concurrent requests; 4 bounds that wait. Raise it where a batch runs
+    # faster per image (a GPU).
+    max_batch: int = 4
     batch_wait_ms: float = 15.0
     # Requests waiting for the worker (not yet running) beyond this are answered 429.
     max_queue: int = 64
