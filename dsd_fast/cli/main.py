@@ -121,7 +121,8 @@ def cmd_train(args) -> int:
                         val_every=args.val_every, seed=args.seed, threads=args.threads,
                         init_from=args.init_from, sources=sources, augmentation=args.augment,
                         lr_schedule=args.lr_schedule, precision=args.precision,
-                        device=args.device)
+                        device=args.device,
+                        classes=args.classes.split("+") if args.classes else None)
     best = Trainer(opts).run(progress=not args.quiet)
     weights = Path(args.out) / "best.safetensors"
     if args.val_ids or any(s.get("val") for s in sources or []):
@@ -298,8 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--masks", help="folder of masks (matched by file stem)")
     t.add_argument("--source", action="append", metavar="SPEC",
                    help="a dataset, repeatable: name=N,images=DIR,masks=DIR[,train=IDS]"
-                   "[,val=IDS][,weight=W][,val_limit=K]; W is its share of training images, "
-                   "selection is on the mean of the sources' val Dice")
+                   "[,val=IDS][,weight=W][,val_limit=K][,classes=A+B]; W is its share of "
+                   "training images, selection is on the mean of the sources' val Dice; "
+                   "classes: one mask per class, <stem>_A.png, <stem>_B.png")
+    t.add_argument("--classes", default=None, metavar="A+B",
+                   help="a model of several classes (a config such as default_2class): "
+                   "their names in mask-channel order, each read from <stem>_<class>.png in "
+                   "--masks (soft maps binarised at > 127); saved in the model file")
     t.add_argument("--augment", choices=("basic", "strong"), default="basic",
                    help="basic: flips, rotation, small colour jitter (the PH2 model's); "
                    "strong: also zoom/shift/aspect, illumination, vignette, hair")

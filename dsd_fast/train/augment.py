@@ -116,8 +116,9 @@ def hair(images: torch.Tensor, cfg: StrongAugment, gen: torch.Generator) -> torc
 def strong_augment(images: torch.Tensor, masks: torch.Tensor, size: int,
                    gen: torch.Generator, cfg: StrongAugment = StrongAugment()
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (B, 3, H, W) in [0, 1], masks (B, 1, H, W) in {0, 1} (H = W >= size) ->
-    (B, 3, size, size), (B, 1, size, size) with the same geometry applied to both."""
+    """images (B, 3, H, W) in [0, 1], masks (B, K, H, W) in {0, 1} (H = W >= size; K
+    classes, each resampled alike) -> (B, 3, size, size), (B, K, size, size) with the same
+    geometry applied to both."""
     grid = geometry_grid(images.shape[0], size, cfg, gen)
     img = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                         align_corners=False)

@@ -1,6 +1,10 @@
 """Training data: image/mask pairs from two folders, matched by file stem, held in memory at
 model size, with augmentations written in torch (no torchvision: it does not import beside
 torch 2.13 here).
+
+A model of several classes (classes.py) trains on one mask file per class, as Drishti-GS
+stores them: `classes=("disc", "cup")` matches image `<stem>.jpg` with `<stem>_disc.png` and
+`<stem>_cup.png`; the masks stack into (K, S, S) in that order.
 """
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import ImageInputError, list_images, load_mask, to_chw
+from ..images import ImageInputError, list_images, load_image_file, load_mask, to_chw
 from ..preprocess import minmax_normalise, resize_image
 
 
@@ -19,9 +24,32 @@ def read_id_list(path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def match_pairs(image_dir, mask_dir, ids: list[str] | None = None) -> list[tuple[str, Path, Path]]:
-    """(stem, image path, mask path) for each id (or every stem); unmatched pairs are errors."""
+def class_mask_stems(masks: dict[str, Path], classes) -> dict[str, tuple[Path, ...]]:
+    """{image stem: (mask path per class)} from a folder's {stem: path} of per-class masks
+    `<stem>_<class>`; a stem lacking one of its classes' masks is an error."""
+    found: dict[str, dict[str, Path]] = {}
+    for stem, path in masks.items():
+        for c in classes:
+            if stem.endswith(f"_{c}") and len(stem) > len(c) + 1:
+                found.setdefault(stem[:-len(c) - 1], {})[c] = path
+    incomplete = {s: [c for c in classes if c not in got] for s, got in found.items()
+                  if len(got) != len(classes)}
+    if incomplete:
+        s, missing = next(iter(sorted(incomplete.items())))
+        raise ValueError(f"{len(incomplete)} image stem(s) lack a class mask, e.g. {s!r}: "
+                         f"no {', '.join(f'{s}_{c}' for c in missing)} (one mask per class, "
+                         f"<stem>_<class>, for classes {list(classes)})")
+    return {s: tuple(got[c] for c in classes) for s, got in found.items()}
+
+
+def match_pairs(image_dir, mask_dir, ids: list[str] | None = None, classes=None
+                ) -> list[tuple[str, Path, Path | tuple[Path, ...]]]:
+    """(stem, image path, mask path) for each id (or every stem); unmatched pairs are errors.
+    With `classes` (names), each image has one mask per class, `<stem>_<class>`, and the
+    third entry is their paths in class order."""
     images, masks = list_images(image_dir), list_images(mask_dir)
+    if classes:
+        masks = class_mask_stems(masks, classes)
     if ids is None:
         missing_masks = sorted(set(images) - set(masks))
         missing_images = sorted(set(masks) - set(images))
@@ -46,23 +74,44 @@ def match_pairs(image_dir, mask_dir, ids: list[str] | None = None) -> list[tuple
 class Sample:
     stem: str
     image: torch.Tensor        # (3, S, S) float32 in [0, 1], resized, NOT yet min-max normalised
-    mask: torch.Tensor         # (1, S, S) float32 in {0, 1}
-    original_mask: torch.Tensor  # (H, W) bool, for scoring at the original size
+    mask: torch.Tensor         # (K, S, S) float32 in {0, 1}: K = 1, or one channel per class
+    original_mask: torch.Tensor  # (H, W) bool (K = 1) or (K, H, W) bool, scored at that size
     original_size: tuple[int, int]
 
 
+def load_class_mask(path) -> torch.Tensor:
+    """One class's mask file -> (H, W) bool: nonzero where the file is binary (0/255, 0/1),
+    else > 127 of 255 (half the range of other depths): the majority of Drishti-GS's soft
+    4-expert maps (0, 64, 128, 191, 255: 2 of 4 experts and more). Per-class soft maps are
+    expected here, so no warning is given for them."""
+    arr = np.asarray(load_image_file(path))
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    values = np.unique(arr)
+    if values.size <= 1 or (values.size == 2 and values[0] == 0):
+        return torch.from_numpy(arr > 0)
+    cut = 127 if arr.dtype == np.uint8 else 0.5 * (65535 if arr.dtype == np.uint16 else 1)
+    return torch.from_numpy(arr > cut)
+
+
 def load_pairs(pairs, size: int) -> list[Sample]:
+    """Each (stem, image, mask path or per-class mask paths) read and resized to `size`."""
     samples = []
     for stem, ip, mp in pairs:
         img = to_chw(ip)
-        mask = load_mask(mp)
-        if tuple(mask.shape) != tuple(img.shape[1:]):
-            raise ImageInputError(
-                f"{mp}: mask size {tuple(mask.shape)} differs from image size "
-                f"{tuple(img.shape[1:])} ({ip})")
+        paths = mp if isinstance(mp, tuple) else (mp,)
+        masks = [load_class_mask(p) if isinstance(mp, tuple) else load_mask(p) for p in paths]
+        for p, mask in zip(paths, masks):
+            if tuple(mask.shape) != tuple(img.shape[1:]):
+                raise ImageInputError(
+                    f"{p}: mask size {tuple(mask.shape)} differs from image size "
+                    f"{tuple(img.shape[1:])} ({ip})")
+        mask = torch.stack(masks)                                   # (K, H, W)
         small_img = resize_image(img, size)
-        small_mask = F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0]
-        samples.append(Sample(stem, small_img, small_mask, mask, tuple(mask.shape)))
+        small_mask = F.interpolate(mask[None].float(), size=(size, size), mode="nearest")[0]
+        samples.append(Sample(stem, small_img, small_mask,
+                              mask if isinstance(mp, tuple) else mask[0],
+                              tuple(mask.shape[1:])))
     return samples
 
 
@@ -81,7 +130,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator,
             colour_jitter: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation by any angle (lesions have no orientation), small colour jitter.
 
-    images (B, 3, S, S) in [0, 1], masks (B, 1, S, S) in {0, 1}. Corners uncovered by the
+    images (B, 3, S, S) in [0, 1], masks (B, K, S, S) in {0, 1}. Corners uncovered by the
     rotation are filled by reflection so no artificial black borders appear.
     """
     b, _, s, _ = images.shape
@@ -108,7 +157,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator,
 
 class PairBatches:
     """Endless random batches: (image (B,3,S,S) in [0, 1], min-max normalised per image
-    unless `normalise` is False, x0 (B,1,S,S) in [-1,1])."""
+    unless `normalise` is False, x0 (B,K,S,S) in [-1,1])."""
 
     def __init__(self, samples: list[Sample], batch_size: int, gen: torch.Generator,
                  augment_data: bool = True, normalise: bool = True):

@@ -23,13 +23,14 @@ import torch
 
 from ..checkpoint import load_model, read_metadata, save_model
 from ..channels import to_model_channels
+from ..classes import check_classes, class_metadata, class_regions
 from ..diffusion import Schedule
 from ..families import find_config
 from ..io import torch_save
 from ..metrics import dice
 from ..precision import PRECISIONS, resolve_precision, with_precision
 from ..preprocess import minmax_normalise
-from ..results import samples_to_result
+from ..results import samples_to_class_result, samples_to_result
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
 from .sources import DataSource, MixedBatches, load_source
 
@@ -93,6 +94,12 @@ class TrainOptions:
     # draws stay on the CPU generator, so a run's batches and timesteps are the same on any
     # device; checkpoints are written device-free (resume on another device works).
     device: str = "cpu"
+    # A model of several classes (classes.py; a config of K mask channels, e.g.
+    # default_2class): the class names, in channel order, which are also the mask files'
+    # suffixes (<stem>_<class>.png). With sources they come from the sources' `classes`.
+    # Saved in the model file's metadata with `classes_nested`.
+    classes: list[str] | None = None
+    classes_nested: bool = True
 
     def __post_init__(self):
         """Refuse what would train nothing or garbage (steps <= 0, a NaN learning rate)."""
@@ -104,6 +111,19 @@ class TrainOptions:
             names = [s["name"] for s in self.sources]
             if len(set(names)) != len(names):
                 raise ValueError(f"source names must differ, got {names}")
+            per_source = {s["name"]: s.get("classes") for s in self.sources}
+            if len(set(per_source.values())) > 1:
+                raise ValueError(f"every source must have the same classes, got {per_source}")
+            given = next(iter(per_source.values()))
+            if self.classes is not None and given is not None \
+                    and list(self.classes) != given.split("+"):
+                raise ValueError(f"classes {list(self.classes)} differ from the sources' "
+                                 f"{given!r}")
+            if given is not None:
+                self.classes = given.split("+")
+            elif self.classes is not None:
+                raise ValueError("with sources, give the classes in each source "
+                                 "(classes=A+B), so each reads its per-class masks")
         elif not (self.image_dir and self.mask_dir):
             raise ValueError("training needs image_dir and mask_dir, or sources")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -130,9 +150,22 @@ class TrainOptions:
                 bound = "> 0" if name == "lr" else ">= 0"
                 raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
         try:
-            find_config(self.config)
+            family, config = find_config(self.config)
         except KeyError as e:
             raise ValueError(e.args[0]) from None
+        if self.classes is not None:
+            self.classes = list(check_classes(self.classes, len(self.classes)))
+        k = family.mask_channels(config)
+        if k != len(self.classes or [None]):
+            raise ValueError(
+                f"config {self.config!r} segments {k} class{'es' if k > 1 else ''} (mask "
+                f"channels) but {len(self.classes or [None])} "
+                + (f"classes were given ({self.classes})" if self.classes else
+                   "mask per image is read: give the class names (--classes A+B, or "
+                   "classes=A+B in each --source), one mask file <stem>_<class> each"))
+        if not isinstance(self.classes_nested, bool):
+            raise ValueError(f"classes_nested must be True or False, "
+                             f"got {self.classes_nested!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -193,10 +226,28 @@ def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
              batch_images: int = 10, schedule: Schedule | None = None) -> float:
     """Mean per-image Dice at each image's original size (clipped DDIM with the family's
     conventions, ensemble mean > 0). Image i's noise is keyed by its index in `samples`,
-    so figures compare across runs."""
+    so figures compare across runs. A model of several classes: the mean over classes of
+    each class's mean Dice (`validate_classes`)."""
+    per_class = validate_classes(model, samples, steps, ensemble, seed, batch_images,
+                                 schedule)
+    return sum(per_class.values()) / len(per_class)
+
+
+@torch.no_grad()
+def validate_classes(model, samples, steps: int, ensemble: int, seed: int = 0,
+                     batch_images: int = 10, schedule: Schedule | None = None,
+                     classes=None, nested: bool = True) -> dict[str, float]:
+    """{class name: mean per-image Dice} (see `validate`); one class: {"lesion": Dice}.
+    Several: each class's region of the label map (classes.py: nested, the disc includes
+    the cup) against that class's ground-truth mask."""
     from ..api import pipeline_from_network
     model.eval()
     pipe = pipeline_from_network(model, schedule)
+    k = pipe.mask_channels
+    names = tuple(classes) if classes else pipe.classes
+    if k > 1:
+        return _validate_several(pipe, samples, steps, ensemble, seed, batch_images, names,
+                                 nested)
     dices = []
     for start in range(0, len(samples), batch_images):
         chunk = samples[start:start + batch_images]
@@ -208,7 +259,33 @@ def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
         for s, smp in zip(chunk, out):
             res = samples_to_result(smp, s.original_size)
             dices.append(dice(res.mask, s.original_mask.numpy()))
-    return sum(dices) / len(dices)
+    return {names[0]: sum(dices) / len(dices)}
+
+
+def _validate_several(pipe, samples, steps, ensemble, seed, batch_images, names,
+                      nested) -> dict[str, float]:
+    dices = {n: [] for n in names}
+    for start in range(0, len(samples), batch_images):
+        chunk = samples[start:start + batch_images]
+        inp = to_model_channels(torch.stack([s.image for s in chunk]), pipe.channels)
+        if pipe.preprocessing.normalise == "minmax":
+            inp = minmax_normalise(inp)
+        out = pipe.sample(inp.to(pipe.device), steps, ensemble, seed,
+                          list(range(start, start + len(chunk))), backend="reference").cpu()
+        for s, smp in zip(chunk, out):
+            res = samples_to_class_result(smp, s.original_size, names, nested)
+            # the ground truth's regions under the same rule as the prediction's
+            truth = class_regions(_labels_of(s.original_mask.numpy(), nested), len(names),
+                                  nested)
+            for c, name in enumerate(names):
+                dices[name].append(dice(res.class_regions()[c], truth[c]))
+    return {n: sum(d) / len(d) for n, d in dices.items()}
+
+
+def _labels_of(masks, nested: bool):
+    """(K, H, W) bool ground-truth class masks -> their label map (classes.py)."""
+    from ..classes import label_map
+    return label_map(masks, nested, masks.astype("float32"))
 
 
 class Trainer:
@@ -246,10 +323,12 @@ class Trainer:
                                         normalise=normalise)
         else:
             train_ids = read_id_list(opts.train_ids) if opts.train_ids else None
-            train = load_pairs(match_pairs(opts.image_dir, opts.mask_dir, train_ids),
+            classes = opts.classes
+            train = load_pairs(match_pairs(opts.image_dir, opts.mask_dir, train_ids, classes),
                                2 * size if opts.augmentation == "strong" else size)
             self.val_sets = ({"val": load_pairs(match_pairs(opts.image_dir, opts.mask_dir,
-                                                            read_id_list(opts.val_ids)), size)}
+                                                            read_id_list(opts.val_ids),
+                                                            classes), size)}
                              if opts.val_ids else {})
             if opts.augmentation == "strong":
                 self.batches = MixedBatches([train], [1.0], size, opts.batch_size, self.gen,
@@ -353,12 +432,17 @@ class Trainer:
         """The selection score: the mean over sources of each source's val Dice (one source:
         its Dice). Per-source figures go to log.jsonl."""
         self.ema.copy_to(self.ema_model)
-        per_source = {name: validate(self.ema_model, val, self.opts.val_steps,
-                                     self.opts.val_ensemble, seed=self.opts.seed,
-                                     schedule=self.schedule)
-                      for name, val in self.val_sets.items()}
+        per_class = {name: validate_classes(self.ema_model, val, self.opts.val_steps,
+                                            self.opts.val_ensemble, seed=self.opts.seed,
+                                            schedule=self.schedule, classes=self.opts.classes,
+                                            nested=self.opts.classes_nested)
+                     for name, val in self.val_sets.items()}
+        # a source's score: the mean over its classes (one class: its Dice, as before)
+        per_source = {name: sum(d.values()) / len(d) for name, d in per_class.items()}
         if len(per_source) > 1:
             self._log_event(val_dice_per_source=per_source)
+        if self.opts.classes:
+            self._log_event(val_dice_per_class=per_class)
         return sum(per_source.values()) / len(per_source)
 
     def run(self, progress: bool = True) -> float:
@@ -389,8 +473,15 @@ class Trainer:
             self._validate_and_keep_best()
         if not self.val_samples:      # nothing to select on: export the final EMA weights
             self.ema.copy_to(self.ema_model)
-            save_model(self.ema_model, self.out / "best.safetensors", self.schedule)
+            save_model(self.ema_model, self.out / "best.safetensors", self.schedule,
+                       extra_metadata=self._class_metadata())
         return self.best_dice
+
+    def _class_metadata(self) -> dict:
+        """The model file's "classes" / "classes_nested" (none for one unnamed class)."""
+        if not self.opts.classes:
+            return {}
+        return class_metadata(tuple(self.opts.classes), self.opts.classes_nested)
 
     def _validate_and_keep_best(self) -> None:
         t0 = time.time()
@@ -401,7 +492,8 @@ class Trainer:
         if dice > self.best_dice:
             self.best_dice = dice
             save_model(self.ema_model, self.out / "best.safetensors", self.schedule,
-                       extra_metadata={"val_dice": dice, "step": self.step})
+                       extra_metadata={"val_dice": dice, "step": self.step,
+                                       **self._class_metadata()})
         self.save()
 
 

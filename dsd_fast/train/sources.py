@@ -8,6 +8,8 @@ On the command line a source is one `--source` option of key=value pairs:
 
 `weight` is the share of training batches' images drawn from that source (normalised over
 sources); `val_limit` validates on the first N ids of `val` only (validation time).
+`classes=disc+cup` (a model of several classes, classes.py) reads one mask per class,
+`<stem>_disc.png` and `<stem>_cup.png` as Drishti-GS stores them, binarised at > 127.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..classes import check_classes
 from ..preprocess import minmax_normalise, resize_image
 from .augment import strong_augment
 from .data import Sample, augment, load_pairs, match_pairs, read_id_list
 
-_KEYS = {"name", "images", "masks", "train", "val", "weight", "val_limit"}
+_KEYS = {"name", "images", "masks", "train", "val", "weight", "val_limit", "classes"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class DataSource:
     val: str | None = None
     weight: float = 1.0
     val_limit: int | None = None
+    classes: str | None = None    # "disc+cup": one mask per class, <stem>_<class>; None: one
 
     def __post_init__(self):
         if not self.name or not self.images or not self.masks:
@@ -40,13 +44,26 @@ class DataSource:
             raise ValueError(f"source {self.name!r}: weight must be > 0, got {self.weight}")
         if self.val_limit is not None and self.val_limit < 1:
             raise ValueError(f"source {self.name!r}: val_limit must be >= 1")
+        if self.classes is not None:
+            names = self.classes.split("+")
+            try:
+                check_classes(names, len(names))
+            except ValueError as e:
+                raise ValueError(f"source {self.name!r}: classes={self.classes!r}: {e}") \
+                    from None
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The class names (mask suffixes) in order, or None for one mask per image."""
+        return tuple(self.classes.split("+")) if self.classes else None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def parse_source(spec: str) -> DataSource:
-    """'name=ph2,images=DIR,masks=DIR[,train=F][,val=F][,weight=W][,val_limit=N]'."""
+    """'name=ph2,images=DIR,masks=DIR[,train=F][,val=F][,weight=W][,val_limit=N]
+    [,classes=A+B]'."""
     fields = {}
     for part in spec.split(","):
         key, sep, value = part.partition("=")
@@ -73,16 +90,17 @@ def load_source(src: DataSource, size: int, hold_size: int
                 ) -> tuple[list[Sample], list[Sample]]:
     """(training samples held at hold_size, validation samples at model size)."""
     train_ids = read_id_list(src.train) if src.train else None
-    train = load_pairs(match_pairs(src.images, src.masks, train_ids), hold_size)
+    classes = src.class_names
+    train = load_pairs(match_pairs(src.images, src.masks, train_ids, classes), hold_size)
     val = []
     if src.val:
         ids = read_id_list(src.val)[:src.val_limit] if src.val_limit else read_id_list(src.val)
-        val = load_pairs(match_pairs(src.images, src.masks, ids), size)
+        val = load_pairs(match_pairs(src.images, src.masks, ids, classes), size)
     return train, val
 
 
 class MixedBatches:
-    """Endless batches drawn across sources by weight: (image (B,3,S,S), x0 (B,1,S,S) in
+    """Endless batches drawn across sources by weight: (image (B,3,S,S), x0 (B,K,S,S) in
     [-1, 1]). Images are held as uint8 at `hold_size` (>= S) to keep 9,000 of them small;
     augmentation "strong" zooms from that resolution, "basic" is the PH2 model's recipe."""
 

@@ -2,7 +2,7 @@
 
     L = 1.0 * mean((eps_hat - eps)^2) + 0.25 * mean(W * (eps_hat - eps)^2)
 
-W (per sample, (H, W)) emphasises the lesion boundary, more so at small t:
+W (per sample and mask channel, (H, W)) emphasises the lesion boundary, more so at small t:
     m  = x_0 min-max normalised over the batch, then per sample, to [0, 1]
     if sum(m) > 1% of H*W (H = the last dimension, as published):
         E = boundary pixels of m;  D = Euclidean distance to the nearest boundary pixel
@@ -79,26 +79,35 @@ def time_exponent(t, T: int, gamma: float):
 
 def boundary_weight_map(x0: torch.Tensor, t: torch.Tensor, T: int,
                         gamma: float = GAMMA_PH2) -> torch.Tensor:
-    """x0 (B, 1, H, W) masks in [-1, 1], t (B,) -> W (B, 1, H, W) float32."""
+    """x0 (B, K, H, W) masks in [-1, 1], t (B,) -> W (B, K, H, W) float32.
+
+    K = 1 is the published map. A model of K classes (classes.py) gets one map per class
+    channel, each made from that class's mask exactly as the published one is from the
+    lesion's (the min-max over the whole batch first, as published), so each channel's
+    noise error is weighted at its own class's boundary (the cup's rim as well as the
+    disc's)."""
     x = x0.detach().cpu().double().numpy()
     x = (x - x.min()) / max(x.max() - x.min(), 1e-12)          # over the batch
-    size = x.shape[-1]
-    weights = []
-    for xi, ti in zip(x, t.tolist()):
-        xi = xi[0]
-        rng = xi.max() - xi.min()
-        if xi.sum() > size * size / 100.0 and rng > 0:
-            mask = (xi - xi.min()) / rng >= 0.5
-            edge = canny_zero_thresholds(mask)
-            dist = ndimage.distance_transform_edt(~edge)
-            a = size * BOUNDARY_SPREAD - dist
-            a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
-            w = a ** time_exponent(ti, T, gamma)
-        else:
-            # Almost no foreground, or a mask with no boundary at all: uniform weight.
-            w = np.ones_like(xi)
-        weights.append(w)
-    return torch.from_numpy(np.stack(weights)[:, None].astype(np.float32)).to(x0.device)
+    b, k = x.shape[:2]
+    maps = [_one_weight_map(x[i, c], ti, T, gamma)
+            for i, ti in enumerate(t.tolist()) for c in range(k)]
+    out = np.stack(maps).reshape(b, k, *x.shape[2:]).astype(np.float32)
+    return torch.from_numpy(out).to(x0.device)
+
+
+def _one_weight_map(xi: np.ndarray, ti: int, T: int, gamma: float) -> np.ndarray:
+    """One (H, W) mask channel (batch-normalised to [0, 1]) at step ti -> its weight map."""
+    size = xi.shape[-1]
+    rng = xi.max() - xi.min()
+    if xi.sum() > size * size / 100.0 and rng > 0:
+        mask = (xi - xi.min()) / rng >= 0.5
+        edge = canny_zero_thresholds(mask)
+        dist = ndimage.distance_transform_edt(~edge)
+        a = size * BOUNDARY_SPREAD - dist
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+        return a ** time_exponent(ti, T, gamma)
+    # Almost no foreground, or a mask with no boundary at all: uniform weight.
+    return np.ones_like(xi)
 
 
 def dermosegdiff_loss(eps_hat: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor,
