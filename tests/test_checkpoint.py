@@ -263,3 +263,21 @@ def test_diffseg_assumed_settings_name_the_image_size(tmp_path):
     with pytest.warns(AssumedSettingsWarning, match="image_size=128") as record:
         load_model(sd, timesteps=1000, input_range="-1..1", num_heads=4)
     assert "image_size=" in str(record[0].message)
+
+
+def test_a_model_with_few_timesteps_segments_without_steps_given(tmp_path):
+    """T = 20 (med-seg-diff-pytorch's driver --timesteps 20), no steps given: the default 25
+    steps give way to 20 with a note, and DDPM (which walks all T steps) checks no steps."""
+    import numpy as np
+
+    from dsd_fast.segmenter import SegmentNote
+    path = tmp_path / "unet.pt"
+    torch.save(_msd_tiny_state_dict(), path)
+    pipe = dsd_fast.load(path, timesteps=20)
+    image = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    with pytest.warns(SegmentNote, match="exceed this model's T = 20"):
+        ddim = pipe.segment([image], ensemble=1)[0]
+    assert ddim.mask.shape == (20, 24)
+    assert pipe.segment([image], ensemble=1, sampler="ddpm")[0].mask.shape == (20, 24)
+    with pytest.raises(ValueError, match=r"1\.\.20"):             # given: the user's to fix
+        pipe.segment([image], ensemble=1, steps=25)

@@ -279,14 +279,14 @@ def test_fail_fast_stops_at_first_bad_image(tmp_path, ckpt, capsys):
 
 def test_network_out_of_memory_halves_the_batch(tmp_path, ckpt, capsys, monkeypatch):
     from dsd_fast import Pipeline
-    real, sizes = Pipeline.segment, []
+    real, sizes = Pipeline.segment_views, []        # the segmenter's loop the command runs
 
-    def tight(self, images, *a, **kw):
-        sizes.append(len(images))
-        if len(images) > 1:
+    def tight(self, views, *a, **kw):
+        sizes.append(len(views))
+        if len(views) > 1:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")
-        return real(self, images, *a, **kw)
-    monkeypatch.setattr(Pipeline, "segment", tight)
+        return real(self, views, *a, **kw)
+    monkeypatch.setattr(Pipeline, "segment_views", tight)
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(5):

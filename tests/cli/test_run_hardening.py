@@ -148,3 +148,36 @@ def test_the_lock_file_goes_with_the_run(tmp_path, ckpt):
     out = tmp_path / "out"
     assert main(["segment", str(a), "-o", str(out), "--checkpoint", ckpt, *FAST]) == 0
     assert not (out / ".dsd-fast" / "lock").exists()
+
+
+def test_a_ray_workers_error_becomes_one_line_under_rays_wrappers(tmp_path):
+    """What the driver makes of an exception Ray hands it (wrapped, its cause inside): a
+    write error or any other stops the run with the worker's one line; a usage error is
+    the run's usage error. (The full disk on real Ray: test_run_ray.py.)"""
+    import errno
+    import io
+
+    from dsd_fast.cli.errors import OutputError, UsageError
+    from dsd_fast.cli.run import BatchOptions, RunState
+    from dsd_fast.cli.run_ray import _collect
+
+    class Wrapper(Exception):                 # as Ray's RayTaskError: the cause attached
+        def __init__(self, cause):
+            super().__init__(f"ray::MapWorker failed\n{'traceback line ' * 40}")
+            self.cause = cause
+
+    def rows(cause):
+        yield from ()
+        raise Wrapper(cause) from RuntimeError("UDF failed to process a data block")
+
+    full = OutputError(f"cannot write {tmp_path}/a_mask.png: [Errno 28] No space left on "
+                       "device")
+    full.errno = errno.ENOSPC
+    for cause, expected in ((full, "No space left on device"),
+                            (ZeroDivisionError("division by zero"),
+                             "a Ray worker failed: ZeroDivisionError: division by zero")):
+        state = RunState(BatchOptions(output=tmp_path), io.StringIO(), io.StringIO(), 0.0)
+        _collect(state, rows(cause), {}, type("Bar", (), {"update": lambda self, n=1: None})())
+        assert expected in state.fatal and "traceback line" not in state.fatal
+    with pytest.raises(UsageError, match="cannot load the model"):
+        _collect(state, rows(UsageError("cannot load the model: x")), {}, None)

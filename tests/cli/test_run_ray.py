@@ -116,3 +116,53 @@ def test_segment_files_runs_the_same_way_in_python(folder, tmp_path):
     local = cli(str(src), "-r", "-o", str(tmp_path / "local"), "--checkpoint", ckpt, *ARGS)
     assert local.returncode == 1
     assert outputs(tmp_path / "py") == outputs(tmp_path / "local")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system with room for a few images' outputs only: a 160 KiB tmpfs (needs
+    root; the test is skipped where mounting is not allowed)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'not root'})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_ray_run_like_the_local_one(folder, tmp_path, full_disk):
+    """Workers writing into a full disk: the run stops with the local command's one line
+    ("No space left on device; stopped"), exit 1, the summary printed; no Ray traceback,
+    nothing half-written."""
+    src, ckpt = folder
+    for mode, extra in (("local", []), ("ray", ["--ray", "--workers", "2"])):
+        out = full_disk / mode
+        res = cli(str(src), "-r", "-o", str(out), "--checkpoint", ckpt, *ARGS, *extra)
+        assert res.returncode == 1, (mode, res.stderr[-2000:])
+        assert "No space left on device; stopped" in res.stderr, (mode, res.stderr[-2000:])
+        for noise in ("Traceback", "RayTaskError", "UserCodeException", "ray::"):
+            assert noise not in res.stderr, (mode, res.stderr[-2000:])
+        assert "segmented " in res.stdout and " of 12 inputs" in res.stdout, (mode, res.stdout)
+        assert not list(out.rglob("*.dsd.tmp")), mode
+        finished = len(list((out / ".dsd-fast" / "done").rglob("*.json")))
+        assert 0 < finished < 11, (mode, finished)        # the disk filled part-way
+        subprocess.run(["rm", "-rf", str(out)])
+
+
+def test_a_model_that_does_not_load_stops_the_ray_run_before_it_starts(folder, tmp_path):
+    """A model file the workers could not load: the usage error of the local command
+    (exit 2, one line), not a worker traceback after every actor's retries."""
+    src, _ = folder
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    out = tmp_path / "out"
+    res = cli(str(src), "-r", "-o", str(out), "--checkpoint", str(bad), *ARGS, "--ray",
+              "--workers", "1")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.startswith("error: cannot load the model") and "Traceback" not in \
+        res.stderr, res.stderr[-2000:]
+    assert not out.exists()

@@ -1,0 +1,312 @@
+"""The work of `dsd-fast segment` that the local run and each Ray worker share: the run's
+options (BatchOptions), what it learns as it goes (RunState), and the loop that decodes,
+segments and writes a queue of images into that state (`process`).
+
+    run.py       the local driver: discovery, the folder lock, resume, summaries, exit codes
+    run_ray.py   the Ray driver and its actors, which call `process` on their batches
+    worker.py    this file; it imports neither driver, so the two import it and not each
+                 other
+
+One image's failure (unreadable, out of memory, a model made for other channels) is
+recorded in the state and the queue goes on; a write error that every later image would
+meet too (disk full, read-only folder) is raised (OutputError) for the driver to stop on.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..images import ImageInputError, decode_rgb8
+from ..io import WHOLE_FOLDER_ERRNOS
+from ..metrics import summarise
+from ..options import SegmentOptions
+from .discover import InputImage, prepare
+from .errors import OutputError, UsageError
+from .evaluate import GroundTruth
+from .memory import auto_batch_size
+from .outputs import write_outputs
+
+DEFAULT_MAX_PIXELS = 16_000_000
+
+
+@dataclass
+class BatchOptions:
+    """A `dsd-fast segment` run's options (its flags; segment_files' keywords), checked when
+    made (UsageError names the flag)."""
+    output: Path
+    checkpoint: str | None = None
+    # None: as segment() (api.resolve_sampling): none of steps / ensemble / spacing given ->
+    # the model's own sampler defaults; else 25 / 5 / leading for those not given.
+    # Resolved before the run starts (resolve_run_sampling), so records hold numbers.
+    steps: int | None = None
+    ensemble: int | None = None
+    seed: int = 0
+    # Images per network batch. 1 (the default) runs each image's ensemble as its own
+    # batch, so an image's maps do not depend on what else is in the run, its order, the
+    # number of Ray workers or a resume (oneDNN rounds differently at other batch sizes);
+    # more (or "auto": as many as fit in memory) is faster on GPUs, ~10% on CPUs.
+    batch_size: int | str | None = None
+    threads: int | None = None             # torch intra-op threads; None: torch's default
+    recursive: bool = False
+    overwrite: bool = False
+    allow_inplace: bool = False
+    fail_fast: bool = False
+    gt: str | None = None
+    overlay: bool = True
+    maps: bool = True                      # probability PNG + uncertainty heatmap
+    report: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS   # above this, the model input is a reduced decode
+    quiet: bool = False
+    clip_x0: bool = True                   # DDIM x0 clipping, as segment()'s default
+    precision: str = "fp32"                # or "bf16" (precision.py)
+    spacing: str | None = None             # DDIM's time grid: "leading" or "trailing"
+    tta: bool = False                      # members see flipped/rotated views (segment())
+    # the mask's clean-up (postprocess.py): "auto" = the model file's own setting, resolved
+    # with the sampling defaults before the run (resolve_run_sampling), so records hold it
+    postprocess: str | None = "auto"
+    # the family's options (options.py; None: the model's own): "ddim" | "ddpm" | "dpmpp";
+    # "mean" | "staple" | "mean-squared"; None | "crf" | "crf-published"; "full" | "center"
+    sampler: str | None = None
+    fusion: str = "mean"
+    refine: str | None = None
+    crop: str | None = None
+    # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
+    # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
+    model_settings: dict = field(default_factory=dict)
+    # Ray: None runs here; "local" starts (or joins) a Ray instance on this machine; else the
+    # address of a running cluster ("auto", "ray://host:10001"). `workers` actors of
+    # `threads` torch threads each (default: as many one-thread actors as this machine has
+    # cores).
+    ray: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self):
+        if not str(self.output).strip():
+            raise UsageError("-o/--output is empty (an unset shell variable?); name a folder")
+        self.output = Path(self.output)
+        v = self.max_pixels
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"--max-pixels must be an integer >= 1, got {v!r}")
+        if self.batch_size == "auto":
+            pass
+        elif self.batch_size is not None and (isinstance(self.batch_size, bool)
+                                              or not isinstance(self.batch_size, int)
+                                              or self.batch_size < 1):
+            raise UsageError(f"--batch-size must be an integer >= 1 or 'auto', got "
+                             f"{self.batch_size!r}")
+        for name in ("threads", "workers"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, "
+                                 f"got {v!r}")
+        try:
+            self.segment_options()                 # the segment options, checked once here
+        except ValueError as e:
+            raise UsageError(f"--{e}") from None
+
+    def segment_options(self) -> SegmentOptions:
+        """What every image is segmented with, as `segment()` takes it (options.py);
+        resolved against the model when it loads (`Segmenter.resolve`)."""
+        return SegmentOptions(
+            steps=self.steps, ensemble=self.ensemble, spacing=self.spacing, seed=self.seed,
+            sampler=self.sampler, clip_x0=self.clip_x0, fusion=self.fusion,
+            refine=self.refine, crop=self.crop, precision=self.precision, tta=self.tta,
+            postprocess=self.postprocess)
+
+    def kinds(self) -> list[str]:
+        """Output kinds every finished image must have, the mask last (written last)."""
+        return ((["probability", "uncertainty"] if self.maps else [])
+                + (["overlay"] if self.overlay else []) + ["mask"])
+
+
+@dataclass
+class RunState:
+    """Everything a run learns as it goes; what the summaries and the exit code come from."""
+    opts: BatchOptions
+    out_s: object                       # where the summary is printed
+    err_s: object                       # where progress, failures and notes go
+    t0: float
+    settings: dict = field(default_factory=dict)
+    gt: GroundTruth | None = None
+    order: list[str] = field(default_factory=list)          # keys in input order
+    done: dict[str, dict] = field(default_factory=dict)     # key -> record of finished images
+    failures: list[tuple[str, str]] = field(default_factory=list)   # (input, why)
+    segmented: int = 0
+    skipped: int = 0
+    interrupted: int = 0                # the signal that stopped the run, 0 if none
+    fatal: str | None = None            # why writing stopped the run
+    total: int | None = None            # inputs named (images found + arguments that gave none)
+    earlier: list[dict] = field(default_factory=list)   # the folder's records of other inputs
+
+    def fail(self, path, why: str) -> None:
+        self.failures.append((str(path), why))
+
+    def records(self, with_earlier: bool = True) -> list[dict]:
+        """This run's inputs' records in input order, then (with_earlier) the folder's
+        records of other inputs."""
+        own = [self.done[k] for k in self.order if k in self.done]
+        return own + self.earlier if with_earlier else own
+
+    def info(self) -> dict:
+        records = self.records()
+        scored = [dict(r["metrics"]) for r in records if r.get("metrics") is not None]
+        return {"title": f"dsd-fast segment: {self.opts.output.resolve().name}",
+                "settings": self.settings,
+                "counts": {"segmented": self.segmented, "skipped": self.skipped,
+                           "failed": len(self.failures)},
+                "summary": summarise(scored) if scored else None}
+
+
+def process(state: RunState, queue: list[InputImage], pipe, batch: int, bar,
+            after_batch=None) -> int:
+    """Decode, segment and write the images of `queue`, `batch` at a time, into the state
+    (records in state.done, failures in state.failures; nothing raised for one image).
+    The one loop of the local command and of each Ray worker. Returns the batch size left
+    after any out-of-memory halving."""
+    opts = state.opts
+    try:
+        seg = pipe.resolve(opts.segment_options())         # checked against the model once
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    while queue and not (opts.fail_fast and state.failures):
+        chunk, queue = _take_prepared(state, queue, batch, pipe, seg, bar)
+        if not chunk:
+            continue
+        results, batch = _segment_chunk(state, chunk, pipe, seg, batch, bar)
+        for prep, res in results:
+            _write_one(state, prep, res)
+            bar.update(1)
+            if opts.fail_fast and state.failures:
+                break
+        if after_batch is not None:
+            after_batch()
+    return batch
+
+
+def network_batch(pipe, opts: BatchOptions) -> int:
+    if opts.batch_size == "auto":
+        return auto_batch_size(pipe, opts.ensemble)
+    return opts.batch_size or 1
+
+
+def load_checked_pipeline(model, opts: BatchOptions):
+    """The run's pipeline, its steps and ensemble checked against it (T is the model's)."""
+    pipe = load_pipeline(model, opts)
+    if not pipe.choices().samplers:        # no sampling loop (DiffSeg): no steps to record
+        opts.steps = opts.spacing = None
+    try:
+        pipe.resolve(steps=opts.steps, ensemble=opts.ensemble, spacing=opts.spacing)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+    return pipe
+
+
+def load_pipeline(model, opts: BatchOptions):
+    """The run's model as a segmenter (opts.checkpoint when `model` is None); UsageError
+    when it does not load."""
+    from ..api import as_pipeline, load
+    from ..checkpoint import CheckpointError
+    try:
+        if model is None and opts.checkpoint is not None and opts.model_settings:
+            return load(opts.checkpoint, **opts.model_settings)
+        return as_pipeline(model if model is not None else opts.checkpoint)
+    except (FileNotFoundError, CheckpointError, OSError, ValueError, TypeError) as e:
+        raise UsageError(f"cannot load the model: {e}") from None
+
+
+def _take_prepared(state: RunState, queue, batch, pipe, seg, bar):
+    """Decode images from the queue until `batch` are ready (failures recorded)."""
+    chunk = []
+    while queue and len(chunk) < batch:
+        item = queue.pop(0)
+        try:
+            chunk.append(prepare(item, pipe, state.opts.max_pixels, seg))
+        except ImageInputError as e:
+            state.fail(item.path, str(e))
+            bar.update(1)
+            if state.opts.fail_fast:           # finish the images before it, then stop
+                return chunk, []
+        except MemoryError:
+            state.fail(item.path, "out of memory while decoding it")
+            bar.update(1)
+    return chunk, queue
+
+
+# torch's words when a convolution gets another channel count than its weights take
+_WRONG_CHANNELS = re.compile(r"to have (\d+) channels, but got (\d+) channels")
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower() \
+        or "can't allocate memory" in str(e).lower()
+
+
+def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
+    """The segmenter's loop (`segment_views`, as `segment()` runs it) on the chunk's views,
+    `batch` images per network batch; results at each image's size. When the network runs
+    out of memory the batch is halved, for the rest of the run too.
+    Returns ([(prepared, result)], batch)."""
+    done, i = [], 0
+    while i < len(chunk):
+        piece = chunk[i:i + batch]
+        try:
+            # Noise keyed by each image's output name: a resumed or re-batched run gives
+            # every image the same chains as an uninterrupted one.
+            res = pipe.segment_views([p.model_chw for p in piece],
+                                     [(p.height, p.width) for p in piece],
+                                     [p.item.key for p in piece],
+                                     seg.replace(batch_size=len(piece)),
+                                     images=_pictures(piece) if seg.refine else None)
+        except (MemoryError, RuntimeError) as e:
+            wrong = _WRONG_CHANNELS.search(str(e))
+            if wrong:                  # the same for every image: each one fails, the run goes on
+                for p in piece:
+                    state.fail(p.item.path, f"the model takes {wrong[1]}-channel input where "
+                               f"this image gives {wrong[2]} (dsd-fast reads every image as "
+                               "RGB): the model was made for images with another channel "
+                               "count")
+                    bar.update(1)
+                i += len(piece)
+                continue
+            if not _is_oom(e):
+                raise
+            if len(piece) > 1:
+                batch = max(1, len(piece) // 2)
+                continue
+            state.fail(piece[0].item.path, "out of memory in the network")
+            bar.update(1)
+        except FloatingPointError as e:
+            for p in piece:
+                state.fail(p.item.path, f"the sampler failed: {e}")
+                bar.update(1)
+        else:
+            done.extend(zip(piece, res))
+        i += len(piece)
+    return done, batch
+
+
+def _pictures(piece) -> list:
+    """(3, H, W) in [0, 1] of each image at its size: what a CRF refines on."""
+    import torch
+    return [torch.from_numpy(decode_rgb8(p.item.path, p.height, p.width)).permute(2, 0, 1)
+            .float() / 255 for p in piece]
+
+
+def _write_one(state: RunState, prep, res) -> None:
+    try:
+        rec, score_error = write_outputs(prep, res, state.opts, state.gt, state.settings)
+    except OutputError as e:
+        if e.errno in WHOLE_FOLDER_ERRNOS:
+            raise                          # disk full, read-only: every later image fails too
+        state.fail(prep.item.path, str(e))
+    except ImageInputError as e:
+        state.fail(prep.item.path, str(e))
+    except MemoryError:
+        state.fail(prep.item.path, "out of memory while writing its outputs")
+    else:
+        rec["status"] = "segmented"
+        state.done[prep.item.key] = rec
+        state.segmented += 1
+        if score_error:
+            state.fail(prep.item.path, score_error)
