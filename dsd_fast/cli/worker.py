@@ -7,13 +7,12 @@ segments and writes a queue of images into that state (`process`).
     worker.py    this file; it imports neither driver, so the two import it and not each
                  other
 
-One image's failure (unreadable, out of memory, a model made for other channels) is
-recorded in the state and the queue goes on; a write error that every later image would
+One image's failure (unreadable, another channel count than the model's, out of memory)
+is recorded in the state and the queue goes on; a write error that every later image would
 meet too (disk full, read-only folder) is raised (OutputError) for the driver to stop on.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,10 +232,6 @@ def _take_prepared(state: RunState, queue, batch, pipe, seg, bar):
     return chunk, queue
 
 
-# torch's words when a convolution gets another channel count than its weights take
-_WRONG_CHANNELS = re.compile(r"to have (\d+) channels, but got (\d+) channels")
-
-
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or "out of memory" in str(e).lower() \
         or "can't allocate memory" in str(e).lower()
@@ -259,16 +254,6 @@ def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
                                      seg.replace(batch_size=len(piece)),
                                      images=_pictures(piece) if seg.refine else None)
         except (MemoryError, RuntimeError) as e:
-            wrong = _WRONG_CHANNELS.search(str(e))
-            if wrong:                  # the same for every image: each one fails, the run goes on
-                for p in piece:
-                    state.fail(p.item.path, f"the model takes {wrong[1]}-channel input where "
-                               f"this image gives {wrong[2]} (dsd-fast reads every image as "
-                               "RGB): the model was made for images with another channel "
-                               "count")
-                    bar.update(1)
-                i += len(piece)
-                continue
             if not _is_oom(e):
                 raise
             if len(piece) > 1:
