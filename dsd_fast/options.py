@@ -100,6 +100,11 @@ class SegmentOptions:
         for name in ("clip_x0", "tta", "return_samples"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("steps", "ensemble", "batch_size", "seed"):   # numpy integers -> int
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, int(v))
+        object.__setattr__(self, "eta", float(self.eta))
         if self.refine is not None and self.fusion != "mean":
             raise ValueError(f"refine={self.refine!r} replaces the fusion (a CRF on the "
                              "members' masks): use it with fusion='mean'")
