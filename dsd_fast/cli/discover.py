@@ -25,6 +25,8 @@ from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_redu
                       open_image, pending_orientation, pil_to_array, upright, upright_size,
                       warn_first_frame)
 from . import memory
+from ..volumes.brats import is_case_folder
+from ..volumes.reader import is_nifti as is_nifti_name
 
 BYTES_PER_OUTPUT_PIXEL = 24    # peak bytes per pixel while an image's outputs are written
 # File names are at most 255 bytes on common file systems; the longest name made from a key
@@ -46,7 +48,17 @@ class InputImage:
     @property
     def stem(self) -> str:
         """The file's stem in NFC (ground truth is matched by it)."""
-        return nfc(self.path.stem)
+        return nfc(_stem(self.path.name, self.path.is_dir()))
+
+
+def _stem(name: str, is_dir: bool) -> str:
+    """A file's stem; a volume's without .nii.gz (volume_inputs.py), a case folder's name."""
+    if is_dir:
+        return name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return PurePosixPath(name).stem
 
 
 @dataclass
@@ -155,7 +167,9 @@ def discover(specs: Sequence[str], recursive: bool = False,
     excl = exclude.resolve() if exclude is not None else None
 
     def listable(p: Path) -> bool:
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+        if p.name.startswith("."):
+            return False
+        if p.suffix.lower() not in IMAGE_SUFFIXES and not is_nifti_name(p.name):
             return False
         if excl is not None and OUTPUT_NAME.match(p.name) and is_inside(p, excl):
             return False
@@ -164,17 +178,24 @@ def discover(specs: Sequence[str], recursive: bool = False,
     def walk(folder: Path, base: Path, deep: bool) -> None:
         dirs.append(folder.resolve())
         if not deep:
-            found.extend((p, base) for p in sorted(folder.iterdir()) if listable(p))
+            found.extend((p, base) for p in sorted(folder.iterdir())
+                         if listable(p) or (not p.name.startswith(".") and is_case_folder(p)))
             return
         for root, subdirs, files in os.walk(folder):
             root_p = Path(root)
             subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
                                 and not (excl is not None and (root_p / d).resolve() == excl))
+            cases = [d for d in subdirs if is_case_folder(root_p / d)]   # a volume each
+            found.extend((root_p / d, base) for d in cases)
+            subdirs[:] = [d for d in subdirs if d not in cases]
             found.extend((root_p / f, base) for f in sorted(files) if listable(root_p / f))
 
     for spec in specs:
         p = Path(spec)
-        if p.is_dir():
+        if p.is_dir() and is_case_folder(p):         # a BraTS case named itself: one volume
+            found.append((p, None))
+            dirs.append(p.resolve())
+        elif p.is_dir():
             walk(p, p, recursive)
         elif p.is_file():
             found.append((p, None))
@@ -212,7 +233,8 @@ def discover(specs: Sequence[str], recursive: bool = False,
             rel = PurePosixPath(path.name)
         rel = PurePosixPath(nfc(str(rel)))
         rel_dir = "" if str(rel.parent) == "." else str(rel.parent)
-        images.append(InputImage(path, str(rel.parent / short_name(rel.stem)), rel_dir))
+        images.append(InputImage(path, str(rel.parent / short_name(_stem(rel.name, path.is_dir()))),
+                                 rel_dir))
     _make_keys_unique(images)
     return Discovery(images, missing, sorted(set(dirs)))
 

@@ -39,6 +39,7 @@ from ..images import ImageInputError, load_mask
 from ..io import remove_stale_temp_files
 from ..postprocess import resolve_postprocess
 from .discover import InputImage, discover, is_inside
+from .volume_inputs import finished_volume_record, is_volume_input
 from .errors import Interrupted, OutputError, UsageError
 from .evaluate import GroundTruth, format_summary
 from .outputs import (STATE_DIR, OutputLock, earlier_records, finished_record,
@@ -194,7 +195,8 @@ def _plan(state: RunState, images: list[InputImage]) -> list[InputImage]:
                 earlier["status"] = "earlier"
                 state.done[im.key] = earlier
             continue
-        rec = None if opts.overwrite else finished_record(im, opts)
+        finished = finished_volume_record if is_volume_input(im) else finished_record
+        rec = None if opts.overwrite else finished(im, opts)
         if rec is None:
             todo.append(im)
             continue

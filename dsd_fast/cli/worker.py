@@ -25,6 +25,7 @@ from .errors import OutputError, UsageError
 from .evaluate import GroundTruth
 from .memory import auto_batch_size
 from .outputs import write_outputs
+from .volume_inputs import is_volume_input, segment_volume_input
 
 DEFAULT_MAX_PIXELS = 16_000_000
 
@@ -168,6 +169,13 @@ def process(state: RunState, queue: list[InputImage], pipe, batch: int, bar,
         seg = pipe.resolve(opts.segment_options())         # checked against the model once
     except ValueError as e:
         raise UsageError(str(e)) from None
+    volumes = [im for im in queue if is_volume_input(im)]    # NIfTI files, BraTS cases
+    queue = [im for im in queue if not is_volume_input(im)]
+    for im in volumes:
+        if opts.fail_fast and state.failures:
+            break
+        segment_volume_input(state, im, pipe, seg)
+        bar.update(1)
     while queue and not (opts.fail_fast and state.failures):
         chunk, queue = _take_prepared(state, queue, batch, pipe, seg, bar)
         if not chunk:

@@ -35,6 +35,18 @@ def modality_of(filename: str) -> str:
     return filename.rsplit("_", 1)[-1].split(".")[0].lower()
 
 
+def is_case_folder(path) -> bool:
+    """A folder holding any BraTS modality file (an incomplete case is still a case: reading
+    it names what is missing). Cheap: names only."""
+    path = Path(path)
+    try:
+        return path.is_dir() and any(
+            is_nifti(p.name) and modality_of(p.name) in MODALITIES
+            for p in path.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return False
+
+
 def find_brats_files(folder, strict: bool = True) -> dict | None:
     """{modality: path} of a BraTS case folder's NIfTI files (t1, t1ce, t2, flair and seg
     where present). A folder that is not a BraTS case: None, or with `strict` an

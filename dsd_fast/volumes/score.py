@@ -1,8 +1,11 @@
 """Scoring a segmented volume against its ground truth, in physical units.
 
     score_volume(mask, gt, spacing) -> {"dice", "iou", "hd95_mm", "volume_ml",
-                                        "gt_volume_ml", "volume_difference_ml", tp, fp, fn, tn}
+                                        "gt_volume_ml", "volume_difference_ml", ...}
 
+The keys of metrics.score_image are all there (dice, iou, threshold_jaccard, sensitivity,
+specificity, accuracy, hd95, tp, fp, fn, tn; `hd95` = `hd95_mm`, in mm), so a volume's row
+pools with images' in metrics.summarise.
 Dice and IoU from the voxel counts (metrics.py, the same empty-case conventions); HD95 is
 metrics.hd95 in 3-D with the voxel spacing: surfaces are voxels with a face neighbour in
 the background, distances Euclidean in mm, the 95th percentile per direction then the max
@@ -29,8 +32,13 @@ def score_volume(mask, gt, spacing) -> dict:
     tp, fp, fn, tn = metrics.confusion(m, gt)
     voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
     volume, gt_volume = (tp + fp) * voxel_ml, (tp + fn) * voxel_ml
+    hd95_mm = metrics.hd95(m, gt, spacing=sp)
     return {"dice": metrics._dice(tp, fp, fn), "iou": metrics._iou(tp, fp, fn),
-            "hd95_mm": metrics.hd95(m, gt, spacing=sp),
+            "threshold_jaccard": metrics._threshold_jaccard(tp, fp, fn),
+            "sensitivity": metrics._sensitivity(tp, fn),
+            "specificity": metrics._specificity(tn, fp),
+            "accuracy": metrics._accuracy(tp, fp, fn, tn),
+            "hd95": hd95_mm, "hd95_mm": hd95_mm,
             "volume_ml": volume, "gt_volume_ml": gt_volume,
             "volume_difference_ml": volume - gt_volume,
             "tp": tp, "fp": fp, "fn": fn, "tn": tn}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from dsd_fast.metrics import surface
+from dsd_fast.metrics import COUNT_KEYS, METRIC_KEYS, surface
 from dsd_fast.volumes import score_volume
 
 SPACING = (2.0, 1.0, 0.5)
@@ -54,7 +54,8 @@ def test_offset_cubes_dice_volume_and_hd95_against_brute_force():
     pts = lambda m: np.argwhere(surface(m)) * np.asarray(SPACING)
     d = cdist(pts(pred), pts(gt))
     want = max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95))
-    assert s["hd95_mm"] == pytest.approx(want)
+    assert s["hd95_mm"] == pytest.approx(want) == s["hd95"]
+    assert set(METRIC_KEYS + COUNT_KEYS) <= set(s)       # pools with images in summarise
     assert 0 < s["hd95_mm"] <= math.hypot(2 * 2.0, 1 * 1.0) + 1e-9
     # the spacing matters: the same voxels under isotropic 1 mm give another distance
     assert score_volume(pred, gt, (1, 1, 1))["hd95_mm"] != pytest.approx(s["hd95_mm"])

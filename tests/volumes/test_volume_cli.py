@@ -1,0 +1,76 @@
+"""#35 item 2 on the command line: `dsd-fast segment CASES/ -o OUT --checkpoint brats` finds
+BraTS case folders and NIfTI files beside images, writes each volume's NIfTI outputs with
+the input's affine and a record in results.json (scored against a case's seg), gives the
+API's masks, and a re-run skips the finished volumes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from volume_support import (BRATS_CASE, BRATS_SHAPE, FAST, SKIP_WITHOUT_VOLUMES,
+                            flipped_affine, save_nifti, tiny_official_medsegdiff,
+                            write_synthetic_brats_case)
+
+pytestmark = SKIP_WITHOUT_VOLUMES
+ARGS = ["--steps", "2", "--ensemble", "2", "-q"]
+
+
+def test_segment_cases_folder_end_to_end(tmp_path):
+    import nibabel as nib
+
+    import dsd_fast
+    from dsd_fast.cli import main
+    from dsd_fast.volumes import segment_volume
+    cases = tmp_path / "CASES"
+    write_synthetic_brats_case(cases)
+    rng = np.random.default_rng(3)
+    stack = rng.uniform(0, 900, (20, 16, 3, 4)).astype(np.float32)
+    save_nifti(cases / "stack4.nii.gz", stack, flipped_affine())
+    (cases / "notes.txt").write_text("not an input")
+    pipe = tiny_official_medsegdiff(4)
+    model = str(dsd_fast.save_model(pipe, tmp_path / "brats.safetensors"))
+    out = tmp_path / "OUT"
+    assert main(["segment", str(cases), "-o", str(out), "--checkpoint", model, *ARGS]) == 0
+
+    doc = json.loads((out / "results.json").read_text())
+    recs = {r["key"]: r for r in doc["images"]}
+    assert sorted(recs) == [BRATS_CASE, "stack4"] and doc["failed"] == []
+    case = recs[BRATS_CASE]
+    assert case["kind"] == "volume" and case["shape"] == list(BRATS_SHAPE)
+    assert case["intensity"] == "raw" and recs["stack4"]["intensity"] == "volume"
+    assert set(case["metrics"]) >= {"dice", "hd95_mm", "volume_ml", "gt_volume_ml"}
+    for key, src in ((BRATS_CASE, cases / BRATS_CASE / f"{BRATS_CASE}_t1.nii.gz"),
+                     ("stack4", cases / "stack4.nii.gz")):
+        mask = nib.load(str(out / f"{key}_mask.nii.gz"))
+        np.testing.assert_allclose(mask.affine, nib.load(str(src)).affine, atol=1e-6)
+        assert (out / f"{key}_prob.nii.gz").is_file()
+        assert (out / f"{key}_uncertainty.nii.gz").is_file()
+        # the API's mask for the same volume, options and (case-named) noise keys
+        api = segment_volume(pipe, src.parent if key == BRATS_CASE else src, **FAST)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), api.mask)
+    assert recs["stack4"]["volume_ml"] == pytest.approx(np.count_nonzero(api.mask) * 3.6 / 1000)
+    report = (out / "index.html").read_text()                    # each shows a slice
+    assert f'alt="{BRATS_CASE} overlay"' in report and 'alt="stack4 overlay"' in report
+
+    # a re-run finds both finished and skips them
+    assert main(["segment", str(cases), "-o", str(out), "--checkpoint", model, *ARGS]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in doc["images"]] == ["skipped", "skipped"]
+
+
+def test_incomplete_case_is_a_failed_input_and_the_run_goes_on(tmp_path):
+    import dsd_fast
+    from dsd_fast.cli import main
+    cases = tmp_path / "CASES"
+    case = write_synthetic_brats_case(cases)
+    (case / f"{BRATS_CASE}_flair.nii.gz").unlink()
+    save_nifti(cases / "ok.nii.gz", np.random.default_rng(0).uniform(0, 1, (8, 8, 2, 4)),
+               np.eye(4))
+    model = str(dsd_fast.save_model(tiny_official_medsegdiff(4), tmp_path / "m.safetensors"))
+    out = tmp_path / "OUT"
+    assert main(["segment", str(cases), "-o", str(out), "--checkpoint", model, *ARGS]) == 1
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["key"] for r in doc["images"]] == ["ok"]
+    assert len(doc["failed"]) == 1 and "*_flair missing" in doc["failed"][0]["error"]
