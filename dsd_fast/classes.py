@@ -121,3 +121,45 @@ def class_regions(labels: np.ndarray, k: int, nested: bool) -> np.ndarray:
     labels = np.asarray(labels)
     idx = np.arange(1, k + 1)[:, None, None]
     return labels[None] >= idx if nested else labels[None] == idx
+
+
+def load_class_mask(path) -> torch.Tensor:
+    """One class's mask file -> (H, W) bool: nonzero where the file is binary (0/255, 0/1),
+    else > 127 of 255 (half the range of other depths): the majority of Drishti-GS's soft
+    4-expert maps (0, 64, 128, 191, 255: 2 of 4 experts and more). Per-class soft maps are
+    expected here, so no warning is given for them."""
+    import torch
+
+    from .images import load_image_file
+    arr = np.asarray(load_image_file(path))
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    values = np.unique(arr)
+    if values.size <= 1 or (values.size == 2 and values[0] == 0):
+        return torch.from_numpy(arr > 0)
+    cut = 127 if arr.dtype == np.uint8 else 0.5 * (65535 if arr.dtype == np.uint16 else 1)
+    return torch.from_numpy(arr > cut)
+
+
+def load_label_map(path, k: int) -> np.ndarray:
+    """A label-map file (values 0..k: 0 background, i = the i-th class) -> (H, W) uint8;
+    ValueError naming the file when it holds other values (a 0/255 mask is not one)."""
+    from .images import load_image_file
+    arr = np.asarray(load_image_file(path))
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    top = int(arr.max()) if arr.size else 0
+    if not np.issubdtype(arr.dtype, np.integer) or int(arr.min()) < 0 or top > k:
+        raise ValueError(f"{path}: not a label map of {k} classes (values 0..{k}); its "
+                         f"values reach {top}")
+    return arr.astype(np.uint8)
+
+
+def truth_regions(masks: np.ndarray, nested: bool) -> np.ndarray:
+    """(K, H, W) bool ground-truth class masks -> their regions under the rule the
+    predictions' regions follow (label_map then class_regions): nested, a class's region
+    includes the inner classes' (a disc mask that leaves the cup out still scores as the
+    disc with its cup); exclusive, an overlap goes to the first class."""
+    masks = np.asarray(masks, dtype=bool)
+    labels = label_map(masks, nested, masks.astype(np.float32))
+    return class_regions(labels, masks.shape[0], nested)

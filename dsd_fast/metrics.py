@@ -262,6 +262,43 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- classes
+
+def class_keys(classes) -> tuple[str, ...]:
+    """The per-class columns of `score_classes` rows: m_<class> for every METRIC_KEYS m,
+    class by class."""
+    return tuple(f"{m}_{c}" for c in classes for m in METRIC_KEYS)
+
+
+def score_classes(pred_regions, gt_regions, classes) -> dict:
+    """Metrics of one image of several classes (classes.py): (K, H, W) bool predicted and
+    ground-truth regions (nested classes' regions include the inner ones).
+
+    Keys: every METRIC_KEYS m of each class as m_<class> (and its counts as tp_<class>,
+    ...); m itself is the mean over classes (hd95: inf when any class's is), and tp, fp,
+    fn, tn are summed over classes, so `summarise` pools over pixels and classes.
+    """
+    pred_regions, gt_regions = np.asarray(pred_regions), np.asarray(gt_regions)
+    if pred_regions.shape != gt_regions.shape or pred_regions.shape[0] != len(classes):
+        raise ValueError(f"{len(classes)} classes: prediction regions {pred_regions.shape} "
+                         f"and ground truth {gt_regions.shape} must both be (K, H, W) alike")
+    per = [score_image(p, g) for p, g in zip(pred_regions, gt_regions)]
+    out: dict = {m: float(np.mean([r[m] for r in per])) for m in METRIC_KEYS}
+    for k in COUNT_KEYS:
+        out[k] = sum(int(r[k]) for r in per)
+    for c, r in zip(classes, per):
+        for k in METRIC_KEYS + COUNT_KEYS:
+            out[f"{k}_{c}"] = r[k]
+    return out
+
+
+def summarise_classes(rows: list[dict], classes) -> dict:
+    """{class: summarise of its own metrics} over `score_classes` rows."""
+    return {c: summarise([{k: r[f"{k}_{c}"] for k in METRIC_KEYS + COUNT_KEYS}
+                          for r in rows]) for c in classes}
+
+
 __all__ = ["confusion", "dice", "iou", "threshold_jaccard", "sensitivity", "specificity",
            "accuracy", "hd95", "surface", "score_image", "summarise", "binarise",
-           "METRIC_KEYS", "COUNT_KEYS", "THRESHOLD_JACCARD_CUTOFF"]
+           "METRIC_KEYS", "COUNT_KEYS", "THRESHOLD_JACCARD_CUTOFF", "score_classes",
+           "summarise_classes", "class_keys"]

@@ -1,5 +1,10 @@
 """Scoring predicted masks against ground truth: folders in, a per-image CSV and a summary
-out (`dsd-fast eval`), and the ground truth of `dsd-fast segment --gt` (GroundTruth)."""
+out (`dsd-fast eval`), and the ground truth of `dsd-fast segment --gt` (GroundTruth).
+
+Several classes (classes.py): predictions are label maps (`<stem>_labels.png`), ground truth
+a label map `<stem>.png` or one mask per class `<stem>_<class>.png` (Drishti-GS's layout,
+soft maps at > 127); each class is scored on its region, and the image's metrics are the
+means over classes (metrics.score_classes)."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +15,9 @@ import numpy as np
 
 from ..images import IMAGE_SUFFIXES, ImageInputError, list_images, load_mask
 from ..io import csv_cell, write_text
-from ..metrics import METRIC_KEYS, score_image, summarise
+from ..classes import class_regions, load_class_mask, load_label_map, truth_regions
+from ..metrics import (METRIC_KEYS, class_keys, score_classes, score_image, summarise,
+                       summarise_classes)
 from .discover import InputImage
 from .errors import UsageError
 
@@ -59,16 +66,55 @@ def evaluate_folders(pred_dir, gt_dir) -> tuple[list[dict], dict]:
     return rows, summarise(rows)
 
 
-def write_csv(rows: list[dict], path) -> Path:
-    """Per-image metrics CSV (CSV_COLUMNS), written atomically."""
+def write_csv(rows: list[dict], path, classes=None) -> Path:
+    """Per-image metrics CSV (CSV_COLUMNS, then each class's metrics when `classes`),
+    written atomically."""
     path = Path(path)
+    columns = CSV_COLUMNS + (class_keys(classes) if classes else ())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else csv_cell(r[k]))
-                         for k in CSV_COLUMNS})
+                         for k in columns})
     return write_text(path, buf.getvalue())
+
+
+LABELS_SUFFIX = "_labels"       # `dsd-fast segment` writes <stem>_labels.png for K > 1
+
+
+def evaluate_class_folders(pred_dir, gt_dir, classes, nested: bool = True
+                           ) -> tuple[list[dict], dict]:
+    """`dsd-fast eval --classes`: label-map predictions (<stem>_labels.png or <stem>.png)
+    against label maps <stem>.png or per-class masks <stem>_<class>.png. Rows are
+    metrics.score_classes'; the summary is the mean over classes' with "classes": each
+    class's own summary."""
+    found = list_images(Path(pred_dir))
+    if any(s.endswith(LABELS_SUFFIX) for s in found):
+        found = {s[:-len(LABELS_SUFFIX)]: p for s, p in found.items()
+                 if s.endswith(LABELS_SUFFIX)}
+    if not found:
+        raise ValueError(f"no predicted label maps in {pred_dir}")
+    gt = GroundTruth(gt_dir)
+    rows = []
+    for stem in sorted(found):
+        labels = load_label_map(found[stem], len(classes))
+        truth = gt.class_truth("", stem, classes, nested)
+        if truth is None:
+            raise ValueError(f"no ground truth in {gt_dir} for prediction {stem!r}: neither "
+                             f"a label map {stem}.png nor "
+                             f"{', '.join(f'{stem}_{c}.png' for c in classes)}")
+        rows.append({"image": stem, **_score_labels(labels, truth, classes, nested, stem)})
+    summary = summarise(rows)
+    summary["classes"] = summarise_classes(rows, classes)
+    return rows, summary
+
+
+def _score_labels(labels, truth, classes, nested, name) -> dict:
+    if labels.shape != truth.shape[1:]:
+        raise ValueError(f"{name}: prediction size {labels.shape} differs from ground truth "
+                         f"size {truth.shape[1:]}; predictions must be at the original size")
+    return score_classes(class_regions(labels, len(classes), nested), truth, classes)
 
 
 def format_summary(summary: dict, n: int) -> str:
@@ -100,18 +146,50 @@ class GroundTruth:
             raise UsageError(f"--gt: {e}") from None
 
     def find(self, item: InputImage) -> Path | None:
-        if item.rel_dir:
-            sub = self.folder / item.rel_dir
+        return self.find_stem(item.rel_dir, item.stem)
+
+    def find_stem(self, rel_dir: str, stem: str) -> Path | None:
+        """GT/<rel_dir>/<stem>.* (mirrored layout), else GT/<stem>.*, else None."""
+        if rel_dir:
+            sub = self.folder / rel_dir
             for suffix in sorted(IMAGE_SUFFIXES):
-                for cand in (sub / f"{item.stem}{suffix}", sub / f"{item.stem}{suffix.upper()}"):
+                for cand in (sub / f"{stem}{suffix}", sub / f"{stem}{suffix.upper()}"):
                     if cand.is_file():
                         return cand
             # the same name spelled otherwise in Unicode (macOS writes NFD): by NFC stem
             if sub not in self._listings:
                 self._listings[sub] = list_images(sub) if sub.is_dir() else {}
-            if item.stem in self._listings[sub]:
-                return self._listings[sub][item.stem]
-        return self.flat.get(item.stem)
+            if stem in self._listings[sub]:
+                return self._listings[sub][stem]
+        return self.flat.get(stem)
+
+    def class_truth(self, rel_dir: str, stem: str, classes, nested: bool):
+        """(K, H, W) bool ground-truth regions of an image of several classes: from one mask
+        per class <stem>_<class>.* when all are there, else from a label map <stem>.*;
+        None when neither is. ValueError for an unreadable or wrong file."""
+        per_class = [self.find_stem(rel_dir, f"{stem}_{c}") for c in classes]
+        try:
+            if all(p is not None for p in per_class):
+                masks = [load_class_mask(p).numpy() for p in per_class]
+                if len({m.shape for m in masks}) > 1:
+                    raise ValueError(f"{stem}: its class masks differ in size")
+                return truth_regions(np.stack(masks), nested)
+            path = self.find_stem(rel_dir, stem)
+            if path is None:
+                return None
+            return class_regions(load_label_map(path, len(classes)), len(classes), nested)
+        except ImageInputError as e:
+            raise ValueError(f"{stem}: ground truth {e}") from None
+
+    def score_labels(self, item: InputImage, labels: np.ndarray, classes,
+                     nested: bool) -> dict:
+        """metrics.score_classes of a label map against the item's ground truth."""
+        truth = self.class_truth(item.rel_dir, item.stem, classes, nested)
+        if truth is None:
+            raise ValueError(f"{item.path}: no ground truth in {self.folder}: neither a label "
+                             f"map with stem {item.stem!r} nor one mask per class "
+                             f"({', '.join(f'{item.stem}_{c}' for c in classes)})")
+        return _score_labels(labels, truth, classes, nested, item.key)
 
     def score(self, item: InputImage, mask: np.ndarray) -> dict:
         """score_image metrics of `mask` against the item's ground truth; ValueError names

@@ -138,7 +138,11 @@ def cmd_eval(args) -> int:
     import warnings
 
     from ..images import NonBinaryMaskWarning
-    from .evaluate import evaluate_folders, format_summary, write_csv
+    from .evaluate import evaluate_class_folders, evaluate_folders, format_summary, write_csv
+    if args.classes:
+        return _eval_classes(args, evaluate_class_folders, format_summary, write_csv)
+    if args.exclusive_classes:
+        raise ValueError("--exclusive-classes goes with --classes A+B")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonBinaryMaskWarning)
         rows, summary = evaluate_folders(args.pred, args.gt)
@@ -152,6 +156,24 @@ def cmd_eval(args) -> int:
         print(f"note: {len(grey)} mask file(s) were not binary (grey levels, e.g. JPEG) and "
               f"were binarised at > 128 of 255, as the ISIC scorer does: "
               f"{', '.join(grey[:3])}{' ...' if len(grey) > 3 else ''}", file=sys.stderr)
+    return 0
+
+
+def _eval_classes(args, evaluate_class_folders, format_summary, write_csv) -> int:
+    """`dsd-fast eval --classes A+B`: label maps scored class by class (evaluate.py)."""
+    from ..classes import check_classes
+    names = args.classes.split("+")
+    check_classes(names, len(names))
+    rows, summary = evaluate_class_folders(args.pred, args.gt, names,
+                                           nested=not args.exclusive_classes)
+    out = Path(args.out) if args.out else Path.cwd()
+    path = write_csv(rows, out / "metrics.csv", names)
+    print(f"mean over {len(names)} classes:")
+    print(format_summary(summary, len(rows)))
+    for name in names:
+        print(f"\nclass {name}:")
+        print(format_summary(summary["classes"][name], len(rows)))
+    print(f"per-image metrics: {path}")
     return 0
 
 
@@ -292,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, help="folder of predicted masks (<stem>[_mask].png)")
     e.add_argument("--gt", required=True, help="folder of ground-truth masks (<stem>.png)")
     e.add_argument("--out", default=None, help="folder for metrics.csv (default: current)")
+    e.add_argument("--classes", default=None, metavar="A+B",
+                   help="several classes: predictions are label maps (<stem>_labels.png, "
+                   "0 background, k = the k-th class), ground truth label maps <stem>.png "
+                   "or one mask per class <stem>_A.png, <stem>_B.png (> 127); metrics per "
+                   "class and their mean")
+    e.add_argument("--exclusive-classes", action="store_true",
+                   help="with --classes: the classes do not overlap (default: nested, each "
+                   "inside the one before, as optic disc and cup)")
     e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train", help="train a model (resumes from OUT/last.pt if present)")

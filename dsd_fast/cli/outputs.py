@@ -38,8 +38,9 @@ import torch.nn.functional as F
 
 from ..images import decode_rgb8, strip_rows
 from ..io import csv_cell, write_png, write_text
-from ..metrics import METRIC_KEYS
+from ..metrics import METRIC_KEYS, class_keys
 from ..uncertainty import entropy_map
+from .class_outputs import class_columns, class_suffix, write_class_outputs
 from .discover import InputImage, Prepared, fingerprint
 from .errors import UsageError
 from .evaluate import GroundTruth, write_csv
@@ -47,13 +48,16 @@ from .report import data_uri, render_report, thumbnail_size
 from .visualise import heatmap_strips, overlay, overlay_inplace
 
 OUTPUT_SUFFIXES = {"mask": "_mask.png", "probability": "_prob.png",
-                   "uncertainty": "_uncertainty.png", "overlay": "_overlay.png"}
+                   "uncertainty": "_uncertainty.png", "overlay": "_overlay.png",
+                   "labels": "_labels.png"}     # a model of several classes: class_outputs.py
 STATE_DIR = ".dsd-fast"
 UNCERTAIN_ABOVE = 0.2          # std above which a pixel is in the shaded "uncertain band"
 
 
 def output_paths(out: Path, key: str, kinds: Sequence[str]) -> dict[str, Path]:
-    return {k: out / f"{key}{OUTPUT_SUFFIXES[k]}" for k in kinds}
+    """{kind: OUT/<key><suffix>}; per-class kinds ("probability:cup") as class_outputs.py
+    names them."""
+    return {k: out / f"{key}{class_suffix(k) or OUTPUT_SUFFIXES[k]}" for k in kinds}
 
 
 def record_path(out: Path, key: str) -> Path:
@@ -185,6 +189,9 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
     paths = output_paths(out, item.key, opts.kinds())
     rel = {k: p.relative_to(out).as_posix() for k, p in paths.items()}
     write_text(claim_path(out, item.key), json.dumps({"key": item.key, "outputs": rel}))
+    if getattr(res, "classes", None) is not None:          # several classes: a label map
+        return write_class_outputs(prep, res, opts, gt, settings, paths, UNCERTAIN_ABOVE,
+                                   _thumbnail)
     prob, std, mask = res.probability, res.std, res.mask
     n = h * w
     entropy_sum = 0.0
@@ -326,16 +333,21 @@ def write_summaries(out: Path, records: list[dict], failures: list[tuple[str, st
         doc["metrics_summary"] = info["summary"]
     write_text(out / "results.json", json.dumps(_json_safe(doc), indent=1) + "\n")
 
-    columns = RESULT_COLUMNS + (METRIC_KEYS if scored else ())
+    classes = info.get("classes")             # several classes: per-class columns as well
+    columns = RESULT_COLUMNS + (class_columns(classes) if classes else ()) \
+        + (METRIC_KEYS + (class_keys(classes) if classes else ()) if scored else ())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for r in records:
-        row = {**r, **(r.get("metrics") or {}), "image": r["key"]}
+        per_class = {f"{k}_{c}": v for c, stats in (r.get("classes") or {}).items()
+                     for k, v in stats.items()}
+        row = {**r, **per_class, **(r.get("metrics") or {}), "image": r["key"]}
         writer.writerow([f"{v:.6g}" if isinstance(v, float) else csv_cell(v)
                          for v in (row.get(c, "") for c in columns)])
     write_text(out / "results.csv", buf.getvalue())
     if scored:
-        write_csv([{"image": r["key"], **r["metrics"]} for r in scored], out / "metrics.csv")
+        write_csv([{"image": r["key"], **r["metrics"]} for r in scored], out / "metrics.csv",
+                  info.get("classes"))
     if report:
         write_text(out / "index.html", render_report(records, failures, info))

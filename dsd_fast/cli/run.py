@@ -143,6 +143,7 @@ def _locked_run(state: RunState, found, model) -> RunSummary:
     opts, out = state.opts, state.opts.output
     remove_stale_temp_files(out)
     resolve_run_sampling(opts, model, state.err_s)
+    resolve_run_classes(opts, model)
     state.settings = _settings(opts, model)
     state.order = [im.key for im in found.images]
     todo = _plan(state, found.images)
@@ -258,6 +259,36 @@ def resolve_run_sampling(opts: BatchOptions, model, err=None) -> None:
         opts.steps = T
 
 
+def resolve_run_classes(opts: BatchOptions, model) -> None:
+    """opts.classes / opts.nested from the model (classes.py), before any worker loads it:
+    from the object, else the file's metadata ("classes"), else by loading the file here
+    (a file of the original code). One class leaves opts.classes None."""
+    import json
+
+    from ..api import _model_path
+    from ..checkpoint import read_metadata
+    from ..classes import classes_from_metadata
+    classes = nested = None
+    if model is None or isinstance(model, (str, os.PathLike)):
+        try:
+            meta = read_metadata(_model_path(model if model is not None else opts.checkpoint))
+            if "classes" in meta:
+                names = json.loads(meta["classes"])
+                classes, nested = classes_from_metadata(meta, len(names))
+            elif "family" in meta:
+                # own format without classes: one class (Pipeline.file_contents writes them
+                # for every model of several)
+                classes = ()
+        except (OSError, ValueError, KeyError, TypeError):
+            pass                             # the load below says what is wrong
+    if classes is None:
+        pipe = model if hasattr(model, "classes") else load_pipeline(model, opts)
+        if getattr(pipe, "mask_channels", 1) > 1:
+            classes, nested = pipe.classes, pipe.nested
+    opts.classes = tuple(classes) if classes and len(classes) > 1 else None
+    opts.nested = True if nested is None else nested
+
+
 def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
     if None not in (opts.steps, opts.ensemble, opts.spacing) and opts.postprocess != "auto":
         opts.postprocess = resolve_postprocess(opts.postprocess, None)
@@ -343,6 +374,13 @@ def _score_skipped(state: RunState, images) -> None:
                 or other_input(rec, im) is not None:     # another input's mask: not this one's
             continue
         try:
+            if state.opts.classes:                 # several classes: the label map
+                from ..classes import load_label_map
+                labels = load_label_map(state.opts.output / rec["outputs"]["labels"],
+                                        len(state.opts.classes))
+                rec["metrics"] = state.gt.score_labels(im, labels, state.opts.classes,
+                                                       state.opts.nested)
+                continue
             mask = load_mask(state.opts.output / rec["outputs"]["mask"]).numpy()
             rec["metrics"] = state.gt.score(im, mask)
         except (ValueError, ImageInputError) as e:

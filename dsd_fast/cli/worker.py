@@ -24,6 +24,7 @@ from .discover import InputImage, prepare
 from .errors import OutputError, UsageError
 from .evaluate import GroundTruth
 from .memory import auto_batch_size
+from .class_outputs import class_kinds
 from .outputs import write_outputs
 from .volume_inputs import is_volume_input, segment_volume_input
 
@@ -80,6 +81,11 @@ class BatchOptions:
     # cores).
     ray: str | None = None
     workers: int | None = None
+    # A model of several classes (classes.py): its class names and nesting, read from the
+    # model before the run (resolve_run_classes), so the output names are known when the
+    # folder is planned; None: one class, today's outputs.
+    classes: tuple[str, ...] | None = None
+    nested: bool = True
 
     def __post_init__(self):
         if not str(self.output).strip():
@@ -116,6 +122,8 @@ class BatchOptions:
 
     def kinds(self) -> list[str]:
         """Output kinds every finished image must have, the mask last (written last)."""
+        if self.classes:
+            return class_kinds(self.classes, self.maps, self.overlay)
         return ((["probability", "uncertainty"] if self.maps else [])
                 + (["overlay"] if self.overlay else []) + ["mask"])
 
@@ -151,11 +159,16 @@ class RunState:
     def info(self) -> dict:
         records = self.records()
         scored = [dict(r["metrics"]) for r in records if r.get("metrics") is not None]
+        summary = summarise(scored) if scored else None
+        classes = self.opts.classes
+        if summary is not None and classes:     # several classes: each one's summary too
+            from ..metrics import summarise_classes
+            summary["classes"] = summarise_classes(scored, classes)
         return {"title": f"dsd-fast segment: {self.opts.output.resolve().name}",
                 "settings": self.settings,
                 "counts": {"segmented": self.segmented, "skipped": self.skipped,
                            "failed": len(self.failures)},
-                "summary": summarise(scored) if scored else None}
+                "summary": summary, **({"classes": list(classes)} if classes else {})}
 
 
 def process(state: RunState, queue: list[InputImage], pipe, batch: int, bar,

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import ImageInputError, list_images, load_image_file, load_mask, to_chw
+from ..classes import load_class_mask
+from ..images import ImageInputError, list_images, load_mask, to_chw
 from ..preprocess import minmax_normalise, resize_image
 
 
@@ -77,21 +77,6 @@ class Sample:
     mask: torch.Tensor         # (K, S, S) float32 in {0, 1}: K = 1, or one channel per class
     original_mask: torch.Tensor  # (H, W) bool (K = 1) or (K, H, W) bool, scored at that size
     original_size: tuple[int, int]
-
-
-def load_class_mask(path) -> torch.Tensor:
-    """One class's mask file -> (H, W) bool: nonzero where the file is binary (0/255, 0/1),
-    else > 127 of 255 (half the range of other depths): the majority of Drishti-GS's soft
-    4-expert maps (0, 64, 128, 191, 255: 2 of 4 experts and more). Per-class soft maps are
-    expected here, so no warning is given for them."""
-    arr = np.asarray(load_image_file(path))
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    values = np.unique(arr)
-    if values.size <= 1 or (values.size == 2 and values[0] == 0):
-        return torch.from_numpy(arr > 0)
-    cut = 127 if arr.dtype == np.uint8 else 0.5 * (65535 if arr.dtype == np.uint16 else 1)
-    return torch.from_numpy(arr > cut)
 
 
 def load_pairs(pairs, size: int) -> list[Sample]:

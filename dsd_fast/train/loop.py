@@ -23,7 +23,7 @@ import torch
 
 from ..checkpoint import load_model, read_metadata, save_model
 from ..channels import to_model_channels
-from ..classes import check_classes, class_metadata, class_regions
+from ..classes import check_classes, class_metadata, truth_regions
 from ..diffusion import Schedule
 from ..families import find_config
 from ..io import torch_save
@@ -275,17 +275,10 @@ def _validate_several(pipe, samples, steps, ensemble, seed, batch_images, names,
         for s, smp in zip(chunk, out):
             res = samples_to_class_result(smp, s.original_size, names, nested)
             # the ground truth's regions under the same rule as the prediction's
-            truth = class_regions(_labels_of(s.original_mask.numpy(), nested), len(names),
-                                  nested)
+            truth = truth_regions(s.original_mask.numpy(), nested)
             for c, name in enumerate(names):
                 dices[name].append(dice(res.class_regions()[c], truth[c]))
     return {n: sum(d) / len(d) for n, d in dices.items()}
-
-
-def _labels_of(masks, nested: bool):
-    """(K, H, W) bool ground-truth class masks -> their label map (classes.py)."""
-    from ..classes import label_map
-    return label_map(masks, nested, masks.astype("float32"))
 
 
 class Trainer:
