@@ -26,7 +26,7 @@ from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_redu
                       warn_first_frame)
 from . import memory
 from ..volumes.brats import is_case_folder
-from ..volumes.reader import is_nifti as is_nifti_name
+from ..volumes.reader import is_dicom_series_folder, is_nifti as is_nifti_name
 
 BYTES_PER_OUTPUT_PIXEL = 24    # peak bytes per pixel while an image's outputs are written
 # File names are at most 255 bytes on common file systems; the longest name made from a key
@@ -74,6 +74,11 @@ def is_inside(child: Path, parent: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def is_volume_folder(p: Path) -> bool:
+    """A BraTS case folder or a DICOM series folder: one volume input (volume_inputs.py)."""
+    return is_case_folder(p) or is_dicom_series_folder(p)
 
 
 def _glob_base(pattern: str) -> Path:
@@ -179,20 +184,20 @@ def discover(specs: Sequence[str], recursive: bool = False,
         dirs.append(folder.resolve())
         if not deep:
             found.extend((p, base) for p in sorted(folder.iterdir())
-                         if listable(p) or (not p.name.startswith(".") and is_case_folder(p)))
+                         if listable(p) or (not p.name.startswith(".") and is_volume_folder(p)))
             return
         for root, subdirs, files in os.walk(folder):
             root_p = Path(root)
             subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
                                 and not (excl is not None and (root_p / d).resolve() == excl))
-            cases = [d for d in subdirs if is_case_folder(root_p / d)]   # a volume each
+            cases = [d for d in subdirs if is_volume_folder(root_p / d)]   # a volume each
             found.extend((root_p / d, base) for d in cases)
             subdirs[:] = [d for d in subdirs if d not in cases]
             found.extend((root_p / f, base) for f in sorted(files) if listable(root_p / f))
 
     for spec in specs:
         p = Path(spec)
-        if p.is_dir() and is_case_folder(p):         # a BraTS case named itself: one volume
+        if is_volume_folder(p):                      # a BraTS case or a DICOM series
             found.append((p, None))
             dirs.append(p.resolve())
         elif p.is_dir():

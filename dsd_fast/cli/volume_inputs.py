@@ -1,7 +1,9 @@
 """Volumes on the command line: `dsd-fast segment CASES/ -o OUT --checkpoint brats.pt`.
 
-discover.py finds, beside images, NIfTI files (.nii, .nii.gz) and BraTS case folders (a
-folder holding *_t1, *_t1ce, *_t2 and *_flair NIfTI files); run.py hands each of them here,
+discover.py finds, beside images, NIfTI files (.nii, .nii.gz), BraTS case folders (a
+folder holding *_t1, *_t1ce, *_t2 and *_flair NIfTI files) and DICOM series folders (a
+folder of DICOM files); a DICOM file named on the command line is a volume too (one slice,
+or a multi-frame file's frames). The segment loop (worker.process) hands each of them here,
 where it is segmented slice by slice (dsd_fast.volumes.segment_volume, the same loop and
 noise keys as the API) and written as
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from ..images import ImageInputError
 from ..io import write_text
-from ..volumes.reader import is_nifti
+from ..volumes.reader import is_dicom_file, is_nifti
 from .discover import InputImage, fingerprint
 from .outputs import claim_path, read_record, record_path
 
@@ -30,7 +32,7 @@ GT_SUFFIXES = (".nii.gz", ".nii", "_seg.nii.gz", "_seg.nii")
 
 
 def is_volume_input(item: InputImage) -> bool:
-    return item.path.is_dir() or is_nifti(item.path.name)
+    return item.path.is_dir() or is_nifti(item.path.name) or is_dicom_file(item.path)
 
 
 def volume_paths(out: Path, key: str) -> dict[str, Path]:

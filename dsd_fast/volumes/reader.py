@@ -164,6 +164,26 @@ def _is_dicom_file(path: Path) -> bool:
     return path.suffix.lower() in DICOM_SUFFIXES
 
 
+def is_dicom_file(path) -> bool:
+    """A DICOM Part 10 file (its 'DICM' mark) or a file named .dcm / .dicom / .ima."""
+    path = Path(path)
+    return path.is_file() and _is_dicom_file(path)
+
+
+def is_dicom_series_folder(path, probe: int = 8) -> bool:
+    """A folder whose first `probe` files (sorted, hidden ones skipped) are all DICOM: a
+    series, one volume. Cheap: reads 132 bytes of at most `probe` files."""
+    path = Path(path)
+    try:
+        if not path.is_dir():
+            return False
+        files = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return False
+    files = [p for p in files if p.is_file()][:probe]
+    return bool(files) and all(_is_dicom_file(p) for p in files)
+
+
 def _read_dataset(path: Path, pixels: bool = True):
     pydicom = _pydicom()
     try:

@@ -74,3 +74,41 @@ def test_incomplete_case_is_a_failed_input_and_the_run_goes_on(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert [r["key"] for r in doc["images"]] == ["ok"]
     assert len(doc["failed"]) == 1 and "*_flair missing" in doc["failed"][0]["error"]
+
+
+def test_one_channel_model_png_dicom_and_nifti(tmp_path):
+    """A 1-channel model on one command: a PNG image, a DICOM series folder, a DICOM file
+    named on its own and a NIfTI volume; each volume's mask equals the API's."""
+    import nibabel as nib
+    from PIL import Image
+    from volume_support import phantom, tiny_dermosegdiff, write_dicom_slice
+
+    import dsd_fast
+    from dsd_fast.cli import main
+    from dsd_fast.volumes import segment_volume
+    src = tmp_path / "in"
+    (src / "series").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 14), dtype=np.uint8)) \
+        .save(src / "photo.png")
+    vol = phantom((10, 9, 3))
+    for k in range(3):
+        write_dicom_slice(src / "series" / f"s{k}.dcm", vol[:, :, k], (0, 0, 2.0 * k),
+                          [1, 0, 0, 0, 1, 0], (0.5, 0.5), instance=k + 1)
+    (tmp_path / "one").mkdir()
+    single = write_dicom_slice(tmp_path / "one" / "single.dcm", vol[:, :, 0], (0, 0, 0),
+                               [1, 0, 0, 0, 1, 0], (0.5, 0.5), instance=1)
+    save_nifti(src / "gray.nii.gz", vol, flipped_affine())
+    pipe = tiny_dermosegdiff(1)
+    model = str(dsd_fast.save_model(pipe, tmp_path / "gray.safetensors"))
+    out = tmp_path / "OUT"
+    assert main(["segment", str(src), str(single), "-o", str(out), "--checkpoint", model,
+                 *ARGS]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert sorted(r["key"] for r in doc["images"]) == ["gray", "photo", "series", "single"]
+    assert (out / "photo_mask.png").is_file()
+    for key, path in (("series", src / "series"), ("single", single),
+                      ("gray", src / "gray.nii.gz")):
+        written = nib.load(str(out / f"{key}_mask.nii.gz"))
+        api = segment_volume(pipe, path, **FAST)
+        np.testing.assert_array_equal(np.asarray(written.dataobj), api.mask)
+        np.testing.assert_allclose(written.affine, api.affine)

@@ -76,7 +76,7 @@ def phantom(shape=(12, 10, 6)) -> np.ndarray:
     x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
     vol = 0.1 + 0.2 * (x + 2 * y + 3 * z) / (sum(shape) * 3)
     vol[:4, 6:, :3] = 1.0
-    vol[5, 2, 4] = 0.9                      # one lone voxel elsewhere
+    vol[shape[0] // 2, 2, shape[2] - 2] = 0.9      # one lone voxel elsewhere
     return vol.astype(np.float32) * 1000     # scanner-like values
 
 
