@@ -35,7 +35,8 @@ NAME_MAX = 255
 LONGEST_OUTPUT_SUFFIX = len("_uncertainty.png")
 DISAMBIGUATION_ROOM = 16       # what _make_keys_unique may append ("_jpeg_12")
 # Names this command writes: in the output folder such files are not inputs.
-OUTPUT_NAME = re.compile(r".*(_mask|_prob|_uncertainty|_overlay)\.png$", re.IGNORECASE)
+OUTPUT_NAME = re.compile(r".*((_mask|_prob|_uncertainty|_overlay)\.png"
+                         r"|(_mask|_prob|_uncertainty)\.nii\.gz)$", re.IGNORECASE)
 _GLOB_CHARS = re.compile(r"[*?[]")
 
 

@@ -143,6 +143,9 @@ def cmd_eval(args) -> int:
         return _eval_classes(args, evaluate_class_folders, format_summary, write_csv)
     if args.exclusive_classes:
         raise ValueError("--exclusive-classes goes with --classes A+B")
+    from .volume_inputs import eval_volumes, has_volume_predictions
+    if has_volume_predictions(args.pred):        # NIfTI masks: volumes, with their spacing
+        return eval_volumes(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonBinaryMaskWarning)
         rows, summary = evaluate_folders(args.pred, args.gt)

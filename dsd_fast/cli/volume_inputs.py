@@ -29,6 +29,7 @@ from .discover import InputImage, fingerprint
 from .outputs import claim_path, read_record, record_path
 
 GT_SUFFIXES = (".nii.gz", ".nii", "_seg.nii.gz", "_seg.nii")
+VOLUME_COLUMNS = ("volume_ml", "gt_volume_ml", "volume_difference_ml")
 
 
 def is_volume_input(item: InputImage) -> bool:
@@ -148,3 +149,35 @@ def _score(state, item: InputImage, res) -> tuple[dict | None, str | None]:
         return score_volume(res.mask, gt_mask, res.spacing), None
     except ValueError as e:
         return None, f"{item.path}: {e}"
+
+
+def eval_volumes(args) -> int:
+    """`dsd-fast eval --pred DIR --gt DIR` where DIR holds NIfTI predictions: scored with
+    their voxel spacing (dsd_fast.volumes.score.evaluate_volume_folders), metrics.csv with
+    one row per volume, hd95 in mm."""
+    import csv
+    import io
+
+    from ..io import csv_cell
+    from ..metrics import METRIC_KEYS
+    from ..volumes.score import evaluate_volume_folders
+    from .evaluate import format_summary
+    rows, summary = evaluate_volume_folders(args.pred, args.gt)
+    out = Path(args.out) if args.out else Path.cwd()
+    columns = ("image", *METRIC_KEYS, *VOLUME_COLUMNS)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{r[k]:.6f}" if isinstance(r[k], float) else csv_cell(r[k]))
+                         for k in columns})
+    path = write_text(out / "metrics.csv", buf.getvalue())
+    print(format_summary(summary, len(rows)))
+    print(f"per-volume metrics: {path} (hd95 in mm)")
+    return 0
+
+
+def has_volume_predictions(folder) -> bool:
+    from ..volumes.score import volume_predictions
+    return Path(folder).is_dir() and bool(volume_predictions(folder))

@@ -13,11 +13,12 @@ Needs the `volumes` extra: pip install 'dsd_fast[volumes]' (nibabel, pydicom).
 from .brats import MODALITIES, find_brats_files, read_brats_case
 from .reader import Volume, case_name, is_nifti, read_dicom_file, read_dicom_series, \
     read_nifti, read_volume
-from .score import score_volume
+from .score import evaluate_volume_folders, score_volume
 from .segment import INTENSITIES, VolumeResult, segment_volume
 from .writer import output_paths, write_volume_outputs
 
 __all__ = ["MODALITIES", "INTENSITIES", "Volume", "VolumeResult", "case_name",
+           "evaluate_volume_folders",
            "find_brats_files", "is_nifti", "output_paths", "read_brats_case",
            "read_dicom_file", "read_dicom_series", "read_nifti", "read_volume",
            "score_volume", "segment_volume", "write_volume_outputs"]

@@ -112,3 +112,35 @@ def test_one_channel_model_png_dicom_and_nifti(tmp_path):
         api = segment_volume(pipe, path, **FAST)
         np.testing.assert_array_equal(np.asarray(written.dataobj), api.mask)
         np.testing.assert_allclose(written.affine, api.affine)
+
+
+def test_eval_scores_nifti_volumes_with_their_spacing(tmp_path, capsys):
+    """`dsd-fast eval` on NIfTI masks: Dice, HD95 in mm from the ground truth's affine, mL;
+    a BraTS case folder as ground truth; another voxel grid is an error (exit 2)."""
+    import csv
+
+    from dsd_fast.cli import main
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    (gt_dir / "caseB").mkdir(parents=True)
+    aff = np.diag([2.0, 1.0, 0.5, 1.0])
+    gt = np.zeros((10, 9, 8), np.uint8)
+    gt[2:4] = 4                                    # a BraTS label: > 0 is tumour
+    pred = np.zeros_like(gt)
+    pred[5:7] = 1                                  # 3 voxels further along x: 6 mm
+    save_nifti(gt_dir / "caseA.nii.gz", gt, aff)
+    save_nifti(gt_dir / "caseB" / "caseB_seg.nii.gz", gt, aff)
+    for case in ("caseA", "caseB"):
+        save_nifti(pred_dir / f"{case}_mask.nii.gz", pred, aff)
+    save_nifti(pred_dir / "caseA_prob.nii.gz", pred.astype(np.float32) * 0.7, aff)
+    out = tmp_path / "scores"
+    assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["image"] for r in rows] == ["caseA", "caseB"]
+    for r in rows:
+        assert float(r["dice"]) == 0.0 and float(r["hd95"]) == pytest.approx(6.0)
+        assert float(r["volume_ml"]) == pytest.approx(2 * 9 * 8 * 1.0 / 1000)
+    assert "hd95 in mm" in capsys.readouterr().out
+    save_nifti(pred_dir / "caseA_mask.nii.gz", pred, np.diag([1.0, 1.0, 0.5, 1.0]))
+    assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out)]) == 2
+    assert "not one voxel grid" in capsys.readouterr().err
