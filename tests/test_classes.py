@@ -210,3 +210,20 @@ def test_binary_model_keeps_its_api(tiny_model):
     assert res.probability.shape == res.std.shape == (23, 31)
     assert res.samples.shape == (2, 23, 31) and res.classes is None
     assert "classes" not in pipe.file_contents()[1]
+
+
+@pytest.mark.parametrize("config", ["tiny_2class", "msd_tiny_sc"])
+def test_two_class_fast_path_matches_the_reference(config):
+    """Both families with K mask channels (DermoSegDiff's channels_x, med-seg-diff-pytorch's
+    mask_channels, self-conditioned): the fast network gives the reference's maps."""
+    import dataclasses
+    fam, cfg = find_config(config)
+    if fam.mask_channels(cfg) == 1:
+        cfg = dataclasses.replace(cfg, mask_channels=2)
+    torch.manual_seed(0)
+    pipe = dsd_fast.pipeline_from_network(fam.build_reference(cfg).eval())
+    assert pipe.mask_channels == 2
+    ref = pipe.segment([_image()], steps=2, ensemble=2, backend="reference")[0]
+    fast = pipe.segment([_image()], steps=2, ensemble=2, backend="fast")[0]
+    assert ref.probability.shape == (2, 23, 31)
+    np.testing.assert_allclose(fast.probability, ref.probability, atol=1e-5)
