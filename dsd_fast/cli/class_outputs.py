@@ -83,12 +83,11 @@ def _mean_entropy(prob: np.ndarray) -> float:
     return total / (h * w)
 
 
-def write_class_outputs(prep, res, opts, gt, settings, paths: dict, uncertain_above: float,
-                        thumbnail) -> tuple[dict, str | None]:
-    """Write one image's outputs (label map last) and return (record without its status
-    and metrics, scoring failure or None); outputs.write_outputs calls this after its claim
-    for a result of several classes. `thumbnail(rgb, view, h, w)` draws the report's."""
-    from .outputs import record_path
+def write_class_outputs(prep, res, opts, gt, settings, paths: dict, record_file,
+                        uncertain_above: float, thumbnail) -> tuple[dict, str | None]:
+    """Write one image's outputs `paths` (label map last), then its record at `record_file`;
+    return (record, scoring failure or None). outputs.write_outputs calls this after its
+    claim for a result of several classes; `thumbnail(rgb, view, h, w)` draws the report's."""
     item, h, w, out = prep.item, prep.height, prep.width, opts.output
     rel = {k: p.relative_to(out).as_posix() for k, p in paths.items()}
     top, per = class_stats(res)
@@ -127,7 +126,7 @@ def write_class_outputs(prep, res, opts, gt, settings, paths: dict, uncertain_ab
               "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "thumbnail": thumb, "thumbnail_size": thumb_size}
-    write_text(record_path(out, item.key), json.dumps(record))
+    write_text(record_file, json.dumps(record))
     record["metrics"] = metrics
     return record, score_error
 

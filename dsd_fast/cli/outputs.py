@@ -190,8 +190,8 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
     rel = {k: p.relative_to(out).as_posix() for k, p in paths.items()}
     write_text(claim_path(out, item.key), json.dumps({"key": item.key, "outputs": rel}))
     if getattr(res, "classes", None) is not None:          # several classes: a label map
-        return write_class_outputs(prep, res, opts, gt, settings, paths, UNCERTAIN_ABOVE,
-                                   _thumbnail)
+        return write_class_outputs(prep, res, opts, gt, settings, paths,
+                                   record_path(out, item.key), UNCERTAIN_ABOVE, _thumbnail)
     prob, std, mask = res.probability, res.std, res.mask
     n = h * w
     entropy_sum = 0.0
