@@ -1,8 +1,9 @@
 """Reading volumes: NIfTI (nibabel) and DICOM (pydicom) into one `Volume`.
 
-    read_volume(path)      a .nii / .nii.gz file, a DICOM file (one slice or multi-frame),
-                           a folder holding one DICOM series, or a BraTS case folder
-                           (brats.py) -> Volume
+    read_nifti(path)           a .nii / .nii.gz file -> Volume
+    read_dicom_file(path)      a DICOM file (one slice or multi-frame) -> Volume
+    read_dicom_series(folder)  a folder holding one DICOM series -> Volume
+(load.read_volume picks among these and brats.read_brats_case by what a path is.)
 
 A Volume keeps the voxels in the file's own voxel order, (X, Y, Z, C): (i, j, k) of the
 mask written back is (i, j, k) of the input, so the input's affine places it. NIfTI: the
@@ -78,26 +79,6 @@ def is_nifti(path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_volume(path) -> Volume:
-    """A NIfTI file, a DICOM file, a DICOM series folder or a BraTS case folder -> Volume
-    (module docstring). Anything else is an ImageInputError saying what is accepted."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageInputError(f"{path}: no such file or folder")
-    if path.is_dir():
-        from .brats import find_brats_files
-        if find_brats_files(path, strict=False) is not None:
-            from .brats import read_brats_case
-            return read_brats_case(path)
-        return read_dicom_series(path)
-    if is_nifti(path):
-        return read_nifti(path)
-    if _is_dicom_file(path):
-        return read_dicom_file(path)
-    raise ImageInputError(f"{path}: not a volume (expected .nii, .nii.gz, a DICOM file, a "
-                          "DICOM series folder or a BraTS case folder)")
-
-
 # ----------------------------------------------------------------------------- NIfTI
 def _nibabel():
     try:
@@ -118,13 +99,16 @@ def load_nifti(path):
 
 
 def read_nifti(path) -> Volume:
-    """A 3-D (X, Y, Z) or 4-D (X, Y, Z, C) NIfTI file -> Volume (C = 1 or the 4th axis)."""
+    """A 3-D (X, Y, Z) or 4-D (X, Y, Z, C) NIfTI file -> Volume (C = 1 or the 4th axis);
+    a 2-D file is one slice (X, Y, 1)."""
     img = load_nifti(path)
     # float64 as nibabel and the official BraTS loader read it, then float32 (exact for the
     # integer intensities scanners store)
     data = np.asarray(img.get_fdata(), dtype=np.float64)
     if data.ndim == 5 and data.shape[3] == 1:          # NIfTI vectors: (X, Y, Z, 1, C)
         data = data[:, :, :, 0, :]
+    if data.ndim == 2:                                   # one slice: a volume of depth 1
+        data = data[:, :, None]
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4:

@@ -73,7 +73,7 @@ def evaluate_volume_folders(pred_dir, gt_dir) -> tuple[list[dict], dict]:
     the ground truth's voxel spacing -> (rows with "image" = the case, metrics.summarise).
     A prediction on another voxel grid than its ground truth is an error."""
     from ..images import ImageInputError
-    from .reader import read_volume
+    from .load import read_volume
     preds = volume_predictions(pred_dir)
     if not preds:
         raise ValueError(f"no NIfTI predictions in {pred_dir}")

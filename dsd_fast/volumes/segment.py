@@ -31,7 +31,8 @@ import torch
 from ..channels import ChannelNote, match_channels
 from ..images import ImageInputError
 from ..options import SegmentOptions
-from .reader import Volume, read_volume
+from .load import read_volume
+from .reader import Volume
 
 INTENSITIES = ("auto", "raw", "volume")
 CHUNK_BATCHES = 8        # views made at a time: 8 network batches (memory, not results)
