@@ -71,6 +71,17 @@ def segment_volume_input(state, item: InputImage, pipe, seg) -> None:
     except (ImageInputError, ImportError, ValueError) as e:
         state.fail(item.path, str(e))
         return
+    except FloatingPointError as e:
+        state.fail(item.path, f"the sampler failed: {e}")
+        return
+    except (MemoryError, RuntimeError) as e:
+        text = str(e).lower()
+        if not isinstance(e, MemoryError) and "out of memory" not in text \
+                and "can't allocate memory" not in text:
+            raise
+        state.fail(item.path, f"out of memory in the network at {seg.batch_size} slices a "
+                   "batch (try a smaller --batch-size)")
+        return
     paths = volume_paths(out, item.key)
     rel = {k: p.relative_to(out).as_posix() for k, p in paths.items()}
     try:

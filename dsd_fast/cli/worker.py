@@ -187,7 +187,7 @@ def process(state: RunState, queue: list[InputImage], pipe, batch: int, bar,
     for im in volumes:
         if opts.fail_fast and state.failures:
             break
-        segment_volume_input(state, im, pipe, seg)
+        segment_volume_input(state, im, pipe, seg.replace(batch_size=batch))   # slices
         bar.update(1)
     while queue and not (opts.fail_fast and state.failures):
         chunk, queue = _take_prepared(state, queue, batch, pipe, seg, bar)

@@ -144,3 +144,31 @@ def test_eval_scores_nifti_volumes_with_their_spacing(tmp_path, capsys):
     save_nifti(pred_dir / "caseA_mask.nii.gz", pred, np.diag([1.0, 1.0, 0.5, 1.0]))
     assert main(["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--out", str(out)]) == 2
     assert "not one voxel grid" in capsys.readouterr().err
+
+
+def test_batch_size_reaches_volumes_and_out_of_memory_is_a_failed_input(tmp_path, monkeypatch):
+    from dsd_fast import Pipeline
+    from dsd_fast.cli import main
+    from volume_support import tiny_dermosegdiff
+
+    import dsd_fast
+    src = tmp_path / "in"
+    src.mkdir()
+    save_nifti(src / "a.nii.gz", np.random.default_rng(0).uniform(0, 1, (9, 8, 5)), np.eye(4))
+    save_nifti(src / "b.nii.gz", np.random.default_rng(1).uniform(0, 1, (9, 8, 5)), np.eye(4))
+    model = str(dsd_fast.save_model(tiny_dermosegdiff(1), tmp_path / "m.safetensors"))
+    real, batch_sizes = Pipeline.segment_views, []
+
+    def watched(self, views, sizes, keys, opts, *a, **kw):
+        batch_sizes.append(opts.batch_size)
+        if keys[0].startswith("b:"):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")
+        return real(self, views, sizes, keys, opts, *a, **kw)
+    monkeypatch.setattr(Pipeline, "segment_views", watched)
+    out = tmp_path / "OUT"
+    assert main(["segment", str(src), "-o", str(out), "--checkpoint", model,
+                 "--batch-size", "3", *ARGS]) == 1
+    assert set(batch_sizes) == {3}
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["key"] for r in doc["images"]] == ["a"]
+    assert "out of memory in the network at 3 slices" in doc["failed"][0]["error"]
