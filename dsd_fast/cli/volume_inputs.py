@@ -135,8 +135,10 @@ def _slice_thumbnail(volume, res, k: int) -> tuple[str, list[int]]:
     ch = volume.data[..., 0]
     lo, hi = float(ch.min()), float(ch.max())
     gray = (np.clip((take(ch) - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
-    picture = SimpleNamespace(mask=take(res.mask).astype(bool), std=take(res.std),
-                              probability=take(res.probability))
+    std, prob = take(res.std), take(res.probability)
+    if std.ndim == 3:                   # several classes (H, W, K): any class, its most uncertain
+        std, prob = std.max(axis=-1), prob.max(axis=-1)
+    picture = SimpleNamespace(mask=take(res.mask) > 0, std=std, probability=prob)
     return _thumbnail(np.repeat(gray[..., None], 3, axis=2), picture, *gray.shape)
 
 
@@ -156,6 +158,10 @@ def _score(state, item: InputImage, res) -> tuple[dict | None, str | None]:
             return None, str(e)
     if gt_mask is None:
         return None, None
+    if res.probability.ndim == 4:       # a label map of several classes
+        return None, (f"{item.path}: volumes of a model of several classes are not scored "
+                      "yet (score each class's mask with dsd_fast.volumes.score_volume)"
+                      if state.gt is not None else None)
     try:
         return score_volume(res.mask, gt_mask, res.spacing), None
     except ValueError as e:

@@ -172,3 +172,38 @@ def test_batch_size_reaches_volumes_and_out_of_memory_is_a_failed_input(tmp_path
     doc = json.loads((out / "results.json").read_text())
     assert [r["key"] for r in doc["images"]] == ["a"]
     assert "out of memory in the network at 3 slices" in doc["failed"][0]["error"]
+
+
+def test_two_class_model_volume(tmp_path):
+    """A model of two classes: the mask volume is the label map (0, 1, 2), each slice's equal
+    to segment()'s for the same slice and noise key; probability and uncertainty are
+    (X, Y, Z, K) volumes; the command line writes them with the input's affine."""
+    import nibabel as nib
+    import torch
+    from volume_support import phantom, two_class_pipe
+
+    import dsd_fast
+    from dsd_fast.cli import main
+    from dsd_fast.volumes import segment_volume
+    src = tmp_path / "in"
+    src.mkdir()
+    vol = phantom((9, 8, 4))
+    path = save_nifti(src / "v.nii.gz", vol, flipped_affine())
+    pipe = two_class_pipe()
+    res = segment_volume(pipe, path, **FAST)
+    assert res.mask.shape == vol.shape and res.probability.shape == (*vol.shape, 2)
+    assert res.std.shape == (*vol.shape, 2)
+    scaled = (vol - vol.min()) / (vol.max() - vol.min())
+    for k in range(vol.shape[2]):
+        one = pipe.segment([torch.from_numpy(scaled[:, :, k][None].astype(np.float32))],
+                           noise_keys=[f"v:2:{k}"], **FAST)[0]
+        np.testing.assert_array_equal(res.mask[:, :, k], one.mask)
+        np.testing.assert_allclose(res.probability[:, :, k], np.moveaxis(one.probability, 0, -1),
+                                   atol=1e-6)
+    model = str(dsd_fast.save_model(pipe, tmp_path / "two.safetensors"))
+    out = tmp_path / "OUT"
+    assert main(["segment", str(src), "-o", str(out), "--checkpoint", model, *ARGS]) == 0
+    labels = nib.load(str(out / "v_mask.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(labels.dataobj), res.mask)
+    assert nib.load(str(out / "v_prob.nii.gz")).shape == (*vol.shape, 2)
+    np.testing.assert_allclose(labels.affine, flipped_affine(), atol=1e-6)

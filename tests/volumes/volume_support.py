@@ -58,6 +58,20 @@ def tiny_dermosegdiff(channels: int, seed: int = 0):
         fam.build_reference(config.replace(channels_g=channels)).eval())
 
 
+def two_class_pipe(seed: int = 0):
+    """A tiny DermoSegDiff of two classes (config tiny_2class), every weight moved off its
+    initial value."""
+    import dsd_fast
+    from dsd_fast.families import find_config
+    fam, cfg = find_config("tiny_2class")
+    torch.manual_seed(seed)
+    net = fam.build_reference(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return dsd_fast.pipeline_from_network(net)
+
+
 def tiny_official_medsegdiff(image_channels: int = 4, seed: int = 0):
     """The official MedSegDiff code's network, tiny, taking 4 modalities + the mask."""
     import dataclasses
