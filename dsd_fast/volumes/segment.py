@@ -99,14 +99,16 @@ def segment_volume(segmenter, source, axis: int | None = None,
     axis: 0, 1 or 2 (or -1..-3); None: the last voxel axis.
     batch_slices: slices per network batch (SegmentOptions.batch_size; each brings
         `ensemble` chains); None: the options' batch_size.
+    intensity: "auto", "raw" or "volume" (module docstring).
     options / changes: SegmentOptions fields, as `segment()`.
+    Returns a VolumeResult in the input's voxel order.
     """
-    volume = source if isinstance(source, Volume) else read_volume(source)
     if intensity not in INTENSITIES:
         raise ValueError(f"intensity must be one of {INTENSITIES}, got {intensity!r}")
+    axis = _check_axis(axis)
+    volume = source if isinstance(source, Volume) else read_volume(source)
     if intensity == "auto":
         intensity = "raw" if volume.kind == "brats" else "volume"
-    axis = _check_axis(axis)
     if batch_slices is not None:
         changes["batch_size"] = batch_slices
     opts = segmenter.resolve(options, **changes)
