@@ -111,5 +111,5 @@ def test_the_command_line_resolves_auto_from_the_file_and_checks_the_value(tmp_p
                         spacing="leading", postprocess="none")
     resolve_run_sampling(opts, None)
     assert opts.postprocess is None
-    with pytest.raises(UsageError, match="--postprocess must be one of"):
+    with pytest.raises(UsageError, match="--postprocess must be None or one of"):
         BatchOptions(output=tmp_path / "out", postprocess="biggest")

@@ -185,8 +185,8 @@ def test_x0_clipping_is_the_default_everywhere():
     from dsd_fast.diffusion import ddim_sample, sample_ensemble
     from dsd_fast.diffusion.graph import StaticDDIM, static_ddim
     assert DDIMSampler(Schedule.published(), 5).clip_x0 is True
-    for fn in (ddim_sample, sample_ensemble, static_ddim, StaticDDIM, dsd_fast.segment,
-               dsd_fast.Pipeline.segment, BatchOptions):
+    for fn in (ddim_sample, sample_ensemble, static_ddim, StaticDDIM, dsd_fast.SegmentOptions,
+               BatchOptions):          # segment() and the CLI take SegmentOptions' default
         assert inspect.signature(fn).parameters["clip_x0"].default is True, fn
 
 
