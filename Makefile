@@ -13,7 +13,7 @@ PY ?= python3
 # python changed, the tree is not the installed one, or the modules do not import (a fresh
 # clone: no stamp, everything builds). Otherwise pip only installs what the package requires
 # and is missing.
-EXTRAS = test,crf,ray,onnx,serve
+EXTRAS = test,crf,ray,onnx,serve,volumes
 install:
 	$(PY) -m pip install torch==2.13.0 'triton==3.9.*' setuptools wheel setuptools-scm
 	@if $(PY) .ci/ops_stamp.py check; then \
