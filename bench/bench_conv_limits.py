@@ -94,7 +94,7 @@ def run_peers(threads, repeats: int) -> None:
 
     import dsd_fast
     from dsd_fast.cli.export import export_onnx
-    from dsd_fast.families import DERMOSEGDIFF
+    from dsd_fast.families.dermosegdiff import DERMOSEGDIFF
     torch.manual_seed(0)
     net = dsd_fast.build_model(dsd_fast.get_config("isic2018")).eval()
     fast = DERMOSEGDIFF.fast_model_for(net)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dsd_fast import DermoSegDiff, get_config
-from dsd_fast.families import DERMOSEGDIFF, MEDSEGDIFF
+from dsd_fast.families.dermosegdiff import DERMOSEGDIFF
+from dsd_fast.families.medsegdiff import MEDSEGDIFF
 from dsd_fast.families.dermosegdiff.layers import FFParser, resize_ff_weight
 
 from conftest import make_model
