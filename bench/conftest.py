@@ -10,15 +10,11 @@ themselves are in throughput_cases.py.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # throughput_cases, bench_peers
-
-from throughput_cases import FAMILY_NAMES, FamilyCase, build_case  # noqa: E402
+# bench/ has no __init__.py: pytest puts this folder on sys.path for its conftest and tests
+# (its default "prepend" import mode), so the sibling modules import by name
+from throughput_cases import FAMILY_NAMES, FamilyCase, build_case
 
 
 @pytest.fixture(scope="session", params=FAMILY_NAMES)
