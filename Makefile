@@ -9,10 +9,10 @@ PY ?= python3
 # torchvision/accelerate/wandb would replace this torch with a CUDA build (it imports only
 # torch, einops and beartype).
 # The editable install rebuilds the C++ ops (three ISA builds, ~4 minutes on 2 cores), so it
-# runs only when .ci/ops_stamp.py says the build is not current: csrc/*, setup.py, torch or
-# python changed, the tree is not the installed one, or the modules do not import (a fresh
-# clone: no stamp, everything builds). Otherwise pip only installs what the package requires
-# and is missing.
+# runs only when .ci/ops_stamp.py says the build is not current: csrc/*, setup.py (less its
+# dependency lists), torch or python changed, the tree is not the installed one, or the
+# modules do not import (a fresh clone: no stamp, everything builds). Otherwise pip installs
+# only what setup.py requires for EXTRAS and is missing (a new extra needs no rebuild).
 EXTRAS = test,crf,ray,onnx,serve,volumes
 install:
 	$(PY) -m pip install torch==2.13.0 'triton==3.9.*' setuptools wheel setuptools-scm

@@ -9,19 +9,20 @@
     python .ci/ops_stamp.py commit    after a successful install: that digest becomes the
                                       stamp (a failed or stopped build leaves none)
     python .ci/ops_stamp.py requirements EXTRAS
-                                      the installed package's requirements for the
-                                      comma-separated EXTRAS, one a line (for `pip install`:
-                                      dependencies added or removed by hand come back without
-                                      a rebuild)
+                                      setup.py's requirements for the comma-separated EXTRAS,
+                                      one a line, markers evaluated (for `pip install -r`:
+                                      a new extra or dependency arrives without a rebuild)
 
-The digest covers what the built modules depend on: csrc/* (names and bytes), setup.py (the
-extensions' flags live there; an edit of its extras also rebuilds once, which is safe), the
-torch build (version and git hash: the ops link against its ABI), the python version and the
-environment variables the build reads. The stamp lives in build/ (ignored by git), so a fresh
-clone has none and builds everything.
+The digest covers what the built modules depend on: csrc/* (names and bytes), setup.py less
+its dependency lists (install_requires, extras_require: new dependencies need no rebuild;
+everything else, the extensions' flags included, counts; comments do not), the torch build
+(version and git hash: the ops link against its ABI), the python version and the environment
+variables the build reads. The stamp lives in build/ (ignored by git), so a fresh clone has
+none and builds everything.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -35,16 +36,51 @@ STAMP = Path("build") / "ops.stamp"
 PENDING = Path("build") / "ops.stamp.pending"
 # what setup.py and torch.utils.cpp_extension read from the environment
 BUILD_ENV = ("DSD_FAST_NO_EXT", "CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "MAX_JOBS")
+DEPENDENCY_KEYWORDS = ("install_requires", "extras_require")
+
+
+def _setup_call(tree: ast.Module) -> ast.Call | None:
+    """The module's one top-level `setup(...)` call, or None."""
+    calls = [n.value for n in tree.body if isinstance(n, ast.Expr)
+             and isinstance(n.value, ast.Call) and getattr(n.value.func, "id", None) == "setup"]
+    return calls[0] if len(calls) == 1 else None
+
+
+def dependencies(root: Path = ROOT) -> dict | None:
+    """setup.py's {"install_requires": [...], "extras_require": {...}} when both are written
+    as literals in its setup() call; else None."""
+    call = _setup_call(ast.parse((root / "setup.py").read_text()))
+    if call is None:
+        return None
+    found = {k.arg: k.value for k in call.keywords if k.arg in DEPENDENCY_KEYWORDS}
+    try:
+        return {k: ast.literal_eval(found[k]) for k in DEPENDENCY_KEYWORDS}
+    except (KeyError, ValueError):
+        return None
+
+
+def build_part(root: Path = ROOT) -> bytes:
+    """What of setup.py the build reads: its syntax tree less the dependency lists (and so
+    less comments and layout); the whole file where those lists are not plain literals."""
+    text = (root / "setup.py").read_text()
+    if dependencies(root) is None:
+        return text.encode()
+    tree = ast.parse(text)
+    call = _setup_call(tree)
+    call.keywords = [k for k in call.keywords if k.arg not in DEPENDENCY_KEYWORDS]
+    return ast.dump(tree).encode()
 
 
 def digest(root: Path = ROOT) -> str:
-    """sha256 over the ops' sources, setup.py, the torch build, python and the build env."""
+    """sha256 over the ops' sources, setup.py's build part, the torch build, python and the
+    build environment."""
     import torch
     h = hashlib.sha256()
     files = sorted(p for p in (root / "csrc").rglob("*") if p.is_file())
-    for p in [*files, root / "setup.py"]:
+    for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
+    h.update(b"setup.py\0" + hashlib.sha256(build_part(root)).digest())
     facts = {"torch": torch.__version__, "torch_git": torch.version.git_version,
              "python": sys.version, "machine": platform.machine(),
              "env": {k: os.environ.get(k) for k in BUILD_ENV}}
@@ -91,23 +127,33 @@ def check(root: Path = ROOT) -> str | None:
     if not stamp.is_file():
         return f"no {STAMP} (a fresh checkout, or the ops were built by hand)"
     if stamp.read_text().strip() != digest(root):
-        return "the ops' sources, setup.py, torch or python changed since the last build"
+        return ("the ops' sources, setup.py's build part, torch or python changed since the "
+                "last build")
     return editable_here(root) or ops_import()
 
 
-def requirements(extras: list[str]) -> list[str]:
-    """The installed dsd_fast's requirements whose markers hold for these extras."""
-    from importlib import metadata
+def requirements(extras: list[str], root: Path = ROOT) -> list[str]:
+    """setup.py's requirements, and those of `extras`, whose markers hold here."""
     try:
         from packaging.requirements import Requirement
     except ImportError:                     # pip always carries a copy
         from pip._vendor.packaging.requirements import Requirement
+    deps = dependencies(root)
+    if deps is None:
+        raise SystemExit("ops_stamp: setup.py's install_requires / extras_require are not "
+                         "plain literals; run the editable install instead")
+    lines = list(deps["install_requires"])
+    for e in extras:
+        if e not in deps["extras_require"]:
+            print(f"ops_stamp: setup.py has no extra {e!r}", file=sys.stderr)   # as pip does
+        lines += deps["extras_require"].get(e, [])
     out = []
-    for line in metadata.requires("dsd_fast") or []:
+    for line in lines:
         req = Requirement(line)
-        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras):
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
             req.marker = None
-            out.append(str(req))
+            if str(req) not in out:
+                out.append(str(req))
     return out
 
 

@@ -23,16 +23,23 @@ def tree(tmp_path):
     (tmp_path / "csrc").mkdir()
     (tmp_path / "csrc" / "op.cpp").write_text("int f() { return 1; }\n")
     (tmp_path / "csrc" / "simd.h").write_text("#pragma once\n")
-    (tmp_path / "setup.py").write_text("setup()\n")
+    (tmp_path / "setup.py").write_text(SETUP)
     return tmp_path
+
+
+SETUP = """FLAGS = ["-O3"]
+setup(name="x", install_requires=["numpy>=1.24"],
+      extras_require={"test": ["pytest>=8", "triton>=3.0; platform_system == 'Nowhere'"]})
+"""
 
 
 def test_digest_follows_contents_not_times(stamp, tree):
     before = stamp.digest(tree)
     os.utime(tree / "csrc" / "op.cpp", (1, 1))           # a checkout changes times only
     assert stamp.digest(tree) == before
+    setup_py = SETUP.replace('"-O3"', '"-O2"')          # a compiler flag
     for path, text in (("csrc/op.cpp", "int f() { return 2; }\n"), ("csrc/simd.h", "//\n"),
-                       ("setup.py", "setup(name='x')\n")):
+                       ("setup.py", setup_py)):
         old = (tree / path).read_text()
         (tree / path).write_text(text)
         assert stamp.digest(tree) != before, path
@@ -40,6 +47,18 @@ def test_digest_follows_contents_not_times(stamp, tree):
     assert stamp.digest(tree) == before
     (tree / "csrc" / "new.cpp").write_text("")              # a new source file
     assert stamp.digest(tree) != before
+
+
+def test_new_dependencies_and_comments_need_no_rebuild(stamp, tree):
+    before = stamp.digest(tree)
+    (tree / "setup.py").write_text("# a comment\n" + SETUP.replace(
+        '"test": [', '"serve": ["fastapi>=0.110"], "test": [').replace(
+        '"numpy>=1.24"', '"numpy>=1.24", "scipy>=1.10"'))
+    assert stamp.digest(tree) == before
+    # dependency lists that are not plain literals: the whole file counts
+    (tree / "setup.py").write_text(SETUP.replace('install_requires=["numpy>=1.24"]',
+                                                 'install_requires=REQS'))
+    assert stamp.dependencies(tree) is None and stamp.digest(tree) != before
 
 
 def test_digest_follows_the_build_environment(stamp, tree, monkeypatch):
@@ -59,10 +78,15 @@ def test_check_asks_for_a_build(stamp, tree):
     assert "installed" in stamp.check(tree)
 
 
-def test_requirements_follow_the_extras(stamp):
-    base = stamp.requirements([])
-    assert any(r.startswith("torch") for r in base)
-    assert not any(r.startswith("pytest") for r in base)
-    with_test = stamp.requirements(["test"])
-    assert set(base) < set(with_test) and any(r.startswith("pytest>=") for r in with_test)
-    assert all(";" not in r for r in with_test)             # markers evaluated, not passed on
+def test_requirements_follow_the_extras(stamp, tree, capsys):
+    assert stamp.requirements([], tree) == ["numpy>=1.24"]
+    # markers evaluated here, not passed on: triton's names another platform
+    assert stamp.requirements(["test"], tree) == ["numpy>=1.24", "pytest>=8"]
+    assert stamp.requirements(["test", "nosuch"], tree) == ["numpy>=1.24", "pytest>=8"]
+    assert "no extra 'nosuch'" in capsys.readouterr().err
+
+
+def test_this_trees_setup_py_is_read(stamp):
+    reqs = stamp.requirements(["test"])
+    assert any(r.startswith("torch>=") for r in reqs)
+    assert any(r.startswith("pytest-benchmark") for r in reqs)
