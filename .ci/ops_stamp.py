@@ -176,7 +176,8 @@ def main(argv: list[str]) -> int:
     if cmd == "requirements" and len(argv) == 2:
         print("\n".join(requirements([e for e in argv[1].split(",") if e])))
         return 0
-    print(f"usage: {sys.argv[0]} check | begin | commit | requirements EXTRA,EXTRA,...", file=sys.stderr)
+    print(f"usage: {sys.argv[0]} check | begin | commit | requirements EXTRA,EXTRA,...",
+          file=sys.stderr)
     return 2
 
 
