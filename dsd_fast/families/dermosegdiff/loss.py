@@ -17,7 +17,6 @@ cv2.distanceTransform with DIST_MASK_PRECISE does.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from scipy import ndimage
