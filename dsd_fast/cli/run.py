@@ -430,6 +430,11 @@ def _settings(opts: BatchOptions, model) -> dict:
         out["tta"] = True
     if opts.postprocess is not None:           # resolved by now; recorded only when used
         out["postprocess"] = opts.postprocess
+    # the family options, recorded only when not the default (so earlier runs still match)
+    for name, default in (("sampler", None), ("fusion", "mean"), ("refine", None),
+                          ("crop", None)):
+        if getattr(opts, name) != default:
+            out[name] = getattr(opts, name)
     return out
 
 

@@ -102,3 +102,15 @@ def test_a_call_s_crop_overrides_the_pair_s_own(tmp_path):
     back = DiffSegPipeline(have, no, crop="center").segment(img, crop="full", ensemble=2)[0]
     full = DiffSegPipeline(have, no, crop="full").segment(img, ensemble=2)[0]
     np.testing.assert_array_equal(back.probability, full.probability)
+
+
+def test_a_run_records_its_family_options(tmp_path):
+    """results.json's settings name the fusion and sampler a run used, so a resumed run with
+    other options says which finished images were made otherwise."""
+    import json
+    image, model = _image(tmp_path), _model_file(tmp_path, "dermosegdiff")
+    _cli_mask(tmp_path, image, model, "--steps", "2", "--ensemble", "3", "--fusion", "staple",
+              "--sampler", "dpmpp")
+    settings = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
+    assert settings["fusion"] == "staple" and settings["sampler"] == "dpmpp"
+    assert "refine" not in settings and "crop" not in settings
