@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--ham-limit", type=int, default=None)
-    # None: segment()'s defaults (the model's own sampler setting, api.resolve_sampling)
+    # None: segment()'s defaults (the model's own sampler setting, options.resolve)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--ensemble", type=int, default=None)
     ap.add_argument("--spacing", choices=("leading", "trailing"), default=None)

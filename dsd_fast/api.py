@@ -131,20 +131,3 @@ def segment(images, model=None, options: SegmentOptions | None = None, *,
 __all__ = ["Pipeline", "Segmenter", "SegmentOptions", "load", "segment", "SegmentationResult",
            "default_model", "as_pipeline", "pipeline_from_network", "model_path",
            "DEFAULT_MODEL_PATH", "BACKENDS", "BUNDLED", "CLASSIC_SAMPLING"]
-
-
-# Transitional names for callers written before options.py (removed once none is left).
-_model_path = model_path
-
-
-def resolve_sampling(model_defaults: dict | None, steps=None, ensemble=None, spacing=None,
-                     sampler: str = "ddim") -> tuple:
-    """(steps, ensemble, spacing) for a call that gave these (options.resolve's rule)."""
-    from .options import Choices, resolve
-    o = resolve(SegmentOptions(steps=steps, ensemble=ensemble, spacing=spacing,
-                               sampler=sampler), Choices(T=10 ** 9,
-                                                         sampler_defaults=model_defaults))
-    return o.steps, o.ensemble, o.spacing
-
-
-from .pipeline import postprocess_from, sampler_defaults_from  # noqa: E402,F401

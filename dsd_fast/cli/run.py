@@ -245,7 +245,7 @@ def _segment_all(state: RunState, todo: list[InputImage], model) -> None:
 
 def resolve_run_sampling(opts: BatchOptions, model, err=None) -> None:
     """Fill the steps / ensemble / spacing not given, and postprocess "auto", as segment()
-    would (api.resolve_sampling, postprocess.resolve_postprocess), from the model file's
+    would (options.resolve, postprocess.resolve_postprocess), from the model file's
     metadata (its header only: the model loads later, in the workers). Steps not given are
     capped at the model's T, with a note on `err`."""
     steps_given = opts.steps is not None
@@ -265,13 +265,13 @@ def resolve_run_classes(opts: BatchOptions, model) -> None:
     (a file of the original code). One class leaves opts.classes None."""
     import json
 
-    from ..api import _model_path
+    from ..api import model_path
     from ..checkpoint import read_metadata
     from ..classes import classes_from_metadata
     classes = nested = None
     if model is None or isinstance(model, (str, os.PathLike)):
         try:
-            meta = read_metadata(_model_path(model if model is not None else opts.checkpoint))
+            meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
             if "classes" in meta:
                 names = json.loads(meta["classes"])
                 classes, nested = classes_from_metadata(meta, len(names))
@@ -293,22 +293,26 @@ def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
     if None not in (opts.steps, opts.ensemble, opts.spacing) and opts.postprocess != "auto":
         opts.postprocess = resolve_postprocess(opts.postprocess, None)
         return
-    from ..api import (Pipeline, _model_path, postprocess_from, resolve_sampling,
-                       sampler_defaults_from)
+    from ..api import Pipeline, model_path
     from ..checkpoint import CheckpointError, read_metadata
+    from ..options import Choices, SegmentOptions, resolve
+    from ..pipeline import postprocess_from, sampler_defaults_from
     defaults = clean_up = None
     if isinstance(model, Pipeline):
         defaults, clean_up = model.sampler_defaults, model.postprocess_default
     elif model is None or isinstance(model, (str, os.PathLike)):
         try:
-            meta = read_metadata(_model_path(model if model is not None else opts.checkpoint))
+            meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
             defaults, clean_up = sampler_defaults_from(meta), postprocess_from(meta)
         except CheckpointError as e:
             raise UsageError(f"cannot load the model: {e}") from None
         except (OSError, ValueError):          # a missing file: the model's load says so
             pass
-    opts.steps, opts.ensemble, opts.spacing = resolve_sampling(
-        defaults, opts.steps, opts.ensemble, opts.spacing)
+    # options.resolve's rule for what was not given (T is checked when the model loads)
+    run = resolve(SegmentOptions(steps=opts.steps, ensemble=opts.ensemble,
+                                 spacing=opts.spacing),
+                  Choices(T=2 ** 31, sampler_defaults=defaults))
+    opts.steps, opts.ensemble, opts.spacing = run.steps, run.ensemble, run.spacing
     opts.postprocess = resolve_postprocess(opts.postprocess, clean_up)
 
 
@@ -318,12 +322,12 @@ def _diffusion_steps(model, opts: BatchOptions) -> int | None:
     original code stores T, when at all, in its tensors or in --model-setting)."""
     import json
 
-    from ..api import _model_path
+    from ..api import model_path
     from ..checkpoint import read_metadata
     from ..diffusion import Schedule
     if model is None or isinstance(model, (str, os.PathLike)):
         try:
-            meta = read_metadata(_model_path(model if model is not None else opts.checkpoint))
+            meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
             if "schedule" in meta:
                 return Schedule.from_dict(json.loads(meta["schedule"])).T
         except (OSError, ValueError, KeyError, TypeError):

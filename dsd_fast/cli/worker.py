@@ -37,7 +37,7 @@ class BatchOptions:
     made (UsageError names the flag)."""
     output: Path
     checkpoint: str | None = None
-    # None: as segment() (api.resolve_sampling): none of steps / ensemble / spacing given ->
+    # None: as segment() (options.resolve): none of steps / ensemble / spacing given ->
     # the model's own sampler defaults; else 25 / 5 / leading for those not given.
     # Resolved before the run starts (resolve_run_sampling), so records hold numbers.
     steps: int | None = None

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api import BUNDLED, _model_path
+from ..api import BUNDLED, model_path
 from ..checkpoint import read_metadata
 
 # Metadata keys whose JSON value is shown parsed; the schedule's beta table (1,000 numbers)
@@ -61,7 +61,7 @@ class ModelCatalog:
         for source in sources:
             source = str(source)
             bundled = source in BUNDLED and not Path(source).exists()
-            path = Path(_model_path(source))            # FileNotFoundError for a bad name
+            path = Path(model_path(source))            # FileNotFoundError for a bad name
             if not bundled and not path.is_file():
                 raise FileNotFoundError(
                     f"model {source!r}: no such file, and not a bundled model "
@@ -92,7 +92,7 @@ class ModelCatalog:
 def sampling_defaults(path: Path) -> tuple[dict | None, str | None]:
     """(sampler_defaults, postprocess default) from a model file's metadata, as a loaded
     Pipeline has them, without loading the network (the Ray ingress has none)."""
-    from ..api import postprocess_from, sampler_defaults_from
+    from ..pipeline import postprocess_from, sampler_defaults_from
     meta = read_metadata(path)
     if meta.get("family") == "diffseg":
         return None, None

@@ -1,7 +1,7 @@
 """The worker side: segment a batch of requests' images, grouped by options, and encode.
 
 Both the local batcher (batching.py) and the Ray Serve replicas (ray_serve.py) hand a list
-of Jobs to `Engine.run`. Jobs with the same SegmentOptions become ONE segment() call with
+of Jobs to `Engine.run`. Jobs with the same RequestOptions become ONE segment() call with
 batch_size = their count, so their ensembles go through the network together; segment()
 keys each image's initial noise by its pixels (preprocess.content_key), so a request's mask
 is the one segment() gives that image alone. (The maps may differ from a lone call's in
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .limits import ApiError
-from .options import SegmentOptions
+from .options import RequestOptions
 from .outputs import encode_result
 
 log = logging.getLogger("dsd_fast.serve")
@@ -26,7 +26,7 @@ log = logging.getLogger("dsd_fast.serve")
 @dataclass(eq=False)        # compared by identity (its image is a tensor)
 class Job:
     image: torch.Tensor              # (3, H, W) float32 in [0, 1] (limits.decode_image)
-    options: SegmentOptions
+    options: RequestOptions
     maps: bool = True                # encode probability, uncertainty and overlay too
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -50,7 +50,7 @@ class Engine:
         """Jobs -> one entry per job, in order: a payload dict (outputs.encode_result, plus
         batch and timing fields) or the ApiError that job gets."""
         out: list = [None] * len(jobs)
-        groups: dict[SegmentOptions, list[int]] = {}
+        groups: dict[RequestOptions, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.options, []).append(i)
         for opts, idx in groups.items():

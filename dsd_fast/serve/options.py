@@ -1,16 +1,17 @@
 """A request's segment() options: read from the form fields and query, checked, resolved.
 
 Resolved means what segment() will actually run: steps, ensemble and spacing from the
-model's own sampler setting when the request gives none of them (api.resolve_sampling),
-`postprocess="auto"` replaced by the model's clean-up. Two requests that resolve to the
-same SegmentOptions run the same computation, which is what lets the batcher put their
+model's own sampler setting when the request gives none of them (options.resolve, the rule
+of every segment() call), `postprocess="auto"` replaced by the model's clean-up. Two
+requests that resolve to the same RequestOptions run the same computation, which is what lets the batcher put their
 images into one segment() call.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..api import resolve_sampling
+from ..options import Choices, resolve
+from ..options import SegmentOptions as EngineOptions
 from ..diffusion.ddim import SPACINGS
 from ..diffusion.ensemble import MAX_SEED
 from ..postprocess import METHODS as POSTPROCESS_METHODS
@@ -26,7 +27,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
-class SegmentOptions:
+class RequestOptions:
     """Everything one segment() call of the batch shares (hashable: the batching key)."""
     model: str
     steps: int
@@ -74,8 +75,8 @@ def _choice(fields: dict, name: str, choices, default):
     return raw
 
 
-def parse_options(fields: dict[str, str], catalog, config) -> tuple[SegmentOptions, str]:
-    """Form/query fields (text) -> (resolved SegmentOptions, answer format "json"|"png").
+def parse_options(fields: dict[str, str], catalog, config) -> tuple[RequestOptions, str]:
+    """Form/query fields (text) -> (resolved RequestOptions, answer format "json"|"png").
     Unknown fields are refused, so a misspelt option never silently does nothing."""
     unknown = sorted(set(fields) - set(OPTION_FIELDS) - set(OTHER_FIELDS))
     if unknown:
@@ -90,8 +91,11 @@ def parse_options(fields: dict[str, str], catalog, config) -> tuple[SegmentOptio
     ensemble = _int(fields, "ensemble", 1, config.max_ensemble)
     spacing = _choice(fields, "spacing", SPACINGS, None)
     seed = _int(fields, "seed", 0, MAX_SEED) or 0
-    steps, ensemble, spacing = resolve_sampling(entry.sampler_defaults, steps, ensemble,
-                                                spacing)
+    # the model's own setting when none of the three is given (T is checked by the model's
+    # own resolve in segment(); the Ray ingress has no network to ask)
+    run = resolve(EngineOptions(steps=steps, ensemble=ensemble, spacing=spacing),
+                  Choices(T=2 ** 31, sampler_defaults=entry.sampler_defaults))
+    steps, ensemble, spacing = run.steps, run.ensemble, run.spacing
     if steps > config.max_steps or ensemble > config.max_ensemble:
         raise _bad(f"the model's own setting ({steps} steps x {ensemble} members) is over "
                    f"this server's limits ({config.max_steps} steps, {config.max_ensemble} "
@@ -102,7 +106,7 @@ def parse_options(fields: dict[str, str], catalog, config) -> tuple[SegmentOptio
         raise _bad(f"tta must be true or false, got {fields['tta']!r}")
     fusion = _choice(fields, "fusion", FUSIONS, "mean")
     fmt = _choice(fields, "format", FORMATS, "json")
-    opts = SegmentOptions(model=name, steps=steps, ensemble=ensemble, spacing=spacing,
+    opts = RequestOptions(model=name, steps=steps, ensemble=ensemble, spacing=spacing,
                           seed=seed, postprocess=resolve_postprocess(post,
                                                                      entry.postprocess_default),
                           tta=tta_raw in _TRUE, fusion=fusion)

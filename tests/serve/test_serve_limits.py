@@ -23,7 +23,7 @@ from dsd_fast.serve.backend import LocalBackend
 from dsd_fast.serve.batching import Batcher
 from dsd_fast.serve.engine import Job, mask_from_png
 from dsd_fast.serve.limits import ApiError
-from dsd_fast.serve.options import SegmentOptions
+from dsd_fast.serve.options import RequestOptions
 
 from serve_support import SKIP_WITHOUT_SERVE, SMALL
 from serve_support import pipeline, reference, sample_paths, server  # noqa: F401 (fixtures)
@@ -32,7 +32,7 @@ pytestmark = SKIP_WITHOUT_SERVE
 requests = pytest.importorskip("requests", reason="the tests' HTTP client (test extra)")
 
 REPO = Path(__file__).resolve().parents[2]
-OPTS = SegmentOptions(model="default", steps=2, ensemble=2, spacing="leading")
+OPTS = RequestOptions(model="default", steps=2, ensemble=2, spacing="leading")
 
 
 class GatedEngine:
@@ -50,7 +50,7 @@ class GatedEngine:
 
 
 def job(seed=0) -> Job:
-    return Job(image=None, options=SegmentOptions(**{**OPTS.__dict__, "seed": seed}))
+    return Job(image=None, options=RequestOptions(**{**OPTS.__dict__, "seed": seed}))
 
 
 def run_async(coro):
