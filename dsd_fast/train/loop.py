@@ -249,6 +249,16 @@ def validate_classes(model, samples, steps: int, ensemble: int, seed: int = 0,
         return _validate_several(pipe, samples, steps, ensemble, seed, batch_images, names,
                                  nested)
     dices = []
+    for s, smp in _sampled(pipe, samples, steps, ensemble, seed, batch_images):
+        res = samples_to_result(smp, s.original_size)
+        dices.append(dice(res.mask, s.original_mask.numpy()))
+    return {names[0]: sum(dices) / len(dices)}
+
+
+def _sampled(pipe, samples, steps: int, ensemble: int, seed: int, batch_images: int):
+    """(sample, its ensemble's samples) of each validation sample, `batch_images` at a time:
+    the model's channels and normalisation as inference makes them, the reference network,
+    image i's noise keyed by its index."""
     for start in range(0, len(samples), batch_images):
         chunk = samples[start:start + batch_images]
         inp = to_model_channels(torch.stack([s.image for s in chunk]), pipe.channels)
@@ -256,28 +266,18 @@ def validate_classes(model, samples, steps: int, ensemble: int, seed: int = 0,
             inp = minmax_normalise(inp)
         out = pipe.sample(inp.to(pipe.device), steps, ensemble, seed,
                           list(range(start, start + len(chunk))), backend="reference").cpu()
-        for s, smp in zip(chunk, out):
-            res = samples_to_result(smp, s.original_size)
-            dices.append(dice(res.mask, s.original_mask.numpy()))
-    return {names[0]: sum(dices) / len(dices)}
+        yield from zip(chunk, out)
 
 
 def _validate_several(pipe, samples, steps, ensemble, seed, batch_images, names,
                       nested) -> dict[str, float]:
     dices = {n: [] for n in names}
-    for start in range(0, len(samples), batch_images):
-        chunk = samples[start:start + batch_images]
-        inp = to_model_channels(torch.stack([s.image for s in chunk]), pipe.channels)
-        if pipe.preprocessing.normalise == "minmax":
-            inp = minmax_normalise(inp)
-        out = pipe.sample(inp.to(pipe.device), steps, ensemble, seed,
-                          list(range(start, start + len(chunk))), backend="reference").cpu()
-        for s, smp in zip(chunk, out):
-            res = samples_to_class_result(smp, s.original_size, names, nested)
-            # the ground truth's regions under the same rule as the prediction's
-            truth = truth_regions(s.original_mask.numpy(), nested)
-            for c, name in enumerate(names):
-                dices[name].append(dice(res.class_regions()[c], truth[c]))
+    for s, smp in _sampled(pipe, samples, steps, ensemble, seed, batch_images):
+        res = samples_to_class_result(smp, s.original_size, names, nested)
+        # the ground truth's regions under the same rule as the prediction's
+        truth = truth_regions(s.original_mask.numpy(), nested)
+        for c, name in enumerate(names):
+            dices[name].append(dice(res.class_regions()[c], truth[c]))
     return {n: sum(d) / len(d) for n, d in dices.items()}
 
 
