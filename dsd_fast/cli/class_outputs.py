@@ -118,14 +118,7 @@ def write_class_outputs(prep, res, opts, gt, settings, paths: dict, record_file,
             metrics = gt.score_labels(item, res.mask, res.classes, res.nested)
         except ValueError as e:
             score_error = str(e)
-    record = {"key": item.key, "input": str(item.path.resolve()), "width": w, "height": h,
-              "model_input": ("full" if prep.downscaled is None
-                              else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
-              **({"frames": prep.frames} if getattr(prep, "frames", 1) > 1 else {}),
-              **top, "classes": per,
-              "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "thumbnail": thumb, "thumbnail_size": thumb_size}
+    record = image_record(prep, {**top, "classes": per}, rel, settings, thumb, thumb_size)
     write_text(record_file, json.dumps(record))
     record["metrics"] = metrics
     return record, score_error
@@ -139,3 +132,20 @@ def class_overlay(rgb: np.ndarray, regions: np.ndarray, band: np.ndarray) -> np.
     for c, region in enumerate(regions):
         rgb[contour(region, thickness=thickness)] = CLASS_COLOURS[c % len(CLASS_COLOURS)]
     return rgb
+
+
+def image_record(prep, stats: dict, rel: dict, settings: dict, thumb: str,
+                 thumb_size) -> dict:
+    """One finished image's record in results.json (binary and several-class models alike):
+    what it was, `stats` (areas, uncertainty), its outputs and the run's settings."""
+    item = prep.item
+    return {"key": item.key, "input": str(item.path.resolve()), "width": prep.width,
+            "height": prep.height,
+            "model_input": ("full" if prep.downscaled is None
+                            else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
+            # an animated / multi-page file: its frame count (the first frame was used)
+            **({"frames": prep.frames} if getattr(prep, "frames", 1) > 1 else {}),
+            **stats,
+            "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "thumbnail": thumb, "thumbnail_size": thumb_size}

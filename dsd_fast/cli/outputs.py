@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +39,7 @@ from ..images import decode_rgb8, strip_rows
 from ..io import csv_cell, write_png, write_text
 from ..metrics import METRIC_KEYS, class_keys
 from ..uncertainty import entropy_map
-from .class_outputs import class_columns, class_suffix, write_class_outputs
+from .class_outputs import class_columns, class_suffix, image_record, write_class_outputs
 from .discover import InputImage, Prepared, fingerprint
 from .errors import UsageError
 from .evaluate import GroundTruth, write_csv
@@ -226,15 +225,7 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
             metrics = gt.score(item, mask)
         except ValueError as e:
             score_error = str(e)
-    record = {"key": item.key, "input": str(item.path.resolve()), "width": w, "height": h,
-              "model_input": ("full" if prep.downscaled is None
-                              else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
-              # an animated / multi-page file: its frame count (the first frame was used)
-              **({"frames": prep.frames} if getattr(prep, "frames", 1) > 1 else {}),
-              **stats,
-              "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "thumbnail": thumb, "thumbnail_size": thumb_size}
+    record = image_record(prep, stats, rel, settings, thumb, thumb_size)
     write_text(record_path(out, item.key), json.dumps(record))
     record["metrics"] = metrics
     return record, score_error
