@@ -13,23 +13,34 @@ Anything else (a 4-channel MRI stack for a 3-channel model, 3 channels for a 4-c
 has no meaning to convert to and is an ImageInputError naming both counts.
 
 What `read_channels` accepts beyond the RGB reader of images.py: numpy arrays (H, W, N)
-with any N, tensors (N, H, W), `.npy` files (H, W[, N]) and multi-page TIFFs whose pages are
-the channels (one grayscale page each). Value ranges as images.py: uint8 / 255, uint16 /
+with any N, tensors (N, H, W), `.npy` files (H, W[, N]), multi-page TIFFs whose pages are
+the channels (one grayscale page each), and channel folders: one file per channel,
+
+    case7/case7_c0.png, case7/case7_c1.png, ... case7/case7_c{N-1}.png
+
+a folder whose files (two or more; PNG, TIFF, ... or .npy) are all named <prefix>_c<k> (or
+c<k>) with one prefix, k = 0 .. N-1 each once, each a single-channel image of one size
+(`is_channel_folder`; the way a modality per file is kept, as BraTS keeps its volumes). Value ranges as images.py: uint8 / 255, uint16 /
 65535, floats in [0, 1] (finite). RGB models keep images.py's reader exactly (EXIF
 orientation, CMYK through ICC), so their inputs, noise keys and masks are unchanged.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .images import ImageInputError, _describe, open_image, pil_to_array, to_chw, upright
+from .images import (IMAGE_SUFFIXES, ImageInputError, _describe, open_image, pil_to_array,
+                     to_chw, upright)
 
 LUMA_601 = (0.299, 0.587, 0.114)
+ARRAY_SUFFIX = ".npy"
+# a channel file's stem: "<prefix>_c<k>" or "c<k>" (case-insensitive c)
+_CHANNEL_STEM = re.compile(r"^(?:(?P<prefix>.+)_)?[cC](?P<k>[0-9]+)$")
 
 
 class ChannelNote(UserWarning):
@@ -43,7 +54,8 @@ def read_channels(item, index: int = 0) -> tuple[torch.Tensor, bool]:
     alpha as images do (LA, RGBA); a (C, H, W) tensor's channels are all data."""
     where = _describe(item, index)
     if isinstance(item, (str, os.PathLike)):
-        chw = _read_file(Path(item), where)
+        chw, stacked = _read_path(Path(item), where)
+        return chw, chw.shape[0] in (2, 4) and not stacked
     elif isinstance(item, Image.Image):
         chw = _from_pil(item, where)
     elif isinstance(item, np.ndarray):
@@ -57,7 +69,7 @@ def read_channels(item, index: int = 0) -> tuple[torch.Tensor, bool]:
         return _from_array(item.detach().cpu().numpy(), where, channels_last=False), False
     else:
         return to_chw(item, index), False     # images.py names what is accepted
-    return chw, chw.shape[0] in (2, 4) and not _is_npy(item)
+    return chw, chw.shape[0] in (2, 4)
 
 
 def match_channels(chw: torch.Tensor, want: int, where: str = "image",
@@ -79,14 +91,15 @@ def match_channels(chw: torch.Tensor, want: int, where: str = "image",
     raise ImageInputError(
         f"{where}: the model takes {want}-channel images, this one has {chw.shape[0]} "
         f"channel{'s' if chw.shape[0] != 1 else ''}"
-        + (f"; give ({want}, H, W) tensors, (H, W, {want}) arrays, .npy files or "
-           f"{want}-page TIFFs" if want not in (1, 3) else ""))
+        + (f"; give ({want}, H, W) tensors, (H, W, {want}) arrays, .npy files, "
+           f"{want}-page TIFFs or folders of {want} channel files" if want not in (1, 3)
+           else ""))
 
 
 def model_image(item, index: int, channels: int) -> tuple[torch.Tensor, str | None]:
     """One user image for a model taking `channels`: RGB models read it as images.py always
     has; others with its own channels, then matched. -> ((channels, H, W), conversion)."""
-    if channels == 3:
+    if channels == 3 and not reads_as_channels(item):
         return to_chw(item, index), None
     chw, alpha = read_channels(item, index)
     return match_channels(chw, channels, _describe(item, index), alpha)
@@ -99,20 +112,96 @@ def to_model_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.stack([match_channels(im, channels)[0] for im in images])
 
 
+def reads_as_channels(item) -> bool:
+    """A path only this module reads (a .npy file, a channel folder), for any model."""
+    return _is_npy(item) or (isinstance(item, (str, os.PathLike)) and Path(item).is_dir())
+
+
+def channel_picture(chw: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8 to draw an overlay on, for inputs that are no
+    picture file (.npy, channel folders): 3 channels as RGB, else the first channel as grey."""
+    rgb = chw if chw.shape[0] == 3 else chw[:1].expand(3, -1, -1)
+    return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy().copy()
+
+
 # ----------------------------------------------------------------------------- readers
 def _is_npy(item) -> bool:
-    return isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == ".npy"
+    return isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() == ARRAY_SUFFIX
 
 
-def _read_file(path: Path, where: str) -> torch.Tensor:
+def _channel_names(folder: Path) -> list[tuple[str, int, Path]] | None:
+    """[(prefix, k, file)] of a folder's files when every (non-hidden) entry is an image or
+    .npy file named as a channel file; None otherwise."""
+    try:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        return None
+    out = []
+    for p in entries:
+        suffix = p.suffix.lower()
+        m = _CHANNEL_STEM.match(p.stem)
+        if m is None or not (suffix in IMAGE_SUFFIXES or suffix == ARRAY_SUFFIX) \
+                or not p.is_file():
+            return None
+        out.append((m.group("prefix") or "", int(m.group("k")), p))
+    return out
+
+
+def is_channel_folder(path) -> bool:
+    """A folder of one file per channel (module docstring): two or more files, all named
+    <prefix>_c<k> with one prefix. Their numbering is checked when it is read."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    names = _channel_names(path)
+    return names is not None and len(names) >= 2 and len({n[0] for n in names}) == 1
+
+
+def channel_files(folder: Path, where: str = "") -> list[Path]:
+    """A channel folder's files in channel order; ImageInputError naming what is wrong
+    (not such a folder, a channel missing or given twice)."""
+    where = where or str(folder)
+    names = _channel_names(folder)
+    if names is None or len(names) < 2 or len({n[0] for n in names}) != 1:
+        raise ImageInputError(
+            f"{where}: a folder is read as one image only when it holds one file per "
+            "channel, all named <prefix>_c0, <prefix>_c1, ... (e.g. case7_c0.png)")
+    ks = sorted(n[1] for n in names)
+    if ks != list(range(len(ks))):
+        raise ImageInputError(f"{where}: channel files must be numbered c0 .. c{len(ks) - 1}"
+                              f", each once; found c{', c'.join(map(str, ks))}")
+    return [p for _, _, p in sorted(names, key=lambda n: n[1])]
+
+
+def _read_folder(folder: Path, where: str) -> torch.Tensor:
+    planes = []
+    for p in channel_files(folder, where):
+        plane, _ = _read_path(p, f"{where} channel file {p.name}")
+        if plane.shape[0] != 1:
+            raise ImageInputError(f"{where}: channel file {p.name} has {plane.shape[0]} "
+                                  "channels; each file of a channel folder is one grayscale "
+                                  "channel")
+        if planes and plane.shape != planes[0].shape:
+            raise ImageInputError(f"{where}: channel file {p.name} is "
+                                  f"{tuple(plane.shape[1:])}, channel 0 "
+                                  f"{tuple(planes[0].shape[1:])} (H, W)")
+        planes.append(plane)
+    return torch.cat(planes)
+
+
+def _read_path(path: Path, where: str) -> tuple[torch.Tensor, bool]:
+    """-> ((C, H, W), whether its channels are a stack (.npy, TIFF pages, a channel folder)
+    rather than one picture's bands, whose 2nd / 4th may be an alpha)."""
     if not path.exists():
         raise ImageInputError(f"{where}: no such file")
-    if path.suffix.lower() == ".npy":
+    if path.is_dir():
+        return _read_folder(path, where), True
+    if path.suffix.lower() == ARRAY_SUFFIX:
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
             raise ImageInputError(f"{where}: not a readable .npy array ({e})") from None
-        return _from_array(arr, where, channels_last=True)
+        return _from_array(arr, where, channels_last=True), True
     with open_image(path) as im:
         pages = getattr(im, "n_frames", 1)
         if pages > 1 and (im.format or "").upper() == "TIFF":
@@ -127,9 +216,9 @@ def _read_file(path: Path, where: str) -> torch.Tensor:
                     raise ImageInputError(f"{where}: page {k + 1} is {tuple(page.shape[1:])},"
                                           f" page 1 {tuple(planes[0].shape[1:])}")
                 planes.append(page)
-            return torch.cat(planes)
+            return torch.cat(planes), True
         im.load()
-        return _from_pil(upright(im), where)
+        return _from_pil(upright(im), where), False
 
 
 def _from_pil(im: Image.Image, where: str) -> torch.Tensor:

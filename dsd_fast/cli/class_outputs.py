@@ -21,9 +21,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..images import decode_rgb8, strip_rows
+from ..images import strip_rows
 from ..io import write_png, write_text
 from ..uncertainty import entropy_map
+from .discover import overlay_picture
 from .visualise import contour, heatmap_strips, overlay_inplace
 
 # Outline colours of classes 1, 2, ... (cycled): cyan, magenta, blue, white, ... stand out
@@ -102,7 +103,7 @@ def write_class_outputs(prep, res, opts, gt, settings, paths: dict, record_file,
             write_png(paths[f"uncertainty:{name}"], heatmap_strips(res.std[c], vmax=0.5))
     thumb, thumb_size = "", [0, 0]
     if opts.overlay or opts.report:
-        rgb = decode_rgb8(item.path, h, w)
+        rgb = overlay_picture(prep)
         # the report's thumbnail: the labelled region and the largest class spread
         view = SimpleNamespace(mask=res.mask > 0, probability=res.probability.max(axis=0),
                                std=res.std.max(axis=0))

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from ..channels import ChannelNote, model_image
-from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced, nfc,
-                      open_image, pending_orientation, pil_to_array, upright, upright_size,
-                      warn_first_frame)
+from ..channels import (ARRAY_SUFFIX, ChannelNote, channel_picture, is_channel_folder,
+                        model_image, reads_as_channels)
+from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced,
+                      decode_rgb8, nfc, open_image, pending_orientation, pil_to_array, upright,
+                      upright_size, warn_first_frame)
 from . import memory
 from ..volumes.brats import is_case_folder
 from ..volumes.reader import is_dicom_series_folder, is_nifti as is_nifti_name
@@ -80,6 +81,12 @@ def is_inside(child: Path, parent: Path) -> bool:
 def is_volume_folder(p: Path) -> bool:
     """A BraTS case folder or a DICOM series folder: one volume input (volume_inputs.py)."""
     return is_case_folder(p) or is_dicom_series_folder(p)
+
+
+def is_input_folder(p: Path) -> bool:
+    """A folder that is one input: a volume folder, or a channel folder (one file per
+    channel, channels.py) that is one image."""
+    return is_volume_folder(p) or is_channel_folder(p)
 
 
 def _glob_base(pattern: str) -> Path:
@@ -162,8 +169,10 @@ def discover(specs: Sequence[str], recursive: bool = False,
              exclude: Path | None = None) -> Discovery:
     """Expand files, folders and globs into InputImages with unique keys.
 
-    Folders list image files (IMAGE_SUFFIXES, hidden files skipped), recursively with
-    `recursive`; a file named explicitly is always tried, whatever its suffix. `exclude`
+    Folders list image files (IMAGE_SUFFIXES, .npy arrays, NIfTI volumes; hidden files
+    skipped), recursively with `recursive`, and the folders in them that are one input each
+    (`is_input_folder`: BraTS cases, DICOM series, channel folders); a file named explicitly
+    is always tried, whatever its suffix. `exclude`
     (the output folder) is never walked into, and in it files named like this command's
     outputs are not inputs (so `--allow-inplace` re-runs do not segment their own masks).
     """
@@ -175,7 +184,8 @@ def discover(specs: Sequence[str], recursive: bool = False,
     def listable(p: Path) -> bool:
         if p.name.startswith("."):
             return False
-        if p.suffix.lower() not in IMAGE_SUFFIXES and not is_nifti_name(p.name):
+        if p.suffix.lower() not in IMAGE_SUFFIXES and p.suffix.lower() != ARRAY_SUFFIX \
+                and not is_nifti_name(p.name):
             return False
         if excl is not None and OUTPUT_NAME.match(p.name) and is_inside(p, excl):
             return False
@@ -185,20 +195,20 @@ def discover(specs: Sequence[str], recursive: bool = False,
         dirs.append(folder.resolve())
         if not deep:
             found.extend((p, base) for p in sorted(folder.iterdir())
-                         if listable(p) or (not p.name.startswith(".") and is_volume_folder(p)))
+                         if listable(p) or (not p.name.startswith(".") and is_input_folder(p)))
             return
         for root, subdirs, files in os.walk(folder):
             root_p = Path(root)
             subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
                                 and not (excl is not None and (root_p / d).resolve() == excl))
-            cases = [d for d in subdirs if is_volume_folder(root_p / d)]   # a volume each
+            cases = [d for d in subdirs if is_input_folder(root_p / d)]    # an input each
             found.extend((root_p / d, base) for d in cases)
             subdirs[:] = [d for d in subdirs if d not in cases]
             found.extend((root_p / f, base) for f in sorted(files) if listable(root_p / f))
 
     for spec in specs:
         p = Path(spec)
-        if is_volume_folder(p):                      # a BraTS case or a DICOM series
+        if is_input_folder(p):              # a BraTS case, a DICOM series, a channel folder
             found.append((p, None))
             dirs.append(p.resolve())
         elif p.is_dir():
@@ -293,11 +303,30 @@ class Prepared:
     downscaled: tuple[int, int] | None   # (h, w) the model input was made from, if reduced
     fingerprint: dict
     frames: int = 1                   # of an animated / multi-page file (the first is used)
+    # (H, W, 3) uint8 the overlay is drawn on, for inputs that are no picture file (.npy,
+    # channel folders); None: decoded from the file when the overlay is drawn
+    picture: object = None
+
+
+def overlay_picture(prep: Prepared):
+    """(H, W, 3) uint8: the picture an image's overlay and thumbnail are drawn on."""
+    if prep.picture is not None:
+        return prep.picture.copy()          # overlays draw in place
+    return decode_rgb8(prep.item.path, prep.height, prep.width)
 
 
 def fingerprint(path: Path) -> dict:
+    """What says an input is unchanged since its record: size and mtime; for a folder
+    input (a volume or channel folder) its files' total size and latest mtime."""
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if not path.is_dir():
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    size, latest, n = 0, st.st_mtime_ns, 0
+    for p in sorted(path.iterdir()):
+        if p.is_file():
+            fs = p.stat()
+            size, latest, n = size + fs.st_size, max(latest, fs.st_mtime_ns), n + 1
+    return {"size": size, "mtime_ns": latest, "files": n}
 
 
 def prepare(item: InputImage, segmenter, max_pixels: int, opts=None) -> Prepared:
@@ -306,12 +335,14 @@ def prepare(item: InputImage, segmenter, max_pixels: int, opts=None) -> Prepared
     `max_pixels` the view is made from a reduced decode."""
     path = item.path
     fp = fingerprint(path) if path.exists() else {}
-    if segmenter.channels != 3:             # grayscale or N-channel models: channels.py
+    if segmenter.channels != 3 or reads_as_channels(path):   # channels.py reads these
         chw, note = model_image(path, 0, segmenter.channels)
         if note:
             warnings.warn(f"{note} (the model takes {segmenter.channels}-channel images)",
                           ChannelNote, stacklevel=2)
-        return Prepared(item, segmenter.view(chw, opts), chw.shape[1], chw.shape[2], None, fp)
+        picture = channel_picture(chw) if reads_as_channels(path) else None
+        return Prepared(item, segmenter.view(chw, opts), chw.shape[1], chw.shape[2], None, fp,
+                        picture=picture)
     with open_image(path) as im:
         w, h = upright_size(im)                 # the picture as shown (EXIF orientation)
         _check_memory(path, h, w)

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import decode_rgb8, strip_rows
+from ..images import strip_rows
 from ..io import csv_cell, write_png, write_text
 from ..metrics import METRIC_KEYS, class_keys
 from ..uncertainty import entropy_map
 from .class_outputs import class_columns, class_suffix, image_record, write_class_outputs
-from .discover import InputImage, Prepared, fingerprint
+from .discover import InputImage, Prepared, fingerprint, overlay_picture
 from .errors import UsageError
 from .evaluate import GroundTruth, write_csv
 from .report import data_uri, render_report, thumbnail_size
@@ -212,7 +212,7 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
     del prob, std
     thumb, thumb_size = "", [0, 0]
     if opts.overlay or opts.report:
-        rgb = decode_rgb8(item.path, h, w)
+        rgb = overlay_picture(prep)
         thumb, thumb_size = _thumbnail(rgb, res, h, w)
         if opts.overlay:
             write_png(paths["overlay"], overlay_inplace(rgb, mask, band))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..channels import is_channel_folder
 from ..images import ImageInputError
 from ..io import write_text
 from ..volumes.reader import is_dicom_file, is_nifti
@@ -33,7 +34,10 @@ VOLUME_COLUMNS = ("volume_ml", "gt_volume_ml", "volume_difference_ml")
 
 
 def is_volume_input(item: InputImage) -> bool:
-    return item.path.is_dir() or is_nifti(item.path.name) or is_dicom_file(item.path)
+    """A NIfTI or DICOM file or a volume folder; a channel folder is one 2-D image."""
+    if item.path.is_dir():
+        return not is_channel_folder(item.path)
+    return is_nifti(item.path.name) or is_dicom_file(item.path)
 
 
 def volume_paths(out: Path, key: str) -> dict[str, Path]:
@@ -58,16 +62,17 @@ def finished_volume_record(item: InputImage, opts) -> dict | None:
     return rec
 
 
-def segment_volume_input(state, item: InputImage, pipe, seg) -> None:
-    """Segment one volume input and write its outputs and record into the run's state
-    (state.done / state.failures; nothing raised for a bad volume)."""
+def segment_volume_input(state, item: InputImage, pipe, seg, axis: int | None = None) -> None:
+    """Segment one volume input along voxel `axis` (None: segment_volume's default) and
+    write its outputs and record into the run's state (state.done / state.failures;
+    nothing raised for a bad volume)."""
     from ..io import WriteError
     from ..volumes import read_volume, segment_volume, write_volume_outputs
     out = state.opts.output
     try:
         volume = read_volume(item.path)
         volume.name = Path(item.key).name          # noise keys and names by the output key
-        res = segment_volume(pipe, volume, options=seg)
+        res = segment_volume(pipe, volume, axis=axis, options=seg)
     except (ImageInputError, ImportError, ValueError) as e:
         state.fail(item.path, str(e))
         return
