@@ -27,7 +27,7 @@ def cmd_segment(args) -> int:
             postprocess=args.postprocess, sampler=args.sampler, fusion=args.fusion,
             refine=args.refine, crop=args.crop,
             model_settings=_parse_settings(args.model_setting),
-            ray=args.ray, workers=args.workers)
+            ray=args.ray, workers=args.workers, axis=args.axis)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int, default=16_000_000,
                    help="images with more pixels are decoded at reduced size for the model "
                    "(outputs stay at the original size; default 16000000)")
+    s.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+                   help="volumes: the voxel axis they are sliced along (default 2, the last, "
+                   "as the official BraTS loader slices)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_segment)
 

@@ -423,6 +423,8 @@ def _settings(opts: BatchOptions, model) -> dict:
            "seed": opts.seed, "clip_x0": opts.clip_x0}
     if opts.model_settings:
         out["model_settings"] = dict(opts.model_settings)
+    if opts.axis is not None:                  # volumes' slice axis, when chosen
+        out["axis"] = opts.axis
     if opts.precision != "fp32":
         # what this machine runs ("bf16" falls back to float32 without native bfloat16);
         # recorded only when not the default, so runs from before the option still match

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..images import ImageInputError, decode_rgb8
+from ..images import ImageInputError
 from ..io import WHOLE_FOLDER_ERRNOS
 from ..metrics import summarise
 from ..options import SegmentOptions
-from .discover import InputImage, prepare
+from .discover import InputImage, overlay_picture, prepare
 from .errors import OutputError, UsageError
 from .evaluate import GroundTruth
 from .memory import auto_batch_size
@@ -29,6 +29,7 @@ from .outputs import write_outputs
 from .volume_inputs import is_volume_input, segment_volume_input
 
 DEFAULT_MAX_PIXELS = 16_000_000
+VOLUME_AXES = (0, 1, 2)
 
 
 @dataclass
@@ -86,6 +87,9 @@ class BatchOptions:
     # folder is planned; None: one class, today's outputs.
     classes: tuple[str, ...] | None = None
     nested: bool = True
+    # volumes: the voxel axis slices are taken along (0, 1, 2); None: the official BraTS
+    # loader's, the last (volumes.segment_volume)
+    axis: int | None = None
 
     def __post_init__(self):
         if not str(self.output).strip():
@@ -101,6 +105,10 @@ class BatchOptions:
                                               or self.batch_size < 1):
             raise UsageError(f"--batch-size must be an integer >= 1 or 'auto', got "
                              f"{self.batch_size!r}")
+        if self.axis is not None and (isinstance(self.axis, bool)
+                                      or self.axis not in VOLUME_AXES):
+            raise UsageError(f"--axis must be one of {', '.join(map(str, VOLUME_AXES))} (the "
+                             f"voxel axis volumes are sliced along), got {self.axis!r}")
         for name in ("threads", "workers"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -187,7 +195,8 @@ def process(state: RunState, queue: list[InputImage], pipe, batch: int, bar,
     for im in volumes:
         if opts.fail_fast and state.failures:
             break
-        segment_volume_input(state, im, pipe, seg.replace(batch_size=batch))   # slices
+        segment_volume_input(state, im, pipe, seg.replace(batch_size=batch),   # slices
+                             axis=opts.axis)
         bar.update(1)
     while queue and not (opts.fail_fast and state.failures):
         chunk, queue = _take_prepared(state, queue, batch, pipe, seg, bar)
@@ -295,7 +304,7 @@ def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
 def _pictures(piece) -> list:
     """(3, H, W) in [0, 1] of each image at its size: what a CRF refines on."""
     import torch
-    return [torch.from_numpy(decode_rgb8(p.item.path, p.height, p.width)).permute(2, 0, 1)
+    return [torch.from_numpy(overlay_picture(p)).permute(2, 0, 1)
             .float() / 255 for p in piece]
 
 

@@ -4,7 +4,8 @@
                                               out/<case>_prob.nii.gz         float32 [0, 1]
                                               out/<case>_uncertainty.nii.gz  float32 (std)
 
-Each file has the input's affine and, for a NIfTI input, a copy of its header with both of
+Each file has the input's affine, a header description naming what it holds and the slice
+axis ("dsd-fast mask, slices along voxel axis 2") and, for a NIfTI input, a copy of its header with both of
 its transforms kept as they were (qform and sform with their codes; the data type, scaling
 and intensity range set for the new contents), so a viewer lays the mask over the input
 voxel for voxel. A DICOM input's mask gets a fresh header whose qform and sform are the
@@ -58,9 +59,13 @@ def nifti_image(data: np.ndarray, affine: np.ndarray, header=None):
     return img
 
 
-def write_nifti(target, data: np.ndarray, affine: np.ndarray, header=None) -> Path:
-    """`data` as a .nii.gz at `target`, atomically."""
+def write_nifti(target, data: np.ndarray, affine: np.ndarray, header=None,
+                description: str | None = None) -> Path:
+    """`data` as a .nii.gz at `target`, atomically; `description` (at most 79 ASCII
+    characters) in the header's descrip field."""
     img = nifti_image(data, affine, header)
+    if description is not None:
+        img.header["descrip"] = description.encode("ascii")[:79]
     payload = gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
     return atomic_write(target, lambda f: f.write(payload))
 
@@ -77,7 +82,9 @@ def write_volume_outputs(result, out_dir, case: str | None = None) -> dict[str, 
               "probability": result.probability.astype(np.float32),
               "std": result.std.astype(np.float32)}
     for key, path in paths.items():
-        write_nifti(path, arrays[key], result.affine, result.header)
+        # what made it, read back by any NIfTI tool (fslhd, nibabel's header["descrip"])
+        write_nifti(path, arrays[key], result.affine, result.header,
+                    f"dsd-fast {key}, slices along voxel axis {result.axis}")
     return paths
 
 

@@ -207,3 +207,50 @@ def test_two_class_model_volume(tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.dataobj), res.mask)
     assert nib.load(str(out / "v_prob.nii.gz")).shape == (*vol.shape, 2)
     np.testing.assert_allclose(labels.affine, flipped_affine(), atol=1e-6)
+
+
+def test_axis_on_the_command_line(tmp_path, capsys):
+    """--axis slices a volume along the voxel axis chosen, with the API's masks for that
+    axis; the record, the settings and each NIfTI's header description name it; a bad axis
+    is a usage error naming the choices."""
+    import nibabel as nib
+    from volume_support import phantom, tiny_dermosegdiff
+
+    import dsd_fast
+    from dsd_fast.cli import main
+    from dsd_fast.cli.errors import UsageError
+    from dsd_fast.cli.run import segment_files
+    from dsd_fast.volumes import segment_volume
+    src = tmp_path / "in"
+    src.mkdir()
+    vol = phantom((9, 8, 5))
+    path = save_nifti(src / "v.nii.gz", vol, flipped_affine())
+    pipe = tiny_dermosegdiff(1)
+    model = str(dsd_fast.save_model(pipe, tmp_path / "gray.safetensors"))
+    for axis in (0, 1):
+        out = tmp_path / f"OUT{axis}"
+        assert main(["segment", str(src), "-o", str(out), "--checkpoint", model,
+                     "--axis", str(axis), *ARGS]) == 0
+        api = segment_volume(pipe, path, axis=axis, **FAST)
+        written = nib.load(str(out / "v_mask.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(written.dataobj), api.mask)
+        doc = json.loads((out / "results.json").read_text())
+        assert doc["images"][0]["axis"] == axis and doc["settings"]["axis"] == axis
+        for name in ("mask", "prob", "uncertainty"):
+            descrip = nib.load(str(out / f"v_{name}.nii.gz")).header["descrip"].item()
+            assert descrip.decode().endswith(f"slices along voxel axis {axis}")
+    # slicing along x and along y give other masks (the axis reached the loop)
+    assert not np.array_equal(nib.load(str(tmp_path / "OUT0" / "v_mask.nii.gz")).dataobj,
+                              nib.load(str(tmp_path / "OUT1" / "v_mask.nii.gz")).dataobj)
+    # without --axis: the last axis, as the official loader
+    out = tmp_path / "OUT"
+    assert main(["segment", str(src), "-o", str(out), "--checkpoint", model, *ARGS]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["images"][0]["axis"] == 2 and "axis" not in doc["settings"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["segment", str(src), "-o", str(tmp_path / "bad"), "--axis", "3"])
+    assert e.value.code == 2 and "--axis: invalid choice: 3" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"--axis must be one of 0, 1, 2 .* got -1"):
+        segment_files([str(src)], tmp_path / "bad", axis=-1)
+    assert not (tmp_path / "bad").exists()
