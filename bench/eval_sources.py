@@ -1,16 +1,19 @@
-"""A model on several validation sets at once (PH2 val, HAM10000 val): the default-model
-figures of MODEL_CARD.md.
+"""A model on several validation sets at once (PH2 val and HAM10000 val by default; any of
+../shared/data's sets with --sources): the bundled models' figures of MODEL_CARD.md.
 
-    python bench/eval_sources.py --checkpoint PATH [--ham-limit N] [--steps 25]
+    python bench/eval_sources.py --checkpoint PATH [--sources ph2,ham10000] [--limit N]
+        [--ham-limit N] [--steps 25]
         [--ensemble 5] [--spacing leading|trailing] [--tta] [--shard K/N] [--out FILE.json]
         [--save-prob DIR]
     python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
 
 segment() defaults (the model's own sampler setting, else DDIM 25 x 5; seed 0; noise keyed
 by list position so runs compare), scored at each image's original resolution. Prints
-per-source mean per-image Dice, thresholded Jaccard, pooled Dice, the count of images below 0.5 and the worst five, and the
-pooled mean over all images. --ham-limit takes the first N ids of HAM10000's val.txt (a
-fixed subset; the split's order is the file's); --shard K/N evaluates every N-th image from
+per-source mean per-image Dice, thresholded Jaccard, pooled Dice, the count of images below
+0.5 and the worst five, and the pooled mean over all images. --sources names the sets (folders of ../shared/data with
+images/, masks/ and val.txt: ph2, ham10000, ddti, busi, kvasir_seg, cvc_clinicdb); --limit
+takes the first N ids of each set's val.txt and --ham-limit those of HAM10000 (a fixed
+subset; the split's order is the file's); --shard K/N evaluates every N-th image from
 the K-th, so N processes can share the work (merge their --out files with --merge);
 --versus compares two models' files image by image (per source: mean paired difference of
 Dice, its standard error, wins and losses). --save-prob keeps each image's probability map
@@ -33,13 +36,21 @@ from dsd_fast.metrics import score_image
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def val_items(ham_limit=None, ph2_limit=None, data=DATA):
+SKIN = ("ph2", "ham10000")
+
+
+def val_items(ham_limit=None, ph2_limit=None, data=DATA, sources=SKIN, limit=None):
     """(source, id, image path, mask path) of the val splits under `data` (../shared/data by
-    default; bench/pack_data.py writes a smaller copy with the same layout)."""
+    default; bench/pack_data.py writes a smaller copy with the same layout): the first
+    `limit` ids of each source's val.txt (ham_limit / ph2_limit for those two sets)."""
     items = []
-    for source, limit in (("ph2", ph2_limit), ("ham10000", ham_limit)):
+    limits = {"ph2": ph2_limit, "ham10000": ham_limit}
+    for source in sources:
+        limit_here = limits.get(source) if limits.get(source) is not None else limit
         root = Path(data) / source
-        ids = (root / "val.txt").read_text().split()[:limit]
+        if not (root / "val.txt").is_file():
+            raise SystemExit(f"{root}: no val.txt (a set has images/, masks/ and val.txt)")
+        ids = (root / "val.txt").read_text().split()[:limit_here]
         for i in ids:
             img = next(p for p in (root / "images").glob(f"{i}.*"))
             mask = next(p for p in (root / "masks").glob(f"{i}.*"))
@@ -77,6 +88,9 @@ def paired(rows, other) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--sources", default=",".join(SKIN),
+                    help="comma-separated sets of ../shared/data (default: ph2,ham10000)")
+    ap.add_argument("--limit", type=int, default=None, help="first N val ids of each set")
     ap.add_argument("--ham-limit", type=int, default=None)
     # None: segment()'s defaults (the model's own sampler setting, options.resolve)
     ap.add_argument("--steps", type=int, default=None)
@@ -99,7 +113,7 @@ def main() -> None:
             print(json.dumps(summary(rows), indent=1))
         return
     k, n = (int(v) for v in args.shard.split("/"))
-    items = val_items(args.ham_limit)
+    items = val_items(args.ham_limit, sources=args.sources.split(","), limit=args.limit)
     keyed = list(enumerate(items))[k::n]
     pipe = load(args.checkpoint)
     args.steps, args.ensemble, args.spacing = pipe.sampler_settings(
