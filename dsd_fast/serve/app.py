@@ -76,7 +76,10 @@ SEGMENT_DOC = {
                    for n in OPTION_FIELDS + ("format",)],
     "responses": {
         "200": {"description": "JSON: mask and maps as base64 PNG, area, mean "
-                "uncertainty, timings; or, with format=png or Accept: image/png, the mask PNG",
+                "uncertainty, timings (a model of several classes: the label map, and "
+                "`classes`, each with its probability and uncertainty maps); or, with "
+                "format=png or Accept: image/png, the mask PNG (several classes: the label "
+                "map, X-Classes naming its labels 1, 2, ...)",
                 "content": {"application/json": {}, "image/png": {}}},
         "400": {"description": "empty, corrupt or malformed upload"},
         "413": {"description": "upload over the byte or pixel limit"},
@@ -92,10 +95,15 @@ def _page_files() -> dict[str, bytes]:
     return {name: (page / name).read_bytes() for name in PAGE_FILES}
 
 
-def _json_payload(payload: dict) -> dict:
-    out = {k: v for k, v in payload.items() if k != "png"}
-    out["png"] = {k: base64.b64encode(v).decode("ascii") for k, v in payload["png"].items()}
-    return out
+def _json_payload(payload):
+    """The payload with every PNG (bytes, at any depth: a class's maps too) as base64."""
+    if isinstance(payload, bytes):
+        return base64.b64encode(payload).decode("ascii")
+    if isinstance(payload, dict):
+        return {k: _json_payload(v) for k, v in payload.items()}
+    if isinstance(payload, list):
+        return [_json_payload(v) for v in payload]
+    return payload
 
 
 def create_app(config: ServeConfig | None = None, backend=None,
@@ -243,11 +251,15 @@ def create_app(config: ServeConfig | None = None, backend=None,
         timings["decode"] = (decoded - started) * 1e3
         timings["total"] = (time.perf_counter() - started) * 1e3
         if fmt == "png":
-            return Response(payload["png"]["mask"], media_type="image/png", headers={
+            # several classes: the label map (the API's mask), its classes in a header
+            classes = payload.get("classes")
+            extra = {"X-Classes": ",".join(c["name"] for c in classes)} if classes else {}
+            return Response(payload["png"]["labels" if classes else "mask"],
+                            media_type="image/png", headers={
                 "X-Model": opts.model, "X-Area-Pixels": str(payload["area_pixels"]),
                 "X-Mean-Uncertainty": f"{payload['mean_uncertainty']:.6g}",
                 "X-Batch-Images": str(payload["batch_images"]),
-                "X-Total-Ms": f"{timings['total']:.1f}"})
+                "X-Total-Ms": f"{timings['total']:.1f}", **extra})
         return JSONResponse(_json_payload(payload))
 
     return app

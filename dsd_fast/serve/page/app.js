@@ -1,6 +1,7 @@
 // The page of `dsd-fast serve`: choose or drop images, POST each to /v1/segment (all at
 // once, so the server can batch them), show overlay, probability and uncertainty side by
-// side with download links. Plain DOM, no library, nothing loaded from elsewhere.
+// side with download links (a model of several classes: each class's maps, and a legend
+// of the overlay's class colours). Plain DOM, no library, nothing loaded from elsewhere.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -62,31 +63,99 @@ function stem(name) {
   return name.replace(/\.[^.]+$/, "") || "image";
 }
 
-function showResult(file, body) {
-  const card = $("result-template").content.firstElementChild.cloneNode(true);
-  card.querySelector(".name").textContent = file.name;
-  const label = file.name;
-  for (const kind of ["overlay", "probability", "uncertainty"]) {
-    const img = card.querySelector(`img.${kind}`);
-    img.src = pngUrl(body.png[kind]);
-    img.alt = `${kind} of ${label}`;
-    img.width = body.width;
-    img.height = body.height;
-  }
+function setImage(img, base64, alt, body) {
+  img.src = pngUrl(base64);
+  img.alt = alt;
+  img.width = body.width;
+  img.height = body.height;
+}
+
+function setDownload(a, base64, name, what) {
+  a.href = pngUrl(base64);
+  a.download = name;
+  a.setAttribute("aria-label", `download the ${what}`);
+}
+
+function runSummary(body) {
   const o = body.options;
-  card.querySelector(".stats").textContent =
-    `Lesion area ${(100 * body.area_fraction).toFixed(1)}% (${body.area_pixels} px of ` +
-    `${body.width} x ${body.height}); mean uncertainty ${body.mean_uncertainty.toFixed(4)}; ` +
+  return `mean uncertainty ${body.mean_uncertainty.toFixed(4)}; ` +
     `${o.ensemble} members x ${o.steps} ${o.spacing} steps, seed ${o.seed}, clean-up ` +
     `${o.postprocess}; ${Math.round(body.timings_ms.total)} ms` +
     (body.batch_images > 1 ? ` (batched with ${body.batch_images - 1} other image` +
      `${body.batch_images === 2 ? "" : "s"})` : "") + ".";
+}
+
+// A model of several classes: the overlay outlines each class in its colour (a legend
+// names them), and each class has its own probability and uncertainty figures and links.
+function showClasses(card, file, body) {
+  const label = file.name, base = stem(file.name);
+  setImage(card.querySelector("img.overlay"), body.png.overlay, `overlay of ${label}`, body);
+  const caption = card.querySelector("img.overlay").closest("figure")
+    .querySelector("figcaption");
+  caption.replaceChildren("Overlay: ");
+  const legend = document.createElement("span");
+  legend.className = "legend";
+  for (const c of body.classes) {
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.backgroundColor = c.colour;     // CSSOM, allowed by the page's CSP
+    const item = document.createElement("span");
+    item.className = "class-item";
+    item.append(swatch, ` ${c.name} (label ${c.label})`);
+    legend.append(item);
+  }
+  caption.append(legend, "; uncertain band (amber)");
+  const figures = card.querySelector(".figures");
+  for (const kind of ["probability", "uncertainty"]) {
+    card.querySelector(`img.${kind}`).closest("figure").remove();
+    card.querySelector(`.dl-${kind}`).remove();
+  }
+  const overlayLink = card.querySelector(".dl-overlay");
+  for (const c of body.classes) {
+    for (const kind of ["probability", "uncertainty"]) {
+      const figure = document.createElement("figure");
+      const img = document.createElement("img");
+      img.className = `${kind} class-map`;
+      img.dataset.class = c.name;
+      setImage(img, c.png[kind], `${kind} of ${c.name} in ${label}`, body);
+      const text = document.createElement("figcaption");
+      text.textContent = `${kind === "probability" ? "Probability" : "Uncertainty"}: ${c.name}`;
+      figure.append(img, text);
+      figures.append(figure);
+      const a = document.createElement("a");
+      a.className = `dl-${kind}-class`;
+      a.textContent = `${c.name} ${kind}`;
+      setDownload(a, c.png[kind], `${base}_${kind}_${c.name}.png`, `${c.name} ${kind} of ${label}`);
+      overlayLink.before(a, " ");
+    }
+  }
+  const mask = card.querySelector(".dl-mask");
+  mask.textContent = "labels";
+  setDownload(mask, body.png.labels, `${base}_labels.png`, `label map of ${label}`);
+  setDownload(overlayLink, body.png.overlay, `${base}_overlay.png`, `overlay of ${label}`);
+  const areas = body.classes.map((c) => `${c.name} ${(100 * c.area_fraction).toFixed(1)}%`);
+  card.querySelector(".stats").textContent =
+    `Class areas: ${areas.join(", ")} of ${body.width} x ${body.height} px; ` + runSummary(body);
+}
+
+function showResult(file, body) {
+  const card = $("result-template").content.firstElementChild.cloneNode(true);
+  card.querySelector(".name").textContent = file.name;
+  const label = file.name;
   const base = stem(file.name);
-  for (const kind of ["mask", "probability", "uncertainty", "overlay"]) {
-    const a = card.querySelector(`.dl-${kind}`);
-    a.href = pngUrl(body.png[kind]);
-    a.download = `${base}_${kind}.png`;
-    a.setAttribute("aria-label", `download the ${kind} of ${label}`);
+  if (body.classes) {
+    showClasses(card, file, body);
+  } else {
+    for (const kind of ["overlay", "probability", "uncertainty"]) {
+      setImage(card.querySelector(`img.${kind}`), body.png[kind], `${kind} of ${label}`, body);
+    }
+    card.querySelector(".stats").textContent =
+      `Lesion area ${(100 * body.area_fraction).toFixed(1)}% (${body.area_pixels} px of ` +
+      `${body.width} x ${body.height}); ` + runSummary(body);
+    for (const kind of ["mask", "probability", "uncertainty", "overlay"]) {
+      setDownload(card.querySelector(`.dl-${kind}`), body.png[kind], `${base}_${kind}.png`,
+                  `${kind} of ${label}`);
+    }
   }
   const json = card.querySelector(".dl-json");
   json.href = URL.createObjectURL(new Blob([JSON.stringify(body)], {type: "application/json"}));
