@@ -1,0 +1,89 @@
+"""Write a trained model file for shipping: a training run's weights (best.safetensors) with
+their metadata completed, optionally in half precision.
+
+    python bench/bundle_model.py RUN/best.safetensors OUT.safetensors [--half]
+        [--set KEY=VALUE ...] [--drop KEY ...] [--sampler-defaults STEPS,MEMBERS,SPACING
+        --measured "what chose it"]
+
+Used for the bundled models (dsd_fast/weights/, MODEL_CARD.md) and for the warm starts kept
+under checkpoints/. --half stores floating tensors as float16 (the loader computes in
+float32 either way; whether Dice is unchanged is measured with bench/eval_sources.py on
+both files, not assumed). --set writes metadata strings (training_data, terms, note,
+postprocess, ...); --sampler-defaults writes the setting segment() uses when a call gives
+no steps/ensemble/spacing (options.resolve), with the measurement that chose it. The output
+is loaded back before the command ends, so a file that would not load is never left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dsd_fast.model_files import read_metadata
+
+
+def completed(meta: dict[str, str], sets: list[str], drops: list[str],
+              sampler_defaults: str | None, measured: str | None) -> dict[str, str]:
+    """`meta` with --drop keys removed and --set / --sampler-defaults written."""
+    out = {k: v for k, v in meta.items() if k not in drops}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        out[key] = value
+    if sampler_defaults:
+        try:
+            steps, members, spacing = sampler_defaults.split(",")
+            setting = {"steps": int(steps), "ensemble": int(members), "spacing": spacing}
+        except ValueError:
+            raise SystemExit("--sampler-defaults wants STEPS,MEMBERS,SPACING, e.g. "
+                             f"5,25,trailing; got {sampler_defaults!r}") from None
+        if spacing not in ("leading", "trailing"):
+            raise SystemExit(f"--sampler-defaults: spacing is leading or trailing, got {spacing!r}")
+        if not measured:
+            raise SystemExit("--sampler-defaults needs --measured: what measurement chose it")
+        setting["measured"] = measured
+        out["sampler_defaults"] = json.dumps(setting)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--half", action="store_true", help="floating tensors as float16")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--drop", action="append", default=[], metavar="KEY")
+    ap.add_argument("--sampler-defaults", default=None, metavar="STEPS,MEMBERS,SPACING")
+    ap.add_argument("--measured", default=None)
+    args = ap.parse_args(argv)
+    if args.out.resolve() == args.source.resolve():
+        raise SystemExit("OUT must differ from the source file (the source is never rewritten)")
+    meta = completed(read_metadata(args.source), args.set, args.drop,
+                     args.sampler_defaults, args.measured)
+    tensors = load_file(str(args.source))
+    if args.half:
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}
+    tmp = args.out.with_name(args.out.stem + ".partial" + args.out.suffix)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    from dsd_fast import load
+    try:
+        load(str(tmp))                       # refuse a file that does not load
+    except Exception:
+        tmp.unlink()
+        raise
+    os.replace(tmp, args.out)
+    size = args.out.stat().st_size
+    print(f"{args.out}: {len(tensors)} tensors, {size / 1e6:.1f} MB, "
+          f"{'float16' if args.half else 'as trained'}; metadata keys: {sorted(meta)}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

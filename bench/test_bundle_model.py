@@ -1,0 +1,68 @@
+"""bench/bundle_model.py: the metadata it writes, half precision, and the files it refuses."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from bundle_model import main
+from safetensors import safe_open
+
+import dsd_fast
+from dsd_fast.families import find_config
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    fam, cfg = find_config("tiny_gray")
+    torch.manual_seed(0)
+    net = fam.build_reference(cfg).eval()
+    with torch.no_grad():                 # off the zero-initialised output layer
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return dsd_fast.save_model(net, tmp_path / "best.safetensors")
+
+
+def test_half_with_metadata(model_file, tmp_path):
+    out = tmp_path / "bundled.safetensors"
+    main([str(model_file), str(out), "--half", "--set", "terms=research use",
+          "--set", "training_data=DDTI train", "--sampler-defaults", "5,25,trailing",
+          "--measured", "val 0.80 vs 0.79 at 25 x 5"])
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert meta["terms"] == "research use" and meta["training_data"] == "DDTI train"
+    assert json.loads(meta["sampler_defaults"]) == {
+        "steps": 5, "ensemble": 25, "spacing": "trailing",
+        "measured": "val 0.80 vs 0.79 at 25 x 5"}
+    assert dtypes == {torch.float16}
+    assert out.stat().st_size < 0.6 * model_file.stat().st_size
+    assert not list(tmp_path.glob("*.partial*"))
+    # the half file computes in float32 from float16-rounded weights: close to the original
+    img = np.random.default_rng(0).integers(0, 255, (24, 24), dtype=np.uint8)
+    full = dsd_fast.load(model_file).segment(img, steps=2, ensemble=2, seed=0)[0]
+    half = dsd_fast.load(out).segment(img, steps=2, ensemble=2, seed=0)[0]
+    assert np.abs(full.probability - half.probability).max() < 1e-2
+    # segment() without steps/ensemble now uses the file's own setting
+    assert dsd_fast.load(out).sampler_settings(None, None, None) == (5, 25, "trailing")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "novalue"], "KEY=VALUE"),
+    (["--sampler-defaults", "5,25", "--measured", "m"], "STEPS,MEMBERS,SPACING"),
+    (["--sampler-defaults", "5,25,middle", "--measured", "m"], "leading or trailing"),
+    (["--sampler-defaults", "5,25,trailing"], "--measured"),
+])
+def test_refuses_bad_arguments(model_file, tmp_path, args, message):
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(SystemExit, match=message):
+        main([str(model_file), str(out), *args])
+    assert not out.exists()
+
+
+def test_never_rewrites_its_source(model_file):
+    before = model_file.read_bytes()
+    with pytest.raises(SystemExit, match="differ"):
+        main([str(model_file), str(model_file), "--half"])
+    assert model_file.read_bytes() == before
