@@ -83,11 +83,23 @@ class DermoSegDiffFamily(ModelFamily):
     def adapted_state_dict(self, state_dict, source: ModelConfig, target: ModelConfig):
         """Another input size (FF-Parser gates resized) and/or another image channel count:
         3 -> 1 sums the first image convolution over colours (exactly the RGB model on a
-        replicated gray image), 1 -> 3 spreads it (a third to each colour)."""
-        if source.replace(image_size=target.image_size,
-                          channels_g=target.channels_g) != target:
+        replicated gray image), 1 -> 3 spreads it (a third to each colour). A binary model
+        may also start a model of K classes (mask channels 1 -> K): the mask's first
+        convolution is spread over the K channels (1/K each) and the output layer repeated,
+        so every class starts as the binary model's foreground (the same network when all K
+        masks are equal); training then tells the classes apart."""
+        if source.replace(image_size=target.image_size, channels_g=target.channels_g,
+                          channels_x=target.channels_x, out_dim=target.out_dim) != target:
             return super().adapted_state_dict(state_dict, source, target)
         out = dict(state_dict)
+        if (source.channels_x, source.out_dim) != (target.channels_x, target.out_dim):
+            k = target.channels_x
+            if (source.channels_x, source.out_dim) != (1, 1) or target.out_dim != k:
+                raise ValueError(f"mask channels {source.channels_x} -> {target.channels_x}: "
+                                 "only a binary model starts a model of K classes")
+            out["init_conv_x.weight"] = (out["init_conv_x.weight"] / k).repeat(1, k, 1, 1)
+            out["final_conv.weight"] = out["final_conv.weight"].repeat(k, 1, 1, 1)
+            out["final_conv.bias"] = out["final_conv.bias"].repeat(k)
         if source.image_size != target.image_size:
             out = self.resized_state_dict(out, source, target.image_size)
         if source.channels_g != target.channels_g:
