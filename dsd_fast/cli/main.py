@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "<name>_overlay.png, all at the original size; results.json, results.csv and "
         "index.html for the run. Re-running resumes: finished images are skipped.")
     s.add_argument("images", nargs="+",
-                   help="image files, folders or glob patterns (quote them: 'data/**/*.jpg')")
+                   help="image files (also .npy arrays, NIfTI / DICOM volumes), folders "
+                   "(BraTS cases, DICOM series and channel folders <prefix>_c0.png .. are one "
+                   "input each) or glob patterns (quote them: 'data/**/*.jpg')")
     s.add_argument("-o", "--output", required=True, help="output folder")
     s.add_argument("--checkpoint", default=None,
                    help="model file (.safetensors, a DermoSegDiff or MedSegDiff .pt/.pth), or "
