@@ -42,7 +42,10 @@ test: install
 # Each run is saved as JSON under .benchmarks/ (ignored by git). Compare with the last saved
 # run: make bench BENCH_ARGS=--benchmark-compare (or =0001 for a given one); saved runs side
 # by side: pytest-benchmark compare .benchmarks/*/*.json
+# `make bench` also installs the bench extra (ONNX Runtime, OpenVINO: the peers), and
+# `python bench/bench_table.py` prints the newest run as the README's speed table.
 BENCH_ARGS ?=
+bench: EXTRAS := $(EXTRAS),bench
 bench: install
 	$(PY) -m pytest bench --benchmark-only --benchmark-autosave \
 		--benchmark-columns=min,median,max,stddev,rounds $(BENCH_ARGS)

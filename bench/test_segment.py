@@ -13,7 +13,10 @@ from throughput_cases import SAMPLE_IMAGE, SEGMENT_ROUNDS, label
 def test_segment(benchmark, case):
     image = np.asarray(Image.open(SAMPLE_IMAGE).convert("RGB"))
     label(benchmark, case, "segment() per image")
-    benchmark.extra_info.update(image=SAMPLE_IMAGE.name, **case.segment_kwargs)
+    # the setting the call runs (the model file's own where the case gives none)
+    opts = case.pipeline.resolve(**case.segment_kwargs)
+    benchmark.extra_info.update(image=SAMPLE_IMAGE.name, steps=opts.steps,
+                                ensemble=opts.ensemble, spacing=opts.spacing)
     (result,) = benchmark.pedantic(lambda: case.pipeline.segment(image, **case.segment_kwargs),
                                    rounds=SEGMENT_ROUNDS, warmup_rounds=1)
     mask = np.asarray(result.mask)
