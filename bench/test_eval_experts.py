@@ -1,0 +1,67 @@
+"""bench/eval_experts.py: the box, the calibration error, and a run on a synthetic set."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from eval_experts import calibration, experts_box, score, val_items
+from PIL import Image
+
+import dsd_fast
+from dsd_fast.classes import class_metadata
+from dsd_fast.families import find_config
+
+
+def test_experts_box_enlarged_and_clipped():
+    disc = np.zeros((40, 50), np.uint8)
+    disc[10:20, 30:40] = 64                  # 10 x 10, any expert
+    assert experts_box(disc) == (slice(5, 25), slice(25, 45))
+    disc[:] = 0
+    disc[0:4, 46:50] = 255                   # at the corner: clipped
+    assert experts_box(disc) == (slice(0, 6), slice(44, 50))
+    assert experts_box(np.zeros((4, 4))) == (slice(None), slice(None))
+
+
+def test_calibration_exact():
+    p = np.array([0.05, 0.05, 0.95, 0.95])
+    a = np.array([0.0, 0.5, 1.0, 1.0])
+    c = calibration(p, a)
+    # bin 0: mean p 0.05, mean a 0.25, share 0.5; bin 9: mean p 0.95, mean a 1.0, share 0.5
+    assert c["ece"] == pytest.approx(0.5 * 0.2 + 0.5 * 0.05)
+    assert c["reliability"][0] == pytest.approx((0.05, 0.25, 0.5))
+    assert c["reliability"][5] is None
+    # probabilities equal to the agreement they predict: calibrated
+    assert calibration(a * 0.999, a * 0.999)["ece"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_score_on_a_synthetic_set(tmp_path):
+    data = tmp_path / "set"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (24, 28, 3), dtype=np.uint8)).save(
+            data / "images" / f"{i}.jpg")
+        disc, cup = np.zeros((24, 28), np.uint8), np.zeros((24, 28), np.uint8)
+        disc[6:18, 8:20], cup[9:15, 11:17] = 255, 191
+        Image.fromarray(disc).save(data / "masks" / f"{i}_disc.png")
+        Image.fromarray(cup).save(data / "masks" / f"{i}_cup.png")
+    (data / "val.txt").write_text("a\nb\n")
+    fam, cfg = find_config("tiny_2class")
+    torch.manual_seed(0)
+    net = fam.build_reference(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = dsd_fast.save_model(net, tmp_path / "m.safetensors",
+                               extra_metadata=class_metadata(("disc", "cup"), nested=True))
+    pipe = dsd_fast.load(path)
+    out = score(pipe, val_items(data, None), data, steps=2, ensemble=3)
+    assert [r["id"] for r in out["rows"]] == ["a", "b"]
+    for c in ("disc", "cup"):
+        s = out["summary"][c]
+        assert 0 <= s["dice_mean"] <= 1 and 0 <= s["mad_ens"] <= 1
+        assert 0 <= s["calibration_ens"]["ece"] <= 1
+    json.dumps(out)                          # the --out file is plain JSON
