@@ -1,6 +1,7 @@
 """How the `dsd-fast` command behaves on a terminal, beyond what it prints itself.
 
     plain_warnings()        Python warnings as one line, `warning: <message>` (no source line)
+    warning_line(text)      such a line for a notice of our own (ray_terminal.py: Ray's)
     cap_threads(n)          --threads above the cores this process may use: capped, said once
     silence_broken_pipe()   `dsd-fast ... | head`: the reader left; stop quietly, as Unix tools
 
@@ -29,9 +30,14 @@ def _one_line(text: str) -> str:
 
 def _print_warning(message, category, filename, lineno, file=None, line=None,
                    shown: set | None = None) -> None:
-    """warnings.showwarning's replacement: `warning: <message>` on stderr, written through
-    tqdm when a progress bar may be on screen (so the bar is redrawn below the line). A text
-    in `shown` is not repeated (PIL warns of a huge image on opening and again on loading)."""
+    """warnings.showwarning's replacement: `warning: <message>` (see `warning_line`)."""
+    warning_line(message, shown, file)
+
+
+def warning_line(message, shown: set | None = None, file=None) -> None:
+    """`warning: <message>` as one line on stderr, written through tqdm when a progress bar
+    may be on screen (so the bar is redrawn below the line). A text in `shown` is not
+    repeated (PIL warns of a huge image on opening and again on loading)."""
     text = f"warning: {_one_line(message)}"
     if shown is not None:
         if text in shown:

@@ -1,21 +1,28 @@
-"""`dsd-fast segment --ray`: the same run, its images segmented by a pool of Ray actors.
+"""`dsd-fast segment --ray`: the same run, its images segmented by Ray tasks.
 
 The driver does what the local command does before and after the segmentation (discovery,
 the output-folder lock and checks, skipping finished images, summaries); in between, the
-images to do become a Ray Data dataset, and `map_batches` hands batches of them to a pool of
-actors. Each actor loads the model and builds its fast path once, then runs the local
-command's own loop on its batch (worker.process: decode, segment, write every output
+images to do become a Ray Data dataset, and `map_batches` hands batches of them to at most
+`workers` tasks at a time. A worker process loads the model and builds its fast path on its
+first batch and keeps it for the run's later batches (`_run_pipeline`), then runs the local
+command's own loop on each batch (worker.process: decode, segment, write every output
 atomically, then the image's record) and returns one row per image: its record, or why it
 failed. So an image's outputs are the ones a one-machine run writes, whoever segments it
 and in whatever order (the initial noise is keyed by the output name), and a re-run skips
 what any worker finished.
 
+Tasks, not an actor pool: Ray Data creates pool actors with its own arguments in the object
+store and restarts allowed, which makes Ray's C++ core worker print an error line to the
+driver's terminal that no Python setting reaches (ray-project/ray#53727); a task's worker
+process keeps its model in this module's `_LOADED` just as an actor would.
+
 Failures: a corrupt image is a row with its error, the job goes on. A worker process that
-dies (killed, out of memory) is restarted by Ray and its batch retried (Ray Data's actor
-pools restart actors and retry their tasks without limit by default; outputs are rewritten
-whole, atomically, with the same content). Ctrl-C stops the job; the finished images are
-recorded, and the same command resumes. A full disk (or a read-only folder) stops the run as
-it stops the local one; any other error a worker raises stops it with that error's one line.
+dies (killed, out of memory) is replaced by Ray and its batch retried (Ray Data retries its
+map tasks without limit by default; outputs are rewritten whole, atomically, with the same
+content). Ctrl-C stops the job; the finished images are recorded, and the same command
+resumes. A full disk (or a read-only folder) stops the run as it stops the local one; any
+other error a worker raises stops it with that error's one line. What Ray itself prints
+goes through ray_terminal.py: the command's own lines only.
 
 Inputs, the model file and the output folder must be on a file system every worker sees
 (one machine: the local disk; a cluster: a shared mount such as NFS). Object storage
@@ -28,13 +35,14 @@ import dataclasses
 import json
 import os
 import signal
+import uuid
 from pathlib import Path
 
 from .discover import InputImage
 from .errors import OutputError, UsageError
 
 RAY_HINT = "pip install 'dsd_fast[ray]' (Ray with Ray Data)"
-BATCH_PER_ACTOR = 4          # images per map_batches call: a crash redoes at most this many
+BATCH_PER_TASK = 4           # images per map_batches call: a crash redoes at most this many
 
 
 def _import_ray():
@@ -46,21 +54,13 @@ def _import_ray():
     return ray
 
 
-def _init(ray, address: str, cpus: int | None, quiet: bool = False) -> bool:
+def _init(ray, address: str, cpus: int | None, terminal) -> bool:
     """Join or start a Ray instance; True when this call started it (then it is shut down
-    at the end). `quiet` (-q): Ray's own notices stay off the terminal too (its loggers'
-    warnings, the raylet's messages to the driver, colour codes; errors still show)."""
-    import logging
-    logging.getLogger("ray.data").setLevel(logging.ERROR if quiet else logging.WARNING)
-    if quiet:
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-        import ray._private.worker as ray_worker
-        if hasattr(ray_worker, "_worker_logs_enabled"):            # raylet notices (yellow)
-            ray_worker._worker_logs_enabled = False
+    at the end). `terminal` (a RayTerminal) gives ray.init the logging arguments that keep
+    Ray's notices on its one-line handler."""
     if ray.is_initialized():
         return False
-    kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    kw = dict(include_dashboard=False, log_to_driver=False, **terminal.init_kwargs())
     if address == "local":
         ray.init(num_cpus=cpus, **kw)
     else:
@@ -68,53 +68,76 @@ def _init(ray, address: str, cpus: int | None, quiet: bool = False) -> bool:
     return True
 
 
-class SegmentWorker:
-    """One Ray actor: the pipeline built once, then the local loop on each batch."""
+# This worker process's pipeline for the run it is working for: {run id: _Loaded}. One
+# entry: a later run on the same cluster (segment_files called again) replaces it.
+_LOADED: dict = {}
 
-    def __init__(self, opts: dict, settings: dict, model=None):
-        import sys
 
+@dataclasses.dataclass
+class _Loaded:
+    opts: object                 # worker.BatchOptions
+    settings: dict
+    pipe: object
+    gt: object                   # evaluate.GroundTruth or None
+
+
+def _run_pipeline(run: str, opts: dict, settings: dict, model_ref: list) -> _Loaded:
+    """The run's pipeline in this worker process, loaded on its first batch."""
+    loaded = _LOADED.get(run)
+    if loaded is None:
+        import ray
         import torch
 
         from .evaluate import GroundTruth
-        from .worker import BatchOptions, RunState, load_checked_pipeline
+        from .worker import BatchOptions, load_checked_pipeline
+        _LOADED.clear()                     # an earlier run's model is not needed again
         torch.set_num_threads(opts.get("threads") or 1)
-        self.opts = BatchOptions(**{**opts, "ray": None, "quiet": True})
-        self.settings = settings
-        self.pipe = load_checked_pipeline(model, self.opts)
-        self.gt = GroundTruth(self.opts.gt) if self.opts.gt else None
-        self._state = lambda: RunState(self.opts, sys.stdout, sys.stderr, 0.0,
-                                       settings=self.settings, gt=self.gt)
+        bopts = BatchOptions(**{**opts, "ray": None, "quiet": True})
+        model = ray.get(model_ref[0]) if model_ref else None
+        loaded = _LOADED[run] = _Loaded(bopts, settings, load_checked_pipeline(model, bopts),
+                                        GroundTruth(bopts.gt) if bopts.gt else None)
+    return loaded
 
-    def __call__(self, batch: dict) -> dict:
-        from ..io import WHOLE_FOLDER_ERRNOS
-        from .worker import network_batch, process
-        state = self._state()
-        items = [InputImage(Path(p), k, d) for p, k, d in
-                 zip(batch["path"], batch["key"], batch["rel_dir"])]
-        _test_crash_hook(len(items))
-        fatal = ""
-        try:
-            process(state, list(items), self.pipe, network_batch(self.pipe, self.opts),
-                    _NoBar())
-        except OutputError as e:
-            if e.errno not in WHOLE_FOLDER_ERRNOS:
-                raise
-            # disk full, read-only: every later image fails too. Returned, not raised, so
-            # the images this batch finished are recorded and the driver stops the run.
-            fatal = str(e)
-        errors = {}
-        for name, why in state.failures:
-            errors.setdefault(name, why)
-        rows = {"key": [], "record": [], "error": [], "fatal": []}
-        for im in items:
-            rec = state.done.get(im.key)
-            rows["key"].append(im.key)
-            rows["record"].append(json.dumps(rec) if rec is not None else "")
-            unknown = "" if rec is not None or fatal else "not segmented (unknown reason)"
-            rows["error"].append(errors.get(str(im.path), unknown))
-            rows["fatal"].append(fatal)
-        return rows
+
+def segment_batch(batch: dict, *, run: str, opts: dict, settings: dict,
+                  model_ref: list) -> dict:
+    """One Ray task: the local loop on `batch` (columns path, key, rel_dir; up to
+    BATCH_PER_TASK images); one row per image: key, record (JSON, "" if none), error ("" if
+    none), fatal (why the run must stop, "" if it need not). `model_ref`: [ObjectRef of an
+    in-memory model], or [] to load opts["checkpoint"]; in a list, so that Ray hands it over
+    unresolved and only a process's first batch fetches the model."""
+    import sys
+
+    from ..io import WHOLE_FOLDER_ERRNOS
+    from .worker import RunState, network_batch, process
+    loaded = _run_pipeline(run, opts, settings, model_ref)
+    state = RunState(loaded.opts, sys.stdout, sys.stderr, 0.0, settings=loaded.settings,
+                     gt=loaded.gt)
+    items = [InputImage(Path(p), k, d) for p, k, d in
+             zip(batch["path"], batch["key"], batch["rel_dir"])]
+    _test_crash_hook(len(items))
+    fatal = ""
+    try:
+        process(state, list(items), loaded.pipe, network_batch(loaded.pipe, loaded.opts),
+                _NoBar())
+    except OutputError as e:
+        if e.errno not in WHOLE_FOLDER_ERRNOS:
+            raise
+        # disk full, read-only: every later image fails too. Returned, not raised, so
+        # the images this batch finished are recorded and the driver stops the run.
+        fatal = str(e)
+    errors = {}
+    for name, why in state.failures:
+        errors.setdefault(name, why)
+    rows = {"key": [], "record": [], "error": [], "fatal": []}
+    for im in items:
+        rec = state.done.get(im.key)
+        rows["key"].append(im.key)
+        rows["record"].append(json.dumps(rec) if rec is not None else "")
+        unknown = "" if rec is not None or fatal else "not segmented (unknown reason)"
+        rows["error"].append(errors.get(str(im.path), unknown))
+        rows["fatal"].append(fatal)
+    return rows
 
 
 class _NoBar:
@@ -133,57 +156,66 @@ def _test_crash_hook(n: int) -> None:
 
 
 def segment_on_ray(state, todo: list[InputImage], model=None) -> None:
-    """Segment `todo` on a Ray actor pool into state (records and failures), as the local
-    loop would. Ctrl-C raises KeyboardInterrupt after the job is cancelled; a full disk or
-    a failed worker stops the run (state.fatal), as in the local command; a model that does
+    """Segment `todo` with Ray tasks into state (records and failures), as the local loop
+    would. Ctrl-C raises KeyboardInterrupt after the job is cancelled; a full disk or a
+    failed worker stops the run (state.fatal), as in the local command; a model that does
     not load raises UsageError before Ray starts."""
-    from tqdm.auto import tqdm
-
+    from .ray_terminal import RayTerminal
     from .worker import load_checked_pipeline
     ray = _import_ray()
-    opts = state.opts
-    threads = opts.threads or 1
     # Load the model once here first: a file the workers could not load is the local
-    # command's one-line usage error, not every actor's traceback after Ray's retries.
-    load_checked_pipeline(model, opts)
-    started = _init(ray, opts.ray, os.cpu_count(), quiet=opts.quiet)
-    try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = opts.workers or max(1, cpus // threads)
-        if workers * threads > cpus:
-            raise UsageError(f"--workers {workers} x --threads {threads} needs {workers * threads}"
-                             f" CPUs; the Ray cluster has {cpus}")
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.verbose_progress = False
-        opts_dict = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
-        opts_dict["output"] = str(opts.output.resolve())
-        for key in ("checkpoint", "gt"):
-            if opts_dict[key] and Path(opts_dict[key]).exists():
-                opts_dict[key] = str(Path(opts_dict[key]).resolve())
-        items = [{"path": str(im.path.resolve()), "key": im.key, "rel_dir": im.rel_dir}
-                 for im in todo]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        out = ds.map_batches(
-            SegmentWorker, batch_size=BATCH_PER_ACTOR, batch_format="numpy",
-            fn_constructor_kwargs={"opts": opts_dict, "settings": state.settings,
-                                   "model": model},
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads)
-        # (Ray Data gives actor-pool actors unlimited restarts and task retries by default:
-        # a killed worker is replaced and its batch redone; tests/cli/test_run_ray.py.)
-        bar = tqdm(total=len(todo), unit="img", desc=f"segment (ray, {workers} workers)",
-                   disable=opts.quiet, file=state.err_s, dynamic_ncols=True)
+    # command's one-line usage error, not every worker's traceback after Ray's retries.
+    load_checked_pipeline(model, state.opts)
+    with RayTerminal(state.opts.quiet) as terminal:
+        started = _init(ray, state.opts.ray, os.cpu_count(), terminal)
         try:
-            _collect(state, out.iter_rows(), {im.key: im for im in todo}, bar)
+            _run_job(ray, state, todo, model)
         finally:
-            bar.close()
-    finally:
-        if started:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
     if state.fatal and started:
         # the workers are gone: a temp file one of them was writing is nobody's now
         from ..io import remove_stale_temp_files
-        remove_stale_temp_files(opts.output)
+        remove_stale_temp_files(state.opts.output)
+
+
+def _run_job(ray, state, todo: list[InputImage], model) -> None:
+    """The dataset of `todo`, its map_batches on `workers` tasks at a time, the rows in."""
+    from tqdm.auto import tqdm
+    opts = state.opts
+    threads = opts.threads or 1
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = opts.workers or max(1, cpus // threads)
+    if workers * threads > cpus:
+        raise UsageError(f"--workers {workers} x --threads {threads} needs {workers * threads}"
+                         f" CPUs; the Ray cluster has {cpus}")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+    opts_dict = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    opts_dict["output"] = str(opts.output.resolve())
+    for key in ("checkpoint", "gt"):
+        if opts_dict[key] and Path(opts_dict[key]).exists():
+            opts_dict[key] = str(Path(opts_dict[key]).resolve())
+    items = [{"path": str(im.path.resolve()), "key": im.key, "rel_dir": im.rel_dir}
+             for im in todo]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    model_ref = [ray.put(model)] if model is not None else []   # held here for the job
+    # (Ray Data retries a map task whose worker died without limit by default: the batch
+    # of a killed worker is redone; tests/cli/test_run_ray.py.)
+    pool = getattr(ray.data, "TaskPoolStrategy", None)   # older Ray: concurrency= instead
+    limit = dict(compute=pool(size=workers)) if pool else dict(concurrency=workers)
+    out = ds.map_batches(
+        segment_batch, batch_size=BATCH_PER_TASK, batch_format="numpy",
+        fn_kwargs={"run": uuid.uuid4().hex, "opts": opts_dict, "settings": state.settings,
+                   "model_ref": model_ref},
+        num_cpus=threads, **limit)
+    bar = tqdm(total=len(todo), unit="img", desc=f"segment (ray, {workers} workers)",
+               disable=opts.quiet, file=state.err_s, dynamic_ncols=True)
+    try:
+        _collect(state, out.iter_rows(), {im.key: im for im in todo}, bar)
+    finally:
+        bar.close()
 
 
 def _collect(state, rows, by_key: dict, bar) -> None:

@@ -1,11 +1,10 @@
 """The `dsd-fast` command on a terminal (issue "Hardening 2", items 11, 13, 15, 17): a reader
 that stops reading, Ctrl-C while the package imports, --threads above the cores, warnings as
-one plain line, Ray kept quiet with -q. Each case failed before its fix.
+one plain line (Ray's output: test_ray_terminal.py). Each case failed before its fix.
 """
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from dsd_fast.cli import console, main
@@ -137,24 +135,3 @@ def test_warnings_print_as_one_plain_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "warning: model.pt: no timesteps stored; assumed T = 1000\n"
     assert getattr(warnings.showwarning, "func", None) is not console._print_warning  # put back
 
-
-def test_quiet_ray_keeps_its_notices_off_the_terminal(monkeypatch):
-    """-q with --ray: Ray's logger warnings (token auth, 'Progress bars disabled'), the
-    raylet's yellow notices and colour codes stay off the terminal."""
-    pytest.importorskip("ray")
-    import ray._private.worker as ray_worker
-
-    from dsd_fast.cli.run_ray import _init
-
-    class JoinedRay:                             # _init's checks only; no cluster started
-        @staticmethod
-        def is_initialized():
-            return True
-    for name in ("ray", "ray.data"):
-        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
-    monkeypatch.setattr(ray_worker, "_worker_logs_enabled", True, raising=False)
-    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
-    assert _init(JoinedRay, "local", 1, quiet=True) is False
-    assert logging.getLogger("ray").level == logging.ERROR
-    assert logging.getLogger("ray.data").getEffectiveLevel() == logging.ERROR
-    assert ray_worker._worker_logs_enabled is False and os.environ["RAY_COLOR_PREFIX"] == "0"
