@@ -23,7 +23,8 @@ from .results import FUSIONS
 
 BACKENDS = ("auto", "fast", "reference")
 REFINES = ("crf", "crf-published")             # None: no refinement
-CROPS = ("full", "center")
+# "zoom": the coarse-to-fine crop of the mask-diffusion families (zoom.py, segmenter.py)
+CROPS = ("full", "center", "zoom")
 POSTPROCESS_CHOICES = ("auto", "none", *POSTPROCESS_METHODS)
 # What a call runs where a model states no sampler setting of its own (and for the values a
 # call does not give when it gives some): the published DermoSegDiff evaluation's DDIM 25 x 5.
@@ -49,7 +50,9 @@ class SegmentOptions:
     batch_size: images per network batch (each brings `ensemble` chains).
     fusion: "mean" (ensemble mean > 0), "staple" or "mean-squared" (official MedSegDiff).
     refine: None, "crf" (DenseCRF, DiffSeg's protocol) or "crf-published" (DiffSeg only).
-    crop: None (the model's own), "full" or "center" (DiffSeg's published centre crop).
+    crop: None (the model's own), "full", "center" (DiffSeg's published centre crop) or
+        "zoom" (mask-diffusion models: a cheap pass on the whole image finds the object,
+        a second pass at this call's setting segments the box around it; zoom.py).
     backend: "auto" (fast when its kernels are there), "fast" or "reference".
     precision: "fp32" or "bf16" (autocast network, float32 sampler).
     tta: ensemble member e sees the image under symmetry e mod 8.
@@ -141,7 +144,7 @@ class Choices:
     samplers: tuple[str, ...] = ("ddim", "ddpm", "dpmpp")
     fusions: tuple[str, ...] = FUSIONS
     refines: tuple[str | None, ...] = (None, "crf")
-    crops: tuple[str, ...] = ("full",)
+    crops: tuple[str, ...] = ("full", "zoom")
     spacings: tuple[str, ...] = SPACINGS
     steps_apply: tuple[str, ...] = ("ddim", "dpmpp")
     T: int = 1000

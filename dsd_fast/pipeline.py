@@ -24,7 +24,7 @@ from torch import nn
 from .allocator import tune_malloc
 from .diffusion import SPACINGS, Schedule, as_eps_model, sample_ensemble
 from .errors import CheckpointError
-from .options import BACKENDS, Choices, SegmentOptions
+from .options import BACKENDS, CROPS, Choices, SegmentOptions
 from .postprocess import METHODS as POSTPROCESS_METHODS
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, to_model_input
@@ -49,10 +49,17 @@ class Pipeline(Segmenter):
     # the file's metadata "classes" / "classes_nested"; None: the defaults (`classes`).
     class_names: tuple[str, ...] | None = None
     nested_classes: bool | None = None
+    # The crop segment() runs without crop= (options.CROPS; "zoom": zoom.py's two passes),
+    # from the file's metadata ("crop"); None: "full", the whole image.
+    crop_default: str | None = None
 
     def __post_init__(self):
         if self.class_names is not None:
             self.class_names = check_classes(self.class_names, self.mask_channels)
+        own = self.family.choices(self.config).crops
+        if self.crop_default is not None and self.crop_default not in own:
+            raise ValueError(f"crop_default={self.crop_default!r} is not a crop this model "
+                             f"accepts ({', '.join(map(repr, own))})")
 
     @property
     def config(self):
@@ -114,8 +121,10 @@ class Pipeline(Segmenter):
     # ------------------------------------------------------------------ the segmenter steps
     def choices(self) -> Choices:
         own_grid = self.family.sampling_conventions(self.config).ddim_timesteps
+        base = self.family.choices(self.config)
+        first = self.crop_default or base.crops[0]      # the first crop is the default
         return dataclasses.replace(
-            self.family.choices(self.config), T=self.schedule.T,
+            base, T=self.schedule.T, crops=(first, *(c for c in base.crops if c != first)),
             sampler_defaults=self.sampler_defaults, postprocess=self.postprocess_default,
             # a family whose DDIM walks its original code's own grid has only that one
             spacings=("leading",) if own_grid is not None else SPACINGS)
@@ -144,6 +153,8 @@ class Pipeline(Segmenter):
             meta["sampler_defaults"] = json.dumps(self.sampler_defaults)
         if self.postprocess_default:
             meta["postprocess"] = self.postprocess_default
+        if self.crop_default:
+            meta["crop"] = self.crop_default
         if self.class_names is not None or self.mask_channels > 1:
             meta.update(class_metadata(self.classes, self.nested))
         return dict(self.model.state_dict()), meta
@@ -176,6 +187,16 @@ def postprocess_from(meta: dict) -> str | None:
     if raw is not None and raw not in POSTPROCESS_METHODS:
         raise CheckpointError(f"the file's postprocess metadata {raw!r} is not one of "
                             f"{POSTPROCESS_METHODS}")
+    return raw
+
+
+def crop_from(meta: dict, accepted: tuple[str, ...] = CROPS) -> str | None:
+    """A file's "crop" metadata (e.g. "zoom": segment() runs the coarse-to-fine zoom unless
+    a call says crop="full"), checked against the crops its model `accepted`."""
+    raw = meta.get("crop")
+    if raw is not None and raw not in accepted:
+        raise CheckpointError(f"the file's crop metadata {raw!r} is not a crop this model "
+                              f"accepts ({', '.join(map(repr, accepted))})")
     return raw
 
 

@@ -35,6 +35,9 @@ class SegmentationResult:
     #                               "+largest" etc. when post-processed (postprocess.py)
     classes: tuple[str, ...] | None = None   # K > 1: the class names; None: one class
     nested: bool = True           # K > 1: how labels were made from regions (classes.py)
+    zoom: dict | None = None      # crop="zoom" (zoom.py): {"box": [top, left, height, width]}
+    #                               pass 2 segmented, in original pixels; {"box": None,
+    #                               "note": why} where pass 1 found nothing to zoom on
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -12,7 +12,7 @@ A segmenter turns images into SegmentationResults. Each family builds its own
 
 and share everything else here: options resolved once, images decoded and checked before any
 work, per-image noise keys, batches of `batch_size` images, CRF draws keyed per image, the
-mask clean-up. The command line calls `segment_views` with views it decoded itself (large
+mask clean-up, crop="zoom"'s two passes (zoom.py). The command line calls `segment_views` with views it decoded itself (large
 files are read reduced), so the API and the command line run the same code from the view on.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .diffusion import noise_seed
 from .channels import ChannelNote, model_image
@@ -30,6 +31,7 @@ from .postprocess import postprocessed
 from .preprocess import content_key
 from .classes import default_classes
 from .results import SegmentationResult, samples_to_class_result, samples_to_result
+from .zoom import ZOOM_PASS1, crop_image, paste, zoom_box
 
 
 class SegmentNote(UserWarning):
@@ -147,26 +149,97 @@ class Segmenter:
                       keys: list, opts: SegmentOptions, images: list | None = None,
                       progress: bool = False) -> list[SegmentationResult]:
         """The one batched loop: `views` (each (C, S, S), from `view`) of images of `sizes`,
-        noise `keys`, resolved `opts`; `images` (C, H, W) where a CRF needs the picture."""
+        noise `keys`, resolved `opts`; `images` (C, H, W) where a CRF needs the picture and
+        where crop="zoom" crops it (`_zoomed`; required then)."""
+        if opts.crop == "zoom" and images is None:
+            raise ValueError("crop='zoom' crops each image's box from its picture: "
+                             "segment_views needs images= (each (C, H, W) in [0, 1])")
         results: list[SegmentationResult] = []
         bar = _progress_bar(len(views), progress)
         n = opts.batch_size
         clean_up = None if opts.postprocess == "none" else opts.postprocess
+        run = self._zoomed if opts.crop == "zoom" else self._segmented
         for start in range(0, len(views), n):
-            chunk_keys = keys[start:start + n]
-            x = torch.stack(views[start:start + n]).to(self.device)
-            samples = self.draw(x, chunk_keys, opts).cpu()
-            for k, key in enumerate(chunk_keys):
-                i = start + k
-                rng = np.random.default_rng(noise_seed(opts.seed, key))   # the CRF's draws
-                image = images[i] if images is not None else None
-                results.append(postprocessed(
-                    self.to_result(samples[k], sizes[i], image, opts, rng), clean_up))
+            end = start + n
+            chunk = run(views[start:end], sizes[start:end], keys[start:end], opts,
+                        None if images is None else images[start:end])
+            results += [postprocessed(r, clean_up) for r in chunk]
             if bar is not None:
-                bar.update(len(chunk_keys))
+                bar.update(len(chunk))
         if bar is not None:
             bar.close()
         return results
+
+    def _segmented(self, views: list[torch.Tensor], sizes: list[tuple[int, int]], keys: list,
+                   opts: SegmentOptions, images: list | None) -> list[SegmentationResult]:
+        """One network batch: `views` drawn together, each image's result at its size (not
+        cleaned up yet)."""
+        x = torch.stack(views).to(self.device)
+        samples = self.draw(x, keys, opts).cpu()
+        out = []
+        for k, key in enumerate(keys):
+            rng = np.random.default_rng(noise_seed(opts.seed, key))   # the CRF's draws
+            image = images[k] if images is not None else None
+            out.append(self.to_result(samples[k], sizes[k], image, opts, rng))
+        return out
+
+    # ------------------------------------------------------------------ crop="zoom"
+    def zoom_pass1(self, opts: SegmentOptions) -> SegmentOptions:
+        """Pass 1's options under crop="zoom" (zoom.py): at most ZOOM_PASS1's 5 members;
+        the call's sampler, steps and spacing where it takes at most 5 steps, else 5 DDIM
+        steps on the trailing grid (leading for a family that walks its own grid); no CRF
+        (pass 1 only finds the box)."""
+        c, p = self.choices(), ZOOM_PASS1
+        changes = {"refine": None, "ensemble": min(opts.ensemble, p["ensemble"])}
+        cheap = opts.sampler in c.steps_apply and opts.steps <= p["steps"]
+        if c.samplers and not cheap:
+            sampler = p["sampler"] if p["sampler"] in c.samplers else opts.sampler
+            trailing = sampler == "ddim" and p["spacing"] in c.spacings
+            changes.update(sampler=sampler, steps=min(p["steps"], c.T),
+                           spacing=p["spacing"] if trailing else "leading")
+        return opts.replace(**changes)
+
+    def _zoomed(self, views: list[torch.Tensor], sizes: list[tuple[int, int]], keys: list,
+                opts: SegmentOptions, images: list) -> list[SegmentationResult]:
+        """crop="zoom" on one chunk (zoom.py): pass 1 on the whole views at `zoom_pass1`'s
+        setting; each image's box around pass 1's foreground, cropped from `images` (each
+        (C, H', W'), the whole picture at any resolution) and segmented at `opts` (pass 2,
+        one batch; its noise keyed by `zoom_key` of the image's key, so an image's result
+        does not depend on the others); pass 2 pasted into pass 1. An image where pass 1
+        found nothing keeps pass 1's result, with a note in its `zoom`."""
+        coarse_opts = self.zoom_pass1(opts)
+        coarse = self._segmented(views, sizes, keys, coarse_opts, None)
+        side = views[0].shape[-1]               # the model's input: no box smaller than it
+        boxes = [zoom_box(r.class_regions(), min_side=side) for r in coarse]
+        todo = [i for i, b in enumerate(boxes) if b is not None]
+        fine = {}
+        if todo:
+            crops = [crop_image(images[i], sizes[i], boxes[i]) for i in todo]
+            box_sizes = [(boxes[i].height, boxes[i].width) for i in todo]
+            pictures = None
+            if opts.refine is not None:         # the CRF works on the picture at the box size
+                pictures = [c if tuple(c.shape[-2:]) == hw else F.interpolate(
+                    c[None], size=hw, mode="bilinear", align_corners=False)[0]
+                    for c, hw in zip(crops, box_sizes)]
+            got = self._segmented([self.view(c, opts) for c in crops], box_sizes,
+                                  [zoom_key(keys[i]) for i in todo], opts, pictures)
+            fine = dict(zip(todo, got))
+        out = []
+        for i, res in enumerate(coarse):
+            if i in fine:
+                out.append(paste(res, fine[i], boxes[i]))
+                continue
+            res.zoom = {"box": None, "note": (
+                f"pass 1 ({coarse_opts.ensemble} members x {coarse_opts.steps} steps) found "
+                "no foreground: nothing to zoom on, the result is pass 1's")}
+            out.append(res)
+        return out
+
+
+def zoom_key(key) -> str:
+    """Pass 2's noise key under crop="zoom": the image's own key (a name, a content digest,
+    an int) with "#zoom" appended, so pass 2 draws other chains than pass 1, per image."""
+    return f"{key}#zoom"
 
 
 def _progress_bar(total: int, enabled: bool):

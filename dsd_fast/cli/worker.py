@@ -282,7 +282,7 @@ def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
                                      [(p.height, p.width) for p in piece],
                                      [p.item.key for p in piece],
                                      seg.replace(batch_size=len(piece)),
-                                     images=_pictures(piece) if seg.refine else None)
+                                     images=_images_for(piece, pipe, seg))
         except (MemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -299,6 +299,16 @@ def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
             done.extend(zip(piece, res))
         i += len(piece)
     return done, batch
+
+
+def _images_for(piece, pipe, seg) -> list | None:
+    """What segment_views needs beside the views: crop="zoom" crops each image's box from
+    the image as segment() reads it (channels.model_image, decoded again here at its full
+    size: the view may come from a reduced decode); a CRF refines on the picture."""
+    if seg.crop == "zoom":
+        from ..channels import model_image
+        return [model_image(p.item.path, 0, pipe.channels)[0] for p in piece]
+    return _pictures(piece) if seg.refine else None
 
 
 def _pictures(piece) -> list:

@@ -123,7 +123,7 @@ def segment_volume(segmenter, source, axis: int | None = None,
         results += segmenter.segment_views(
             [segmenter.view(c, opts) for c in chws], [tuple(c.shape[1:]) for c in chws],
             keys[start:start + chunk], opts,
-            images=chws if opts.refine is not None else None)
+            images=chws if opts.refine is not None or opts.crop == "zoom" else None)
         if bar is not None:
             bar.update(len(chws))
     if bar is not None:

@@ -68,6 +68,24 @@ def test_the_command_line_writes_the_api_mask(tmp_path, family, flags, api):
     np.testing.assert_allclose(prob, res.probability, atol=1 / 65535)
 
 
+@pytest.mark.parametrize("family, flags, api", [
+    ("dermosegdiff", ["--steps", "2", "--ensemble", "3", "--crop", "zoom"],
+     dict(steps=2, ensemble=3, crop="zoom")),
+    ("medsegdiff", ["--steps", "6", "--ensemble", "2", "--crop", "zoom"],
+     dict(steps=6, ensemble=2, crop="zoom")),
+])
+def test_the_command_line_zooms_as_the_api_does(tmp_path, family, flags, api):
+    """crop="zoom": the command line crops pass 2's box from the image as segment() reads
+    it, so both give the same box, mask and probability."""
+    image, model = _image(tmp_path), _model_file(tmp_path, family)
+    cli = _cli_mask(tmp_path, image, model, *flags)
+    res = dsd_fast.load(model).segment(image, noise_keys=["case"], batch_size=1, **api)[0]
+    assert res.zoom["box"] is not None                   # pass 2 ran: there is a box
+    np.testing.assert_array_equal(cli, res.mask)
+    prob = np.array(Image.open(tmp_path / "out" / "case_prob.png")) / 65535
+    np.testing.assert_allclose(prob, res.probability, atol=1 / 65535)
+
+
 def test_a_centre_crop_pair_marks_nothing_outside_its_crop_on_the_command_line(tmp_path):
     """The DiffSeg pair saved with crop="center": outside the crop box the command line's
     mask is background, as the API's (the command line resized the whole image before)."""

@@ -1,0 +1,148 @@
+"""The coarse-to-fine "zoom" crop (segment(crop="zoom")): the geometry of its two passes.
+
+The networks see a 64 px view of the whole image, where a small structure (an optic disc at
+~17% of a fundus photo's width, a small polyp or breast lesion) is ~10 px wide and loses its
+boundary. Zoom segments twice (segmenter.py runs the passes):
+
+    pass 1   the whole image's view at a cheap setting (ZOOM_PASS1) -> a coarse mask
+    box      the square around pass 1's largest foreground component (all classes
+             together), enlarged by ZOOM_MARGIN of its size on each side, at least the
+             model's input size, shifted into the image and clipped to it (`zoom_box`)
+    pass 2   the call's own setting on that box, cropped from the image at its decoded
+             resolution, resized to the model's input like any image (`crop_image`)
+    paste    pass 2's mask and maps inside the box, pass 1's outside (`paste`)
+
+Pass 1's maps stand outside the box rather than zeros: they are a measurement of those
+pixels (the coarse ensemble's), so a second lesion that pass 1 found is kept and the
+uncertainty there is what the coarse ensemble showed, not a certainty nobody measured. The
+box holds pass 1's largest component with a 30% margin, so pass 1 is mostly background at
+its edge and the seam is rarely visible. The training side (`dsd-fast train --roi-crops P`,
+train/augment.py) draws boxes with the same `square_box` around the true mask.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .results import SegmentationResult
+
+# Pass 1's setting: 5 members x 5 DDIM steps on the trailing grid (a family that walks its
+# own grid: leading), or the call's own where it is cheaper (options in segmenter.py).
+ZOOM_PASS1 = {"sampler": "ddim", "steps": 5, "ensemble": 5, "spacing": "trailing"}
+ZOOM_MARGIN = 0.3            # of the component's larger side, added on each side
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle of an image in pixels: rows top..top+height-1, columns left..left+width-1."""
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return (slice(self.top, self.top + self.height),
+                slice(self.left, self.left + self.width))
+
+    def as_list(self) -> list[int]:
+        return [self.top, self.left, self.height, self.width]
+
+    def contains(self, bbox: tuple[int, int, int, int]) -> bool:
+        """Whether (y0, x0, y1, x1) (ends exclusive) lies inside the box."""
+        y0, x0, y1, x1 = bbox
+        return (self.top <= y0 and self.left <= x0 and y1 <= self.top + self.height
+                and x1 <= self.left + self.width)
+
+
+def foreground_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1), ends exclusive, of the largest 8-connected component of `mask`
+    ((H, W) bool, or (K, H, W): the union of the K classes); None when it is empty. Ties
+    go to the first component in raster order."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim == 3:
+        mask = mask.any(axis=0)
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return None
+    if n > 1:
+        largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+        mask = labels == largest
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _round(x: float) -> int:
+    return int(math.floor(x + 0.5))              # half up, not Python's half to even
+
+
+def square_box(bbox: tuple[int, int, int, int], size_hw: tuple[int, int],
+               margin: float = ZOOM_MARGIN, min_side: int = 0,
+               shift: tuple[float, float] = (0.0, 0.0)) -> Box:
+    """The square around `bbox` (y0, x0, y1, x1) in an image of `size_hw` (H, W):
+
+        side   = max(max(y1 - y0, x1 - x0) * (1 + 2 * margin), min_side), rounded half up
+        centre = the bbox's centre + `shift` (rows, columns; training's random shift)
+    then each side cut to the image's (a 30-row image gives at most 30 rows: square-ish)
+    and the box moved, not cut, to lie inside the image."""
+    y0, x0, y1, x1 = bbox
+    h, w = size_hw
+    side = max(max(y1 - y0, x1 - x0) * (1 + 2 * margin), min_side)
+    bh, bw = min(h, max(1, _round(side))), min(w, max(1, _round(side)))
+    top = _round((y0 + y1) / 2 + shift[0] - bh / 2)
+    left = _round((x0 + x1) / 2 + shift[1] - bw / 2)
+    return Box(min(max(top, 0), h - bh), min(max(left, 0), w - bw), bh, bw)
+
+
+def zoom_box(mask: np.ndarray, margin: float = ZOOM_MARGIN, min_side: int = 0) -> Box | None:
+    """Pass 2's box from pass 1's `mask` ((H, W) or (K, H, W) bool at the image's size):
+    `square_box` around its largest component; None when the mask is empty."""
+    bbox = foreground_bbox(mask)
+    if bbox is None:
+        return None
+    return square_box(bbox, np.shape(mask)[-2:], margin, min_side)
+
+
+def crop_image(image: torch.Tensor, size_hw: tuple[int, int], box: Box) -> torch.Tensor:
+    """(C, h, w) picture of an image whose result is `size_hw` (H, W) -> its (C, h', w')
+    part under `box` (in (H, W) pixels). The picture may be a reduced decode (the command
+    line's for very large files): the box is scaled to it, outward, at least one pixel."""
+    h, w = image.shape[-2:]
+    big_h, big_w = size_hw
+    if (h, w) == (big_h, big_w):
+        return image[:, box.top:box.top + box.height, box.left:box.left + box.width]
+    sy, sx = h / big_h, w / big_w
+    y0, x0 = int(math.floor(box.top * sy)), int(math.floor(box.left * sx))
+    y1 = min(h, max(y0 + 1, int(math.ceil((box.top + box.height) * sy))))
+    x1 = min(w, max(x0 + 1, int(math.ceil((box.left + box.width) * sx))))
+    return image[:, y0:y1, x0:x1]
+
+
+def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box
+          ) -> SegmentationResult:
+    """Pass 2's result `fine` (at the box's size) into pass 1's `coarse` (at the image's):
+    mask, probability, std and entropy are fine's inside the box and coarse's outside.
+    Samples (asked with return_samples): fine's members inside; outside, where no member of
+    pass 2 looked, every member carries pass 1's mask (its class regions for K classes)."""
+    rows, cols = box.slices
+
+    def put(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+        out = outer.copy()
+        out[..., rows, cols] = inner
+        return out
+
+    samples = None
+    if fine.samples is not None:
+        outside = coarse.class_regions() if coarse.classes is not None else coarse.mask
+        samples = np.broadcast_to(outside, (fine.samples.shape[0], *outside.shape)).copy()
+        samples[..., rows, cols] = fine.samples
+    return SegmentationResult(
+        mask=put(coarse.mask, fine.mask), probability=put(coarse.probability, fine.probability),
+        std=put(coarse.std, fine.std), entropy=put(coarse.entropy, fine.entropy),
+        samples=samples, fusion=fine.fusion, classes=fine.classes, nested=fine.nested,
+        zoom={"box": box.as_list()})

@@ -1,0 +1,274 @@
+"""crop="zoom" (zoom.py, segmenter.py): the box around pass 1's foreground, the paste-back
+of pass 2 into pass 1, pass 1's cheap setting, noise keyed per image, binary and several
+classes, and a model file whose metadata turns zoom on by default."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dsd_fast
+from dsd_fast.checkpoint import read_metadata, save_model
+from dsd_fast.errors import CheckpointError
+from dsd_fast.families import find_config
+from dsd_fast.preprocess import to_model_input
+from dsd_fast.results import samples_to_class_result, samples_to_result
+from dsd_fast.segmenter import zoom_key
+from dsd_fast.zoom import Box, crop_image, foreground_bbox, square_box, zoom_box
+
+
+def _pipe(config: str = "tiny", seed: int = 0):
+    fam, cfg = find_config(config)
+    torch.manual_seed(seed)
+    net = fam.build_reference(cfg).eval()
+    with torch.no_grad():                       # every weight off its initial value
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return dsd_fast.pipeline_from_network(net)
+
+
+def _mask(h, w, *blocks):
+    m = np.zeros((h, w), bool)
+    for y0, y1, x0, x1 in blocks:
+        m[y0:y1, x0:x1] = True
+    return m
+
+
+# ----------------------------------------------------------------------------- the box
+
+def test_the_box_is_the_square_around_the_component_with_a_30_percent_margin():
+    # rows 40..59 (20), columns 50..89 (40): side 40 * 1.6 = 64 around the centre (50, 70)
+    m = _mask(100, 200, (40, 60, 50, 90))
+    assert foreground_bbox(m) == (40, 50, 60, 90)
+    assert zoom_box(m) == Box(18, 38, 64, 64)
+
+
+def test_the_box_is_moved_inside_the_image_and_clipped_to_it():
+    # a 10 x 10 corner object: side 16 would start at row -3 and end past column 200
+    assert zoom_box(_mask(100, 200, (0, 10, 190, 200))) == Box(0, 184, 16, 16)
+    # 20 x 30 in a 30 x 44 image: side 48 is cut to the image's 30 rows and 44 columns
+    assert zoom_box(_mask(30, 44, (5, 25, 10, 40))) == Box(0, 0, 30, 44)
+    # the model's input size as the least side: 4 x 4 -> 6.4, raised to 16
+    assert zoom_box(_mask(100, 100, (48, 52, 48, 52)), min_side=16) == Box(42, 42, 16, 16)
+    assert zoom_box(_mask(100, 100, (48, 52, 48, 52))) == Box(47, 47, 6, 6)
+
+
+def test_the_box_follows_the_largest_component_and_the_union_of_classes():
+    m = _mask(100, 100, (10, 20, 10, 20), (60, 90, 50, 70))     # 100 px and 600 px
+    assert foreground_bbox(m) == (60, 50, 90, 70)
+    disc = _mask(80, 80, (20, 50, 30, 60))
+    cup = _mask(80, 80, (30, 40, 40, 50))
+    assert foreground_bbox(np.stack([disc, cup])) == (20, 30, 50, 60)    # nested: the disc
+    left, right = _mask(80, 80, (10, 20, 10, 20)), _mask(80, 80, (10, 20, 20, 30))
+    assert foreground_bbox(np.stack([left, right])) == (10, 10, 20, 30)  # side by side
+
+
+def test_an_empty_mask_has_no_box():
+    assert foreground_bbox(np.zeros((5, 7), bool)) is None
+    assert zoom_box(np.zeros((2, 5, 7), bool)) is None
+
+
+def test_square_box_shift_and_crop_of_a_reduced_picture():
+    assert square_box((40, 40, 60, 60), (100, 100), margin=0.5, shift=(5.0, -5.0)) \
+        == Box(35, 25, 40, 40)
+    img = torch.arange(2 * 10 * 20, dtype=torch.float32).view(2, 10, 20)
+    box = Box(4, 6, 8, 10)
+    assert torch.equal(crop_image(img, (10, 20), box), img[:, 4:12, 6:16])
+    # the picture at half the result's size: the box halved, outward (rows 1..3.5 -> 1..4)
+    half = img[:, ::2, ::2]
+    assert torch.equal(crop_image(half, (10, 20), Box(2, 6, 5, 10)), half[:, 1:4, 3:8])
+
+
+# ----------------------------------------------------------------------------- the passes
+
+def _patched(pipe, monkeypatch, k: int = 1):
+    """pipe.draw replaced by a known pattern: pass 1 (the image's key) a block of the view,
+    pass 2 (key + "#zoom") member e = -0.5 + 0.2 e everywhere. Records each call."""
+    calls = []
+
+    def draw(views, keys, opts):
+        calls.append(dict(views=views.clone(), keys=list(keys), steps=opts.steps,
+                          ensemble=opts.ensemble, spacing=opts.spacing, sampler=opts.sampler))
+        n, e, s = views.shape[0], opts.ensemble, views.shape[-1]
+        out = torch.full((n, e, k, s, s), -1.0)
+        for i, key in enumerate(keys):
+            if str(key).endswith("#zoom"):
+                out[i] = (-0.5 + 0.2 * torch.arange(e, dtype=torch.float32)).view(e, 1, 1, 1)
+            else:
+                out[i, :, :, 4:8, 10:14] = 1.0
+                if k > 1:
+                    out[i, :, 1, 4:8, 10:14] = -1.0      # the second class: nothing
+        return out if k > 1 else out[:, :, 0]
+    monkeypatch.setattr(pipe, "draw", draw)
+    return calls
+
+
+def test_pass_2_lands_in_the_box_and_pass_1_stays_outside(monkeypatch):
+    pipe = _pipe()
+    calls = _patched(pipe, monkeypatch)
+    img = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
+    res = pipe.segment(img, crop="zoom", steps=10, ensemble=3, noise_keys=["im"],
+                       postprocess="none")[0]
+    # pass 1: min(5, 3) members, 5 trailing DDIM steps; pass 2: the call's 10 x 3
+    assert [(c["keys"], c["steps"], c["ensemble"]) for c in calls] \
+        == [(["im"], 5, 3), (["im#zoom"], 10, 3)]
+    assert calls[0]["spacing"] == "trailing" and calls[1]["spacing"] == "leading"
+    # pass 1's result as segment() makes it from the pattern; the box around its mask
+    coarse = torch.full((3, 16, 16), -1.0)
+    coarse[:, 4:8, 10:14] = 1.0
+    want1 = samples_to_result(coarse, (64, 96))
+    box = zoom_box(want1.mask, min_side=16)
+    assert res.zoom == {"box": box.as_list()}
+    # view rows 4..7 of 16 -> image rows 16..31; columns 10..13 -> 60..83 (about)
+    assert box.contains((16, 60, 32, 84)) and box.height == box.width
+    # pass 2 saw the crop of the image under the box, as any image's view
+    np.testing.assert_allclose(calls[1]["views"][0],
+                               to_model_input([img[:, box.slices[0], box.slices[1]]],
+                                              pipe.preprocessing)[0], atol=1e-6)
+    inside = np.zeros((64, 96), bool)
+    inside[box.slices] = True
+    # inside: pass 2's members -0.5, -0.3, -0.1 -> probability 0.35, std of .25, .35, .45
+    np.testing.assert_allclose(res.probability[inside], 0.35, atol=1e-6)
+    np.testing.assert_allclose(res.std[inside], np.std([0.25, 0.35, 0.45]), atol=1e-6)
+    assert not res.mask[inside].any()
+    # outside: pass 1's maps and mask, untouched
+    np.testing.assert_array_equal(res.probability[~inside], want1.probability[~inside])
+    np.testing.assert_array_equal(res.mask[~inside], want1.mask[~inside])
+    np.testing.assert_array_equal(res.std[~inside], want1.std[~inside])
+    np.testing.assert_allclose(res.entropy, dsd_fast.results.entropy_f32(res.probability))
+
+
+def test_samples_are_pass_2_s_inside_and_pass_1_s_mask_outside(monkeypatch):
+    pipe = _pipe()
+    _patched(pipe, monkeypatch)
+    img = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
+    res = pipe.segment(img, crop="zoom", steps=10, ensemble=7, noise_keys=["im"],
+                       return_samples=True)[0]
+    box = Box(*res.zoom["box"])
+    assert res.samples.shape == (7, 64, 96)
+    inner = res.samples[:, box.slices[0], box.slices[1]]
+    # members -0.5 + 0.2 e: (x + 1) / 2 > 0.5 from e = 3 on, everywhere in the box
+    np.testing.assert_array_equal(inner.reshape(7, -1).all(1), [0, 0, 0, 1, 1, 1, 1])
+    assert not inner[:3].any()
+    outside = np.ones((64, 96), bool)
+    outside[box.slices] = False
+    for member in res.samples:
+        np.testing.assert_array_equal(member[outside], res.mask[outside])
+
+
+def test_several_classes_are_pasted_class_by_class(monkeypatch):
+    pipe = _pipe("tiny_2class")
+    assert pipe.mask_channels == 2
+    calls = _patched(pipe, monkeypatch, k=2)
+    img = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
+    res = pipe.segment(img, crop="zoom", steps=10, ensemble=3, noise_keys=["im"])[0]
+    coarse = torch.full((3, 2, 16, 16), -1.0)
+    coarse[:, 0, 4:8, 10:14] = 1.0
+    want1 = samples_to_class_result(coarse, (64, 96), pipe.classes)
+    box = zoom_box(want1.class_regions(), min_side=16)
+    assert res.zoom == {"box": box.as_list()} and len(calls) == 2
+    assert res.probability.shape == res.std.shape == (2, 64, 96)
+    inside = np.zeros((64, 96), bool)
+    inside[box.slices] = True
+    np.testing.assert_allclose(res.probability[:, inside], 0.35, atol=1e-6)
+    np.testing.assert_array_equal(res.probability[:, ~inside], want1.probability[:, ~inside])
+    np.testing.assert_array_equal(res.mask[~inside], want1.mask[~inside])
+    assert (res.mask[inside] == 0).all() and res.classes == pipe.classes
+
+
+def test_nothing_found_in_pass_1_gives_pass_1_s_result_with_a_note(monkeypatch):
+    pipe = _pipe()
+    calls = []
+
+    def draw(views, keys, opts):
+        calls.append(list(keys))
+        return torch.full((views.shape[0], opts.ensemble, 16, 16), -0.8)
+    monkeypatch.setattr(pipe, "draw", draw)
+    res = pipe.segment(torch.rand(3, 30, 40), crop="zoom", noise_keys=["x"])[0]
+    assert calls == [["x"]]                              # no pass 2
+    assert res.zoom["box"] is None and "found no foreground" in res.zoom["note"]
+    assert not res.mask.any()
+    np.testing.assert_allclose(res.probability, 0.1, atol=1e-6)
+
+
+def test_pass_1_setting():
+    """5 members x 5 trailing DDIM steps, or the call's own where it is cheaper; the DDPM
+    sampler (T steps) is never pass 1's; no CRF in pass 1."""
+    pipe = _pipe()
+
+    def first(**kw):
+        o = pipe.zoom_pass1(pipe.resolve(crop="zoom", **kw))
+        return o.sampler, o.steps, o.ensemble, o.spacing, o.refine
+    assert first() == ("ddim", 5, 5, "trailing", None)                  # classic 25 x 5
+    assert first(steps=3, ensemble=8) == ("ddim", 3, 5, "leading", None)
+    assert first(steps=50, ensemble=2) == ("ddim", 5, 2, "trailing", None)
+    assert first(sampler="ddpm", ensemble=4) == ("ddim", 5, 4, "trailing", None)
+    assert first(sampler="dpmpp", steps=4, ensemble=6) == ("dpmpp", 4, 5, "leading", None)
+
+
+def test_zoom_needs_the_pictures_and_is_for_mask_diffusion_models():
+    pipe = _pipe()
+    opts = pipe.resolve(crop="zoom", steps=1, ensemble=1)
+    with pytest.raises(ValueError, match="needs images="):
+        pipe.segment_views([torch.rand(3, 16, 16)], [(16, 16)], ["a"], opts)
+    from dsd_fast.families import get_family
+    from dsd_fast.families.diffseg import DiffSegPipeline
+    fam = get_family("diffseg")
+    cfg = fam.configs["diffseg_tiny"]
+    pair = DiffSegPipeline(fam.build_reference(cfg).eval(), fam.build_reference(cfg).eval())
+    with pytest.raises(ValueError, match="crop='zoom' is not available"):
+        pair.resolve(crop="zoom")
+
+
+# ----------------------------------------------------------------------------- noise keys
+
+def test_an_image_s_zoomed_result_does_not_depend_on_the_others_in_the_call():
+    pipe = _pipe()
+    imgs = [torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(i)) for i in (1, 2)]
+    pair = pipe.segment(imgs, crop="zoom", steps=3, ensemble=2, noise_keys=["a", "b"],
+                        batch_size=2, backend="reference")
+    alone = pipe.segment(imgs[1], crop="zoom", steps=3, ensemble=2, noise_keys=["b"],
+                         backend="reference")[0]
+    assert pair[1].zoom["box"] is not None and pair[1].zoom == alone.zoom
+    # same chains in both passes; only oneDNN's batch-size-dependent rounding differs
+    np.testing.assert_allclose(pair[1].probability, alone.probability, atol=1e-5)
+    swapped = pipe.segment(imgs[::-1], crop="zoom", steps=3, ensemble=2,
+                           noise_keys=["b", "a"], batch_size=2, backend="reference")
+    np.testing.assert_allclose(swapped[0].probability, alone.probability, atol=1e-5)
+    other = pipe.segment(imgs[1], crop="zoom", steps=3, ensemble=2, noise_keys=["c"],
+                         backend="reference")[0]
+    assert not np.allclose(other.probability, alone.probability)     # the key matters
+    assert zoom_key("b") == "b#zoom" and zoom_key(7) == "7#zoom"
+
+
+# ----------------------------------------------------------------------------- the file
+
+def test_a_file_saying_crop_zoom_zooms_by_default_and_crop_full_overrides(tmp_path):
+    pipe = _pipe()
+    plain = save_model(pipe.model, tmp_path / "plain.safetensors")
+    zoomed = save_model(pipe.model, tmp_path / "zoom.safetensors",
+                        extra_metadata={"crop": "zoom"})
+    loaded = dsd_fast.load(zoomed)
+    assert loaded.crop_default == "zoom" and loaded.choices().crops == ("zoom", "full")
+    assert dsd_fast.load(plain).choices().crops == ("full", "zoom")
+    img = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(1))
+    kw = dict(steps=3, ensemble=2, noise_keys=["a"])
+    own = loaded.segment(img, **kw)[0]
+    asked = dsd_fast.load(plain).segment(img, crop="zoom", **kw)[0]
+    assert own.zoom is not None and own.zoom == asked.zoom
+    np.testing.assert_array_equal(own.probability, asked.probability)
+    full = loaded.segment(img, crop="full", **kw)[0]
+    base = dsd_fast.load(plain).segment(img, **kw)[0]
+    assert full.zoom is None and base.zoom is None
+    np.testing.assert_array_equal(full.probability, base.probability)
+    # saved again, the pipeline keeps its crop
+    again = save_model(loaded, tmp_path / "again.safetensors")
+    assert read_metadata(again)["crop"] == "zoom"
+
+
+def test_a_file_s_crop_must_be_one_its_model_accepts(tmp_path):
+    pipe = _pipe()
+    bad = save_model(pipe.model, tmp_path / "bad.safetensors",
+                     extra_metadata={"crop": "center"})
+    with pytest.raises(CheckpointError, match="crop metadata 'center'"):
+        dsd_fast.load(bad)
