@@ -218,6 +218,8 @@ def test_zoom_needs_the_pictures_and_is_for_mask_diffusion_models():
     pair = DiffSegPipeline(fam.build_reference(cfg).eval(), fam.build_reference(cfg).eval())
     with pytest.raises(ValueError, match="crop='zoom' is not available"):
         pair.resolve(crop="zoom")
+    with pytest.raises(ValueError, match="crop must be one of"):
+        DiffSegPipeline(pair.have, pair.no, crop="zoom")
 
 
 # ----------------------------------------------------------------------------- noise keys

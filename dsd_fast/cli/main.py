@@ -63,9 +63,11 @@ def _family_options(parser) -> None:
                         "member subsets), crf-published (DiffSeg's protocol). Per family: "
                         + per_family("refines"))
     parser.add_argument("--crop", choices=CROPS, default=None,
-                        help="where the mask covers the image: full (resized whole image) or "
-                        "center (DiffSeg's published centre crop; background outside); "
-                        "default: the model file's own. Per family: " + per_family("crops"))
+                        help="where the mask covers the image: full (resized whole image), "
+                        "center (DiffSeg's published centre crop; background outside) or zoom "
+                        "(a cheap pass finds the object, a second at the run's setting "
+                        "segments the box around it); default: the model file's own. Per "
+                        "family: " + per_family("crops"))
 
 
 def _batch_size(text: str):

@@ -290,6 +290,8 @@ def resolve_run_classes(opts: BatchOptions, model) -> None:
 
 
 def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
+    if opts.crop is None:
+        opts.crop = _file_zoom(model, opts)
     if None not in (opts.steps, opts.ensemble, opts.spacing) and opts.postprocess != "auto":
         opts.postprocess = resolve_postprocess(opts.postprocess, None)
         return
@@ -314,6 +316,23 @@ def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
                   Choices(T=2 ** 31, sampler_defaults=defaults))
     opts.steps, opts.ensemble, opts.spacing = run.steps, run.ensemble, run.spacing
     opts.postprocess = resolve_postprocess(opts.postprocess, clean_up)
+
+
+def _file_zoom(model, opts: BatchOptions) -> str | None:
+    """"zoom" where the model's own crop is (its file's "crop" metadata; segment() runs it
+    without --crop), so the run's settings record it: it changes every mask. Other crops
+    stay unrecorded as before (a DiffSeg pair's own), so earlier runs still match."""
+    from ..api import Pipeline, model_path
+    from ..checkpoint import read_metadata
+    if isinstance(model, Pipeline):
+        return "zoom" if model.crop_default == "zoom" else None
+    if model is None or isinstance(model, (str, os.PathLike)):
+        try:
+            meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
+        except Exception:                      # the model's load says what is wrong
+            return None
+        return "zoom" if meta.get("crop") == "zoom" else None
+    return None
 
 
 def _diffusion_steps(model, opts: BatchOptions) -> int | None:

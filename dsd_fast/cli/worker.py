@@ -331,6 +331,8 @@ def _write_one(state: RunState, prep, res) -> None:
         state.fail(prep.item.path, "out of memory while writing its outputs")
     else:
         rec["status"] = "segmented"
+        if res.zoom is not None:            # crop="zoom": the box pass 2 segmented
+            rec["zoom"] = res.zoom
         state.done[prep.item.key] = rec
         state.segmented += 1
         if score_error:

@@ -132,3 +132,18 @@ def test_a_run_records_its_family_options(tmp_path):
     settings = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]
     assert settings["fusion"] == "staple" and settings["sampler"] == "dpmpp"
     assert "refine" not in settings and "crop" not in settings
+
+
+def test_a_file_s_zoom_runs_and_is_recorded_on_the_command_line(tmp_path):
+    """A model file whose metadata says crop=zoom: without --crop the command line zooms as
+    segment() does by default, and results.json records the crop and each image's box."""
+    import json
+    image = _image(tmp_path)
+    model = _model_file(tmp_path, "dermosegdiff", crop="zoom")
+    cli = _cli_mask(tmp_path, image, model, "--steps", "2", "--ensemble", "3")
+    res = dsd_fast.load(model).segment(image, steps=2, ensemble=3, noise_keys=["case"])[0]
+    assert res.zoom["box"] is not None
+    np.testing.assert_array_equal(cli, res.mask)
+    out = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert out["settings"]["crop"] == "zoom"
+    assert out["images"][0]["zoom"] == res.zoom

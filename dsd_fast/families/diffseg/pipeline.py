@@ -37,7 +37,7 @@ from ...diffusion import flush_denormals, noise_seed
 from ...diffusion.tta import member_views, undo_member_views
 from ...errors import CheckpointError
 from ...model_files import read_file
-from ...options import CROPS, Choices, SegmentOptions
+from ...options import Choices, SegmentOptions
 from ...precision import resolve_precision, with_precision
 from ...preprocess import Preprocessing, to_model_input
 from ...results import SegmentationResult, samples_to_result
@@ -59,8 +59,9 @@ class DiffSegPipeline(Segmenter):
         if self.have.config != self.no.config:
             raise ValueError("the two DiffSeg networks differ in config: "
                              f"{self.have.config} vs {self.no.config}")
-        if self.crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        crops = self.family.choices(self.config).crops   # its own: not every CROPS entry
+        if self.crop not in crops:
+            raise ValueError(f"crop must be one of {crops}, got {self.crop!r}")
 
     # ------------------------------------------------------------------ construction
     @classmethod
