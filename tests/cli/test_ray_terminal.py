@@ -146,3 +146,23 @@ def test_raylet_notices_print_as_one_line(capsys):
             ray_worker.print_to_stdstream(notice, ignore_prefix=False)
     assert capsys.readouterr() == ("", "")
     assert ray_worker.print_to_stdstream is original
+
+
+def test_a_worker_process_loads_the_model_once_per_run(monkeypatch, tmp_path):
+    """Tasks, not actors (so Ray's core worker has nothing to print): the model a worker
+    process loaded on its run's first batch serves the run's later batches; a new run
+    replaces it."""
+    import dataclasses
+
+    from dsd_fast.cli import run_ray, worker
+    loads = []
+    monkeypatch.setattr(worker, "load_checked_pipeline",
+                        lambda model, opts: loads.append(opts) or f"pipe{len(loads)}")
+    monkeypatch.setattr(run_ray, "_LOADED", {})
+    opts = worker.BatchOptions(output=tmp_path / "out", checkpoint="m.safetensors", threads=1)
+    opts = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    first = run_ray._run_pipeline("run-a", opts, {}, [])
+    assert run_ray._run_pipeline("run-a", opts, {}, []) is first and len(loads) == 1
+    assert first.pipe == "pipe1" and first.opts.quiet and first.opts.ray is None
+    second = run_ray._run_pipeline("run-b", opts, {}, [])
+    assert second.pipe == "pipe2" and list(run_ray._LOADED) == ["run-b"]
