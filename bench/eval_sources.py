@@ -3,16 +3,17 @@
 
     python bench/eval_sources.py --checkpoint PATH [--sources ph2,ham10000] [--limit N]
         [--ham-limit N] [--steps 25]
-        [--ensemble 5] [--spacing leading|trailing] [--tta] [--shard K/N] [--out FILE.json]
+        [--ensemble 5] [--spacing leading|trailing] [--tta] [--crop zoom] [--shard K/N]
+        [--out FILE.json]
         [--save-prob DIR]
     python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
 
 segment() defaults (the model's own sampler setting, else DDIM 25 x 5; seed 0; noise keyed
 by list position so runs compare), scored at each image's original resolution. Prints
 per-source mean per-image Dice, thresholded Jaccard, pooled Dice, the count of images below
-0.5 and the worst five, and the pooled mean over all images. --sources names the sets (folders of ../shared/data with
-images/, masks/ and val.txt: ph2, ham10000, ddti, busi, kvasir_seg, cvc_clinicdb); --limit
-takes the first N ids of each set's val.txt and --ham-limit those of HAM10000 (a fixed
+0.5 and the worst five, and the pooled mean over all images. --sources names the sets
+(folders of ../shared/data with images/, masks/ and val.txt: ph2, ham10000, ddti, busi,
+kvasir_seg, cvc_clinicdb); --limit takes the first N ids of each set's val.txt and --ham-limit those of HAM10000 (a fixed
 subset; the split's order is the file's); --shard K/N evaluates every N-th image from
 the K-th, so N processes can share the work (merge their --out files with --merge);
 --versus compares two models' files image by image (per source: mean paired difference of
@@ -97,6 +98,8 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=None)
     ap.add_argument("--spacing", choices=("leading", "trailing"), default=None)
     ap.add_argument("--tta", action="store_true", help="members see flipped/rotated views")
+    ap.add_argument("--crop", choices=("full", "zoom"), default=None,
+                    help="zoom: a second pass on the box around the first's object")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-prob", default=None, help="folder for the probability maps")
@@ -123,7 +126,8 @@ def main() -> None:
     rows, t0 = [], time.perf_counter()
     for pos, (source, i, img, mask) in keyed:
         res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,
-                           noise_keys=[pos], spacing=args.spacing, tta=args.tta)[0]
+                           noise_keys=[pos], spacing=args.spacing, tta=args.tta,
+                           crop=args.crop)[0]
         s = score_image(res.mask, load_mask(mask).numpy())
         if args.save_prob:
             np.savez_compressed(Path(args.save_prob) / f"{source}_{i}.npz",
@@ -132,7 +136,7 @@ def main() -> None:
                      "tj": s["threshold_jaccard"]})
     secs = (time.perf_counter() - t0) / max(len(rows), 1)
     result = {"checkpoint": args.checkpoint, "steps": args.steps, "ensemble": args.ensemble,
-              "spacing": args.spacing, "tta": args.tta,
+              "spacing": args.spacing, "tta": args.tta, "crop": args.crop,
               "seconds_per_image": secs, "rows": rows, "summary": summary(rows)}
     print(json.dumps(result["summary"], indent=1))
     if args.out:
