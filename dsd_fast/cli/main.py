@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
                         val_every=args.val_every, seed=args.seed, threads=args.threads,
                         init_from=args.init_from, sources=sources, augmentation=args.augment,
                         lr_schedule=args.lr_schedule, precision=args.precision,
-                        device=args.device,
+                        device=args.device, roi_crops=args.roi_crops,
                         classes=args.classes.split("+") if args.classes else None)
     best = Trainer(opts).run(progress=not args.quiet)
     weights = Path(args.out) / "best.safetensors"
@@ -349,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", choices=("basic", "strong"), default="basic",
                    help="basic: flips, rotation, small colour jitter (the PH2 model's); "
                    "strong: also zoom/shift/aspect, illumination, vignette, hair")
+    t.add_argument("--roi-crops", type=float, default=0.0, metavar="P",
+                   help="the share (0..1) of training pairs first cropped to the square "
+                   "around their mask with a random 15-45%% margin, so the model also learns "
+                   "the zoomed views of segment --crop zoom (default 0: none)")
     t.add_argument("--train-ids", help="file with one training stem per line (default: all)")
     t.add_argument("--val-ids", help="file with one validation stem per line")
     t.add_argument("--out", required=True, help="run folder (checkpoints, log, best weights)")

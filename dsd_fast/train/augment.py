@@ -11,6 +11,10 @@ draws, per image:
     expert's mask is unchanged by hair).
 Inputs may be larger than the output (the source is held at twice the model size so zooming
 in shows real detail); the output is `size` x `size`.
+
+ROI crops (`dsd-fast train --roi-crops P`, `roi_crop`, at the end) come before either
+augmentation: a share of pairs cropped to the square around the mask, the views that
+segment(crop="zoom")'s second pass shows the network (zoom.py).
 """
 from __future__ import annotations
 
@@ -130,3 +134,77 @@ def strong_augment(images: torch.Tensor, masks: torch.Tensor, size: int,
     img = illumination(img, cfg, gen)
     img = hair(img, cfg, gen)
     return img.clamp(0, 1), msk
+
+
+# ----------------------------------------------------------------------------- ROI crops
+# `dsd-fast train --roi-crops P`: with probability P a training pair is first cropped to the
+# square around its mask's largest component, as segment(crop="zoom")'s pass 2 crops the
+# box around pass 1's mask (zoom.py), so the network learns the whole image (pass 1) and
+# the zoomed view (pass 2). The margin is drawn around pass 2's 30% and the box shifted,
+# the object always inside: pass 1's box is only as good as its coarse mask.
+ROI_MARGIN = (0.15, 0.45)      # per side, of the component's larger side, uniform
+ROI_SHIFT = 0.4                # of the room the margin leaves, each axis, uniform +-
+# Pairs are held at this multiple of the model size when ROI crops are on, so a box of a
+# quarter of the image still has the model's resolution (pass 2 crops the decoded image).
+ROI_HOLD = 4
+
+
+def roi_boxes(masks: torch.Tensor, sizes: torch.Tensor, p: float, gen: torch.Generator,
+              min_side: int) -> list:
+    """masks (B, K, S, S) in {0, 1} held at S x S, of images of original `sizes` (B, 2)
+    (H, W) -> a zoom.Box in original pixels per pair, or None (not drawn, or no
+    foreground). Draws B + B + 2B numbers from `gen` whatever the masks (p > 0)."""
+    from ..zoom import Box, foreground_bbox, square_box
+    b, s = masks.shape[0], masks.shape[-1]
+    chosen = torch.rand(b, generator=gen) < p
+    margins = _uniform(b, *ROI_MARGIN, gen)
+    shifts = torch.rand(b, 2, generator=gen) * 2 - 1
+    boxes = []
+    for i in range(b):
+        bbox = foreground_bbox(masks[i].numpy() > 0.5) if chosen[i] else None
+        if bbox is None:
+            boxes.append(None)
+            continue
+        h, w = (int(v) for v in sizes[i])
+        # the held box in original pixels, outward
+        y0, x0 = math.floor(bbox[0] * h / s), math.floor(bbox[1] * w / s)
+        y1, x1 = math.ceil(bbox[2] * h / s), math.ceil(bbox[3] * w / s)
+        m = float(margins[i])
+        side = max(max(y1 - y0, x1 - x0) * (1 + 2 * m), min_side)
+        shift = (float(shifts[i, 0]) * ROI_SHIFT * (side - (y1 - y0)),
+                 float(shifts[i, 1]) * ROI_SHIFT * (side - (x1 - x0)))
+        box = square_box((y0, x0, y1, x1), (h, w), m, min_side, shift)
+        # rounding may leave a pixel of the object out: move the box over it
+        top = min(max(box.top, y1 - box.height), y0)
+        left = min(max(box.left, x1 - box.width), x0)
+        boxes.append(Box(min(max(top, 0), h - box.height), min(max(left, 0), w - box.width),
+                         box.height, box.width))
+    return boxes
+
+
+def roi_crop(images: torch.Tensor, masks: torch.Tensor, sizes: torch.Tensor, p: float,
+             gen: torch.Generator, min_side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (B, C, S, S) in [0, 1] and masks (B, K, S, S) held square at S x S, of
+    original `sizes` (B, 2) -> the same shapes, each pair with probability `p` replaced by
+    its `roi_boxes` crop resampled to S x S (the box is square in original pixels, so the
+    crop is distorted as pass 2's resize of it is). p = 0 draws nothing."""
+    if p <= 0:
+        return images, masks
+    boxes = roi_boxes(masks, sizes, p, gen, min_side)
+    todo = [i for i, box in enumerate(boxes) if box is not None]
+    if not todo:
+        return images, masks
+    theta = torch.zeros(len(todo), 2, 3)
+    for j, i in enumerate(todo):
+        box, (h, w) = boxes[i], (int(v) for v in sizes[i])
+        # output [-1, 1] -> the box in the source's normalised coordinates
+        theta[j, 0, 0], theta[j, 0, 2] = box.width / w, (box.left + box.width / 2) / w * 2 - 1
+        theta[j, 1, 1], theta[j, 1, 2] = box.height / h, (box.top + box.height / 2) / h * 2 - 1
+    s = images.shape[-1]
+    grid = F.affine_grid(theta, (len(todo), 1, s, s), align_corners=False)
+    images, masks = images.clone(), masks.clone()
+    images[todo] = F.grid_sample(images[todo], grid, mode="bilinear", padding_mode="border",
+                                 align_corners=False)
+    masks[todo] = (F.grid_sample(masks[todo], grid, mode="bilinear", padding_mode="border",
+                                 align_corners=False) > 0.5).float()
+    return images, masks

@@ -31,6 +31,7 @@ from ..metrics import dice
 from ..precision import PRECISIONS, resolve_precision, with_precision
 from ..preprocess import minmax_normalise
 from ..results import samples_to_class_result, samples_to_result
+from .augment import ROI_HOLD
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
 from .sources import DataSource, MixedBatches, load_source
 
@@ -100,6 +101,9 @@ class TrainOptions:
     # Saved in the model file's metadata with `classes_nested`.
     classes: list[str] | None = None
     classes_nested: bool = True
+    # The share of pairs first cropped around their mask (augment.roi_crop): the views of
+    # segment(crop="zoom")'s second pass. > 0 holds pairs at ROI_HOLD x the model size.
+    roi_crops: float = 0.0
 
     def __post_init__(self):
         """Refuse what would train nothing or garbage (steps <= 0, a NaN learning rate)."""
@@ -132,6 +136,10 @@ class TrainOptions:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_train_device(self.device)
+        if isinstance(self.roi_crops, bool) or not isinstance(self.roi_crops, (int, float)) \
+                or not 0 <= self.roi_crops <= 1:
+            raise ValueError(f"roi_crops must be a number in 0..1 (the share of training "
+                             f"pairs cropped around their mask), got {self.roi_crops!r}")
         if self.augmentation not in ("basic", "strong"):
             raise ValueError(f"augmentation must be 'basic' or 'strong', "
                              f"got {self.augmentation!r}")
@@ -305,27 +313,29 @@ class Trainer:
         self.ema_model = self.family.build_reference(self.config).to(self.device)
         self.gen = torch.Generator().manual_seed(opts.seed)
         normalise = self.family.preprocessing(self.config).normalise == "minmax"
+        # Held at twice the model size so that zooming in shows real detail (ROI crops: more)
+        hold = max(2 * size if opts.augmentation == "strong" else size,
+                   ROI_HOLD * size if opts.roi_crops > 0 else 0)
         if opts.sources:
-            # Held at twice the model size so that zooming in shows real detail.
-            hold = 2 * size if opts.augmentation == "strong" else size
             srcs = [DataSource(**d) for d in opts.sources]
             loaded = [load_source(src, size, hold) for src in srcs]
             self.val_sets = {src.name: val for src, (_, val) in zip(srcs, loaded) if val}
             self.batches = MixedBatches([tr for tr, _ in loaded], [s.weight for s in srcs],
                                         size, opts.batch_size, self.gen, opts.augmentation,
-                                        normalise=normalise)
+                                        normalise=normalise, roi_crops=opts.roi_crops)
         else:
             train_ids = read_id_list(opts.train_ids) if opts.train_ids else None
             classes = opts.classes
             train = load_pairs(match_pairs(opts.image_dir, opts.mask_dir, train_ids, classes),
-                               2 * size if opts.augmentation == "strong" else size)
+                               hold)
             self.val_sets = ({"val": load_pairs(match_pairs(opts.image_dir, opts.mask_dir,
                                                             read_id_list(opts.val_ids),
                                                             classes), size)}
                              if opts.val_ids else {})
-            if opts.augmentation == "strong":
+            if opts.augmentation == "strong" or opts.roi_crops > 0:
                 self.batches = MixedBatches([train], [1.0], size, opts.batch_size, self.gen,
-                                            "strong", normalise=normalise)
+                                            opts.augmentation, normalise=normalise,
+                                            roi_crops=opts.roi_crops)
             else:
                 self.batches = PairBatches(train, opts.batch_size, self.gen,
                                            normalise=normalise)

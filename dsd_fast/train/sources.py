@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..classes import check_classes
 from ..preprocess import minmax_normalise, resize_image
-from .augment import strong_augment
+from .augment import roi_crop, strong_augment
 from .data import Sample, augment, load_pairs, match_pairs, read_id_list
 
 _KEYS = {"name", "images", "masks", "train", "val", "weight", "val_limit", "classes"}
@@ -102,17 +102,21 @@ def load_source(src: DataSource, size: int, hold_size: int
 class MixedBatches:
     """Endless batches drawn across sources by weight: (image (B,3,S,S), x0 (B,K,S,S) in
     [-1, 1]). Images are held as uint8 at `hold_size` (>= S) to keep 9,000 of them small;
-    augmentation "strong" zooms from that resolution, "basic" is the PH2 model's recipe."""
+    augmentation "strong" zooms from that resolution, "basic" is the PH2 model's recipe.
+    `roi_crops` > 0: that share of pairs is first cropped around its mask (augment.roi_crop,
+    for segment(crop="zoom")); 0 draws nothing for it."""
 
     def __init__(self, per_source: list[list[Sample]], weights: list[float], size: int,
                  batch_size: int, gen: torch.Generator, augmentation: str = "strong",
-                 normalise: bool = True):
+                 normalise: bool = True, roi_crops: float = 0.0):
         if augmentation not in ("strong", "basic", "none"):
             raise ValueError(f"augmentation must be 'strong', 'basic' or 'none', "
                              f"got {augmentation!r}")
         self.images = [torch.stack([(s.image * 255).round().to(torch.uint8) for s in ss])
                        for ss in per_source]
         self.masks = [torch.stack([s.mask.bool() for s in ss]) for ss in per_source]
+        self.sizes = [torch.tensor([s.original_size for s in ss]) for ss in per_source]
+        self.roi_crops = roi_crops
         w = torch.tensor(weights, dtype=torch.float64)
         self.weights = w / w.sum()
         self.size, self.batch_size, self.gen = size, batch_size, gen
@@ -121,14 +125,16 @@ class MixedBatches:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         which = torch.multinomial(self.weights, self.batch_size, replacement=True,
                                   generator=self.gen)
-        imgs, msks = [], []
+        imgs, msks, sizes = [], [], []
         for k in range(len(self.images)):
             n = int((which == k).sum())
             if n:
                 idx = torch.randint(0, self.images[k].shape[0], (n,), generator=self.gen)
                 imgs.append(self.images[k][idx].float() / 255)
                 msks.append(self.masks[k][idx].float())
+                sizes.append(self.sizes[k][idx])
         img, msk = torch.cat(imgs), torch.cat(msks)
+        img, msk = roi_crop(img, msk, torch.cat(sizes), self.roi_crops, self.gen, self.size)
         if self.augmentation == "strong":
             img, msk = strong_augment(img, msk, self.size, self.gen)
         else:
