@@ -81,7 +81,7 @@ setup(
                  "SimpleITK>=2.3", "triton>=3.0; platform_system == 'Linux'",
                  "selenium>=4.20", "requests>=2.28"],
         "crf": ["pydensecrf2>=1.1"],
-        # scale-out: `dsd-fast segment --ray` (Ray Data's actor pools) and
+        # scale-out: `dsd-fast segment --ray` (Ray Data tasks) and
         # `dsd-fast serve --ray` (Ray Serve's replicas and request batching)
         "ray": ["ray[data,serve]>=2.40"],
         # `dsd-fast serve`: the HTTP service and its page

@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    " Inputs, model and -o must be on a file system every node sees. Needs "
                    "pip install 'dsd_fast[ray]'")
     s.add_argument("--workers", type=int, default=None,
-                   help="with --ray: actors in the pool (default: the cluster's CPUs / "
+                   help="with --ray: Ray tasks running at once (default: the cluster's CPUs / "
                    "--threads)")
     s.add_argument("--overwrite", action="store_true",
                    help="redo images whose outputs already exist (default: skip them), and "

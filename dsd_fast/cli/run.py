@@ -4,7 +4,7 @@
     outputs.py    each image's files and record, the run's summaries, the folder lock
     worker.py     the options, the run's state and the per-image loop (shared with Ray)
     run.py        this file: the local driver: plan, resume, summaries, exit codes
-    run_ray.py    the same run with the loop on a pool of Ray actors
+    run_ray.py    the same run with the loop in Ray tasks
 
 Crash safety. Every file is written through io.atomic_write, so a target is either absent
 or complete. A re-run skips finished images (unless `overwrite`) and redoes the rest. A lock

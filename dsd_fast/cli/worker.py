@@ -3,7 +3,7 @@ options (BatchOptions), what it learns as it goes (RunState), and the loop that 
 segments and writes a queue of images into that state (`process`).
 
     run.py       the local driver: discovery, the folder lock, resume, summaries, exit codes
-    run_ray.py   the Ray driver and its actors, which call `process` on their batches
+    run_ray.py   the Ray driver and its tasks, which call `process` on their batches
     worker.py    this file; it imports neither driver, so the two import it and not each
                  other
 
@@ -77,8 +77,8 @@ class BatchOptions:
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
     # Ray: None runs here; "local" starts (or joins) a Ray instance on this machine; else the
-    # address of a running cluster ("auto", "ray://host:10001"). `workers` actors of
-    # `threads` torch threads each (default: as many one-thread actors as this machine has
+    # address of a running cluster ("auto", "ray://host:10001"). `workers` tasks of
+    # `threads` torch threads each (default: as many one-thread tasks as this machine has
     # cores).
     ray: str | None = None
     workers: int | None = None
