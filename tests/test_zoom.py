@@ -274,3 +274,33 @@ def test_a_file_s_crop_must_be_one_its_model_accepts(tmp_path):
                      extra_metadata={"crop": "center"})
     with pytest.raises(CheckpointError, match="crop metadata 'center'"):
         dsd_fast.load(bad)
+
+
+def test_the_command_line_zooms_a_model_of_several_classes_as_the_api(tmp_path):
+    """A two-class model with --crop zoom: the label map and each class's probability map
+    the command line writes are the API's, and results.json holds the box."""
+    import json
+
+    from PIL import Image
+
+    from dsd_fast.cli import main
+    pipe = _pipe("tiny_2class", seed=3)
+    pipe.class_names = ("disc", "cup")
+    model = str(save_model(pipe, tmp_path / "two.safetensors"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = np.random.default_rng(7).integers(0, 255, (40, 52, 3), dtype=np.uint8)
+    img[8:22, 10:30] //= 3
+    Image.fromarray(img).save(folder / "eye.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(folder / "eye.png"), "-o", str(out), "--checkpoint", model,
+                 "--steps", "2", "--ensemble", "3", "--crop", "zoom", "-q"]) == 0
+    res = dsd_fast.load(model).segment(str(folder / "eye.png"), steps=2, ensemble=3,
+                                       crop="zoom", noise_keys=["eye"], batch_size=1)[0]
+    assert res.zoom["box"] is not None
+    np.testing.assert_array_equal(np.array(Image.open(out / "eye_labels.png")), res.mask)
+    for c, name in enumerate(("disc", "cup")):
+        prob = np.array(Image.open(out / f"eye_prob_{name}.png")) / 65535
+        np.testing.assert_allclose(prob, res.probability[c], atol=1 / 65535)
+    rec = json.loads((out / "results.json").read_text())["images"][0]
+    assert rec["zoom"] == res.zoom
