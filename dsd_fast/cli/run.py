@@ -323,13 +323,13 @@ def _file_zoom(model, opts: BatchOptions) -> str | None:
     without --crop), so the run's settings record it: it changes every mask. Other crops
     stay unrecorded as before (a DiffSeg pair's own), so earlier runs still match."""
     from ..api import Pipeline, model_path
-    from ..checkpoint import read_metadata
+    from ..checkpoint import CheckpointError, read_metadata
     if isinstance(model, Pipeline):
         return "zoom" if model.crop_default == "zoom" else None
     if model is None or isinstance(model, (str, os.PathLike)):
         try:
             meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
-        except Exception:                      # the model's load says what is wrong
+        except (CheckpointError, OSError, ValueError):    # the model's load says what
             return None
         return "zoom" if meta.get("crop") == "zoom" else None
     return None
