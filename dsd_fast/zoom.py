@@ -126,7 +126,9 @@ def crop_image(image: torch.Tensor, size_hw: tuple[int, int], box: Box) -> torch
 def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box
           ) -> SegmentationResult:
     """Pass 2's result `fine` (at the box's size) into pass 1's `coarse` (at the image's):
-    mask, probability, std and entropy are fine's inside the box and coarse's outside.
+    mask, probability, std and entropy are fine's inside the box and coarse's outside (each
+    mask made by its pass's fusion: with "mean", the pasted probability > 0.5; the label map
+    of several classes is per pixel, so pasting it is labelling the pasted maps).
     Samples (asked with return_samples): fine's members inside; outside, where no member of
     pass 2 looked, every member carries pass 1's mask (its class regions for K classes)."""
     rows, cols = box.slices
