@@ -9,21 +9,24 @@ Used for the bundled models (dsd_fast/weights/, MODEL_CARD.md) and for the warm 
 under checkpoints/. --half stores floating tensors as float16 (the loader computes in
 float32 either way; whether Dice is unchanged is measured with bench/eval_sources.py on
 both files, not assumed). --set writes metadata strings (training_data, terms, note,
-postprocess, ...); --sampler-defaults writes the setting segment() uses when a call gives
-no steps/ensemble/spacing (options.resolve), with the measurement that chose it. The output
-is loaded back before the command ends, so a file that would not load is never left behind.
+postprocess, crop=zoom for a model that ships with the coarse-to-fine pass, ...);
+--sampler-defaults writes the setting segment() uses when a call gives no
+steps/ensemble/spacing (options.resolve), with the measurement that chose it. The output
+is loaded before it is written (atomically), so a file that would not load is never left
+behind.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from dsd_fast.io import atomic_write
 from dsd_fast.model_files import read_metadata
 
 
@@ -52,6 +55,23 @@ def completed(meta: dict[str, str], sets: list[str], drops: list[str],
     return out
 
 
+def check_loads(data: bytes, meta: dict[str, str]) -> None:
+    """Refuse a file that would not load, or whose sampler defaults the model cannot run
+    (steps above its T), before anything is written."""
+    from dsd_fast import load
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        path.write_bytes(data)
+        try:
+            pipe = load(str(path))
+        except Exception as e:                  # the loader's own message, in one line
+            raise SystemExit(f"the written file would not load: {e}") from None
+    if "sampler_defaults" in meta:
+        steps, t = json.loads(meta["sampler_defaults"])["steps"], pipe.choices().T
+        if steps > t:
+            raise SystemExit(f"--sampler-defaults: {steps} steps, the model has T = {t}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path)
@@ -69,15 +89,9 @@ def main(argv=None) -> None:
     tensors = load_file(str(args.source))
     if args.half:
         tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}
-    tmp = args.out.with_name(args.out.stem + ".partial" + args.out.suffix)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    from dsd_fast import load
-    try:
-        load(str(tmp))                       # refuse a file that does not load
-    except Exception:
-        tmp.unlink()
-        raise
-    os.replace(tmp, args.out)
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    check_loads(data, meta)
+    atomic_write(args.out, lambda f: f.write(data))
     size = args.out.stat().st_size
     print(f"{args.out}: {len(tensors)} tensors, {size / 1e6:.1f} MB, "
           f"{'float16' if args.half else 'as trained'}; metadata keys: {sorted(meta)}",

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from dsd_fast import load
+from dsd_fast.metrics import dice
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "drishti_gs"
 BINS = 10
@@ -66,17 +67,6 @@ def calibration(p: np.ndarray, a: np.ndarray, bins: int = BINS) -> dict:
     return {"ece": ece, "reliability": table}
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    inter, total = np.logical_and(pred, truth).sum(), pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * inter / total)
-
-
-def regions_of(result, classes) -> dict[str, np.ndarray]:
-    """Each class's region from a result's label map (nested: label >= k is class k)."""
-    labels = np.asarray(result.mask)
-    return {c: labels >= k + 1 for k, c in enumerate(classes)}
-
-
 def val_items(data: Path, limit: int | None):
     ids = (data / "val.txt").read_text().split()[:limit]
     return [(i, next((data / "images").glob(f"{i}.*"))) for i in ids]
@@ -99,7 +89,7 @@ def score(pipe, items, data: Path, steps, ensemble) -> dict:
                 row[f"{c}_mad_{name}"] = float(np.abs(p - a).mean())
                 pool[c][name][0].append(p.ravel())
                 pool[c][name][1].append(a.ravel())
-            row[f"{c}_dice"] = dice(regions_of(ens, classes)[c], experts[c] > 127 / 255)
+            row[f"{c}_dice"] = dice(ens.class_regions()[k], experts[c] > 127 / 255)
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {}

@@ -38,7 +38,8 @@ def test_half_with_metadata(model_file, tmp_path):
         "measured": "val 0.80 vs 0.79 at 25 x 5"}
     assert dtypes == {torch.float16}
     assert out.stat().st_size < 0.6 * model_file.stat().st_size
-    assert not list(tmp_path.glob("*.partial*"))
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["best.safetensors",
+                                                            "bundled.safetensors"]
     # the half file computes in float32 from float16-rounded weights: close to the original
     img = np.random.default_rng(0).integers(0, 255, (24, 24), dtype=np.uint8)
     full = dsd_fast.load(model_file).segment(img, steps=2, ensemble=2, seed=0)[0]
@@ -53,6 +54,8 @@ def test_half_with_metadata(model_file, tmp_path):
     (["--sampler-defaults", "5,25", "--measured", "m"], "STEPS,MEMBERS,SPACING"),
     (["--sampler-defaults", "5,25,middle", "--measured", "m"], "leading or trailing"),
     (["--sampler-defaults", "5,25,trailing"], "--measured"),
+    (["--sampler-defaults", "5000,5,trailing", "--measured", "m"], "5000 steps, the model has T = "),
+    (["--set", "preprocessing={not json"], "would not load"),
 ])
 def test_refuses_bad_arguments(model_file, tmp_path, args, message):
     out = tmp_path / "out.safetensors"

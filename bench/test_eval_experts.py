@@ -36,6 +36,52 @@ def test_calibration_exact():
     assert calibration(a * 0.999, a * 0.999)["ece"] == pytest.approx(0.0, abs=1e-12)
 
 
+class _Result:
+    def __init__(self, probability):
+        self.probability = probability
+
+    def class_regions(self):
+        return self.probability > 0.5
+
+
+class _KnownMaps:
+    """A stand-in segmenter: its ensemble returns the experts' agreement itself, its single
+    sample the experts' majority (0 / 1)."""
+    classes = ("disc", "cup")
+
+    def __init__(self, agreement):
+        self.agreement = agreement
+
+    def segment(self, images, steps, ensemble, seed, noise_keys):
+        p = self.agreement if ensemble > 1 else (self.agreement > 0.5).astype(np.float32)
+        return [_Result(p)]
+
+
+def test_score_exact_on_known_maps(tmp_path):
+    data = tmp_path / "set"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "images" / "a.png")
+    disc, cup = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
+    disc[5:15, 5:15] = 255
+    disc[5, 5:15] = 64                        # one expert only: the row the majority drops
+    cup[8:12, 8:12] = 191                     # three experts
+    Image.fromarray(disc).save(data / "masks" / "a_disc.png")
+    Image.fromarray(cup).save(data / "masks" / "a_cup.png")
+    (data / "val.txt").write_text("a\n")
+    agreement = np.stack([disc, cup]).astype(np.float32) / 255
+    out = score(_KnownMaps(agreement), val_items(data, None), data, steps=2, ensemble=5)
+    disc_s, cup_s = out["summary"]["disc"], out["summary"]["cup"]
+    # the box (disc 10 x 10, half its size each side) is the whole 20 x 20 image
+    assert disc_s["mad_ens"] == 0 and cup_s["mad_ens"] == 0
+    assert disc_s["calibration_ens"]["ece"] == pytest.approx(0, abs=1e-7)
+    # one sample: 10 pixels at 1/4 called 0, 16 pixels at 3/4 called 1, over 400
+    assert disc_s["mad_one"] == pytest.approx(10 * (64 / 255) / 400)
+    assert cup_s["mad_one"] == pytest.approx(16 * (1 - 191 / 255) / 400)
+    assert disc_s["calibration_one"]["ece"] == pytest.approx(10 * (64 / 255) / 400)
+    assert disc_s["dice_mean"] == 1.0 and cup_s["dice_mean"] == 1.0
+
+
 def test_score_on_a_synthetic_set(tmp_path):
     data = tmp_path / "set"
     (data / "images").mkdir(parents=True)
