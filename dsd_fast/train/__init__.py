@@ -2,7 +2,8 @@
 
     data.py     image/mask pairs from folders, held at model size; augmentations
     losses.py   eps-MSE and the published boundary-aware loss
-    loop.py     TrainOptions, Trainer (Adam, EMA, validation, checkpoints), validate
+    options.py  TrainOptions (checked when made), the learning-rate schedule
+    loop.py     Trainer (Adam, EMA, validation, checkpoints), validate
 """
 from .loop import EMA, TrainOptions, Trainer, train, validate
 
