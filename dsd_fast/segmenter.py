@@ -12,8 +12,10 @@ A segmenter turns images into SegmentationResults. Each family builds its own
 
 and share everything else here: options resolved once, images decoded and checked before any
 work, per-image noise keys, batches of `batch_size` images, CRF draws keyed per image, the
-mask clean-up, crop="zoom"'s two passes (zoom.py). The command line calls `segment_views` with views it decoded itself (large
-files are read reduced), so the API and the command line run the same code from the view on.
+mask clean-up, crop="zoom"'s two passes (zoom.py). The command line calls `segment_views`
+with views it decoded itself (large files are read reduced) and sources that read a file
+again for the CRF's picture and pass 2's crop (image_sources.py), so the API and the
+command line run the same code from the view on.
 """
 from __future__ import annotations
 
@@ -21,17 +23,17 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .diffusion import noise_seed
 from .channels import ChannelNote, model_image
+from .image_sources import crf_picture, zoom_crop
 from .images import as_image_list
 from .options import Choices, SegmentOptions, resolve
 from .postprocess import postprocessed
 from .preprocess import content_key
 from .classes import default_classes
 from .results import SegmentationResult, samples_to_class_result, samples_to_result
-from .zoom import ZOOM_PASS1, crop_image, paste, zoom_box
+from .zoom import ZOOM_PASS1, crop_limit, paste, zoom_box
 
 
 class SegmentNote(UserWarning):
@@ -59,7 +61,9 @@ class Segmenter:
                   image: torch.Tensor | None, opts: SegmentOptions,
                   rng: np.random.Generator) -> SegmentationResult:
         """(E, S, S) samples of one image -> its result at `size` (H, W). `image` is the
-        (C, H, W) picture where a CRF needs it. Default: resize the view's maps back.
+        (3, H, W) uint8 picture a CRF refines on (image_sources.crf_picture: the image as
+        a viewer sees it, whatever its channel count), None without a CRF. Default:
+        resize the view's maps back.
         A model of K > 1 classes gives (E, K, S, S) samples and a label-map result."""
         if self.mask_channels > 1:
             return samples_to_class_result(samples, size, self.classes, self.nested,
@@ -149,12 +153,15 @@ class Segmenter:
                       keys: list, opts: SegmentOptions, images: list | None = None,
                       progress: bool = False) -> list[SegmentationResult]:
         """The one batched loop: `views` (each (C, S, S), from `view`) of images of `sizes`,
-        noise `keys`, resolved `opts`; `images` (C, H, W) where a CRF needs the picture and
-        where crop="zoom" crops it (`_zoomed`; required then)."""
+        noise `keys`, resolved `opts`; `images` where a CRF needs the picture and where
+        crop="zoom" crops it (`_zoomed`; required then): each a (C, H, W) tensor in [0, 1]
+        or a source that reads its image again (image_sources.py). An image whose source
+        can no longer be read gives None in its place (its source says why); images in
+        memory never do."""
         if opts.crop == "zoom" and images is None:
             raise ValueError("crop='zoom' crops each image's box from its picture: "
                              "segment_views needs images= (each (C, H, W) in [0, 1])")
-        results: list[SegmentationResult] = []
+        results: list[SegmentationResult | None] = []
         bar = _progress_bar(len(views), progress)
         n = opts.batch_size
         clean_up = None if opts.postprocess == "none" else opts.postprocess
@@ -163,7 +170,7 @@ class Segmenter:
             end = start + n
             chunk = run(views[start:end], sizes[start:end], keys[start:end], opts,
                         None if images is None else images[start:end])
-            results += [postprocessed(r, clean_up) for r in chunk]
+            results += [None if r is None else postprocessed(r, clean_up) for r in chunk]
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -171,16 +178,24 @@ class Segmenter:
         return results
 
     def _segmented(self, views: list[torch.Tensor], sizes: list[tuple[int, int]], keys: list,
-                   opts: SegmentOptions, images: list | None) -> list[SegmentationResult]:
+                   opts: SegmentOptions, images: list | None,
+                   boxes: list | None = None) -> list[SegmentationResult | None]:
         """One network batch: `views` drawn together, each image's result at its size (not
-        cleaned up yet)."""
+        cleaned up yet). A CRF refines on each image's picture (of its box in `boxes`,
+        where given and not None: pass 2 of crop="zoom"), read one image at a time; None
+        for an image whose source can no longer be read."""
         x = torch.stack(views).to(self.device)
         samples = self.draw(x, keys, opts).cpu()
         out = []
         for k, key in enumerate(keys):
             rng = np.random.default_rng(noise_seed(opts.seed, key))   # the CRF's draws
-            image = images[k] if images is not None else None
-            out.append(self.to_result(samples[k], sizes[k], image, opts, rng))
+            picture = None
+            if opts.refine is not None and images is not None:
+                picture = crf_picture(images[k], None if boxes is None else boxes[k])
+                if picture is None:
+                    out.append(None)
+                    continue
+            out.append(self.to_result(samples[k], sizes[k], picture, opts, rng))
         return out
 
     # ------------------------------------------------------------------ crop="zoom"
@@ -200,39 +215,49 @@ class Segmenter:
         return opts.replace(**changes)
 
     def _zoomed(self, views: list[torch.Tensor], sizes: list[tuple[int, int]], keys: list,
-                opts: SegmentOptions, images: list) -> list[SegmentationResult]:
+                opts: SegmentOptions, images: list) -> list[SegmentationResult | None]:
         """crop="zoom" on one chunk (zoom.py): pass 1 on the whole views at `zoom_pass1`'s
-        setting; each image's box around pass 1's foreground, cropped from `images` (each
-        (C, H', W'), the whole picture at any resolution) and segmented at `opts` (pass 2,
-        one batch; its noise keyed by `zoom_key` of the image's key, so an image's result
-        does not depend on the others); pass 2 pasted into pass 1. An image where pass 1
-        found nothing keeps pass 1's result, with a note in its `zoom`."""
+        setting; each image's box around pass 1's foreground, cropped from `images` one
+        image at a time (a source decodes only then) and reduced to `crop_limit` pixels;
+        pass 2 at `opts` on all of them in one batch, its noise keyed by `zoom_key` of the
+        image's key (an image's result does not depend on the others), pasted into pass 1.
+        Where pass 1 found nothing, pass 2 runs on the image's whole view with its own key:
+        the result is crop="full"'s (the call's members, its CRF), with a note in `zoom`."""
         coarse_opts = self.zoom_pass1(opts)
         coarse = self._segmented(views, sizes, keys, coarse_opts, None)
         side = views[0].shape[-1]               # the model's input: no box smaller than it
         boxes = [zoom_box(r.class_regions(), min_side=side) for r in coarse]
-        todo = [i for i, b in enumerate(boxes) if b is not None]
-        fine = {}
+        todo, fine_views, fine_sizes, fine_keys, seen = [], [], [], [], {}
+        for i, box in enumerate(boxes):
+            if box is None:                     # nothing to zoom on: the whole view again
+                fine_views.append(views[i])
+                fine_sizes.append(sizes[i])
+                fine_keys.append(keys[i])
+            else:
+                crop = zoom_crop(images[i], sizes[i], box, crop_limit(side))
+                if crop is None:                # a source that can no longer be read
+                    continue
+                seen[i] = tuple(crop.shape[-2:])
+                fine_views.append(self.view(crop, opts))
+                fine_sizes.append((box.height, box.width))
+                fine_keys.append(zoom_key(keys[i]))
+            todo.append(i)
+        fine = []
         if todo:
-            crops = [crop_image(images[i], sizes[i], boxes[i]) for i in todo]
-            box_sizes = [(boxes[i].height, boxes[i].width) for i in todo]
-            pictures = None
-            if opts.refine is not None:         # the CRF works on the picture at the box size
-                pictures = [c if tuple(c.shape[-2:]) == hw else F.interpolate(
-                    c[None], size=hw, mode="bilinear", align_corners=False)[0]
-                    for c, hw in zip(crops, box_sizes)]
-            got = self._segmented([self.view(c, opts) for c in crops], box_sizes,
-                                  [zoom_key(keys[i]) for i in todo], opts, pictures)
-            fine = dict(zip(todo, got))
-        out = []
-        for i, res in enumerate(coarse):
-            if i in fine:
-                out.append(paste(res, fine[i], boxes[i]))
+            fine = self._segmented(fine_views, fine_sizes, fine_keys, opts,
+                                   [images[i] for i in todo], [boxes[i] for i in todo])
+        out: list[SegmentationResult | None] = [None] * len(views)
+        for i, res in zip(todo, fine):
+            if res is None:
+                continue
+            if boxes[i] is not None:
+                out[i] = paste(coarse[i], res, boxes[i], seen[i])
                 continue
             res.zoom = {"box": None, "note": (
                 f"pass 1 ({coarse_opts.ensemble} members x {coarse_opts.steps} steps) found "
-                "no foreground: nothing to zoom on, the result is pass 1's")}
-            out.append(res)
+                "no foreground: nothing to zoom on, the whole image was segmented at the "
+                "call's setting (as crop='full')")}
+            out[i] = res
         return out
 
 

@@ -9,7 +9,9 @@ boundary. Zoom segments twice (segmenter.py runs the passes):
              together), enlarged by ZOOM_MARGIN of its size on each side, at least the
              model's input size, shifted into the image and clipped to it (`zoom_box`)
     pass 2   the call's own setting on that box, cropped from the image at its decoded
-             resolution, resized to the model's input like any image (`crop_image`)
+             resolution (`crop_image`), reduced to at most (16 S)^2 pixels (`crop_limit`,
+             `fit_pixels`) and resized to the model's input like any image. Where pass 1
+             found nothing, pass 2 runs on the whole image: the result is crop="full"'s
     paste    pass 2's mask and maps inside the box, pass 1's outside (`paste`)
 
 Pass 1's maps stand outside the box rather than zeros: they are a measurement of those
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from .results import SegmentationResult
@@ -34,6 +37,11 @@ from .results import SegmentationResult
 # own grid: leading), or the call's own where it is cheaper (options in segmenter.py).
 ZOOM_PASS1 = {"sampler": "ddim", "steps": 5, "ensemble": 5, "spacing": "trailing"}
 ZOOM_MARGIN = 0.3            # of the component's larger side, added on each side
+# Pass 2's crop is at most (CROP_SIDES * S)^2 pixels for a model input of S: the bound the
+# command line's reduced decode of a large file uses for the whole image (cli/discover.py,
+# reduced_pixels), ample for the antialiased resize to S x S, and what keeps a large box of
+# a large image from being held at full resolution.
+CROP_SIDES = 16
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -108,29 +116,59 @@ def zoom_box(mask: np.ndarray, margin: float = ZOOM_MARGIN, min_side: int = 0) -
     return square_box(bbox, np.shape(mask)[-2:], margin, min_side)
 
 
-def crop_image(image: torch.Tensor, size_hw: tuple[int, int], box: Box) -> torch.Tensor:
-    """(C, h, w) picture of an image whose result is `size_hw` (H, W) -> its (C, h', w')
-    part under `box` (in (H, W) pixels). The picture may be a reduced decode (the command
-    line's for very large files): the box is scaled to it, outward, at least one pixel."""
-    h, w = image.shape[-2:]
+def crop_limit(side: int) -> int:
+    """The most pixels pass 2's crop is handed on with, for a model input of `side` (S):
+    (CROP_SIDES * S)^2."""
+    return (CROP_SIDES * side) ** 2
+
+
+def box_slices(box: Box, size_hw: tuple[int, int], picture_hw: tuple[int, int]
+               ) -> tuple[slice, slice]:
+    """The rows and columns of a picture of `picture_hw` (h, w) under `box`, a box in the
+    pixels of the image's result (`size_hw`, (H, W)). The picture may be a reduced decode
+    (the command line's of a file above --max-pixels): the box is scaled to it, outward,
+    at least one pixel."""
+    h, w = picture_hw
     big_h, big_w = size_hw
     if (h, w) == (big_h, big_w):
-        return image[:, box.top:box.top + box.height, box.left:box.left + box.width]
+        return box.slices
     sy, sx = h / big_h, w / big_w
     y0, x0 = int(math.floor(box.top * sy)), int(math.floor(box.left * sx))
     y1 = min(h, max(y0 + 1, int(math.ceil((box.top + box.height) * sy))))
     x1 = min(w, max(x0 + 1, int(math.ceil((box.left + box.width) * sx))))
-    return image[:, y0:y1, x0:x1]
+    return slice(y0, y1), slice(x0, x1)
 
 
-def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box
-          ) -> SegmentationResult:
+def crop_image(image: torch.Tensor, size_hw: tuple[int, int], box: Box) -> torch.Tensor:
+    """(C, h, w) picture of an image whose result is `size_hw` (H, W) -> its (C, h', w')
+    part under `box` (in (H, W) pixels; `box_slices`)."""
+    rows, cols = box_slices(box, size_hw, tuple(image.shape[-2:]))
+    return image[:, rows, cols]
+
+
+def fit_pixels(chw: torch.Tensor, max_pixels: int) -> torch.Tensor:
+    """(C, h, w) -> itself within `max_pixels`, else reduced to at most that many pixels,
+    aspect kept, with the antialiased bilinear resize of the model's view
+    (preprocess.resize_image), so reducing first changes the view little."""
+    h, w = chw.shape[-2:]
+    if h * w <= max_pixels:
+        return chw
+    k = math.sqrt(max_pixels / (h * w))
+    size = (max(1, int(h * k)), max(1, int(w * k)))         # floors: their product fits
+    return F.interpolate(chw[None], size=size, mode="bilinear", align_corners=False,
+                         antialias=True)[0]
+
+
+def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
+          seen_hw: tuple[int, int] | None = None) -> SegmentationResult:
     """Pass 2's result `fine` (at the box's size) into pass 1's `coarse` (at the image's):
     mask, probability, std and entropy are fine's inside the box and coarse's outside (each
     mask made by its pass's fusion: with "mean", the pasted probability > 0.5; the label map
     of several classes is per pixel, so pasting it is labelling the pasted maps).
     Samples (asked with return_samples): fine's members inside; outside, where no member of
-    pass 2 looked, every member carries pass 1's mask (its class regions for K classes)."""
+    pass 2 looked, every member carries pass 1's mask (its class regions for K classes).
+    The result's `zoom`: {"box": [top, left, height, width], "input": [h, w]}, input the
+    size of the crop pass 2's view was made from (`seen_hw`; the box's unless reduced)."""
     rows, cols = box.slices
 
     def put(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
@@ -147,4 +185,5 @@ def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box
         mask=put(coarse.mask, fine.mask), probability=put(coarse.probability, fine.probability),
         std=put(coarse.std, fine.std), entropy=put(coarse.entropy, fine.entropy),
         samples=samples, fusion=fine.fusion, classes=fine.classes, nested=fine.nested,
-        zoom={"box": box.as_list()})
+        zoom={"box": box.as_list(),
+              "input": list(seen_hw or (box.height, box.width))})

@@ -118,7 +118,7 @@ def test_pass_2_lands_in_the_box_and_pass_1_stays_outside(monkeypatch):
     coarse[:, 4:8, 10:14] = 1.0
     want1 = samples_to_result(coarse, (64, 96))
     box = zoom_box(want1.mask, min_side=16)
-    assert res.zoom == {"box": box.as_list()}
+    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width]}
     # view rows 4..7 of 16 -> image rows 16..31; columns 10..13 -> 60..83 (about)
     assert box.contains((16, 60, 32, 84)) and box.height == box.width
     # pass 2 saw the crop of the image under the box, as any image's view
@@ -166,7 +166,8 @@ def test_several_classes_are_pasted_class_by_class(monkeypatch):
     coarse[:, 0, 4:8, 10:14] = 1.0
     want1 = samples_to_class_result(coarse, (64, 96), pipe.classes)
     box = zoom_box(want1.class_regions(), min_side=16)
-    assert res.zoom == {"box": box.as_list()} and len(calls) == 2
+    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width]}
+    assert len(calls) == 2
     assert res.probability.shape == res.std.shape == (2, 64, 96)
     inside = np.zeros((64, 96), bool)
     inside[box.slices] = True
@@ -174,21 +175,6 @@ def test_several_classes_are_pasted_class_by_class(monkeypatch):
     np.testing.assert_array_equal(res.probability[:, ~inside], want1.probability[:, ~inside])
     np.testing.assert_array_equal(res.mask[~inside], want1.mask[~inside])
     assert (res.mask[inside] == 0).all() and res.classes == pipe.classes
-
-
-def test_nothing_found_in_pass_1_gives_pass_1_s_result_with_a_note(monkeypatch):
-    pipe = _pipe()
-    calls = []
-
-    def draw(views, keys, opts):
-        calls.append(list(keys))
-        return torch.full((views.shape[0], opts.ensemble, 16, 16), -0.8)
-    monkeypatch.setattr(pipe, "draw", draw)
-    res = pipe.segment(torch.rand(3, 30, 40), crop="zoom", noise_keys=["x"])[0]
-    assert calls == [["x"]]                              # no pass 2
-    assert res.zoom["box"] is None and "found no foreground" in res.zoom["note"]
-    assert not res.mask.any()
-    np.testing.assert_allclose(res.probability, 0.1, atol=1e-6)
 
 
 def test_pass_1_setting():
@@ -304,3 +290,103 @@ def test_the_command_line_zooms_a_model_of_several_classes_as_the_api(tmp_path):
         np.testing.assert_allclose(prob, res.probability[c], atol=1 / 65535)
     rec = json.loads((out / "results.json").read_text())["images"][0]
     assert rec["zoom"] == res.zoom
+
+
+# ----------------------------------------------------------------------------- the CRF
+
+def _channels_pipe(channels: int, seed: int = 0):
+    fam, cfg = find_config("tiny_ff")
+    torch.manual_seed(seed)
+    return dsd_fast.pipeline_from_network(
+        fam.build_reference(cfg.replace(channels_g=channels)).eval())
+
+
+def _spy_crf(monkeypatch):
+    """dsd_fast.crf.diffseg_refine recording the picture each CRF refines on."""
+    import dsd_fast.crf as crf
+    seen, real = [], crf.diffseg_refine
+
+    def spy(image_rgb, sample_probs, rng):
+        seen.append(np.array(image_rgb))
+        return real(image_rgb, sample_probs, rng)
+    monkeypatch.setattr(crf, "diffseg_refine", spy)
+    return seen
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+@pytest.mark.parametrize("crop", ["full", "zoom"])
+def test_the_crf_refines_any_channel_count_on_the_image_as_a_viewer_sees_it(
+        monkeypatch, channels, crop):
+    """refine="crf" on a model of 1 or N channels: the CRF's picture is
+    channels.channel_picture of the image (grey, or the first of N channels, replicated),
+    of pass 2's box under zoom. It raised (a 1-channel picture is no (H, W, 3) uint8)."""
+    pytest.importorskip("pydensecrf.densecrf")
+    from dsd_fast.channels import channel_picture
+    pipe = _channels_pipe(channels)
+    calls = _patched(pipe, monkeypatch)
+    seen = _spy_crf(monkeypatch)
+    img = torch.rand(channels, 64, 96, generator=torch.Generator().manual_seed(0))
+    res = pipe.segment(img, crop=crop, refine="crf", steps=2, ensemble=3,
+                       noise_keys=["im"])[0]
+    assert res.fusion == "mean+crf" and len(seen) == 1
+    part = img if crop == "full" else img[:, Box(*res.zoom["box"]).slices[0],
+                                          Box(*res.zoom["box"]).slices[1]]
+    np.testing.assert_array_equal(seen[0], channel_picture(part))
+    assert seen[0].shape == (*part.shape[1:], 3) and len(calls) == (2 if crop == "zoom" else 1)
+
+
+def test_nothing_found_in_pass_1_segments_the_whole_image_at_the_call_s_setting(monkeypatch):
+    """Pass 1 found nothing: pass 2 runs on the whole image at the call's setting with the
+    image's own key, so the result is crop="full"'s (8 members, refined), plus a note."""
+    pytest.importorskip("pydensecrf.densecrf")
+    pipe = _pipe()
+    calls = []
+
+    def draw(views, keys, opts):
+        calls.append((list(keys), opts.steps, opts.ensemble))
+        e = torch.linspace(-0.9, 0.3, opts.ensemble).view(1, -1, 1, 1)
+        return (e * (views[:, :1] > 2)).expand(views.shape[0], -1, 16, 16).clone() - 0.05
+    monkeypatch.setattr(pipe, "draw", draw)
+    img = torch.rand(3, 30, 40, generator=torch.Generator().manual_seed(2))
+    kw = dict(noise_keys=["x"], steps=10, ensemble=8, refine="crf", return_samples=True)
+    res = pipe.segment(img, crop="zoom", **kw)[0]
+    assert calls == [(["x"], 5, 5), (["x"], 10, 8)]          # pass 1, then the whole image
+    assert res.zoom["box"] is None and "found no foreground" in res.zoom["note"]
+    full = pipe.segment(img, crop="full", **kw)[0]
+    assert res.samples.shape[0] == 8 and res.fusion == full.fusion == "mean+crf"
+    for name in ("mask", "probability", "std", "samples"):
+        np.testing.assert_array_equal(getattr(res, name), getattr(full, name))
+
+
+def test_pass_2_s_crop_is_reduced_to_what_its_view_needs(monkeypatch):
+    """A box larger than 16 S on a side: pass 2 gets the crop reduced to at most (16 S)^2
+    pixels (aspect kept), never the box at full resolution; res.zoom says what it got."""
+    from dsd_fast.zoom import crop_limit, fit_pixels
+    pipe = _pipe()
+    seen = []
+    real_view = pipe.view
+
+    def view(chw, opts=None):
+        seen.append(tuple(chw.shape))
+        return real_view(chw, opts)
+    monkeypatch.setattr(pipe, "view", view)
+
+    def draw(views, keys, opts):                  # pass 1: all but a 1-pixel border
+        out = torch.full((views.shape[0], opts.ensemble, 16, 16), -1.0)
+        out[:, :, 1:15, 1:15] = 1.0
+        return out
+    monkeypatch.setattr(pipe, "draw", draw)
+    img = torch.rand(3, 300, 280, generator=torch.Generator().manual_seed(0))
+    res = pipe.segment(img, crop="zoom", steps=2, ensemble=2, noise_keys=["big"])[0]
+    limit = crop_limit(16)
+    assert limit == 256 ** 2
+    box = Box(*res.zoom["box"])
+    assert box.height * box.width > limit                       # the box itself is larger
+    assert seen[0] == (3, 300, 280)                              # pass 1's view
+    h, w = seen[1][1:]
+    assert h * w <= limit and res.zoom["input"] == [h, w]
+    assert abs(h / w - box.height / box.width) < 0.02           # the aspect kept
+    want = fit_pixels(img[:, box.slices[0], box.slices[1]], limit)
+    assert tuple(want.shape[1:]) == (h, w)
+    small = torch.rand(3, 10, 20)
+    assert fit_pixels(small, 200) is small                        # within the bound: as is

@@ -13,7 +13,8 @@ pytestmark = SKIP_WITHOUT_VOLUMES
 def test_a_volume_zooms_slice_by_slice(tmp_path):
     """A pointwise segmenter (mask = view > 0.5, the view the slice itself) gives the same
     mask zoomed or not: pass 2 sees the same pixels inside the box, pass 1's stand outside.
-    Slices with foreground get a second pass keyed <slice key>#zoom."""
+    Slices with foreground get a second pass keyed <slice key>#zoom; the others a second
+    pass on the whole slice with its own key (crop="full"'s result)."""
     from dsd_fast.volumes import segment_volume
     vol = phantom()
     path = save_nifti(tmp_path / "phantom.nii.gz", vol, flipped_affine(), dtype=np.int16)
@@ -28,4 +29,5 @@ def test_a_volume_zooms_slice_by_slice(tmp_path):
     assert 0 < len(with_foreground) < n
     assert sorted(seg.seen_keys) == sorted(
         [f"phantom:2:{k}" for k in range(n)]
-        + [f"phantom:2:{k}#zoom" for k in with_foreground])
+        + [f"phantom:2:{k}#zoom" for k in with_foreground]
+        + [f"phantom:2:{k}" for k in range(n) if k not in with_foreground])
