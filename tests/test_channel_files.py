@@ -16,7 +16,7 @@ import dsd_fast
 from dsd_fast.channels import channel_files, is_channel_folder, read_channels
 from dsd_fast.cli import main
 from dsd_fast.families import find_config
-from dsd_fast.images import ImageInputError
+from dsd_fast.images import ImageInputError, MultiFrameWarning
 
 FAST = ["--steps", "2", "--ensemble", "2", "-q"]
 API_FAST = {"steps": 2, "ensemble": 2}
@@ -92,15 +92,20 @@ def test_malformed_channel_folders_say_what_is_wrong(tmp_path):
 
 
 def test_a_channel_stack_is_not_an_image_with_alpha(tmp_path):
-    """Two TIFF pages or .npy channels are two channels: a one-channel model refuses them
-    rather than dropping the second as an alpha (as it does for a grey + alpha picture)."""
+    """Two .npy channels are two channels: a one-channel model refuses them rather than
+    dropping the second as an alpha (as it does for a grey + alpha picture). A 2-page TIFF
+    is not the model's 1 channel: its first page, with the multi-frame warning, never a
+    silent cut."""
     stack = _stack(n=2)
     _save_tiff_pages(tmp_path / "s.tif", stack)
     np.save(tmp_path / "s.npy", stack)
     gray = _pipe(1)
-    for name in ("s.tif", "s.npy"):
-        with pytest.raises(ImageInputError, match="takes 1-channel images, this one has 2"):
-            gray.segment(str(tmp_path / name), **API_FAST)
+    with pytest.raises(ImageInputError, match="takes 1-channel images, this one has 2"):
+        gray.segment(str(tmp_path / "s.npy"), **API_FAST)
+    with pytest.warns(MultiFrameWarning, match="2 frames"):
+        page1 = gray.segment(str(tmp_path / "s.tif"), noise_keys=["k"], **API_FAST)[0]
+    want = gray.segment(stack[..., 0], noise_keys=["k"], **API_FAST)[0]
+    np.testing.assert_array_equal(page1.probability, want.probability)
     Image.fromarray(stack, "LA").save(tmp_path / "la.png")          # a picture's alpha
     assert gray.segment(str(tmp_path / "la.png"), **API_FAST)[0].mask.shape == (18, 22)
     # an RGB model: an (H, W, 3) .npy is an RGB image, an (H, W, 4) one is refused

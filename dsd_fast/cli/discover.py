@@ -16,12 +16,12 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from ..channels import (ARRAY_SUFFIX, ChannelNote, channel_picture, is_channel_folder,
-                        model_image, reads_as_channels)
+                        model_image, npy_shape, reads_as_channels)
 from ..images import (IMAGE_SUFFIXES, ImageInputError, array_to_chw, decode_reduced,
                       decode_rgb8, nfc, open_image, pending_orientation, pil_to_array, upright,
                       upright_size, warn_first_frame)
@@ -39,6 +39,19 @@ DISAMBIGUATION_ROOM = 16       # what _make_keys_unique may append ("_jpeg_12")
 OUTPUT_NAME = re.compile(r".*((_mask|_prob|_uncertainty|_overlay)\.png"
                          r"|(_mask|_prob|_uncertainty)\.nii\.gz)$", re.IGNORECASE)
 _GLOB_CHARS = re.compile(r"[*?[]")
+# A .npy in a folder is an input only when shaped like an image, (H, W) or (H, W, N), and
+# not named like a mask: arrays of ids, coordinates or ground truth often sit beside images
+# (a file named explicitly is always tried).
+NPY_MIN_SIDE = 8
+NPY_MAX_CHANNELS = 16
+# stems of masks and ground truth (as --gt folders and BraTS' *_seg, and this command's own
+# _mask / _labels outputs, name them): "z0_gt", "z0-mask", "case_seg", "a.labels"
+MASK_LIKE_STEM = re.compile(r"(^|[_.-])(gt|mask|masks|seg|segmentation|label|labels|"
+                            r"groundtruth|ground_truth|annotation|annotations)$", re.IGNORECASE)
+
+
+class SkippedInputNote(UserWarning):
+    """Files in an input folder that were not taken as images (one line names them)."""
 
 
 @dataclass
@@ -68,6 +81,32 @@ class Discovery:
     images: list[InputImage]
     missing: list[tuple[str, str]]          # (argument, why nothing came of it)
     input_dirs: list[Path]                  # resolved folders that hold or gave inputs
+    # (file, why it is no image) of .npy files a folder or glob held and that were left out
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def npy_not_an_image(path: Path) -> str | None:
+    """Why a .npy found in a folder is not listed as an image (its header only is read),
+    or None when it is one: not image-shaped, or named like a mask / ground truth."""
+    if MASK_LIKE_STEM.search(path.stem):
+        return "named like a mask"
+    shape = npy_shape(path)
+    if shape is None:
+        return "not a readable .npy of numbers"
+    if len(shape) not in (2, 3) or min(shape[:2]) < NPY_MIN_SIDE \
+            or (len(shape) == 3 and not 1 <= shape[2] <= NPY_MAX_CHANNELS):
+        return f"shape {shape}"
+    return None
+
+
+def _skipped_note(skipped: list[tuple[Path, str]]) -> str:
+    """One line for all .npy files left out, naming a few."""
+    shown = ", ".join(f"{p.name} ({why})" for p, why in skipped[:4])
+    more = f" and {len(skipped) - 4} more" if len(skipped) > 4 else ""
+    return (f"{len(skipped)} .npy file{'s' if len(skipped) > 1 else ''} not taken as images: "
+            f"{shown}{more}; a .npy image is read as (H, W) or (H, W, N) with sides of at "
+            f"least {NPY_MIN_SIDE} and N <= {NPY_MAX_CHANNELS}, and is not named like a mask "
+            "(_gt, _mask, _seg, ...); name a file to segment it anyway")
 
 
 def is_inside(child: Path, parent: Path) -> bool:
@@ -172,24 +211,33 @@ def discover(specs: Sequence[str], recursive: bool = False,
     Folders list image files (IMAGE_SUFFIXES, .npy arrays, NIfTI volumes; hidden files
     skipped), recursively with `recursive`, and the folders in them that are one input each
     (`is_input_folder`: BraTS cases, DICOM series, channel folders); a file named explicitly
-    is always tried, whatever its suffix. `exclude`
+    is always tried, whatever its suffix. A listed .npy must be image-shaped and not named
+    like a mask (`npy_not_an_image`); those left out are in `skipped` and named in one
+    SkippedInputNote warning. `exclude`
     (the output folder) is never walked into, and in it files named like this command's
     outputs are not inputs (so `--allow-inplace` re-runs do not segment their own masks).
     """
     found: list[tuple[Path, Path | None]] = []      # (file, folder its key is relative to)
     missing: list[tuple[str, str]] = []
     dirs: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     excl = exclude.resolve() if exclude is not None else None
 
     def listable(p: Path) -> bool:
         if p.name.startswith("."):
             return False
-        if p.suffix.lower() not in IMAGE_SUFFIXES and p.suffix.lower() != ARRAY_SUFFIX \
+        suffix = p.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES and suffix != ARRAY_SUFFIX \
                 and not is_nifti_name(p.name):
             return False
         if excl is not None and OUTPUT_NAME.match(p.name) and is_inside(p, excl):
             return False
-        return p.is_file()
+        if not p.is_file():
+            return False
+        why = npy_not_an_image(p) if suffix == ARRAY_SUFFIX else None
+        if why is not None:
+            skipped.append((p, why))
+        return why is None
 
     def walk(folder: Path, base: Path, deep: bool) -> None:
         dirs.append(folder.resolve())
@@ -249,10 +297,13 @@ def discover(specs: Sequence[str], recursive: bool = False,
             rel = PurePosixPath(path.name)
         rel = PurePosixPath(nfc(str(rel)))
         rel_dir = "" if str(rel.parent) == "." else str(rel.parent)
-        images.append(InputImage(path, str(rel.parent / short_name(_stem(rel.name, path.is_dir()))),
-                                 rel_dir))
+        key = str(rel.parent / short_name(_stem(rel.name, path.is_dir())))
+        images.append(InputImage(path, key, rel_dir))
     _make_keys_unique(images)
-    return Discovery(images, missing, sorted(set(dirs)))
+    skipped = list(dict.fromkeys(skipped))          # a file listed twice is named once
+    if skipped:
+        warnings.warn(_skipped_note(skipped), SkippedInputNote, stacklevel=2)
+    return Discovery(images, missing, sorted(set(dirs)), skipped)
 
 
 def _make_keys_unique(images: list[InputImage]) -> None:
@@ -335,12 +386,13 @@ def prepare(item: InputImage, segmenter, max_pixels: int, opts=None) -> Prepared
     `max_pixels` the view is made from a reduced decode."""
     path = item.path
     fp = fingerprint(path) if path.exists() else {}
-    if segmenter.channels != 3 or reads_as_channels(path):   # channels.py reads these
+    stack = reads_as_channels(path, segmenter.channels)     # .npy, channel folder, TIFF pages
+    if segmenter.channels != 3 or stack:                     # channels.py reads these
         chw, note = model_image(path, 0, segmenter.channels)
         if note:
             warnings.warn(f"{note} (the model takes {segmenter.channels}-channel images)",
                           ChannelNote, stacklevel=2)
-        picture = channel_picture(chw) if reads_as_channels(path) else None
+        picture = channel_picture(chw) if stack else None
         return Prepared(item, segmenter.view(chw, opts), chw.shape[1], chw.shape[2], None, fp,
                         picture=picture)
     with open_image(path) as im:

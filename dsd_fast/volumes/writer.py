@@ -5,11 +5,12 @@
                                               out/<case>_uncertainty.nii.gz  float32 (std)
 
 Each file has the input's affine, a header description naming what it holds and the slice
-axis ("dsd-fast mask, slices along voxel axis 2") and, for a NIfTI input, a copy of its header with both of
-its transforms kept as they were (qform and sform with their codes; the data type, scaling
-and intensity range set for the new contents), so a viewer lays the mask over the input
-voxel for voxel. A DICOM input's mask gets a fresh header whose qform and sform are the
-affine computed from the series' geometry (reader.dicom_affine), code 1 (scanner).
+axis ("dsd-fast mask, slices along voxel axis 2") and, for a NIfTI input, a copy of its
+header with both of its transforms kept as they were (qform and sform with their codes; the
+data type, scaling and intensity range set for the new contents), so a viewer lays the mask
+over the input voxel for voxel. A DICOM input's mask gets a fresh header whose qform and
+sform are the affine computed from the series' geometry (reader.dicom_affine), code 1
+(scanner).
 
 DICOM-SEG is not written: it needs the source instances' UIDs, a segment description and
 about a dozen mandatory modules to be a valid object, while NIfTI is what BraTS tools,
