@@ -3,7 +3,7 @@ their metadata completed, optionally in half precision.
 
     python bench/bundle_model.py RUN/best.safetensors OUT.safetensors [--half]
         [--set KEY=VALUE ...] [--drop KEY ...] [--sampler-defaults STEPS,MEMBERS,SPACING
-        --measured "what chose it"]
+        --measured "what chose it"] [--frontier FRONTIER.json]
 
 Used for the bundled models (dsd_fast/weights/, MODEL_CARD.md) and for the warm starts kept
 under checkpoints/. --half stores floating tensors as float16 (the loader computes in
@@ -11,7 +11,8 @@ float32 either way; whether Dice is unchanged is measured with bench/eval_source
 both files, not assumed). --set writes metadata strings (training_data, terms, note,
 postprocess, crop=zoom for a model that ships with the coarse-to-fine pass, ...);
 --sampler-defaults writes the setting segment() uses when a call gives no
-steps/ensemble/spacing (options.resolve), with the measurement that chose it. The output
+steps/ensemble/spacing (options.resolve), with the measurement that chose it; --frontier
+keeps bench/steps_frontier.py's rows (Dice and time per setting) as metadata "frontier". The output
 is loaded before it is written (atomically), so a file that would not load is never left
 behind.
 """
@@ -30,10 +31,23 @@ from dsd_fast.io import atomic_write
 from dsd_fast.model_files import read_metadata
 
 
+def frontier_rows(path: Path) -> str:
+    """bench/steps_frontier.py's --out file -> the compact JSON kept as metadata "frontier":
+    per setting its steps, members, spacing, val Dice per set and seconds per image."""
+    run = json.loads(Path(path).read_text())
+    keep = ("steps", "ensemble", "spacing", "tta", "seconds_per_image", *run["sources"])
+    return json.dumps({"sources": run["sources"], "limit": run.get("limit"),
+                       "rows": [{k: (round(r[k], 4) if isinstance(r[k], float) else r[k])
+                                 for k in keep if k in r} for r in run["rows"]]})
+
+
 def completed(meta: dict[str, str], sets: list[str], drops: list[str],
-              sampler_defaults: str | None, measured: str | None) -> dict[str, str]:
-    """`meta` with --drop keys removed and --set / --sampler-defaults written."""
+              sampler_defaults: str | None, measured: str | None,
+              frontier: Path | None = None) -> dict[str, str]:
+    """`meta` with --drop keys removed and --set / --sampler-defaults / --frontier written."""
     out = {k: v for k, v in meta.items() if k not in drops}
+    if frontier:
+        out["frontier"] = frontier_rows(frontier)
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -47,7 +61,8 @@ def completed(meta: dict[str, str], sets: list[str], drops: list[str],
             raise SystemExit("--sampler-defaults wants STEPS,MEMBERS,SPACING, e.g. "
                              f"5,25,trailing; got {sampler_defaults!r}") from None
         if spacing not in ("leading", "trailing"):
-            raise SystemExit(f"--sampler-defaults: spacing is leading or trailing, got {spacing!r}")
+            raise SystemExit("--sampler-defaults: spacing is leading or trailing, "
+                             f"got {spacing!r}")
         if not measured:
             raise SystemExit("--sampler-defaults needs --measured: what measurement chose it")
         setting["measured"] = measured
@@ -81,11 +96,13 @@ def main(argv=None) -> None:
     ap.add_argument("--drop", action="append", default=[], metavar="KEY")
     ap.add_argument("--sampler-defaults", default=None, metavar="STEPS,MEMBERS,SPACING")
     ap.add_argument("--measured", default=None)
+    ap.add_argument("--frontier", type=Path, default=None,
+                    help="a bench/steps_frontier.py --out file, kept as metadata 'frontier'")
     args = ap.parse_args(argv)
     if args.out.resolve() == args.source.resolve():
         raise SystemExit("OUT must differ from the source file (the source is never rewritten)")
     meta = completed(read_metadata(args.source), args.set, args.drop,
-                     args.sampler_defaults, args.measured)
+                     args.sampler_defaults, args.measured, args.frontier)
     tensors = load_file(str(args.source))
     if args.half:
         tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}

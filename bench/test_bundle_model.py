@@ -26,7 +26,12 @@ def model_file(tmp_path):
 
 def test_half_with_metadata(model_file, tmp_path):
     out = tmp_path / "bundled.safetensors"
-    main([str(model_file), str(out), "--half", "--set", "terms=research use",
+    frontier = tmp_path / "frontier.json"
+    frontier.write_text(json.dumps({"sources": ["ddti"], "limit": None, "rows": [
+        {"steps": 5, "ensemble": 25, "spacing": "trailing", "tta": False, "ddti": 0.81234567,
+         "ddti_below_0.5": 1, "seconds_per_image": 1.2}]}))
+    main([str(model_file), str(out), "--half", "--frontier", str(frontier),
+          "--set", "terms=research use",
           "--set", "training_data=DDTI train", "--sampler-defaults", "5,25,trailing",
           "--measured", "val 0.80 vs 0.79 at 25 x 5"])
     with safe_open(str(out), "pt") as f:
@@ -37,9 +42,12 @@ def test_half_with_metadata(model_file, tmp_path):
         "steps": 5, "ensemble": 25, "spacing": "trailing",
         "measured": "val 0.80 vs 0.79 at 25 x 5"}
     assert dtypes == {torch.float16}
+    assert json.loads(meta["frontier"]) == {"sources": ["ddti"], "limit": None, "rows": [
+        {"steps": 5, "ensemble": 25, "spacing": "trailing", "tta": False, "ddti": 0.8123,
+         "seconds_per_image": 1.2}]}
     assert out.stat().st_size < 0.6 * model_file.stat().st_size
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["best.safetensors",
-                                                            "bundled.safetensors"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "best.safetensors", "bundled.safetensors", "frontier.json"]
     # the half file computes in float32 from float16-rounded weights: close to the original
     img = np.random.default_rng(0).integers(0, 255, (24, 24), dtype=np.uint8)
     full = dsd_fast.load(model_file).segment(img, steps=2, ensemble=2, seed=0)[0]
@@ -54,7 +62,8 @@ def test_half_with_metadata(model_file, tmp_path):
     (["--sampler-defaults", "5,25", "--measured", "m"], "STEPS,MEMBERS,SPACING"),
     (["--sampler-defaults", "5,25,middle", "--measured", "m"], "leading or trailing"),
     (["--sampler-defaults", "5,25,trailing"], "--measured"),
-    (["--sampler-defaults", "5000,5,trailing", "--measured", "m"], "5000 steps, the model has T = "),
+    (["--sampler-defaults", "5000,5,trailing", "--measured", "m"],
+     "5000 steps, the model has T = "),
     (["--set", "preprocessing={not json"], "would not load"),
 ])
 def test_refuses_bad_arguments(model_file, tmp_path, args, message):
