@@ -117,8 +117,10 @@ def match_channels(chw: torch.Tensor, want: int, where: str = "image", alpha: bo
         y = sum(w * chw[c] for c, w in enumerate(LUMA_601))
         return y[None].clamp(0, 1), "RGB converted to luma (ITU-R BT.601)"
     n = chw.shape[0]
+    # said where a picture of n bands would have been converted (luma, alpha dropped)
+    as_picture = (n == 3 and want == 1) or (n in (2, 4) and want in (1, 3))
     stack = (": a stack of channels (channel files, TIFF pages or .npy channels), not "
-             "colours, so they are not converted" if stacked and n > 1 else "")
+             "colours, so they are not converted" if stacked and as_picture else "")
     give = want not in (1, 3) or stack
     raise ImageInputError(
         f"{where}: the model takes {want}-channel images, this one has {n} "
