@@ -187,3 +187,17 @@ def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
         samples=samples, fusion=fine.fusion, classes=fine.classes, nested=fine.nested,
         zoom={"box": box.as_list(),
               "input": list(seen_hw or (box.height, box.width))})
+
+
+def zoom_record(zoom: dict, model_input: str) -> dict:
+    """A zoomed image's fields in the command line's results.json, from its result's
+    `zoom` and `model_input` (what pass 1's view was made from: "full" or "downscaled
+    from WxH"). Where pass 2 ran on a box, "model_input" says what pass 2's view was made
+    from, the crop ("full": the box at the file's resolution; "downscaled from WxH": a
+    crop of W x H pixels), and pass 1's moves to zoom["pass1_input"]; where pass 1 found
+    nothing, pass 2 saw pass 1's view and model_input stays."""
+    if zoom.get("box") is None:
+        return {"zoom": dict(zoom)}
+    h, w = zoom["input"]
+    seen = "full" if [h, w] == list(zoom["box"][2:]) else f"downscaled from {w}x{h}"
+    return {"model_input": seen, "zoom": {**zoom, "pass1_input": model_input}}

@@ -289,7 +289,7 @@ def test_the_command_line_zooms_a_model_of_several_classes_as_the_api(tmp_path):
         prob = np.array(Image.open(out / f"eye_prob_{name}.png")) / 65535
         np.testing.assert_allclose(prob, res.probability[c], atol=1 / 65535)
     rec = json.loads((out / "results.json").read_text())["images"][0]
-    assert rec["zoom"] == res.zoom
+    assert {k: rec["zoom"][k] for k in res.zoom} == res.zoom       # and pass 1's input
 
 
 # ----------------------------------------------------------------------------- the CRF

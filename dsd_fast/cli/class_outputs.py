@@ -24,6 +24,7 @@ import numpy as np
 from ..images import strip_rows
 from ..io import write_png, write_text
 from ..uncertainty import entropy_map
+from ..zoom import zoom_record
 from .discover import overlay_picture
 from .visualise import contour, heatmap_strips, overlay_inplace
 
@@ -119,7 +120,8 @@ def write_class_outputs(prep, res, opts, gt, settings, paths: dict, record_file,
             metrics = gt.score_labels(item, res.mask, res.classes, res.nested)
         except ValueError as e:
             score_error = str(e)
-    record = image_record(prep, {**top, "classes": per}, rel, settings, thumb, thumb_size)
+    record = image_record(prep, {**top, "classes": per}, rel, settings, thumb, thumb_size,
+                          getattr(res, "zoom", None))
     write_text(record_file, json.dumps(record))
     record["metrics"] = metrics
     return record, score_error
@@ -136,17 +138,21 @@ def class_overlay(rgb: np.ndarray, regions: np.ndarray, band: np.ndarray) -> np.
 
 
 def image_record(prep, stats: dict, rel: dict, settings: dict, thumb: str,
-                 thumb_size) -> dict:
+                 thumb_size, zoom: dict | None = None) -> dict:
     """One finished image's record in results.json (binary and several-class models alike):
-    what it was, `stats` (areas, uncertainty), its outputs and the run's settings."""
+    what it was, `stats` (areas, uncertainty), its outputs and the run's settings; under
+    crop="zoom" the result's `zoom` (zoom.zoom_record: the box, what pass 2 saw)."""
     item = prep.item
-    return {"key": item.key, "input": str(item.path.resolve()), "width": prep.width,
-            "height": prep.height,
-            "model_input": ("full" if prep.downscaled is None
-                            else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
-            # an animated / multi-page file: its frame count (the first frame was used)
-            **({"frames": prep.frames} if getattr(prep, "frames", 1) > 1 else {}),
-            **stats,
-            "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "thumbnail": thumb, "thumbnail_size": thumb_size}
+    record = {"key": item.key, "input": str(item.path.resolve()), "width": prep.width,
+              "height": prep.height,
+              "model_input": ("full" if prep.downscaled is None
+                              else f"downscaled from {prep.downscaled[1]}x{prep.downscaled[0]}"),
+              # an animated / multi-page file: its frame count (the first frame was used)
+              **({"frames": prep.frames} if getattr(prep, "frames", 1) > 1 else {}),
+              **stats,
+              "outputs": rel, "input_fingerprint": prep.fingerprint, "settings": settings,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "thumbnail": thumb, "thumbnail_size": thumb_size}
+    if zoom is not None:
+        record.update(zoom_record(zoom, record["model_input"]))
+    return record

@@ -225,7 +225,8 @@ def write_outputs(prep: Prepared, res, opts, gt: GroundTruth | None,
             metrics = gt.score(item, mask)
         except ValueError as e:
             score_error = str(e)
-    record = image_record(prep, stats, rel, settings, thumb, thumb_size)
+    record = image_record(prep, stats, rel, settings, thumb, thumb_size,
+                          getattr(res, "zoom", None))
     write_text(record_path(out, item.key), json.dumps(record))
     record["metrics"] = metrics
     return record, score_error

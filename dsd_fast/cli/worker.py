@@ -20,7 +20,7 @@ from ..images import ImageInputError
 from ..io import WHOLE_FOLDER_ERRNOS
 from ..metrics import summarise
 from ..options import SegmentOptions
-from .discover import InputImage, overlay_picture, prepare
+from .discover import InputImage, prepare
 from .errors import OutputError, UsageError
 from .evaluate import GroundTruth
 from .memory import auto_batch_size
@@ -270,19 +270,22 @@ def _is_oom(e: BaseException) -> bool:
 def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
     """The segmenter's loop (`segment_views`, as `segment()` runs it) on the chunk's views,
     `batch` images per network batch; results at each image's size. When the network runs
-    out of memory the batch is halved, for the rest of the run too.
+    out of memory the batch is halved, for the rest of the run too. An image whose file
+    cannot be read again (the CRF's picture, pass 2's crop) is a failed image; a piece
+    that fails otherwise (a ValueError: something the CRF cannot take) is redone one image
+    at a time, so only the image that fails is recorded as failed.
     Returns ([(prepared, result)], batch)."""
-    done, i = [], 0
+    done, i, alone_until = [], 0, 0
     while i < len(chunk):
-        piece = chunk[i:i + batch]
+        piece = chunk[i:i + (1 if i < alone_until else batch)]
+        sources = _sources_for(piece, pipe, seg, state.opts)
         try:
             # Noise keyed by each image's output name: a resumed or re-batched run gives
             # every image the same chains as an uninterrupted one.
             res = pipe.segment_views([p.model_chw for p in piece],
                                      [(p.height, p.width) for p in piece],
                                      [p.item.key for p in piece],
-                                     seg.replace(batch_size=len(piece)),
-                                     images=_images_for(piece, pipe, seg))
+                                     seg.replace(batch_size=len(piece)), images=sources)
         except (MemoryError, RuntimeError) as e:
             if not _is_oom(e):
                 raise
@@ -295,27 +298,31 @@ def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
             for p in piece:
                 state.fail(p.item.path, f"the sampler failed: {e}")
                 bar.update(1)
+        except ValueError as e:
+            if len(piece) > 1:
+                alone_until = i + len(piece)
+                continue
+            state.fail(piece[0].item.path, f"segmenting it failed: {e}")
+            bar.update(1)
         else:
-            done.extend(zip(piece, res))
+            for k, (p, r) in enumerate(zip(piece, res)):
+                if r is not None:
+                    done.append((p, r))
+                    continue
+                state.fail(p.item.path, sources[k].error or "it could not be read again")
+                bar.update(1)
         i += len(piece)
     return done, batch
 
 
-def _images_for(piece, pipe, seg) -> list | None:
-    """What segment_views needs beside the views: crop="zoom" crops each image's box from
-    the image as segment() reads it (channels.model_image, decoded again here at its full
-    size: the view may come from a reduced decode); a CRF refines on the picture."""
-    if seg.crop == "zoom":
-        from ..channels import model_image
-        return [model_image(p.item.path, 0, pipe.channels)[0] for p in piece]
-    return _pictures(piece) if seg.refine else None
-
-
-def _pictures(piece) -> list:
-    """(3, H, W) in [0, 1] of each image at its size: what a CRF refines on."""
-    import torch
-    return [torch.from_numpy(overlay_picture(p)).permute(2, 0, 1)
-            .float() / 255 for p in piece]
+def _sources_for(piece, pipe, seg, opts: BatchOptions) -> list | None:
+    """What segment_views reads beside the views: each file as a source read again, one
+    image at a time, for the CRF's picture and pass 2's crop under crop="zoom"
+    (cli/image_sources.py); None when neither is asked for."""
+    if seg.crop != "zoom" and not seg.refine:
+        return None
+    from .image_sources import FileSource
+    return [FileSource(p, pipe.channels, opts.max_pixels) for p in piece]
 
 
 def _write_one(state: RunState, prep, res) -> None:
@@ -331,8 +338,6 @@ def _write_one(state: RunState, prep, res) -> None:
         state.fail(prep.item.path, "out of memory while writing its outputs")
     else:
         rec["status"] = "segmented"
-        if res.zoom is not None:            # crop="zoom": the box pass 2 segmented
-            rec["zoom"] = res.zoom
         state.done[prep.item.key] = rec
         state.segmented += 1
         if score_error:
