@@ -184,19 +184,23 @@ class Segmenter:
         cleaned up yet). A CRF refines on each image's picture (of its box in `boxes`,
         where given and not None: pass 2 of crop="zoom"), read one image at a time; None
         for an image whose source can no longer be read."""
+        return list(self._each_result(views, sizes, keys, opts, images, boxes))
+
+    def _each_result(self, views, sizes, keys, opts, images, boxes=None):
+        """`_segmented`'s results one at a time as they are made (a caller that pastes or
+        writes each one holds one image's full-size maps, not the batch's)."""
         x = torch.stack(views).to(self.device)
         samples = self.draw(x, keys, opts).cpu()
-        out = []
+        del x
         for k, key in enumerate(keys):
             rng = np.random.default_rng(noise_seed(opts.seed, key))   # the CRF's draws
             picture = None
             if opts.refine is not None and images is not None:
                 picture = crf_picture(images[k], None if boxes is None else boxes[k])
                 if picture is None:
-                    out.append(None)
+                    yield None
                     continue
-            out.append(self.to_result(samples[k], sizes[k], picture, opts, rng))
-        return out
+            yield self.to_result(samples[k], sizes[k], picture, opts, rng)
 
     # ------------------------------------------------------------------ crop="zoom"
     def zoom_pass1(self, opts: SegmentOptions) -> SegmentOptions:
@@ -230,6 +234,7 @@ class Segmenter:
         todo, fine_views, fine_sizes, fine_keys, seen = [], [], [], [], {}
         for i, box in enumerate(boxes):
             if box is None:                     # nothing to zoom on: the whole view again
+                coarse[i] = None                # (pass 1's maps are not needed)
                 fine_views.append(views[i])
                 fine_sizes.append(sizes[i])
                 fine_keys.append(keys[i])
@@ -242,16 +247,17 @@ class Segmenter:
                 fine_sizes.append((box.height, box.width))
                 fine_keys.append(zoom_key(keys[i]))
             todo.append(i)
-        fine = []
-        if todo:
-            fine = self._segmented(fine_views, fine_sizes, fine_keys, opts,
-                                   [images[i] for i in todo], [boxes[i] for i in todo])
+        fine = iter(())
+        if todo:               # pasted as each is made: one image's pass 2 maps at a time
+            fine = self._each_result(fine_views, fine_sizes, fine_keys, opts,
+                                     [images[i] for i in todo], [boxes[i] for i in todo])
         out: list[SegmentationResult | None] = [None] * len(views)
         for i, res in zip(todo, fine):
             if res is None:
                 continue
             if boxes[i] is not None:
                 out[i] = paste(coarse[i], res, boxes[i], seen[i])
+                coarse[i] = None                # given up to the pasted result
                 continue
             res.zoom = {"box": None, "note": (
                 f"pass 1 ({coarse_opts.ensemble} members x {coarse_opts.steps} steps) found "

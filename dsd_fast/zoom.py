@@ -168,13 +168,14 @@ def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
     Samples (asked with return_samples): fine's members inside; outside, where no member of
     pass 2 looked, every member carries pass 1's mask (its class regions for K classes).
     The result's `zoom`: {"box": [top, left, height, width], "input": [h, w]}, input the
-    size of the crop pass 2's view was made from (`seen_hw`; the box's unless reduced)."""
+    size of the crop pass 2's view was made from (`seen_hw`; the box's unless reduced).
+    `coarse`'s maps are written in place and become the result's: the segmenter gives pass
+    1's result up here, and a large image's maps are not held twice."""
     rows, cols = box.slices
 
     def put(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-        out = outer.copy()
-        out[..., rows, cols] = inner
-        return out
+        outer[..., rows, cols] = inner
+        return outer
 
     samples = None
     if fine.samples is not None:
