@@ -68,8 +68,10 @@ class Segmenter:
         if self.mask_channels > 1:
             return samples_to_class_result(samples, size, self.classes, self.nested,
                                            opts.return_samples, opts.fusion)
+        # (H, W, 3), the CRF's layout: read as (3, H, W), a picture 3 pixels wide was not
+        picture = None if image is None else image.permute(1, 2, 0)
         return samples_to_result(samples, size, opts.return_samples, opts.fusion,
-                                 opts.refine, image, rng)
+                                 opts.refine, picture, rng)
 
     def networks(self) -> dict:
         """Its networks by name ({"model": net}; a DiffSeg pair: {"have": .., "no": ..})."""
