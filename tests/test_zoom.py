@@ -335,6 +335,17 @@ def test_the_crf_refines_any_channel_count_on_the_image_as_a_viewer_sees_it(
     assert seen[0].shape == (*part.shape[1:], 3) and len(calls) == (2 if crop == "zoom" else 1)
 
 
+def test_the_crf_takes_an_image_three_pixels_wide():
+    """A (3, H, 3) picture was read as (H, W, 3) = (3, H, 3) and refused by the CRF."""
+    pytest.importorskip("pydensecrf.densecrf")
+    pipe = _channels_pipe(1)
+    img = torch.rand(1, 20, 3, generator=torch.Generator().manual_seed(0))
+    res = pipe.segment(img, refine="crf", steps=2, ensemble=3, noise_keys=["thin"])[0]
+    assert res.mask.shape == (20, 3) and res.fusion == "mean+crf"
+
+
+# ----------------------------------------------------------------------------- pass 2's input
+
 def test_nothing_found_in_pass_1_segments_the_whole_image_at_the_call_s_setting(monkeypatch):
     """Pass 1 found nothing: pass 2 runs on the whole image at the call's setting with the
     image's own key, so the result is crop="full"'s (8 members, refined), plus a note."""
@@ -390,12 +401,3 @@ def test_pass_2_s_crop_is_reduced_to_what_its_view_needs(monkeypatch):
     assert tuple(want.shape[1:]) == (h, w)
     small = torch.rand(3, 10, 20)
     assert fit_pixels(small, 200) is small                        # within the bound: as is
-
-
-def test_the_crf_takes_an_image_three_pixels_wide():
-    """A (3, H, 3) picture was read as (H, W, 3) = (3, H, 3) and refused by the CRF."""
-    pytest.importorskip("pydensecrf.densecrf")
-    pipe = _channels_pipe(1)
-    img = torch.rand(1, 20, 3, generator=torch.Generator().manual_seed(0))
-    res = pipe.segment(img, refine="crf", steps=2, ensemble=3, noise_keys=["thin"])[0]
-    assert res.mask.shape == (20, 3) and res.fusion == "mean+crf"
