@@ -1,6 +1,7 @@
 """crop="zoom" (zoom.py, segmenter.py): the box around pass 1's foreground, the paste-back
 of pass 2 into pass 1, pass 1's cheap setting, noise keyed per image, binary and several
-classes, and a model file whose metadata turns zoom on by default."""
+classes, a model file whose metadata turns zoom on by default, pass 2's crop bound and the
+whole-image pass where pass 1 finds nothing; the CRF's picture for any channel count."""
 from __future__ import annotations
 
 import numpy as np

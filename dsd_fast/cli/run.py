@@ -17,7 +17,9 @@ Memory. The network sees every image at its model size (S x S), so one batch of 
 costs the same however large the images are. Each image is decoded once for the model
 input (above `max_pixels` from a reduced decode: JPEG draft or PIL reduce) and once more
 when its outputs are written, one image at a time; the maps at the original size are built
-in strips (about 20 bytes per pixel at the peak, ~1.3 GB for a 64-megapixel image).
+in strips (about 20 bytes per pixel at the peak, ~1.3 GB for a 64-megapixel image). A CRF's
+picture and crop="zoom"'s second-pass crop are read from the file again when the segmenter
+needs them, one image at a time (image_sources.py; the crop within `max_pixels`).
 
 Masks are those of `segment()`: for an image up to `max_pixels` the model input, the
 probability map and the mask are bit-identical to `segment(path, noise_keys=[key])`'s, key
