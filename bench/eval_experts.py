@@ -3,7 +3,8 @@ cup maps): per-class Dice against the majority, and how the ensemble's probabili
 compares with the experts' agreement map, against a single sample (MODEL_CARD.md).
 
     python bench/eval_experts.py --checkpoint PATH [--data ../shared/data/drishti_gs]
-        [--ensemble 25] [--steps S] [--limit N] [--out FILE.json] [--figure FILE.png]
+        [--ensemble 25] [--steps S] [--spacing trailing] [--crop zoom] [--limit N]
+        [--out FILE.json] [--figure FILE.png]
 
 Per image, with segment() at the model's defaults (or --steps/--ensemble), seed 0, noise
 keyed by the image's position:
@@ -72,15 +73,17 @@ def val_items(data: Path, limit: int | None):
     return [(i, next((data / "images").glob(f"{i}.*"))) for i in ids]
 
 
-def score(pipe, items, data: Path, steps, ensemble) -> dict:
+def score(pipe, items, data: Path, steps, ensemble, **options) -> dict:
     classes = pipe.classes
     rows, pool = [], {c: {"ens": ([], []), "one": ([], [])} for c in classes}
     for pos, (i, img) in enumerate(items):
         experts = {c: np.asarray(Image.open(data / "masks" / f"{i}_{c}.png").convert("L"),
                                  dtype=np.float32) / 255 for c in classes}
         box = experts_box(experts[classes[0]])
-        ens = pipe.segment([img], steps=steps, ensemble=ensemble, seed=0, noise_keys=[pos])[0]
-        one = pipe.segment([img], steps=steps, ensemble=1, seed=0, noise_keys=[pos])[0]
+        ens = pipe.segment([img], steps=steps, ensemble=ensemble, seed=0, noise_keys=[pos],
+                           **options)[0]
+        one = pipe.segment([img], steps=steps, ensemble=1, seed=0, noise_keys=[pos],
+                           **options)[0]
         row = {"id": i}
         for k, c in enumerate(classes):
             a = experts[c][box]
@@ -103,7 +106,7 @@ def score(pipe, items, data: Path, steps, ensemble) -> dict:
     return {"rows": rows, "summary": summary}
 
 
-def figure(pipe, item, data: Path, steps, ensemble, out: Path) -> None:
+def figure(pipe, item, data: Path, steps, ensemble, out: Path, **options) -> None:
     """One val image: the picture, the experts' agreement, the ensemble's probability and
     one sample's, each class side by side (disc top row, cup below), cropped to the box."""
     i, img = item
@@ -111,8 +114,9 @@ def figure(pipe, item, data: Path, steps, ensemble, out: Path) -> None:
     experts = {c: np.asarray(Image.open(data / "masks" / f"{i}_{c}.png").convert("L"))
                for c in classes}
     box = experts_box(experts[classes[0]])
-    ens = pipe.segment([img], steps=steps, ensemble=ensemble, seed=0, noise_keys=[0])[0]
-    one = pipe.segment([img], steps=steps, ensemble=1, seed=0, noise_keys=[0])[0]
+    ens = pipe.segment([img], steps=steps, ensemble=ensemble, seed=0, noise_keys=[0],
+                       **options)[0]
+    one = pipe.segment([img], steps=steps, ensemble=1, seed=0, noise_keys=[0], **options)[0]
     picture = np.asarray(Image.open(img).convert("RGB"))[box]
     tiles = []
     for k, c in enumerate(classes):
@@ -131,6 +135,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--ensemble", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--spacing", choices=("leading", "trailing"), default=None)
+    ap.add_argument("--crop", choices=("full", "zoom"), default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--figure", default=None, help="PNG of the first val image's maps")
     args = ap.parse_args()
@@ -138,10 +144,11 @@ def main() -> None:
     if pipe.mask_channels < 2:
         raise SystemExit(f"{args.checkpoint}: a binary model; this compares a model of "
                          "several classes with the experts' per-class maps")
-    steps, ensemble, _ = pipe.sampler_settings(args.steps, args.ensemble, None)
+    steps, ensemble, spacing = pipe.sampler_settings(args.steps, args.ensemble, args.spacing)
+    options = {"spacing": spacing, "crop": args.crop}
     items = val_items(args.data, args.limit)
-    result = score(pipe, items, args.data, steps, ensemble)
-    result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble)
+    result = score(pipe, items, args.data, steps, ensemble, **options)
+    result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble, **options)
     print(json.dumps(result["summary"], indent=1))
     for c, s in result["summary"].items():
         print(f"{c}: Dice {s['dice_mean']:.3f}; MAD ensemble {s['mad_ens']:.4f} vs one "
@@ -150,7 +157,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(result))
     if args.figure:
-        figure(pipe, items[0], args.data, steps, ensemble, Path(args.figure))
+        figure(pipe, items[0], args.data, steps, ensemble, Path(args.figure), **options)
 
 
 if __name__ == "__main__":

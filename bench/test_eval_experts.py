@@ -52,7 +52,7 @@ class _KnownMaps:
     def __init__(self, agreement):
         self.agreement = agreement
 
-    def segment(self, images, steps, ensemble, seed, noise_keys):
+    def segment(self, images, steps, ensemble, seed, noise_keys, **options):
         p = self.agreement if ensemble > 1 else (self.agreement > 0.5).astype(np.float32)
         return [_Result(p)]
 
