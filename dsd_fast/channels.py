@@ -215,8 +215,11 @@ def _tiff_pages(im: Image.Image) -> int:
 
 def _is_tiff_stack(path: Path, channels: int) -> bool:
     """A TIFF file of `channels` pages, the first grayscale (a channel stack for a model of
-    `channels`); read from its header."""
+    `channels`); read from its header. Only a regular file is opened: a FIFO or device
+    would block here, before the reader that refuses it with a clear message."""
     try:
+        if not path.is_file():
+            return False
         with open(path, "rb") as f:
             if f.read(4) not in _TIFF_MAGIC:
                 return False
