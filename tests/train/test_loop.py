@@ -12,17 +12,19 @@ from dsd_fast.train import EMA, TrainOptions, Trainer
 from dsd_fast.train.loop import scheduled_lr
 
 
-def make_disc_dataset(root, n=6, size=24):
-    """Synthetic lesions: a dark disc on lighter skin, its mask the disc."""
+def make_disc_dataset(root, n=6, size=24, radii=(4, 8), noise=True):
+    """Synthetic lesions: a dark disc (radius drawn from radii, end excluded) on lighter skin,
+    its mask the disc; noise: +-10 levels of noise on the image."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
     for i in range(n):
-        cy, cx, r = rng.integers(8, 16), rng.integers(8, 16), rng.integers(4, 8)
+        cy, cx, r = rng.integers(8, 16), rng.integers(8, 16), rng.integers(*radii)
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
         img = np.where(disc[..., None], [80, 50, 40], [200, 160, 150]).astype(np.uint8)
-        img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+        if noise:
+            img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / "images" / f"s{i}.png")
         Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"s{i}.png")
     (root / "train.txt").write_text("\n".join(f"s{i}" for i in range(n - 2)))

@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dsd_fast.train import TrainOptions, Trainer
 from dsd_fast.train.augment import ROI_HOLD, ROI_MARGIN, roi_boxes, roi_crop
 from dsd_fast.train.data import Sample
 from dsd_fast.train.sources import MixedBatches
+
+from test_loop import make_disc_dataset
 
 
 def _held(boxes, s=64):
@@ -111,22 +112,6 @@ def test_no_roi_crops_draw_nothing_and_change_nothing():
 
 # ----------------------------------------------------------------------------- the run
 
-def _dataset(root, n=6, size=24):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        cy, cx, r = rng.integers(8, 16), rng.integers(8, 16), rng.integers(3, 6)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        img = np.where(disc[..., None], [80, 50, 40], [200, 160, 150]).astype(np.uint8)
-        Image.fromarray(img).save(root / "images" / f"s{i}.png")
-        Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"s{i}.png")
-    (root / "train.txt").write_text("\n".join(f"s{i}" for i in range(n - 2)))
-    (root / "val.txt").write_text("\n".join(f"s{i}" for i in range(n - 2, n)))
-    return root
-
-
 def _options(root, out, **kw):
     return TrainOptions(image_dir=str(root / "images"), mask_dir=str(root / "masks"),
                         out_dir=str(out), train_ids=str(root / "train.txt"),
@@ -136,7 +121,7 @@ def _options(root, out, **kw):
 
 
 def test_roi_crops_are_checked_held_larger_and_recorded(tmp_path):
-    root = _dataset(tmp_path / "data")
+    root = make_disc_dataset(tmp_path / "data", radii=(3, 6), noise=False)
     for bad in (-0.1, 1.5, True, "half", float("nan")):
         with pytest.raises(ValueError, match="roi_crops"):
             _options(root, tmp_path / "x", roi_crops=bad)
@@ -155,7 +140,7 @@ def test_roi_crops_are_checked_held_larger_and_recorded(tmp_path):
 
 def test_the_command_line_takes_roi_crops_and_the_run_records_them(tmp_path):
     from dsd_fast.cli import main
-    root = _dataset(tmp_path / "data")
+    root = make_disc_dataset(tmp_path / "data", radii=(3, 6), noise=False)
     run = tmp_path / "run"
     assert main(["train", "--images", str(root / "images"), "--masks", str(root / "masks"),
                  "--train-ids", str(root / "train.txt"), "--val-ids", str(root / "val.txt"),
