@@ -115,8 +115,18 @@ def _user_errors(cmd):
 @_user_errors
 def cmd_train(args) -> int:
     from ..train import TrainOptions, Trainer
+    from ..train.loop import run_validation
+    from ..train.options import OLD_VALIDATION, parse_val_setting
     from ..train.sources import parse_source
     sources = [parse_source(s).to_dict() for s in args.source] if args.source else None
+    # Not given: a resumed run keeps its own validation setting (the one that chose its
+    # best.safetensors), a new run takes the old default.
+    validation = dict(run_validation(args.out) or OLD_VALIDATION)
+    if args.val_setting is not None:
+        steps, members, spacing = parse_val_setting(args.val_setting)
+        validation.update(val_steps=steps, val_ensemble=members, val_spacing=spacing)
+    if args.val_crop is not None:
+        validation["val_crop"] = args.val_crop
     opts = TrainOptions(image_dir=args.images, mask_dir=args.masks, out_dir=args.out,
                         train_ids=args.train_ids, val_ids=args.val_ids, config=args.config,
                         total_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -124,7 +134,8 @@ def cmd_train(args) -> int:
                         init_from=args.init_from, sources=sources, augmentation=args.augment,
                         lr_schedule=args.lr_schedule, precision=args.precision,
                         device=args.device, roi_crops=args.roi_crops,
-                        classes=args.classes.split("+") if args.classes else None)
+                        classes=args.classes.split("+") if args.classes else None,
+                        **validation)
     best = Trainer(opts).run(progress=not args.quiet)
     weights = Path(args.out) / "best.safetensors"
     if args.val_ids or any(s.get("val") for s in sources or []):
@@ -364,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine: anneal --lr to 0 over this run's steps (from a warm start's "
                    "step to --steps)")
     t.add_argument("--val-every", type=int, default=500)
+    t.add_argument("--val-setting", default=None, metavar="STEPS,MEMBERS,SPACING",
+                   help="validation's sampling, which chooses best.safetensors: DDIM steps, "
+                   "ensemble members, leading|trailing grid, e.g. 5,25,trailing (the setting "
+                   "the model ships with); default: a resumed run's own, else 10,3,leading")
+    t.add_argument("--val-crop", choices=("full", "zoom"), default=None,
+                   help="zoom: validate with segment --crop zoom's two passes (for a "
+                   "--roi-crops model; val images held at 4x the model size, Dice at that "
+                   "size); default: a resumed run's own, else full")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

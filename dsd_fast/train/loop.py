@@ -20,19 +20,18 @@ import torch
 
 from ..checkpoint import load_model, read_metadata, save_model
 from ..channels import to_model_channels
-from ..classes import class_metadata, truth_regions
-from ..diffusion import Schedule
+from ..classes import class_metadata
 from ..families import find_config
 from ..io import torch_save
-from ..metrics import dice
 from ..precision import resolve_precision, with_precision
 from ..preprocess import minmax_normalise
-from ..results import samples_to_class_result, samples_to_result
 from .augment import ROI_HOLD
 from .data import PairBatches, load_pairs, match_pairs, read_id_list
-# the options stay importable from here, where callers have always found them
-from .options import LR_SCHEDULES, TrainOptions, check_train_device, scheduled_lr  # noqa: F401
+# the options and validation stay importable from here, where callers have always found them
+from .options import (LR_SCHEDULES, TrainOptions, check_train_device,  # noqa: F401
+                      saved_validation, scheduled_lr)
 from .sources import DataSource, MixedBatches, load_source
+from .validation import validate, validate_classes  # noqa: F401
 
 
 class EMA:
@@ -65,66 +64,6 @@ class EMA:
         model.load_state_dict(self.shadow)
 
 
-@torch.no_grad()
-def validate(model, samples, steps: int, ensemble: int, seed: int = 0,
-             batch_images: int = 10, schedule: Schedule | None = None) -> float:
-    """Mean per-image Dice at each image's original size (clipped DDIM with the family's
-    conventions, ensemble mean > 0). Image i's noise is keyed by its index in `samples`,
-    so figures compare across runs. A model of several classes: the mean over classes of
-    each class's mean Dice (`validate_classes`)."""
-    per_class = validate_classes(model, samples, steps, ensemble, seed, batch_images,
-                                 schedule)
-    return sum(per_class.values()) / len(per_class)
-
-
-@torch.no_grad()
-def validate_classes(model, samples, steps: int, ensemble: int, seed: int = 0,
-                     batch_images: int = 10, schedule: Schedule | None = None,
-                     classes=None, nested: bool = True) -> dict[str, float]:
-    """{class name: mean per-image Dice} (see `validate`); one class: {"lesion": Dice}.
-    Several: each class's region of the label map (classes.py: nested, the disc includes
-    the cup) against that class's ground-truth mask."""
-    from ..api import pipeline_from_network
-    model.eval()
-    pipe = pipeline_from_network(model, schedule)
-    k = pipe.mask_channels
-    names = tuple(classes) if classes else pipe.classes
-    if k > 1:
-        return _validate_several(pipe, samples, steps, ensemble, seed, batch_images, names,
-                                 nested)
-    dices = []
-    for s, smp in _sampled(pipe, samples, steps, ensemble, seed, batch_images):
-        res = samples_to_result(smp, s.original_size)
-        dices.append(dice(res.mask, s.original_mask.numpy()))
-    return {names[0]: sum(dices) / len(dices)}
-
-
-def _sampled(pipe, samples, steps: int, ensemble: int, seed: int, batch_images: int):
-    """(sample, its ensemble's samples) of each validation sample, `batch_images` at a time:
-    the model's channels and normalisation as inference makes them, the reference network,
-    image i's noise keyed by its index."""
-    for start in range(0, len(samples), batch_images):
-        chunk = samples[start:start + batch_images]
-        inp = to_model_channels(torch.stack([s.image for s in chunk]), pipe.channels)
-        if pipe.preprocessing.normalise == "minmax":
-            inp = minmax_normalise(inp)
-        out = pipe.sample(inp.to(pipe.device), steps, ensemble, seed,
-                          list(range(start, start + len(chunk))), backend="reference").cpu()
-        yield from zip(chunk, out)
-
-
-def _validate_several(pipe, samples, steps, ensemble, seed, batch_images, names,
-                      nested) -> dict[str, float]:
-    dices = {n: [] for n in names}
-    for s, smp in _sampled(pipe, samples, steps, ensemble, seed, batch_images):
-        res = samples_to_class_result(smp, s.original_size, names, nested)
-        # the ground truth's regions under the same rule as the prediction's
-        truth = truth_regions(s.original_mask.numpy(), nested)
-        for c, name in enumerate(names):
-            dices[name].append(dice(res.class_regions()[c], truth[c]))
-    return {n: sum(d) / len(d) for n, d in dices.items()}
-
-
 class Trainer:
     def __init__(self, opts: TrainOptions, log=print):
         self.opts, self.log = opts, log
@@ -152,9 +91,12 @@ class Trainer:
         # Held at twice the model size so that zooming in shows real detail (ROI crops: more)
         hold = max(2 * size if opts.augmentation == "strong" else size,
                    ROI_HOLD * size if opts.roi_crops > 0 else 0)
+        # Validation with zoom crops from the held image: ROI_HOLD x the model size, as the
+        # --roi-crops training pairs (validation.py `_zoomed_results`); else model size.
+        val_hold = ROI_HOLD * size if opts.val_crop == "zoom" else size
         if opts.sources:
             srcs = [DataSource(**d) for d in opts.sources]
-            loaded = [load_source(src, size, hold) for src in srcs]
+            loaded = [load_source(src, size, hold, val_hold) for src in srcs]
             self.val_sets = {src.name: val for src, (_, val) in zip(srcs, loaded) if val}
             self.batches = MixedBatches([tr for tr, _ in loaded], [s.weight for s in srcs],
                                         size, opts.batch_size, self.gen, opts.augmentation,
@@ -166,7 +108,7 @@ class Trainer:
                                hold)
             self.val_sets = ({"val": load_pairs(match_pairs(opts.image_dir, opts.mask_dir,
                                                             read_id_list(opts.val_ids),
-                                                            classes), size)}
+                                                            classes), val_hold)}
                              if opts.val_ids else {})
             if opts.augmentation == "strong" or opts.roi_crops > 0:
                 self.batches = MixedBatches([train], [1.0], size, opts.batch_size, self.gen,
@@ -223,6 +165,29 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
         self.log(f"resumed from {self.last_path} at step {self.step} "
                  f"(best val Dice {self.best_dice:.4f})")
+        saved = saved_validation(json.loads(st.get("options") or "{}"))
+        if saved != self.opts.validation and self.best_dice >= 0:
+            self._rescore_best(saved)
+
+    def _rescore_best(self, saved: dict) -> None:
+        """The run resumes at another validation setting than the one that chose
+        best.safetensors (`saved`): its Dice does not compare with the new setting's, so
+        best.safetensors is validated again at the new one and that becomes the Dice to
+        beat (its metadata rewritten to say so)."""
+        best = self.out / "best.safetensors"
+        if not best.exists() or not self.val_samples:
+            self.best_dice = -1.0
+            return
+        self.ema_model.load_state_dict(load_model(best).state_dict())
+        old = self.best_dice
+        self.best_dice = self._score(self.ema_model)
+        step = json.loads(read_metadata(best).get("step", "null"))
+        self._save_best(self.best_dice, step)
+        self._log_event(val_setting_changed={"from": saved, "to": self.opts.validation},
+                        best_val_dice_before=old, best_val_dice=self.best_dice)
+        self.log(f"validation setting changed from {_setting_text(saved)} to "
+                 f"{_setting_text(self.opts.validation)}: best.safetensors (step {step}) "
+                 f"scored again, {old:.4f} -> {self.best_dice:.4f}")
 
     def _warm_start(self, path: Path) -> None:
         src = load_model(path)
@@ -271,10 +236,15 @@ class Trainer:
         """The selection score: the mean over sources of each source's val Dice (one source:
         its Dice). Per-source figures go to log.jsonl."""
         self.ema.copy_to(self.ema_model)
-        per_class = {name: validate_classes(self.ema_model, val, self.opts.val_steps,
-                                            self.opts.val_ensemble, seed=self.opts.seed,
-                                            schedule=self.schedule, classes=self.opts.classes,
-                                            nested=self.opts.classes_nested)
+        return self._score(self.ema_model)
+
+    def _score(self, model) -> float:
+        """`validate_ema`'s score of `model` at the run's validation setting."""
+        o = self.opts
+        per_class = {name: validate_classes(model, val, o.val_steps, o.val_ensemble,
+                                            seed=o.seed, schedule=self.schedule,
+                                            classes=o.classes, nested=o.classes_nested,
+                                            spacing=o.val_spacing, crop=o.val_crop)
                      for name, val in self.val_sets.items()}
         # a source's score: the mean over its classes (one class: its Dice, as before)
         per_source = {name: sum(d.values()) / len(d) for name, d in per_class.items()}
@@ -326,14 +296,42 @@ class Trainer:
         t0 = time.time()
         dice = self.validate_ema()
         self._log_event(val_dice=dice, val_seconds=time.time() - t0)
-        self.log(f"step {self.step}: val Dice (EMA, {self.opts.val_steps} DDIM steps, "
-                 f"ensemble {self.opts.val_ensemble}) = {dice:.4f}")
+        self.log(f"step {self.step}: val Dice (EMA, {_setting_text(self.opts.validation)}) "
+                 f"= {dice:.4f}")
         if dice > self.best_dice:
             self.best_dice = dice
-            save_model(self.ema_model, self.out / "best.safetensors", self.schedule,
-                       extra_metadata={"val_dice": dice, "step": self.step,
-                                       **self._class_metadata()})
+            self._save_best(dice, self.step)
         self.save()
+
+    def _save_best(self, dice: float, step) -> None:
+        """self.ema_model as best.safetensors, with its Dice, step and the validation
+        setting that measured it ("val_setting": steps, ensemble, spacing, crop)."""
+        o = self.opts
+        setting = {"steps": o.val_steps, "ensemble": o.val_ensemble,
+                   "spacing": o.val_spacing, "crop": o.val_crop}
+        save_model(self.ema_model, self.out / "best.safetensors", self.schedule,
+                   extra_metadata={"val_dice": dice, "step": step, "val_setting": setting,
+                                   **self._class_metadata()})
+
+
+def _setting_text(v: dict) -> str:
+    """'5 DDIM steps (trailing) x 25 members, crop zoom' of a validation setting."""
+    return (f"{v['val_steps']} DDIM steps ({v['val_spacing']}) x {v['val_ensemble']} "
+            f"members, crop {v['val_crop']}")
+
+
+def run_validation(out_dir) -> dict | None:
+    """The validation setting saved in OUT/last.pt (`saved_validation`: the old default for
+    a run saved before it could be chosen), or None where there is no run to resume or it
+    cannot be read (the Trainer then says why)."""
+    path = Path(out_dir) / "last.pt"
+    if not path.is_file():
+        return None
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return saved_validation(json.loads(st["options"]))
+    except Exception:                  # unreadable: the Trainer's resume refuses it clearly
+        return None
 
 
 def train(opts: TrainOptions, progress: bool = True) -> float:

@@ -10,12 +10,35 @@ from dataclasses import dataclass
 import torch
 
 from ..classes import check_classes
+from ..diffusion import SPACINGS
 from ..families import find_config
 from ..precision import PRECISIONS
 from .sources import DataSource
 
 
 LR_SCHEDULES = ("constant", "cosine")
+VAL_CROPS = ("full", "zoom")
+# The validation setting of runs made before it could be chosen, and of a resumed run whose
+# saved options lack it: 10 DDIM steps x 3 members on the leading grid, whole images.
+OLD_VALIDATION = {"val_steps": 10, "val_ensemble": 3, "val_spacing": "leading",
+                  "val_crop": "full"}
+
+
+def parse_val_setting(text: str) -> tuple[int, int, str]:
+    """'STEPS,MEMBERS,SPACING' (e.g. '5,25,trailing') -> (steps, members, spacing)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts[:2]) \
+            or parts[2] not in SPACINGS:
+        raise ValueError(f"--val-setting must be STEPS,MEMBERS,SPACING (two integers >= 1 and "
+                         f"one of {SPACINGS}, e.g. 5,25,trailing), got {text!r}")
+    return int(parts[0]), int(parts[1]), parts[2]
+
+
+def saved_validation(options: dict) -> dict:
+    """A run's validation setting from its saved options (`TrainOptions.to_dict()`): the
+    fields of OLD_VALIDATION, each the saved value or, for a run saved before it existed,
+    the old default."""
+    return {k: options.get(k, v) for k, v in OLD_VALIDATION.items()}
 
 
 def scheduled_lr(lr: float, schedule: str, step: int, first: int, last: int) -> float:
@@ -45,8 +68,15 @@ class TrainOptions:
     gamma: float = 0.25             # DermoSegDiff's boundary-loss exponent (its PH2 value)
     boundary_loss: bool = True
     val_every: int = 500
-    val_steps: int = 10                # DDIM steps during validation
+    # Validation's setting, which chooses best.safetensors: DDIM steps x ensemble members on
+    # the val_spacing grid ("leading"/"trailing", diffusion/ddim.py), on the whole image
+    # ("full") or with segment(crop="zoom")'s two passes ("zoom", loop.py's
+    # validate_classes). Pick what the model will ship with: leading 10 x 3 ranks models
+    # unlike the 5 trailing x 25 they run at. Defaults: OLD_VALIDATION.
+    val_steps: int = 10
     val_ensemble: int = 3
+    val_spacing: str = "leading"
+    val_crop: str = "full"
     checkpoint_every: int = 100
     log_every: int = 50
     seed: int = 0
@@ -140,6 +170,7 @@ class TrainOptions:
             family, config = find_config(self.config)
         except KeyError as e:
             raise ValueError(e.args[0]) from None
+        self._check_validation(family, config)
         if self.classes is not None:
             self.classes = list(check_classes(self.classes, len(self.classes)))
         k = family.mask_channels(config)
@@ -153,6 +184,30 @@ class TrainOptions:
         if not isinstance(self.classes_nested, bool):
             raise ValueError(f"classes_nested must be True or False, "
                              f"got {self.classes_nested!r}")
+
+    def _check_validation(self, family, config) -> None:
+        """The validation setting against what the config's model can run."""
+        if self.val_spacing not in SPACINGS:
+            raise ValueError(f"val_spacing must be one of {SPACINGS}, got {self.val_spacing!r}")
+        if self.val_crop not in VAL_CROPS:
+            raise ValueError(f"val_crop must be one of {VAL_CROPS}, got {self.val_crop!r}")
+        T = family.default_schedule(config).T
+        if self.val_steps > T:
+            raise ValueError(f"val_steps must be at most the config's {T} diffusion steps, "
+                             f"got {self.val_steps}")
+        own_grid = family.sampling_conventions(config).ddim_timesteps is not None
+        if own_grid and self.val_spacing != "leading":
+            raise ValueError(f"config {self.config!r} walks its original code's own DDIM grid "
+                             f"(spacing 'leading' only), got val_spacing "
+                             f"{self.val_spacing!r}")
+        if self.val_crop not in family.choices(config).crops:
+            raise ValueError(f"config {self.config!r} does not take crop "
+                             f"{self.val_crop!r}, got val_crop {self.val_crop!r}")
+
+    @property
+    def validation(self) -> dict:
+        """The validation setting ({val_steps, val_ensemble, val_spacing, val_crop})."""
+        return {k: getattr(self, k) for k in OLD_VALIDATION}
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -86,16 +86,17 @@ def parse_source(spec: str) -> DataSource:
     return DataSource(**fields)
 
 
-def load_source(src: DataSource, size: int, hold_size: int
+def load_source(src: DataSource, size: int, hold_size: int, val_size: int | None = None
                 ) -> tuple[list[Sample], list[Sample]]:
-    """(training samples held at hold_size, validation samples at model size)."""
+    """(training samples held at hold_size, validation samples at `val_size`: default the
+    model size, larger for validation with crop="zoom")."""
     train_ids = read_id_list(src.train) if src.train else None
     classes = src.class_names
     train = load_pairs(match_pairs(src.images, src.masks, train_ids, classes), hold_size)
     val = []
     if src.val:
         ids = read_id_list(src.val)[:src.val_limit] if src.val_limit else read_id_list(src.val)
-        val = load_pairs(match_pairs(src.images, src.masks, ids, classes), size)
+        val = load_pairs(match_pairs(src.images, src.masks, ids, classes), val_size or size)
     return train, val
 
 
