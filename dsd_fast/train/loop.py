@@ -5,7 +5,8 @@ MedSegDiff: the package's MSE on its objective; the official MedSegDiff code: MS
 A run lives in one folder:
     last.pt              everything needed to resume (model, EMA, optimizer, step, RNG),
                          torch.save of tensors/numbers/dicts only: loads with weights_only=True
-    best.safetensors     the EMA weights with the best validation Dice so far (own format)
+    best.safetensors     the EMA weights with the best validation Dice so far (own format),
+                         at the run's validation setting (validation.py; its "val_setting")
     log.jsonl            one JSON line per log/validation event
 Every file is written to a temporary name and renamed, so a run killed at any moment leaves
 the previous good checkpoint in place.
