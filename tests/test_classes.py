@@ -19,15 +19,11 @@ from dsd_fast.errors import CheckpointError
 from dsd_fast.families import find_config
 from dsd_fast.results import samples_to_class_result
 
+from conftest import make_model
+
 
 def two_class_pipe(seed: int = 0, config: str = "tiny_2class"):
-    fam, cfg = find_config(config)
-    torch.manual_seed(seed)
-    net = fam.build_reference(cfg).eval()
-    with torch.no_grad():                       # every weight off its initial value
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return dsd_fast.pipeline_from_network(net)
+    return dsd_fast.pipeline_from_network(make_model(config, seed))
 
 
 def _image(h=23, w=31, seed=0):

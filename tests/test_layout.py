@@ -108,19 +108,8 @@ def test_no_top_level_kernels_package_and_no_sys_path_edits():
 
 def small_network(name: str):
     from conftest import make_model
-    from dsd_fast.families.diffseg import DIFFSEG_CONFIGS
-    from dsd_fast.families.medsegdiff import MSD_CONFIGS
-    from dsd_fast.families.medsegdiff_official import OFFICIAL_CONFIGS
-    if name == "dermosegdiff":
-        return make_model("tiny_ff")
-    torch.manual_seed(0)
-    cfg = {"medsegdiff": MSD_CONFIGS["msd_tiny_sc"], "diffseg": DIFFSEG_CONFIGS["diffseg_tiny"],
-           "medsegdiff-official": OFFICIAL_CONFIGS["msd_official_tiny"]}[name]
-    net = FAMILIES[name].build_reference(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return net
+    return make_model({"dermosegdiff": "tiny_ff", "medsegdiff": "msd_tiny_sc",
+                       "diffseg": "diffseg_tiny", "medsegdiff-official": "msd_official_tiny"}[name])
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -11,21 +11,16 @@ import torch
 import dsd_fast
 from dsd_fast.checkpoint import read_metadata, save_model
 from dsd_fast.errors import CheckpointError
-from dsd_fast.families import find_config
 from dsd_fast.preprocess import to_model_input
 from dsd_fast.results import samples_to_class_result, samples_to_result
 from dsd_fast.segmenter import zoom_key
 from dsd_fast.zoom import Box, crop_image, foreground_bbox, square_box, zoom_box
 
+from conftest import make_model, seeded_network
+
 
 def _pipe(config: str = "tiny", seed: int = 0):
-    fam, cfg = find_config(config)
-    torch.manual_seed(seed)
-    net = fam.build_reference(cfg).eval()
-    with torch.no_grad():                       # every weight off its initial value
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return dsd_fast.pipeline_from_network(net)
+    return dsd_fast.pipeline_from_network(make_model(config, seed))
 
 
 def _mask(h, w, *blocks):
@@ -296,10 +291,7 @@ def test_the_command_line_zooms_a_model_of_several_classes_as_the_api(tmp_path):
 # ----------------------------------------------------------------------------- the CRF
 
 def _channels_pipe(channels: int, seed: int = 0):
-    fam, cfg = find_config("tiny_ff")
-    torch.manual_seed(seed)
-    return dsd_fast.pipeline_from_network(
-        fam.build_reference(cfg.replace(channels_g=channels)).eval())
+    return dsd_fast.pipeline_from_network(seeded_network("tiny_ff", seed, channels_g=channels))
 
 
 def _spy_crf(monkeypatch):

@@ -9,26 +9,20 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import dsd_fast
 from dsd_fast.classes import class_regions
 from dsd_fast.cli import main
-from dsd_fast.families import find_config
 from dsd_fast.metrics import dice
+
+from conftest import make_model, seeded_network
 
 FAST = ["--steps", "2", "--ensemble", "3", "-q"]
 
 
 def _model_file(tmp_path, classes=("disc", "cup")) -> str:
-    fam, cfg = find_config("tiny_2class")
-    torch.manual_seed(3)
-    net = fam.build_reference(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    pipe = dsd_fast.pipeline_from_network(net)
+    pipe = dsd_fast.pipeline_from_network(make_model("tiny_2class", seed=3))
     pipe.class_names = classes
     return str(dsd_fast.save_model(pipe, tmp_path / "two.safetensors"))
 
@@ -137,9 +131,7 @@ def test_eval_refuses_a_binary_mask_as_a_label_map(tmp_path, capsys):
 
 
 def test_a_binary_model_writes_todays_files(tmp_path):
-    fam, cfg = find_config("tiny_ff")
-    torch.manual_seed(0)
-    model = str(dsd_fast.save_model(fam.build_reference(cfg).eval(), tmp_path / "one.safetensors"))
+    model = str(dsd_fast.save_model(seeded_network("tiny_ff"), tmp_path / "one.safetensors"))
     image = _images(tmp_path, 1)[0]
     out = tmp_path / "out"
     assert main(["segment", image, "-o", str(out), "--checkpoint", model, "--no-report",

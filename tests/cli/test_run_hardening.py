@@ -4,7 +4,6 @@ diffusion steps, a model that does not load. Every run passes --threads 1 (test_
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from PIL import Image
 
 from dsd_fast import save_model
 from dsd_fast.cli import main
+
+from conftest import make_model
 
 FAST = ["--steps", "1", "--ensemble", "2", "--threads", "1", "-q"]
 
@@ -29,17 +30,6 @@ def _image(path: Path, h: int, w: int, seed: int) -> Path:
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
                     ).save(path)
     return path
-
-
-def _msd_tiny(**changes):
-    """A tiny med-seg-diff-pytorch network with weights moved off their initial values."""
-    from dsd_fast.families.medsegdiff import MEDSEGDIFF, MSD_CONFIGS
-    torch.manual_seed(0)
-    net = MEDSEGDIFF.build_reference(dataclasses.replace(MSD_CONFIGS["msd_tiny"], **changes))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return net.eval()
 
 
 def test_an_output_name_taken_by_another_input_is_not_replaced(tmp_path, ckpt, capsys):
@@ -92,7 +82,8 @@ def test_a_model_for_other_image_channels_fails_each_image_with_what_it_expects(
         tmp_path, capsys):
     """A model whose first layer takes 4 image channels: every (RGB) image is recorded as
     failed with the channel counts, the run goes on and writes its summary; no traceback."""
-    ckpt = str(save_model(_msd_tiny(input_img_channels=4), tmp_path / "msd4.safetensors"))
+    ckpt = str(save_model(make_model("msd_tiny", input_img_channels=4),
+                          tmp_path / "msd4.safetensors"))
     a = _image(tmp_path / "in" / "a.png", 18, 26, seed=0)
     b = _image(tmp_path / "in" / "b.png", 20, 20, seed=1)
     out = tmp_path / "out"
@@ -110,7 +101,7 @@ def test_default_steps_are_capped_at_a_small_models_T(tmp_path, capsys):
     """A model trained with T = 20 (med-seg-diff-pytorch's driver --timesteps 20) runs with
     no steps given: the default 25 steps become 20, with one note; results record 20."""
     path = tmp_path / "msd20.pt"
-    torch.save(_msd_tiny().state_dict(), path)
+    torch.save(make_model("msd_tiny").state_dict(), path)
     a = _image(tmp_path / "in" / "a.png", 18, 26, seed=0)
     out = tmp_path / "out"
     assert main(["segment", str(a), "-o", str(out), "--checkpoint", str(path),

@@ -7,20 +7,15 @@ import torch
 
 from dsd_fast.families import find_config
 
-
-def _perturbed(net):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():              # off the zero-initialised output layer
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return net.eval()
+from conftest import perturb_weights
 
 
 def test_binary_weights_start_each_class_as_the_foreground():
     fam, two = find_config("tiny_2class")
     one = two.replace(channels_x=1, out_dim=1)
     torch.manual_seed(0)
-    binary = _perturbed(fam.build_reference(one))
+    # off the zero-initialised output layer, on a generator of its own
+    binary = perturb_weights(fam.build_reference(one), generator=torch.Generator().manual_seed(1))
     classes = fam.build_reference(two).eval()
     classes.load_state_dict(fam.adapted_state_dict(binary.state_dict(), one, two))
     x, g, t = torch.randn(2, 1, 16, 16), torch.rand(2, 3, 16, 16), torch.tensor([3, 90])

@@ -21,6 +21,8 @@ from dsd_fast.diffusion.ddpm import ddpm_sample_clipped  # noqa: E402
 from dsd_fast.families.medsegdiff import MEDSEGDIFF  # noqa: E402
 from dsd_fast.families.medsegdiff.sampling import package_ddim_timesteps  # noqa: E402
 
+from conftest import perturb_weights  # noqa: E402
+
 # (package Unet kwargs): default-like, self-conditioned with condition skips, dynamic
 # FF-Parser with other heads / groups / depth
 CONFIGS = {
@@ -38,11 +40,7 @@ def package_unet(name: str, seed: int = 0, perturb: float = 0.05):
     """The package's Unet with every weight moved off its init (the dynamic map's zero
     projection included), in eval mode."""
     torch.manual_seed(seed)
-    unet = msd.Unet(**CONFIGS[name]).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * perturb)
-    return unet
+    return perturb_weights(msd.Unet(**CONFIGS[name]), perturb)
 
 
 def settings(name):

@@ -9,9 +9,9 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import make_model
 from serve_support import SKIP_WITHOUT_SERVE, SMALL
 from serve_support import sample_paths  # noqa: F401 (fixture)
 
@@ -26,14 +26,7 @@ def two_class_model_file(folder) -> str:
     """A tiny DermoSegDiff of two classes (config tiny_2class), weights moved off their
     initial values so its maps are not flat, saved with class names."""
     import dsd_fast
-    from dsd_fast.families import find_config
-    fam, cfg = find_config("tiny_2class")
-    torch.manual_seed(3)
-    net = fam.build_reference(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    pipe = dsd_fast.pipeline_from_network(net)
+    pipe = dsd_fast.pipeline_from_network(make_model("tiny_2class", seed=3))
     pipe.class_names = CLASSES
     return str(dsd_fast.save_model(pipe, folder / "eyes.safetensors"))
 

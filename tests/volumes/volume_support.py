@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_model, seeded_network
+
 MISSING = [m for m in ("nibabel", "pydicom") if importlib.util.find_spec(m) is None]
 SKIP_WITHOUT_VOLUMES = pytest.mark.skipif(
     bool(MISSING), reason=f"the volumes extra is not installed ({', '.join(MISSING)})")
@@ -51,37 +53,21 @@ def threshold_segmenter(channels: int = 1, threshold: float = 0.5):
 
 def tiny_dermosegdiff(channels: int, seed: int = 0):
     import dsd_fast
-    from dsd_fast.families import find_config
-    fam, config = find_config("tiny_ff")
-    torch.manual_seed(seed)
-    return dsd_fast.pipeline_from_network(
-        fam.build_reference(config.replace(channels_g=channels)).eval())
+    return dsd_fast.pipeline_from_network(seeded_network("tiny_ff", seed, channels_g=channels))
 
 
 def two_class_pipe(seed: int = 0):
     """A tiny DermoSegDiff of two classes (config tiny_2class), every weight moved off its
     initial value."""
     import dsd_fast
-    from dsd_fast.families import find_config
-    fam, cfg = find_config("tiny_2class")
-    torch.manual_seed(seed)
-    net = fam.build_reference(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return dsd_fast.pipeline_from_network(net)
+    return dsd_fast.pipeline_from_network(make_model("tiny_2class", seed))
 
 
 def tiny_official_medsegdiff(image_channels: int = 4, seed: int = 0):
     """The official MedSegDiff code's network, tiny, taking 4 modalities + the mask."""
-    import dataclasses
-
     import dsd_fast
-    from dsd_fast.families import find_config
-    fam, config = find_config("msd_official_tiny")
-    torch.manual_seed(seed)
-    net = fam.build_reference(dataclasses.replace(config, in_channels=image_channels + 1))
-    return dsd_fast.pipeline_from_network(net.eval())
+    return dsd_fast.pipeline_from_network(
+        seeded_network("msd_official_tiny", seed, in_channels=image_channels + 1))
 
 
 def phantom(shape=(12, 10, 6)) -> np.ndarray:
