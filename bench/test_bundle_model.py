@@ -8,20 +8,14 @@ import pytest
 import torch
 from bundle_model import main
 from safetensors import safe_open
+from throughput_cases import perturbed_network
 
 import dsd_fast
-from dsd_fast.families import find_config
 
 
 @pytest.fixture()
 def model_file(tmp_path):
-    fam, cfg = find_config("tiny_gray")
-    torch.manual_seed(0)
-    net = fam.build_reference(cfg).eval()
-    with torch.no_grad():                 # off the zero-initialised output layer
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return dsd_fast.save_model(net, tmp_path / "best.safetensors")
+    return dsd_fast.save_model(perturbed_network("tiny_gray"), tmp_path / "best.safetensors")
 
 
 def test_half_with_metadata(model_file, tmp_path):

@@ -5,13 +5,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from eval_experts import calibration, experts_box, score, val_items
 from PIL import Image
+from throughput_cases import perturbed_network
 
 import dsd_fast
 from dsd_fast.classes import class_metadata
-from dsd_fast.families import find_config
 
 
 def test_experts_box_enlarged_and_clipped():
@@ -95,13 +94,7 @@ def test_score_on_a_synthetic_set(tmp_path):
         Image.fromarray(disc).save(data / "masks" / f"{i}_disc.png")
         Image.fromarray(cup).save(data / "masks" / f"{i}_cup.png")
     (data / "val.txt").write_text("a\nb\n")
-    fam, cfg = find_config("tiny_2class")
-    torch.manual_seed(0)
-    net = fam.build_reference(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    path = dsd_fast.save_model(net, tmp_path / "m.safetensors",
+    path = dsd_fast.save_model(perturbed_network("tiny_2class"), tmp_path / "m.safetensors",
                                extra_metadata=class_metadata(("disc", "cup"), nested=True))
     pipe = dsd_fast.load(path)
     out = score(pipe, val_items(data, None), data, steps=2, ensemble=3)

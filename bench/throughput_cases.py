@@ -43,13 +43,26 @@ class FamilyCase:
     weights: str                  # "bundled" or "random"
 
 
-def perturbed(net: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """Random weights moved off their initial values (zero-initialised layers included)."""
-    g = torch.Generator().manual_seed(seed)
+def perturbed(net: torch.nn.Module, seed: int | None = 0,
+              scale: float = 0.05) -> torch.nn.Module:
+    """Random weights moved off their initial values (zero-initialised layers included): scale
+    * N(0, 1) added to each parameter, drawn from a generator seeded with seed, or (seed None)
+    from torch's global generator, continuing from whatever built net; eval mode."""
+    g = None if seed is None else torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)
     return net.eval()
+
+
+def perturbed_network(config: str, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """The reference network of a named config of any family, built right after
+    torch.manual_seed(seed), its weights then moved on the same generator (perturbed, seed
+    None): a small model whose outputs are not all 0, for the bench tools' tests."""
+    from dsd_fast.families import find_config
+    fam, cfg = find_config(config)
+    torch.manual_seed(seed)
+    return perturbed(fam.build_reference(cfg), None, scale)
 
 
 def _dermosegdiff():
