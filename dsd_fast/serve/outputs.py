@@ -50,7 +50,7 @@ def encode_result(res: SegmentationResult, image: torch.Tensor, maps: bool = Tru
     area = int(res.mask.sum())
     png = {"mask": png_bytes(res.mask.astype(np.uint8) * 255)}
     if maps:
-        png["probability"] = png_bytes((res.probability * 65535 + 0.5).astype(np.uint16))
+        png["probability"] = probability_png(res.probability)
         png["uncertainty"] = png_bytes(heatmap(res.std, vmax=0.5))
         png["overlay"] = png_bytes(overlay(image.numpy(), res.mask, res.std,
                                            uncertain_above=UNCERTAIN_ABOVE))
