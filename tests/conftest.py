@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import dsd_fast
 from dsd_fast import DermoSegDiff
 from dsd_fast.families import find_config, get_family
 
@@ -30,6 +31,12 @@ def seeded_network(config="tiny", seed: int = 0, **changes) -> torch.nn.Module:
                 else (get_family("dermosegdiff"), config))
     torch.manual_seed(seed)
     return fam.build_reference(dataclasses.replace(cfg, **changes) if changes else cfg).eval()
+
+
+def channels_pipe(channels: int, seed: int = 0):
+    """The pipeline of config tiny_ff taking `channels` image channels (seeded_network:
+    weights as initialised, so its masks are empty; enough for tests of what goes in)."""
+    return dsd_fast.pipeline_from_network(seeded_network("tiny_ff", seed, channels_g=channels))
 
 
 def perturb_weights(net: torch.nn.Module, scale: float = 0.05,

@@ -9,24 +9,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import dsd_fast
 from dsd_fast.channels import channel_files, is_channel_folder, read_channels
 from dsd_fast.cli import main
-from dsd_fast.families import find_config
 from dsd_fast.images import ImageInputError, MultiFrameWarning
+
+from conftest import channels_pipe
 
 FAST = ["--steps", "2", "--ensemble", "2", "-q"]
 API_FAST = {"steps": 2, "ensemble": 2}
-
-
-def _pipe(channels: int, seed: int = 0):
-    fam, config = find_config("tiny_ff")
-    torch.manual_seed(seed)
-    return dsd_fast.pipeline_from_network(
-        fam.build_reference(config.replace(channels_g=channels)).eval())
 
 
 def _stack(h=18, w=22, n=4, seed=1) -> np.ndarray:
@@ -52,7 +45,7 @@ def test_channel_folders_are_one_image_in_channel_order(tmp_path):
     assert not alpha and chw.shape == (4, 18, 22)
     np.testing.assert_array_equal((chw * 255).round().byte().permute(1, 2, 0).numpy(), stack)
     # the same pixels as an array give the same mask from the API
-    pipe = _pipe(4)
+    pipe = channels_pipe(4)
     a = pipe.segment(str(tmp_path / "case7"), noise_keys=["k"], **API_FAST)[0]
     b = pipe.segment(stack, noise_keys=["k"], **API_FAST)[0]
     np.testing.assert_array_equal(a.probability, b.probability)
@@ -99,7 +92,7 @@ def test_a_channel_stack_is_not_an_image_with_alpha(tmp_path):
     stack = _stack(n=2)
     _save_tiff_pages(tmp_path / "s.tif", stack)
     np.save(tmp_path / "s.npy", stack)
-    gray = _pipe(1)
+    gray = channels_pipe(1)
     with pytest.raises(ImageInputError, match="takes 1-channel images, this one has 2"):
         gray.segment(str(tmp_path / "s.npy"), **API_FAST)
     with pytest.warns(MultiFrameWarning, match="2 frames"):
@@ -109,7 +102,7 @@ def test_a_channel_stack_is_not_an_image_with_alpha(tmp_path):
     Image.fromarray(stack, "LA").save(tmp_path / "la.png")          # a picture's alpha
     assert gray.segment(str(tmp_path / "la.png"), **API_FAST)[0].mask.shape == (18, 22)
     # an RGB model: an (H, W, 3) .npy is an RGB image, an (H, W, 4) one is refused
-    rgb = _pipe(3)
+    rgb = channels_pipe(3)
     four = _stack()
     np.save(tmp_path / "rgb.npy", four[..., :3])
     a = rgb.segment(str(tmp_path / "rgb.npy"), noise_keys=["k"], **API_FAST)[0]
@@ -129,7 +122,7 @@ def test_the_command_line_finds_npy_tiff_stacks_and_channel_folders(tmp_path):
     _save_channel_folder(src / "case7", stacks["case7"])
     np.save(src / "three.npy", _stack(n=3, seed=4))            # another channel count
     Image.fromarray(_stack(n=3, seed=5)).save(src / "photo.png")
-    model = str(dsd_fast.save_model(_pipe(4), tmp_path / "four.safetensors"))
+    model = str(dsd_fast.save_model(channels_pipe(4), tmp_path / "four.safetensors"))
     out = tmp_path / "out"
     assert main(["segment", str(src), "-o", str(out), "--checkpoint", model, *FAST]) == 1
     doc = json.loads((out / "results.json").read_text())
@@ -167,7 +160,7 @@ def test_a_grayscale_model_on_npy_from_the_command_line(tmp_path):
     src.mkdir()
     gray = _stack(n=1, seed=6)[..., 0]
     np.save(src / "scan.npy", gray.astype(np.float32) / 255)          # float in [0, 1]
-    model = str(dsd_fast.save_model(_pipe(1), tmp_path / "gray.safetensors"))
+    model = str(dsd_fast.save_model(channels_pipe(1), tmp_path / "gray.safetensors"))
     out = tmp_path / "out"
     assert main(["segment", str(src), "-o", str(out), "--checkpoint", model, *FAST]) == 0
     api = dsd_fast.load(model).segment(str(src / "scan.npy"), noise_keys=["scan"],

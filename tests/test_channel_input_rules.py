@@ -19,18 +19,12 @@ import dsd_fast
 from dsd_fast.channels import ChannelNote, is_channel_folder, match_channels, npy_shape
 from dsd_fast.cli import main
 from dsd_fast.cli.discover import SkippedInputNote, discover
-from dsd_fast.families import find_config
 from dsd_fast.images import ImageInputError, MultiFrameWarning
+
+from conftest import channels_pipe
 
 FAST = ["--steps", "2", "--ensemble", "2", "-q"]
 API_FAST = {"steps": 2, "ensemble": 2}
-
-
-def _pipe(channels: int, seed: int = 0):
-    fam, config = find_config("tiny_ff")
-    torch.manual_seed(seed)
-    return dsd_fast.pipeline_from_network(
-        fam.build_reference(config.replace(channels_g=channels)).eval())
 
 
 def _stack(h=18, w=22, n=3, seed=1) -> np.ndarray:
@@ -61,7 +55,7 @@ def test_rgb_photos_named_like_channels_are_images_not_a_channel_folder(tmp_path
     assert not is_channel_folder(photos)
     assert sorted(im.key for im in discover([str(tmp_path / "cf")], recursive=True).images) \
         == ["photos/IMG_c0", "photos/IMG_c1"]
-    model = str(dsd_fast.save_model(_pipe(3), tmp_path / "rgb.safetensors"))
+    model = str(dsd_fast.save_model(channels_pipe(3), tmp_path / "rgb.safetensors"))
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "cf"), "-r", "-o", str(out), "--checkpoint",
                  model, *FAST]) == 0
@@ -134,7 +128,7 @@ def test_a_stack_of_three_channels_is_not_converted_as_rgb(tmp_path):
     stack = _stack(n=3)
     _save_channel_folder(tmp_path / "case7", stack)
     np.save(tmp_path / "s.npy", stack)
-    gray = _pipe(1)
+    gray = channels_pipe(1)
     for name in ("case7", "s.npy"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ChannelNote)
@@ -150,7 +144,7 @@ def test_a_tiff_is_its_channels_when_its_pages_are_the_models(tmp_path):
     stack = _stack(n=3)
     _save_tiff_pages(tmp_path / "three.tif", stack)
     _save_channel_folder(tmp_path / "case7", stack)
-    rgb = _pipe(3)
+    rgb = channels_pipe(3)
     want = rgb.segment(stack, noise_keys=["k"], **API_FAST)[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error", MultiFrameWarning)
@@ -158,7 +152,7 @@ def test_a_tiff_is_its_channels_when_its_pages_are_the_models(tmp_path):
             got = rgb.segment(str(tmp_path / name), noise_keys=["k"], **API_FAST)[0]
             np.testing.assert_array_equal(got.probability, want.probability)
     # a 1-channel model: page 1 of the 3, announced, as the RGB model reads a 4-page TIFF
-    gray = _pipe(1)
+    gray = channels_pipe(1)
     first = gray.segment(stack[..., 0], noise_keys=["k"], **API_FAST)[0]
     with pytest.warns(MultiFrameWarning, match="3 frames"):
         got = gray.segment(str(tmp_path / "three.tif"), noise_keys=["k"], **API_FAST)[0]
@@ -170,7 +164,7 @@ def test_a_tiff_is_its_channels_when_its_pages_are_the_models(tmp_path):
     with pytest.warns(MultiFrameWarning), \
             pytest.raises(ImageInputError, match="takes 4-channel images, this one has 1 "
                                                  "channel.*page 1 of a 3-page TIFF"):
-        _pipe(4).segment(str(tmp_path / "three.tif"), **API_FAST)
+        channels_pipe(4).segment(str(tmp_path / "three.tif"), **API_FAST)
 
 
 def test_the_command_line_reads_a_three_page_tiff_as_an_rgb_models_channels(tmp_path):
@@ -180,7 +174,7 @@ def test_the_command_line_reads_a_three_page_tiff_as_an_rgb_models_channels(tmp_
     (tmp_path / "tiff").mkdir()
     _save_tiff_pages(tmp_path / "tiff" / "x.tif", stack)
     _save_channel_folder(tmp_path / "folder" / "x", stack)
-    model = str(dsd_fast.save_model(_pipe(3), tmp_path / "rgb.safetensors"))
+    model = str(dsd_fast.save_model(channels_pipe(3), tmp_path / "rgb.safetensors"))
     want = dsd_fast.load(model).segment(stack, noise_keys=["x"], **API_FAST)[0]
     outputs = {}
     for src in ("tiff", "folder"):
@@ -221,7 +215,7 @@ def test_a_folder_lists_only_image_shaped_npy_not_masks(tmp_path):
     # named explicitly, a file is always tried
     assert [im.key for im in discover([str(src / "z0_gt.npy")]).images] == ["z0_gt"]
     # the command line: the mask is not segmented, the run succeeds, one warning line
-    model = str(dsd_fast.save_model(_pipe(3), tmp_path / "rgb.safetensors"))
+    model = str(dsd_fast.save_model(channels_pipe(3), tmp_path / "rgb.safetensors"))
     out = tmp_path / "out"
     assert main(["segment", str(src), "-o", str(out), "--checkpoint", model, *FAST]) == 0
     doc = json.loads((out / "results.json").read_text())
@@ -245,7 +239,7 @@ def test_listing_reads_npy_headers_only(tmp_path, monkeypatch):
 def test_npy_shape_errors_say_it_is_read_as_h_w_n(tmp_path):
     np.save(tmp_path / "first.npy", _stack(3, 40, 50))
     np.save(tmp_path / "four_d.npy", np.zeros((2, 3, 18, 22), np.uint8))
-    rgb = _pipe(3)
+    rgb = channels_pipe(3)
     with pytest.raises(ImageInputError, match=r"this one has 50 channels.*read as \(H, W, N\)"
                        ) as e:
         rgb.segment(str(tmp_path / "first.npy"), **API_FAST)

@@ -18,14 +18,9 @@ from dsd_fast.cli import main
 from dsd_fast.families import find_config
 from dsd_fast.images import ImageInputError
 
+from conftest import channels_pipe
+
 FAST = ["--steps", "2", "--ensemble", "2", "-q", "--no-report"]
-
-
-def _pipe(channels: int, seed: int = 0):
-    fam, config = find_config("tiny_ff")
-    torch.manual_seed(seed)
-    return dsd_fast.pipeline_from_network(
-        fam.build_reference(config.replace(channels_g=channels)).eval())
 
 
 def _gray(h=20, w=26, seed=0):
@@ -48,7 +43,7 @@ def test_luma_replication_and_alpha():
 
 
 def test_a_grayscale_model_takes_gray_files_natively_and_rgb_as_luma(tmp_path):
-    pipe = _pipe(1)
+    pipe = channels_pipe(1)
     assert pipe.channels == 1
     g = _gray()
     Image.fromarray(g).save(tmp_path / "g.png")
@@ -70,7 +65,7 @@ def test_a_grayscale_model_takes_gray_files_natively_and_rgb_as_luma(tmp_path):
 
 
 def test_an_rgb_model_replicates_grayscale_as_it_always_has(tmp_path):
-    pipe = _pipe(3)
+    pipe = channels_pipe(3)
     g = _gray()
     a = pipe.segment(g, steps=2, ensemble=2)[0]
     b = pipe.segment(np.stack([g] * 3, -1), steps=2, ensemble=2)[0]
@@ -78,7 +73,7 @@ def test_an_rgb_model_replicates_grayscale_as_it_always_has(tmp_path):
 
 
 def test_a_four_channel_model_takes_tensors_arrays_npy_and_tiff_pages(tmp_path):
-    pipe = _pipe(4)
+    pipe = channels_pipe(4)
     stack = np.random.default_rng(1).integers(0, 255, (18, 22, 4), dtype=np.uint8)
     want = pipe.segment(torch.from_numpy(stack).permute(2, 0, 1).float() / 255,
                         steps=2, ensemble=2, noise_keys=["k"])[0]
@@ -116,7 +111,7 @@ def test_command_line_grayscale_model_and_failed_mismatch(tmp_path):
     src.mkdir()
     Image.fromarray(_gray()).save(src / "a.png")
     Image.fromarray(np.stack([_gray(seed=2)] * 3, -1)).save(src / "b.jpg")
-    model = str(dsd_fast.save_model(_pipe(1), tmp_path / "gray.safetensors"))
+    model = str(dsd_fast.save_model(channels_pipe(1), tmp_path / "gray.safetensors"))
     out = tmp_path / "out"
     assert main(["segment", str(src), "-o", str(out), "--checkpoint", model, *FAST]) == 0
     api = dsd_fast.load(model).segment(str(src / "a.png"), steps=2, ensemble=2,
@@ -124,7 +119,7 @@ def test_command_line_grayscale_model_and_failed_mismatch(tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(out / "a_mask.png")) > 0, api.mask)
     assert (out / "b_mask.png").is_file()
     # a 3-channel image for a 4-channel model: recorded as failed, the run goes on
-    four = str(dsd_fast.save_model(_pipe(4), tmp_path / "four.safetensors"))
+    four = str(dsd_fast.save_model(channels_pipe(4), tmp_path / "four.safetensors"))
     out4 = tmp_path / "out4"
     assert main(["segment", str(src), "-o", str(out4), "--checkpoint", four, *FAST]) == 1
     failed = json.loads((out4 / "results.json").read_text())["failed"]

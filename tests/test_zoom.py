@@ -16,7 +16,7 @@ from dsd_fast.results import samples_to_class_result, samples_to_result
 from dsd_fast.segmenter import zoom_key
 from dsd_fast.zoom import Box, crop_image, foreground_bbox, square_box, zoom_box
 
-from conftest import make_model, seeded_network
+from conftest import channels_pipe, make_model
 
 
 def _pipe(config: str = "tiny", seed: int = 0):
@@ -290,10 +290,6 @@ def test_the_command_line_zooms_a_model_of_several_classes_as_the_api(tmp_path):
 
 # ----------------------------------------------------------------------------- the CRF
 
-def _channels_pipe(channels: int, seed: int = 0):
-    return dsd_fast.pipeline_from_network(seeded_network("tiny_ff", seed, channels_g=channels))
-
-
 def _spy_crf(monkeypatch):
     """dsd_fast.crf.diffseg_refine recording the picture each CRF refines on."""
     import dsd_fast.crf as crf
@@ -315,7 +311,7 @@ def test_the_crf_refines_any_channel_count_on_the_image_as_a_viewer_sees_it(
     of pass 2's box under zoom. It raised (a 1-channel picture is no (H, W, 3) uint8)."""
     pytest.importorskip("pydensecrf.densecrf")
     from dsd_fast.channels import channel_picture
-    pipe = _channels_pipe(channels)
+    pipe = channels_pipe(channels)
     calls = _patched(pipe, monkeypatch)
     seen = _spy_crf(monkeypatch)
     img = torch.rand(channels, 64, 96, generator=torch.Generator().manual_seed(0))
@@ -331,7 +327,7 @@ def test_the_crf_refines_any_channel_count_on_the_image_as_a_viewer_sees_it(
 def test_the_crf_takes_an_image_three_pixels_wide():
     """A (3, H, 3) picture was read as (H, W, 3) = (3, H, 3) and refused by the CRF."""
     pytest.importorskip("pydensecrf.densecrf")
-    pipe = _channels_pipe(1)
+    pipe = channels_pipe(1)
     img = torch.rand(1, 20, 3, generator=torch.Generator().manual_seed(0))
     res = pipe.segment(img, refine="crf", steps=2, ensemble=3, noise_keys=["thin"])[0]
     assert res.mask.shape == (20, 3) and res.fusion == "mean+crf"

@@ -8,15 +8,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import dsd_fast
 import dsd_fast.segmenter as segmenter
 from dsd_fast.cli import main
 from dsd_fast.cli.run import segment_files
-from dsd_fast.families import find_config
 from dsd_fast.zoom import Box
+
+from conftest import seeded_network
 
 needs_crf = pytest.mark.skipif(
     not __import__("importlib").util.find_spec("pydensecrf"),
@@ -24,9 +24,7 @@ needs_crf = pytest.mark.skipif(
 
 
 def _model(tmp_path, channels: int = 3, seed: int = 3) -> str:
-    fam, cfg = find_config("tiny_ff")
-    torch.manual_seed(seed)
-    net = fam.build_reference(cfg.replace(channels_g=channels)).eval()
+    net = seeded_network("tiny_ff", seed, channels_g=channels)
     return str(dsd_fast.save_model(net, tmp_path / f"tiny{channels}.safetensors"))
 
 

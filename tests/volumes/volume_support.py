@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_model, seeded_network
+from conftest import channels_pipe, make_model, seeded_network
 
 MISSING = [m for m in ("nibabel", "pydicom") if importlib.util.find_spec(m) is None]
 SKIP_WITHOUT_VOLUMES = pytest.mark.skipif(
@@ -52,8 +52,7 @@ def threshold_segmenter(channels: int = 1, threshold: float = 0.5):
 
 
 def tiny_dermosegdiff(channels: int, seed: int = 0):
-    import dsd_fast
-    return dsd_fast.pipeline_from_network(seeded_network("tiny_ff", seed, channels_g=channels))
+    return channels_pipe(channels, seed)
 
 
 def two_class_pipe(seed: int = 0):
