@@ -1,4 +1,6 @@
-"""Shared fixtures. Tests run on the CPU and keep to small configs unless marked slow."""
+"""Shared fixtures, and the small networks tests build (`from conftest import make_model`;
+bench/ has its own, throughput_cases.perturbed). Tests run on the CPU and keep to small
+configs unless marked slow."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +37,7 @@ def seeded_network(config="tiny", seed: int = 0, **changes) -> torch.nn.Module:
 
 def channels_pipe(channels: int, seed: int = 0):
     """The pipeline of config tiny_ff taking `channels` image channels (seeded_network:
-    weights as initialised, so its masks are empty; enough for tests of what goes in)."""
+    weights as initialised), for tests of what goes in rather than of the maps."""
     return dsd_fast.pipeline_from_network(seeded_network("tiny_ff", seed, channels_g=channels))
 
 
