@@ -31,7 +31,8 @@ DEFAULT_MODEL_PATH = WEIGHTS_DIR / "default.safetensors"
 # "dermosegdiff-ph2" and "medsegdiff-ph2" are the names of their first, PH2-only weights,
 # kept so code that used them still runs; both models are now trained on PH2 + HAM10000.
 BUNDLED = {"default": "default.safetensors", "dermosegdiff-ph2": "default.safetensors",
-           "medsegdiff": "medsegdiff.safetensors", "medsegdiff-ph2": "medsegdiff.safetensors"}
+           "medsegdiff": "medsegdiff.safetensors", "medsegdiff-ph2": "medsegdiff.safetensors",
+           "thyroid-ultrasound": "thyroid-ultrasound.safetensors"}
 
 
 def model_path(path):
