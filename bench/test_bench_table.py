@@ -19,7 +19,8 @@ RUN = {"machine_info": {"cpu": {"brand_raw": "Test CPU"}, "torch_threads": 2,
            _bench("test_fast[dermosegdiff]", 0.050),
            _bench("test_fast_bf16[dermosegdiff]", 0.046),
            _bench("test_onnxruntime[dermosegdiff]", 0.200),
-           _bench("test_openvino[dermosegdiff]", 0.150),
+           _bench("test_openvino[dermosegdiff-f32]", 0.150),
+           _bench("test_openvino[dermosegdiff-bf16]", 0.120),
            _bench("test_segment[dermosegdiff]", 1.09, steps=5, ensemble=25,
                   spacing="trailing"),
            _bench("test_fast[diffseg]", 0.280),
@@ -30,9 +31,10 @@ def test_table_rows():
     lines = table(RUN).splitlines()
     assert lines[0].startswith("Test CPU, 2 torch threads, vector path avx512")
     assert lines[4] == ("| dermosegdiff (bundled) | 160.0 | 50.0 | 46.0 | 200.0 | 150.0 | "
-                        "3.00x | 1.09 s (25 members x 5 trailing DDIM steps) |")
+                        "120.0 | 3.00x | 1.09 s (25 members x 5 trailing DDIM steps) |")
     # no peer in the run: no ratio, and the missing engines stay empty
-    assert lines[5] == "| diffseg (bundled) |  | 280.0 |  |  |  |  | 1.50 s (5 draws) |"
+    assert lines[5] == "| diffseg (bundled) |  | 280.0 |  |  |  |  |  | 1.50 s (5 draws) |"
+    assert len(lines) == 6                    # one row per family, OpenVINO's two included
 
 
 def test_newest_run_and_main(tmp_path, capsys):
