@@ -3,10 +3,9 @@ checked, what the sampler is called with, the zoom path, recorded in the run and
 best.safetensors, kept or re-scored on resume (old runs keep 10 x 3 leading, full)."""
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from test_loop import make_disc_dataset
 
 from dsd_fast.checkpoint import read_metadata
 from dsd_fast.cli import main
@@ -18,21 +17,9 @@ from dsd_fast.train.options import OLD_VALIDATION, parse_val_setting
 from dsd_fast.train.validation import validate
 
 
-def _dataset(root, n=6, size=24):
+def _dataset(root):
     """Dark discs on light backgrounds, the masks the discs; the last 2 are the val set."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        cy, cx, r = rng.integers(8, 16), rng.integers(8, 16), rng.integers(3, 6)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        img = np.where(disc[..., None], [80, 50, 40], [200, 160, 150]).astype(np.uint8)
-        Image.fromarray(img).save(root / "images" / f"s{i}.png")
-        Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"s{i}.png")
-    (root / "train.txt").write_text("\n".join(f"s{i}" for i in range(n - 2)))
-    (root / "val.txt").write_text("\n".join(f"s{i}" for i in range(n - 2, n)))
-    return root
+    return make_disc_dataset(root, radii=(3, 6), noise=False)
 
 
 def _options(root, out, **kw):
