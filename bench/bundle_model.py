@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save
 
 from dsd_fast.io import atomic_write
 from dsd_fast.model_files import read_metadata
+from dsd_fast.options import parse_setting
 
 
 def frontier_rows(path: Path) -> str:
@@ -55,14 +56,10 @@ def completed(meta: dict[str, str], sets: list[str], drops: list[str],
         out[key] = value
     if sampler_defaults:
         try:
-            steps, members, spacing = sampler_defaults.split(",")
-            setting = {"steps": int(steps), "ensemble": int(members), "spacing": spacing}
-        except ValueError:
-            raise SystemExit("--sampler-defaults wants STEPS,MEMBERS,SPACING, e.g. "
-                             f"5,25,trailing; got {sampler_defaults!r}") from None
-        if spacing not in ("leading", "trailing"):
-            raise SystemExit("--sampler-defaults: spacing is leading or trailing, "
-                             f"got {spacing!r}")
+            steps, members, spacing = parse_setting(sampler_defaults, "--sampler-defaults")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        setting = {"steps": steps, "ensemble": members, "spacing": spacing}
         if not measured:
             raise SystemExit("--sampler-defaults needs --measured: what measurement chose it")
         setting["measured"] = measured

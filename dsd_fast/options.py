@@ -153,6 +153,18 @@ class Choices:
     default_ensemble: int | None = None        # None: CLASSIC_SAMPLING's
 
 
+def parse_setting(text: str, flag: str) -> tuple[int, int, str]:
+    """'STEPS,MEMBERS,SPACING' (e.g. '5,25,trailing') -> (steps, members, spacing): a
+    sampler setting given as one value (train --val-setting, a model file's defaults);
+    `flag` names it in the error."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts[:2]) \
+            or parts[2] not in SPACINGS:
+        raise ValueError(f"{flag} must be STEPS,MEMBERS,SPACING (two integers >= 1 and "
+                         f"{' or '.join(SPACINGS)}, e.g. 5,25,trailing), got {text!r}")
+    return int(parts[0]), int(parts[1]), parts[2]
+
+
 def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOptions:
     """`options` with every None filled from the model's `choices` and checked against
     them, once. `note(text)` hears about a default that had to give way (steps above T).

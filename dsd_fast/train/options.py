@@ -11,6 +11,7 @@ import torch
 
 from ..classes import check_classes
 from ..diffusion import SPACINGS
+from ..options import parse_setting
 from ..families import find_config
 from ..precision import PRECISIONS
 from .sources import DataSource
@@ -26,12 +27,7 @@ OLD_VALIDATION = {"val_steps": 10, "val_ensemble": 3, "val_spacing": "leading",
 
 def parse_val_setting(text: str) -> tuple[int, int, str]:
     """'STEPS,MEMBERS,SPACING' (e.g. '5,25,trailing') -> (steps, members, spacing)."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts[:2]) \
-            or parts[2] not in SPACINGS:
-        raise ValueError(f"--val-setting must be STEPS,MEMBERS,SPACING (two integers >= 1 and "
-                         f"one of {SPACINGS}, e.g. 5,25,trailing), got {text!r}")
-    return int(parts[0]), int(parts[1]), parts[2]
+    return parse_setting(text, "--val-setting")
 
 
 def saved_validation(options: dict) -> dict:
