@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-from time_models import DATA, SAMPLES, images_for, main
+from eval_sources import DATA
+from time_models import SAMPLES, images_for, main
 
 
 def test_images_for_the_skin_models_are_the_samples():

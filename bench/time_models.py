@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 import dsd_fast
+from eval_sources import val_items
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 SAMPLES = ROOT / "dsd_fast" / "samples"
 # the data set whose val images time a bundled model (None: the package's PH2 samples)
 MODEL_TIMING_SETS = {"default": None, "medsegdiff": None, "thyroid-ultrasound": "ddti",
@@ -34,9 +34,7 @@ def images_for(model: str, n: int) -> list[Path]:
     name = MODEL_TIMING_SETS.get(model)
     if name is None:
         return sorted(p for p in SAMPLES.iterdir() if p.suffix in (".png", ".jpg"))[:n]
-    root = DATA / name
-    ids = (root / "val.txt").read_text().split()[:n]
-    return [next((root / "images").glob(f"{i}.*")) for i in ids]
+    return [img for _, _, img, _ in val_items(sources=(name,), limit=n)]
 
 
 def main() -> None:
