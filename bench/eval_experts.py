@@ -5,6 +5,12 @@ compares with the experts' agreement map, against a single sample (MODEL_CARD.md
     python bench/eval_experts.py --checkpoint PATH [--data ../shared/data/drishti_gs]
         [--ensemble 25] [--steps S] [--spacing trailing] [--crop zoom] [--limit N]
         [--out FILE.json] [--figure FILE.png]
+    python bench/eval_experts.py --checkpoint PATH --crop zoom --steps 3,5 --ensemble 10,25
+        --spacing trailing --frontier FRONTIER.json
+
+With --frontier, a grid of steps x members (comma lists): per setting the per-class Dice
+and the seconds per image of segment(), written in bench/steps_frontier.py's --out format
+(a set per class) for bench/bundle_model.py --frontier.
 
 Per image, with segment() at the model's defaults (or --steps/--ensemble), seed 0, noise
 keyed by the image's position:
@@ -23,7 +29,9 @@ than its single sample; a model that is only sharp has about the same.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +114,34 @@ def score(pipe, items, data: Path, steps, ensemble, **options) -> dict:
     return {"rows": rows, "summary": summary}
 
 
+def class_dice_frontier(pipe, items, data: Path, grid, **options) -> dict:
+    """Per (steps, members) of `grid`: each class's mean Dice against the experts' majority
+    and segment()'s seconds per image (the ensemble only; timed one image at a time)."""
+    classes = pipe.classes
+    truth = [{c: np.asarray(Image.open(data / "masks" / f"{i}_{c}.png").convert("L")) > 127
+              for c in classes} for i, _ in items]
+    rows = []
+    for steps, ensemble in grid:
+        dices, seconds = {c: [] for c in classes}, []
+        for pos, (i, img) in enumerate(items):
+            t0 = time.perf_counter()
+            res = pipe.segment([img], steps=steps, ensemble=ensemble, seed=0,
+                               noise_keys=[pos], **options)[0]
+            seconds.append(time.perf_counter() - t0)
+            for k, c in enumerate(classes):
+                dices[c].append(dice(res.class_regions()[k], truth[pos][c]))
+        row = {"steps": steps, "ensemble": ensemble, "spacing": options.get("spacing"),
+               "tta": False, "seconds_per_image": float(np.median(seconds)),
+               **{c: float(np.mean(v)) for c, v in dices.items()}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"sources": list(classes), "rows": rows}
+
+
+def int_list(text: str | None) -> list[int] | None:
+    return None if text is None else [int(v) for v in text.split(",")]
+
+
 def figure(pipe, item, data: Path, steps, ensemble, out: Path, **options) -> None:
     """One val image: the picture, the experts' agreement, the ensemble's probability and
     one sample's, each class side by side (disc top row, cup below), cropped to the box."""
@@ -132,21 +168,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--ensemble", type=int, default=None)
+    ap.add_argument("--steps", default=None, help="N, or a comma list with --frontier")
+    ap.add_argument("--ensemble", default=None, help="N, or a comma list with --frontier")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--spacing", choices=("leading", "trailing"), default=None)
     ap.add_argument("--crop", choices=("full", "zoom"), default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--figure", default=None, help="PNG of the first val image's maps")
+    ap.add_argument("--frontier", default=None,
+                    help="write per-class Dice and time over the --steps x --ensemble grid")
     args = ap.parse_args()
     pipe = load(args.checkpoint)
     if pipe.mask_channels < 2:
         raise SystemExit(f"{args.checkpoint}: a binary model; this compares a model of "
                          "several classes with the experts' per-class maps")
-    steps, ensemble, spacing = pipe.sampler_settings(args.steps, args.ensemble, args.spacing)
-    options = {"spacing": spacing, "crop": args.crop}
+    steps_list, members_list = int_list(args.steps), int_list(args.ensemble)
     items = val_items(args.data, args.limit)
+    if args.frontier:
+        _, _, spacing = pipe.sampler_settings(None, None, args.spacing)
+        grid = list(itertools.product(steps_list or [pipe.sampler_settings()[0]],
+                                      members_list or [pipe.sampler_settings()[1]]))
+        run = class_dice_frontier(pipe, items, args.data, grid, spacing=spacing,
+                                  crop=args.crop)
+        run.update(limit=args.limit, checkpoint=args.checkpoint, crop=args.crop)
+        Path(args.frontier).write_text(json.dumps(run))
+        return
+    if (steps_list and len(steps_list) > 1) or (members_list and len(members_list) > 1):
+        raise SystemExit("several --steps or --ensemble values need --frontier FILE")
+    steps, ensemble, spacing = pipe.sampler_settings(
+        steps_list and steps_list[0], members_list and members_list[0], args.spacing)
+    options = {"spacing": spacing, "crop": args.crop}
     result = score(pipe, items, args.data, steps, ensemble, **options)
     result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble, **options)
     print(json.dumps(result["summary"], indent=1))

@@ -104,3 +104,30 @@ def test_score_on_a_synthetic_set(tmp_path):
         assert 0 <= s["dice_mean"] <= 1 and 0 <= s["mad_ens"] <= 1
         assert 0 <= s["calibration_ens"]["ece"] <= 1
     json.dumps(out)                          # the --out file is plain JSON
+
+
+def test_frontier_rows_per_class_in_the_bundle_format(tmp_path):
+    from bundle_model import frontier_rows
+    from eval_experts import class_dice_frontier
+    data = tmp_path / "set"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "images" / "a.png")
+    disc, cup = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
+    disc[5:15, 5:15], cup[8:12, 8:12] = 255, 64          # the cup: one expert, not majority
+    Image.fromarray(disc).save(data / "masks" / "a_disc.png")
+    Image.fromarray(cup).save(data / "masks" / "a_cup.png")
+    (data / "val.txt").write_text("a\n")
+    agreement = np.stack([disc, cup]).astype(np.float32) / 255
+    run = class_dice_frontier(_KnownMaps(agreement), val_items(data, None), data,
+                              [(2, 1), (3, 5)], spacing="trailing", crop=None)
+    assert run["sources"] == ["disc", "cup"]
+    assert [(r["steps"], r["ensemble"]) for r in run["rows"]] == [(2, 1), (3, 5)]
+    # the known maps' regions equal the majority: disc 1; the empty cup against an empty
+    # majority counts as agreement (metrics.dice of two empty masks)
+    assert all(r["disc"] == 1.0 and r["cup"] == 1.0 for r in run["rows"])
+    assert all(r["seconds_per_image"] >= 0 and r["spacing"] == "trailing" for r in run["rows"])
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps(run))
+    kept = json.loads(frontier_rows(path))
+    assert kept["sources"] == ["disc", "cup"] and kept["rows"][1]["cup"] == 1.0
