@@ -37,15 +37,23 @@ def test_onnxruntime(benchmark, case, reference_output, onnx_file):
     assert err["max_error"] < FLOAT32_TOLERANCE
 
 
+@pytest.fixture(scope="session")
+def openvino_model(case):
+    """The case's network converted to OpenVINO's model once per session: the conversion
+    (tracing and OpenVINO's graph passes, 10-20 s on one core) does not depend on the
+    precision, which is compile_model's hint; each precision compiles its own copy."""
+    ov = pytest.importorskip("openvino")
+    return ov.convert_model(case.net, example_input=case.inputs)
+
+
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
-def test_openvino(benchmark, case, reference_output, precision):
+def test_openvino(benchmark, case, reference_output, openvino_model, precision):
     ov = pytest.importorskip("openvino")
     if precision == "bf16":
         from dsd_fast.precision import native_bf16
         if not native_bf16("cpu"):
             pytest.skip("no native bfloat16 on this CPU")
-    model = ov.convert_model(case.net, example_input=case.inputs)
-    req = ov.Core().compile_model(model, "CPU", {
+    req = ov.Core().compile_model(openvino_model, "CPU", {
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         "INFERENCE_PRECISION_HINT": precision}).create_infer_request()
     feeds = [a.numpy() for a in case.inputs]
