@@ -206,7 +206,9 @@ def test_official_medsegdiff_trains_through_the_command_line(tmp_path, capsys):
     args = ["train", "--images", str(root / "images"), "--masks", str(root / "masks"),
             "--train-ids", str(root / "train.txt"), "--val-ids", str(root / "val.txt"),
             "--out", str(tmp_path / "run"), "--config", "msd_official_tiny", "--steps", "2",
-            "--batch-size", "2", "--val-every", "2", "--threads", "1", "-q"]
+            "--batch-size", "2", "--val-every", "2", "--threads", "1", "-q",
+            # validation as such is test_val_setting.py's: 2 DDIM steps x 1 member here
+            "--val-setting", "2,1,trailing"]
     assert main(args) == 0
     assert "best validation Dice" in capsys.readouterr().out
     pipe = dsd_fast.load(tmp_path / "run" / "best.safetensors")
