@@ -12,9 +12,9 @@ A segmenter turns images into SegmentationResults. Each family builds its own
 
 and share everything else here: options resolved once, images decoded and checked before any
 work, per-image noise keys, batches of `batch_size` images, CRF draws keyed per image, the
-mask clean-up, crop="zoom"'s two passes (zoom.py). The command line calls `segment_views`
+mask clean-up, crop="zoom"'s passes (zoom.py). The command line calls `segment_views`
 with views it decoded itself (large files are read reduced) and sources that read a file
-again for the CRF's picture and pass 2's crop (image_sources.py), so the API and the
+again for the CRF's picture and the zoom's crops (image_sources.py), so the API and the
 command line run the same code from the view on.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .postprocess import postprocessed
 from .preprocess import content_key
 from .classes import default_classes
 from .results import SegmentationResult, samples_to_class_result, samples_to_result
-from .zoom import ZOOM_PASS1, crop_limit, paste, zoom_box
+from .zoom import ZOOM_PASS1, Box, crop_limit, paste, refined_box, zoom_box
 
 
 class SegmentNote(UserWarning):
@@ -209,9 +209,11 @@ class Segmenter:
         """Pass 1's options under crop="zoom" (zoom.py): at most ZOOM_PASS1's 5 members;
         the call's sampler, steps and spacing where it takes at most 5 steps, else 5 DDIM
         steps on the trailing grid (leading for a family that walks its own grid); no CRF
-        (pass 1 only finds the box)."""
+        (pass 1 only finds the box) and no samples kept (outside the boxes every member
+        carries pass 1's mask, zoom.paste)."""
         c, p = self.choices(), ZOOM_PASS1
-        changes = {"refine": None, "ensemble": min(opts.ensemble, p["ensemble"])}
+        changes = {"refine": None, "ensemble": min(opts.ensemble, p["ensemble"]),
+                   "return_samples": False}
         cheap = opts.sampler in c.steps_apply and opts.steps <= p["steps"]
         if c.samplers and not cheap:
             sampler = p["sampler"] if p["sampler"] in c.samplers else opts.sampler
@@ -223,56 +225,96 @@ class Segmenter:
     def _zoomed(self, views: list[torch.Tensor], sizes: list[tuple[int, int]], keys: list,
                 opts: SegmentOptions, images: list) -> list[SegmentationResult | None]:
         """crop="zoom" on one chunk (zoom.py): pass 1 on the whole views at `zoom_pass1`'s
-        setting; each image's box around pass 1's foreground, cropped from `images` one
-        image at a time (a source decodes only then) and reduced to `crop_limit` pixels;
-        pass 2 at `opts` on all of them in one batch, its noise keyed by `zoom_key` of the
-        image's key (an image's result does not depend on the others), pasted into pass 1.
-        Where pass 1 found nothing, pass 2 runs on the image's whole view with its own key:
-        the result is crop="full"'s (the call's members, its CRF), with a note in `zoom`."""
+        setting; each image's box A around pass 1's foreground; pass 2 at `opts` on the
+        crops of A, pasted into pass 1; box B around pass 2's foreground inside A
+        (`refined_box`); pass 3 at `opts` on the crops of B, pasted over that. Each finer
+        pass runs all its crops in one batch, its noise keyed by `zoom_key` of the image's
+        key (an image's result does not depend on the others); crops are cut from `images`
+        one image at a time (a source decodes only then), reduced to `crop_limit` pixels,
+        and each result is pasted as it is made (one image's crop-sized maps at a time on
+        top of pass 1's maps of the chunk). Where pass 1 found nothing, pass 2 runs on the
+        image's whole view with its own key: the result is crop="full"'s (the call's
+        members, its CRF), with a note in `zoom`. Where pass 2 found nothing inside A, or B
+        is A, pass 2's result stands (a note says which)."""
         coarse_opts = self.zoom_pass1(opts)
         coarse = self._segmented(views, sizes, keys, coarse_opts, None)
         side = views[0].shape[-1]               # the model's input: no box smaller than it
         boxes = [zoom_box(r.class_regions(), min_side=side) for r in coarse]
-        todo, fine_views, fine_sizes, fine_keys, seen = [], [], [], [], {}
-        for i, box in enumerate(boxes):
-            if box is None:                     # nothing to zoom on: the whole view again
-                coarse[i] = None                # (pass 1's maps are not needed)
-                fine_views.append(views[i])
-                fine_sizes.append(sizes[i])
-                fine_keys.append(keys[i])
-            else:
-                crop = zoom_crop(images[i], sizes[i], box, crop_limit(side))
-                if crop is None:                # a source that can no longer be read
-                    continue
-                seen[i] = tuple(crop.shape[-2:])
-                fine_views.append(self.view(crop, opts))
-                fine_sizes.append((box.height, box.width))
-                fine_keys.append(zoom_key(keys[i]))
-            todo.append(i)
-        fine = iter(())
-        if todo:               # pasted as each is made: one image's pass 2 maps at a time
-            fine = self._each_result(fine_views, fine_sizes, fine_keys, opts,
-                                     [images[i] for i in todo], [boxes[i] for i in todo])
+        # pass 2: the crops of the boxes A, and the whole view where pass 1 found nothing
+        whole = {i: views[i] for i, box in enumerate(boxes) if box is None}
+        for i in whole:
+            coarse[i] = None                    # (pass 1's maps are not needed)
         out: list[SegmentationResult | None] = [None] * len(views)
-        for i, res in zip(todo, fine):
-            if res is None:
+        finer: list[Box | None] = [None] * len(views)
+        for i, res, seen in self._boxed_pass(boxes, whole, side, sizes, keys, opts, images, 2):
+            if res is None:                     # a source that can no longer be read
+                coarse[i] = None
                 continue
-            if boxes[i] is not None:
-                out[i] = paste(coarse[i], res, boxes[i], seen[i])
-                coarse[i] = None                # given up to the pasted result
+            if boxes[i] is None:
+                res.zoom = {"box": None, "note": (
+                    f"pass 1 ({coarse_opts.ensemble} members x {coarse_opts.steps} steps) "
+                    "found no foreground: nothing to zoom on, the whole image was segmented "
+                    "at the call's setting (as crop='full')")}
+                out[i] = res
                 continue
-            res.zoom = {"box": None, "note": (
-                f"pass 1 ({coarse_opts.ensemble} members x {coarse_opts.steps} steps) found "
-                "no foreground: nothing to zoom on, the whole image was segmented at the "
-                "call's setting (as crop='full')")}
-            out[i] = res
+            # pass 2's result is at A's size: its regions are what it found inside A
+            box = refined_box(res.class_regions(), boxes[i], sizes[i], min_side=side)
+            out[i] = paste(coarse[i], res, boxes[i], seen)
+            coarse[i] = None                    # given up to the pasted result
+            if box is None or box == boxes[i]:
+                why = ("pass 2 found no foreground inside its box" if box is None
+                       else "the box around pass 2's result is its own box")
+                out[i].zoom["note"] = why + ": pass 2's result stands (no third pass)"
+            else:
+                finer[i] = box
+        # pass 3: the crops of the boxes B, pasted over pass 2's results
+        for i, res, seen in self._boxed_pass(finer, {}, side, sizes, keys, opts, images, 3):
+            out[i] = None if res is None else paste(out[i], res, finer[i], seen)
         return out
 
+    def _boxed_pass(self, boxes: list, whole: dict, side: int, sizes: list, keys: list,
+                    opts: SegmentOptions, images: list, number: int):
+        """Pass `number` (2 or 3) of crop="zoom" at `opts`, in one network batch: the crop
+        of each image's box in `boxes` (None: not in this pass) cut from `images` one
+        image at a time and reduced to `crop_limit(side)` pixels (`side`: the model's
+        input), its noise keyed by `zoom_key`; and the views in `whole` ({i: the (C, S, S)
+        view of the whole image}, for images whose box is None) with their own keys.
+        Yields (i, its result at the box's size (the image's for a whole view), the crop's
+        (h, w)) as each is made; the result is None for an image whose source can no
+        longer be read (for its crop or its CRF picture)."""
+        todo, pass_views, pass_sizes, pass_keys, pass_boxes, seen = [], [], [], [], [], {}
+        for i, box in enumerate(boxes):
+            if i in whole:
+                pass_views.append(whole[i])
+                pass_sizes.append(sizes[i])
+                pass_keys.append(keys[i])
+            elif box is not None:
+                crop = zoom_crop(images[i], sizes[i], box, crop_limit(side))
+                if crop is None:
+                    yield i, None, None
+                    continue
+                seen[i] = tuple(crop.shape[-2:])
+                pass_views.append(self.view(crop, opts))
+                pass_sizes.append((box.height, box.width))
+                pass_keys.append(zoom_key(keys[i], number))
+            else:
+                continue
+            todo.append(i)
+            pass_boxes.append(box)
+        if todo:               # pasted by the caller as each is made: one image at a time
+            made = self._each_result(pass_views, pass_sizes, pass_keys, opts,
+                                     [images[i] for i in todo], pass_boxes)
+            for i, res in zip(todo, made):
+                yield i, res, seen.get(i)
 
-def zoom_key(key) -> str:
-    """Pass 2's noise key under crop="zoom": the image's own key (a name, a content digest,
-    an int) with "#zoom" appended, so pass 2 draws other chains than pass 1, per image."""
-    return f"{key}#zoom"
+
+def zoom_key(key, number: int = 2) -> str:
+    """The noise key of pass `number` (2 or 3) under crop="zoom": the image's own key (a
+    name, a content digest, an int) with "#zoom" (pass 2) or "#zoom2" (pass 3) appended,
+    so each pass draws other chains than the passes before it, per image."""
+    if number not in (2, 3):
+        raise ValueError(f"crop='zoom' has passes 2 and 3 after the first, got {number}")
+    return f"{key}#zoom" if number == 2 else f"{key}#zoom2"
 
 
 def _progress_bar(total: int, enabled: bool):

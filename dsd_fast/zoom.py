@@ -1,25 +1,40 @@
-"""The coarse-to-fine "zoom" crop (segment(crop="zoom")): the geometry of its two passes.
+"""The coarse-to-fine "zoom" crop (segment(crop="zoom")): the geometry of its passes.
 
 The networks see a 64 px view of the whole image, where a small structure (an optic disc at
 ~17% of a fundus photo's width, a small polyp or breast lesion) is ~10 px wide and loses its
-boundary. Zoom segments twice (segmenter.py runs the passes):
+boundary. Zoom segments up to three times (segmenter.py runs the passes):
 
     pass 1   the whole image's view at a cheap setting (ZOOM_PASS1) -> a coarse mask
-    box      the square around pass 1's largest foreground component (all classes
+    box A    the square around pass 1's largest foreground component (all classes
              together), enlarged by ZOOM_MARGIN of its size on each side, at least the
              model's input size, shifted into the image and clipped to it (`zoom_box`)
-    pass 2   the call's own setting on that box, cropped from the image at its decoded
+    pass 2   the call's own setting on box A, cropped from the image at its decoded
              resolution (`crop_image`), reduced to at most (16 S)^2 pixels (`crop_limit`,
              `fit_pixels`) and resized to the model's input like any image. Where pass 1
              found nothing, pass 2 runs on the whole image: the result is crop="full"'s
-    paste    pass 2's mask and maps inside the box, pass 1's outside (`paste`)
+    box B    the same square around pass 2's largest component, pass 2's mask taken only
+             inside box A (`refined_box`); B may reach beyond A
+    pass 3   the call's own setting on box B, cropped as pass 2's. Skipped where pass 2
+             found nothing inside A (its result stands) and where B is A (the same view
+             again would only draw other noise at the cost of a whole pass)
+    paste    pass 3's mask and maps inside B, pass 2's inside A outside B, pass 1's
+             outside both (`paste`, applied twice)
 
-Pass 1's maps stand outside the box rather than zeros: they are a measurement of those
+Why a third pass: pass 1 sees the structure at ~10 px, so box A is often too large or off
+centre (on fundus photos it sometimes holds a bright artefact too); pass 2 sees it several
+times larger, and the box around its mask is centred and sized on the structure itself. Only
+pass 2's mask inside A is used: outside A there is only pass 1's coarse view, whose artefacts
+would pull the box away. On Drishti-GS val (11 images, the fundus disc+cup warm start, 25
+members x 3 trailing steps; bench/eval_experts.py --crop zoom) the third pass moved the mean
+Dice from disc 0.831 / cup 0.728 to the figures in docs/usage.md.
+
+Pass 1's maps stand outside the boxes rather than zeros: they are a measurement of those
 pixels (the coarse ensemble's), so a second lesion that pass 1 found is kept and the
-uncertainty there is what the coarse ensemble showed, not a certainty nobody measured. The
-box holds pass 1's largest component with a 30% margin, so pass 1 is mostly background at
-its edge and the seam is rarely visible. The training side (`dsd-fast train --roi-crops P`,
-train/augment.py) draws boxes with the same `square_box` around the true mask.
+uncertainty there is what the coarse ensemble showed, not a certainty nobody measured. Each
+box holds its pass's largest component with a 30% margin, so the pass beneath is mostly
+background at its edge and the seam is rarely visible. The training side (`dsd-fast train
+--roi-crops P`, train/augment.py) draws boxes with the same `square_box` around the true
+mask.
 """
 from __future__ import annotations
 
@@ -116,6 +131,20 @@ def zoom_box(mask: np.ndarray, margin: float = ZOOM_MARGIN, min_side: int = 0) -
     return square_box(bbox, np.shape(mask)[-2:], margin, min_side)
 
 
+def refined_box(regions: np.ndarray, box: Box, size_hw: tuple[int, int],
+                margin: float = ZOOM_MARGIN, min_side: int = 0) -> Box | None:
+    """Pass 3's box B: `square_box` around the largest component of pass 2's `regions`
+    ((K, h, w) or (h, w) bool at `box`'s size: pass 2's result, so only what it found
+    inside its box A), in the pixels of the image (`size_hw`, (H, W)), where B may reach
+    beyond A. None where pass 2 found nothing."""
+    bbox = foreground_bbox(regions)
+    if bbox is None:
+        return None
+    y0, x0, y1, x1 = bbox
+    shifted = (y0 + box.top, x0 + box.left, y1 + box.top, x1 + box.left)
+    return square_box(shifted, size_hw, margin, min_side)
+
+
 def crop_limit(side: int) -> int:
     """The most pixels pass 2's crop is handed on with, for a model input of `side` (S):
     (CROP_SIDES * S)^2."""
@@ -161,16 +190,22 @@ def fit_pixels(chw: torch.Tensor, max_pixels: int) -> torch.Tensor:
 
 def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
           seen_hw: tuple[int, int] | None = None) -> SegmentationResult:
-    """Pass 2's result `fine` (at the box's size) into pass 1's `coarse` (at the image's):
-    mask, probability, std and entropy are fine's inside the box and coarse's outside (each
-    mask made by its pass's fusion: with "mean", the pasted probability > 0.5; the label map
-    of several classes is per pixel, so pasting it is labelling the pasted maps).
-    Samples (asked with return_samples): fine's members inside; outside, where no member of
-    pass 2 looked, every member carries pass 1's mask (its class regions for K classes).
-    The result's `zoom`: {"box": [top, left, height, width], "input": [h, w]}, input the
-    size of the crop pass 2's view was made from (`seen_hw`; the box's unless reduced).
-    `coarse`'s maps are written in place and become the result's: the segmenter gives pass
-    1's result up here, and a large image's maps are not held twice."""
+    """A finer pass's result `fine` (at the box's size) into `coarse` (at the image's: pass
+    1's result, or pass 2's pasted into it): mask, probability, std and entropy are fine's
+    inside the box and coarse's outside (each mask made by its pass's fusion: with "mean",
+    the pasted probability > 0.5; the label map of several classes is per pixel, so pasting
+    it is labelling the pasted maps).
+    Samples (asked with return_samples): fine's members inside; outside, coarse's members
+    where it has them (pass 2's, pasted: the call's members), else, where no member of the
+    call's setting looked, every member carries pass 1's mask (its class regions for K
+    classes; pass 1 keeps no samples).
+    The result's `zoom`: {"box": [top, left, height, width], "input": [h, w]} of this box,
+    input the size of the crop the pass's view was made from (`seen_hw`; the box's unless
+    reduced), and "pass2_box" / "pass2_input" of pass 2's box (this box itself when
+    `coarse` is pass 1's).
+    `coarse`'s maps (and samples) are written in place and become the result's: the
+    segmenter gives the coarser result up here, and a large image's maps are not held
+    twice."""
     rows, cols = box.slices
 
     def put(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
@@ -179,24 +214,31 @@ def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
 
     samples = None
     if fine.samples is not None:
-        outside = coarse.class_regions() if coarse.classes is not None else coarse.mask
-        samples = np.broadcast_to(outside, (fine.samples.shape[0], *outside.shape)).copy()
+        if coarse.samples is not None:
+            samples = coarse.samples
+        else:
+            outside = coarse.class_regions() if coarse.classes is not None else coarse.mask
+            samples = np.broadcast_to(outside, (fine.samples.shape[0], *outside.shape)).copy()
         samples[..., rows, cols] = fine.samples
+    record = {"box": box.as_list(), "input": list(seen_hw or (box.height, box.width))}
+    earlier = coarse.zoom if coarse.zoom and coarse.zoom.get("box") is not None else record
+    record.update(pass2_box=list(earlier["box"]), pass2_input=list(earlier["input"]))
     return SegmentationResult(
         mask=put(coarse.mask, fine.mask), probability=put(coarse.probability, fine.probability),
         std=put(coarse.std, fine.std), entropy=put(coarse.entropy, fine.entropy),
         samples=samples, fusion=fine.fusion, classes=fine.classes, nested=fine.nested,
-        zoom={"box": box.as_list(),
-              "input": list(seen_hw or (box.height, box.width))})
+        zoom=record)
 
 
 def zoom_record(zoom: dict, model_input: str) -> dict:
     """A zoomed image's fields in the command line's results.json, from its result's
     `zoom` and `model_input` (what pass 1's view was made from: "full" or "downscaled
-    from WxH"). Where pass 2 ran on a box, "model_input" says what pass 2's view was made
+    from WxH"). Where a finer pass ran on a box, "model_input" says what the view of the
+    finest pass (zoom["box"]'s: pass 3's, or pass 2's where no third pass ran) was made
     from, the crop ("full": the box at the file's resolution; "downscaled from WxH": a
-    crop of W x H pixels), and pass 1's moves to zoom["pass1_input"]; where pass 1 found
-    nothing, pass 2 saw pass 1's view and model_input stays."""
+    crop of W x H pixels); pass 1's moves to zoom["pass1_input"], pass 2's box and crop
+    size stay in zoom["pass2_box"] / zoom["pass2_input"]. Where pass 1 found nothing,
+    pass 2 saw pass 1's view and model_input stays."""
     if zoom.get("box") is None:
         return {"zoom": dict(zoom)}
     h, w = zoom["input"]

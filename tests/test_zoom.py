@@ -1,5 +1,6 @@
 """crop="zoom" (zoom.py, segmenter.py): the box around pass 1's foreground, the paste-back
-of pass 2 into pass 1, pass 1's cheap setting, noise keyed per image, binary and several
+of pass 2 into pass 1 (pass 3 on the box around pass 2's result: test_zoom_third_pass.py),
+pass 1's cheap setting, noise keyed per image, binary and several
 classes, a model file whose metadata turns zoom on by default, pass 2's crop bound and the
 whole-image pass where pass 1 finds nothing; the CRF's picture for any channel count."""
 from __future__ import annotations
@@ -79,7 +80,8 @@ def test_square_box_shift_and_crop_of_a_reduced_picture():
 
 def _patched(pipe, monkeypatch, k: int = 1):
     """pipe.draw replaced by a known pattern: pass 1 (the image's key) a block of the view,
-    pass 2 (key + "#zoom") member e = -0.5 + 0.2 e everywhere. Records each call."""
+    passes 2 and 3 (key + "#zoom", "#zoom2") member e = -0.5 + 0.2 e everywhere. Records
+    each call."""
     calls = []
 
     def draw(views, keys, opts):
@@ -88,7 +90,7 @@ def _patched(pipe, monkeypatch, k: int = 1):
         n, e, s = views.shape[0], opts.ensemble, views.shape[-1]
         out = torch.full((n, e, k, s, s), -1.0)
         for i, key in enumerate(keys):
-            if str(key).endswith("#zoom"):
+            if "#zoom" in str(key):
                 out[i] = (-0.5 + 0.2 * torch.arange(e, dtype=torch.float32)).view(e, 1, 1, 1)
             else:
                 out[i, :, :, 4:8, 10:14] = 1.0
@@ -114,7 +116,11 @@ def test_pass_2_lands_in_the_box_and_pass_1_stays_outside(monkeypatch):
     coarse[:, 4:8, 10:14] = 1.0
     want1 = samples_to_result(coarse, (64, 96))
     box = zoom_box(want1.mask, min_side=16)
-    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width]}
+    # pass 2's members average 0.35: it finds nothing inside the box, no third pass
+    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width],
+                        "pass2_box": box.as_list(), "pass2_input": [box.height, box.width],
+                        "note": "pass 2 found no foreground inside its box: pass 2's "
+                                "result stands (no third pass)"}
     # view rows 4..7 of 16 -> image rows 16..31; columns 10..13 -> 60..83 (about)
     assert box.contains((16, 60, 32, 84)) and box.height == box.width
     # pass 2 saw the crop of the image under the box, as any image's view
@@ -134,13 +140,18 @@ def test_pass_2_lands_in_the_box_and_pass_1_stays_outside(monkeypatch):
     np.testing.assert_allclose(res.entropy, dsd_fast.results.entropy_f32(res.probability))
 
 
-def test_samples_are_pass_2_s_inside_and_pass_1_s_mask_outside(monkeypatch):
+def test_samples_are_the_finer_passes_inside_and_pass_1_s_mask_outside(monkeypatch):
+    """7 members: passes 2 and 3 find their whole box (mean 0.1 -> 0.55), so pass 3 runs
+    on B, around all of A and larger (tests/test_zoom_third_pass.py: B inside A)."""
     pipe = _pipe()
-    _patched(pipe, monkeypatch)
+    calls = _patched(pipe, monkeypatch)
     img = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
     res = pipe.segment(img, crop="zoom", steps=10, ensemble=7, noise_keys=["im"],
                        return_samples=True)[0]
     box = Box(*res.zoom["box"])
+    assert [c["keys"] for c in calls][-1] == ["im#zoom2"]
+    a = Box(*res.zoom["pass2_box"])
+    assert a != box and box.contains((a.top, a.left, a.top + a.height, a.left + a.width))
     assert res.samples.shape == (7, 64, 96)
     inner = res.samples[:, box.slices[0], box.slices[1]]
     # members -0.5 + 0.2 e: (x + 1) / 2 > 0.5 from e = 3 on, everywhere in the box
@@ -162,7 +173,8 @@ def test_several_classes_are_pasted_class_by_class(monkeypatch):
     coarse[:, 0, 4:8, 10:14] = 1.0
     want1 = samples_to_class_result(coarse, (64, 96), pipe.classes)
     box = zoom_box(want1.class_regions(), min_side=16)
-    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width]}
+    assert res.zoom["box"] == res.zoom["pass2_box"] == box.as_list()     # no third pass
+    assert res.zoom["input"] == [box.height, box.width] and "note" in res.zoom
     assert len(calls) == 2
     assert res.probability.shape == res.std.shape == (2, 64, 96)
     inside = np.zeros((64, 96), bool)

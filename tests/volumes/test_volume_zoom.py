@@ -14,7 +14,8 @@ def test_a_volume_zooms_slice_by_slice(tmp_path):
     """A pointwise segmenter (mask = view > 0.5, the view the slice itself) gives the same
     mask zoomed or not: pass 2 sees the same pixels inside the box, pass 1's stand outside.
     Slices with foreground get a second pass keyed <slice key>#zoom; the others a second
-    pass on the whole slice with its own key (crop="full"'s result)."""
+    pass on the whole slice with its own key (crop="full"'s result). No third pass: the
+    segmenter being pointwise, pass 2 finds pass 1's component and its box is pass 1's."""
     from dsd_fast.volumes import segment_volume
     vol = phantom()
     path = save_nifti(tmp_path / "phantom.nii.gz", vol, flipped_affine(), dtype=np.int16)
