@@ -1,5 +1,7 @@
 """The fast official MedSegDiff network against its reference (1e-4 of scale), and masks
 end to end (Dice >= 0.999 against the reference backend)."""
+from pathlib import Path
+
 import pytest
 import torch
 from deterministic_weights import deterministic_weights
@@ -13,6 +15,9 @@ from dsd_fast.metrics import dice
 
 pytestmark = pytest.mark.skipif(not ops.fast_path_available(torch.device("cpu")),
                                 reason="the C++ ops are not built (DSD_FAST_NO_EXT=1?)")
+
+
+V1_GOLDEN = Path(__file__).parent.parent / "data" / "msd_official_golden_v1.safetensors"
 
 
 def net_for(name, **changes):
@@ -82,19 +87,26 @@ def test_pipeline_samples_through_the_denoiser_adapter():
 
 
 def test_fast_v1_with_fused_ff_parsers_matches_the_reference():
-    net = net_for("msd_official_isic_v1")
-    seeded = build_official_medsegdiff(net.config, v1_projection_seed=7).eval()
-    seeded.load_state_dict(net.state_dict())
+    """Against the official code's own V1 output (tests/data/msd_official_golden_v1, which
+    the reference matches within 1e-5 of scale: test_medsegdiff_official.py) rather than a
+    reference forward here: at 256 px each V1 forward is seconds on one core. The projection
+    seeded with 123 is the published forward right after torch.manual_seed(123)."""
+    from safetensors.torch import load_file
+    seeded = build_official_medsegdiff(OFFICIAL_CONFIGS["msd_official_isic_v1"],
+                                       v1_projection_seed=123).eval()
+    seeded.load_state_dict(deterministic_weights(
+        {k: v.shape for k, v in seeded.state_dict().items()}))
+    golden = load_file(str(V1_GOLDEN))
+    ref_out, ref_cal = golden["v1.out"], golden["v1.cal"]
     fast = build_fast_model(seeded)
     from dsd_fast.families.medsegdiff_official.fast import FastFFParser
     assert sum(isinstance(m, FastFFParser) for m in fast.modules()) == 4
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(2)                    # the golden file's inputs
     x_t, image = torch.randn(1, 1, 256, 256, generator=g), torch.rand(1, 3, 256, 256, generator=g)
     with torch.no_grad():
-        ref_out, ref_cal = seeded(x_t, image, torch.tensor([10]))
-        out, cal = fast(x_t, image, torch.tensor([10]))
+        out, cal = fast(x_t, image, torch.tensor([500]))
     assert (out - ref_out).abs().max() <= 1e-4 * ref_out.abs().max()
     assert (cal - ref_cal).abs().max() <= 1e-4
     with torch.no_grad():
-        eps = OfficialDenoiser(fast)(x_t, image, torch.tensor([10]))   # V1: the full forward
+        eps = OfficialDenoiser(fast)(x_t, image, torch.tensor([500]))  # V1: the full forward
     assert (eps - out[:, :1]).abs().max() <= 1e-5 * out.abs().max()
