@@ -52,7 +52,8 @@ class SegmentOptions:
     refine: None, "crf" (DenseCRF, DiffSeg's protocol) or "crf-published" (DiffSeg only).
     crop: None (the model's own), "full", "center" (DiffSeg's published centre crop) or
         "zoom" (mask-diffusion models: a cheap pass on the whole image finds the object,
-        a second pass at this call's setting segments the box around it; zoom.py).
+        a second pass at this call's setting segments the box around it, a third the
+        box around what the second found; zoom.py).
     backend: "auto" (fast when its kernels are there), "fast" or "reference".
     precision: "fp32" or "bf16" (autocast network, float32 sampler).
     tta: ensemble member e sees the image under symmetry e mod 8.

@@ -49,7 +49,7 @@ class Pipeline(Segmenter):
     # the file's metadata "classes" / "classes_nested"; None: the defaults (`classes`).
     class_names: tuple[str, ...] | None = None
     nested_classes: bool | None = None
-    # The crop segment() runs without crop= (options.CROPS; "zoom": zoom.py's two passes),
+    # The crop segment() runs without crop= (options.CROPS; "zoom": zoom.py's passes),
     # from the file's metadata ("crop"); None: "full", the whole image.
     crop_default: str | None = None
 

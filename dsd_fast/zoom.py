@@ -24,9 +24,8 @@ Why a third pass: pass 1 sees the structure at ~10 px, so box A is often too lar
 centre (on fundus photos it sometimes holds a bright artefact too); pass 2 sees it several
 times larger, and the box around its mask is centred and sized on the structure itself. Only
 pass 2's mask inside A is used: outside A there is only pass 1's coarse view, whose artefacts
-would pull the box away. On Drishti-GS val (11 images, the fundus disc+cup warm start, 25
-members x 3 trailing steps; bench/eval_experts.py --crop zoom) the third pass moved the mean
-Dice from disc 0.831 / cup 0.728 to the figures in docs/usage.md.
+would pull the box away. docs/usage.md gives what the third pass changed on Drishti-GS val
+and the command that measures it (bench/eval_experts.py --crop zoom).
 
 Pass 1's maps stand outside the boxes rather than zeros: they are a measurement of those
 pixels (the coarse ensemble's), so a second lesion that pass 1 found is kept and the

@@ -284,3 +284,17 @@ def test_each_pass_has_its_own_noise_key():
     assert zoom_key("b") == "b#zoom" and zoom_key(7, 3) == "7#zoom2"
     with pytest.raises(ValueError, match="passes 2 and 3"):
         zoom_key("b", 1)
+
+
+def test_the_results_json_record_describes_the_finest_pass_and_keeps_pass_2_s_box():
+    """zoom_record: model_input says what the finest pass's view was made from (B's crop,
+    here reduced), pass 1's moves to pass1_input, pass 2's box and crop stay."""
+    from dsd_fast.zoom import zoom_record
+    zoom = {"box": [90, 0, 400, 400], "input": [256, 256], "pass2_box": [78, 0, 64, 40],
+            "pass2_input": [64, 40]}
+    rec = zoom_record(zoom, "downscaled from 640x480")
+    assert rec == {"model_input": "downscaled from 256x256",
+                   "zoom": {**zoom, "pass1_input": "downscaled from 640x480"}}
+    same = {"box": [78, 0, 64, 40], "input": [64, 40], "pass2_box": [78, 0, 64, 40],
+            "pass2_input": [64, 40], "note": "..."}
+    assert zoom_record(same, "full")["model_input"] == "full"

@@ -66,7 +66,8 @@ def _family_options(parser) -> None:
                         help="where the mask covers the image: full (resized whole image), "
                         "center (DiffSeg's published centre crop; background outside) or zoom "
                         "(a cheap pass finds the object, a second at the run's setting "
-                        "segments the box around it); default: the model file's own. Per "
+                        "segments the box around it, a third the box around what the second "
+                        "found); default: the model file's own. Per "
                         "family: " + per_family("crops"))
 
 
@@ -380,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "ensemble members, leading|trailing grid, e.g. 5,25,trailing (the setting "
                    "the model ships with); default: a resumed run's own, else 10,3,leading")
     t.add_argument("--val-crop", choices=("full", "zoom"), default=None,
-                   help="zoom: validate with segment --crop zoom's two passes (for a "
+                   help="zoom: validate with segment --crop zoom's passes (for a "
                    "--roi-crops model; val images held at 4x the model size, Dice at that "
                    "size); default: a resumed run's own, else full")
     t.add_argument("--seed", type=int, default=0)

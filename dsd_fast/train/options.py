@@ -66,7 +66,7 @@ class TrainOptions:
     val_every: int = 500
     # Validation's setting, which chooses best.safetensors: DDIM steps x ensemble members on
     # the val_spacing grid ("leading"/"trailing", diffusion/ddim.py), on the whole image
-    # ("full") or with segment(crop="zoom")'s two passes ("zoom", loop.py's
+    # ("full") or with segment(crop="zoom")'s passes ("zoom", loop.py's
     # validate_classes). Pick what the model will ship with: leading 10 x 3 ranks models
     # unlike the 5 trailing x 25 they run at. Defaults: OLD_VALIDATION.
     val_steps: int = 10

@@ -1,9 +1,9 @@
 """Validation during training: the mean per-image Dice of a network on held samples at a
 validation setting (DDIM steps x ensemble members on a spacing grid, the whole image or
-segment(crop="zoom")'s two passes). The Trainer (loop.py) selects best.safetensors by it.
+segment(crop="zoom")'s passes). The Trainer (loop.py) selects best.safetensors by it.
 
-Image i's noise is keyed by its index in the samples (pass 2 of zoom: "i#zoom", as
-segmenter.zoom_key), so figures compare across runs and steps.
+Image i's noise is keyed by its index in the samples (passes 2 and 3 of zoom: "i#zoom" and
+"i#zoom2", as segmenter.zoom_key), so figures compare across runs and steps.
 """
 from __future__ import annotations
 
@@ -88,13 +88,14 @@ def _sampled(pipe, samples, steps: int, ensemble: int, seed: int, batch_images: 
 
 def _zoomed_results(pipe, samples, steps: int, ensemble: int, spacing: str, seed: int,
                     batch_images: int):
-    """(sample, its crop="zoom" result) of each validation sample: the segmenter's own two
+    """(sample, its crop="zoom" result) of each validation sample: the segmenter's own
     passes (segmenter.py `_zoomed`: pass 1 at zoom.ZOOM_PASS1 finds the box, pass 2 at
-    this setting on the box's crop, pasted), the reference network, no clean-up, fusion
+    this setting on the box's crop, pass 3 on the box around pass 2's result, pasted),
+    the reference network, no clean-up, fusion
     "mean". What differs from segment(crop="zoom") on the original file: the picture is the
     sample's held image (data.Sample.image, the whole image resized to a square of the
     hold size, ROI_HOLD x the model's input when validating with zoom; aspect not kept), so
-    pass 2 crops from that resolution, not the file's; and the result, at the held size, is
+    passes 2 and 3 crop from that resolution, not the file's; and the result, at the held size, is
     scored against the held mask (nearest-resized), not at the original size."""
     opts = pipe.resolve(steps=steps, ensemble=ensemble, spacing=spacing, sampler="ddim",
                         seed=seed, crop="zoom", backend="reference", postprocess="none",
