@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 ZEN4 = set("fpu sse2 avx avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_bf16".split())
 HASWELL = set("fpu sse2 avx avx2 fma".split())
+# test_cpu_ops.py's two tests of the reference fallback (each starts a python without any
+# build loaded): the same under every build
+NO_BUILD_TESTS = ("test_disable_env_forces_reference_fallback",
+                  "test_missing_extension_warns_once_with_build_command")
 
 
 def test_builds_chosen_from_the_cpu_flags(monkeypatch):
@@ -54,18 +58,22 @@ def test_op_parity_suite_passes_under_every_build(isa):
     if isa == ops.ISA:
         pytest.skip(f"{isa} is this process's build: the suites run it here")
     env = {**os.environ, cpu.ISA_ENV: isa}
-    check = subprocess.run(
-        [sys.executable, "-c", "from dsd_fast import ops; print(ops.ISA)"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert check.stdout.strip() == isa, check.stdout + check.stderr
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-         str(REPO / "tests" / "ops" / "test_cpu_ops.py"),
-         str(REPO / "tests" / "ops" / "test_winograd.py")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # One process per build: it says which build it loaded, then runs the suites (pytest.main)
+    # without the two tests of the no-build fallback, which load no build and run in the
+    # main suite.
+    args = ["-q", "-rs", "-p", "no:cacheprovider", "tests/ops/test_cpu_ops.py",
+            "tests/ops/test_winograd.py",
+            *(f"--deselect=tests/ops/test_cpu_ops.py::{name}" for name in NO_BUILD_TESTS)]
+    code = ("import sys\nimport pytest\nfrom dsd_fast import ops\n"
+            "print('loaded build', ops.ISA, flush=True)\n"
+            f"sys.exit(pytest.main({args!r}))\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    first = run.stdout.split("\n", 1)[0]
+    assert first == f"loaded build {isa}", run.stdout[-3000:] + run.stderr[-2000:]
     tail = run.stdout[-3000:] + run.stderr[-2000:]
     assert run.returncode == 0, tail
-    assert " passed" in run.stdout, tail
+    assert " passed" in run.stdout and f"{len(NO_BUILD_TESTS)} deselected" in run.stdout, tail
     # Every op test runs under every build; the only skips allowed are the bfloat16 Winograd
     # kernel's, which is in the AVX-512 build alone (-rs lists each skip with its reason).
     skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
