@@ -298,3 +298,39 @@ def test_the_results_json_record_describes_the_finest_pass_and_keeps_pass_2_s_bo
     same = {"box": [78, 0, 64, 40], "input": [64, 40], "pass2_box": [78, 0, 64, 40],
             "pass2_input": [64, 40], "note": "..."}
     assert zoom_record(same, "full")["model_input"] == "full"
+
+
+def test_a_file_gone_before_pass_3_is_a_failed_image(tmp_path, monkeypatch):
+    """The command line reads each file again for pass 3's crop: a file deleted after pass
+    2 is a failed image (as before pass 2), the other image of its batch is written with
+    pass 3's box in results.json."""
+    import json
+
+    from PIL import Image
+
+    from dsd_fast.cli.run import segment_files
+    from conftest import seeded_network
+    model = str(dsd_fast.save_model(seeded_network("tiny_ff", 3),
+                                    tmp_path / "tiny.safetensors"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, seed in (("a", 1), ("b", 2)):
+        rng = np.random.default_rng(seed)
+        Image.fromarray(rng.integers(0, 255, (30, 44, 3), dtype=np.uint8)).save(
+            folder / f"{name}.png")
+    # whatever the random model draws: box A the whole image, box B its top-left 20 x 20
+    monkeypatch.setattr(segmenter, "zoom_box", lambda mask, **kw: Box(0, 0, 30, 44))
+
+    def finer(regions, box, size_hw, **kw):
+        (folder / "b.png").unlink(missing_ok=True)
+        return Box(0, 0, 20, 20)
+    monkeypatch.setattr(segmenter, "refined_box", finer)
+    summary = segment_files([str(folder / "a.png"), str(folder / "b.png")], tmp_path / "out",
+                            checkpoint=model, steps=2, ensemble=2, crop="zoom", batch_size=2,
+                            overlay=False, report=False)
+    assert summary.segmented == 1 and [p for p, _ in summary.failures] == [str(folder / "b.png")]
+    rec = json.loads((tmp_path / "out" / "results.json").read_text())["images"]
+    assert [r["key"] for r in rec] == ["a"]
+    assert rec[0]["zoom"]["box"] == [0, 0, 20, 20]
+    assert rec[0]["zoom"]["pass2_box"] == [0, 0, 30, 44]
+    assert rec[0]["model_input"] == "full" and rec[0]["zoom"]["pass1_input"] == "full"
