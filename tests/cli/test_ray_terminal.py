@@ -7,6 +7,7 @@ cli/ray_terminal.py's routing on its own, without a cluster.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -57,17 +58,24 @@ def lines(text: str) -> list[str]:
 
 def test_quiet_ray_run_prints_what_the_local_run_prints(run_inputs, tmp_path):
     """-q: stdout and stderr are the local command's, line for line (the summary, the
-    broken image's line), although a worker is killed and Ray replaces it."""
+    broken image's line), although a worker is killed and Ray replaces it; and the killed
+    worker's images are all done, each once, nothing half-written. (One run for both: a Ray
+    instance takes ~15 s to start on the 2-core CI machine.)"""
     src, ckpt = run_inputs
     local = cli(src, tmp_path / "local", ckpt, "-q")
     marker = tmp_path / "crashed"
-    ray = cli(src, tmp_path / "ray", ckpt, "-q", "--ray", "--workers", "2",
+    out = tmp_path / "ray"
+    ray = cli(src, out, ckpt, "-q", "--ray", "--workers", "2",
               env={"DSD_FAST_TEST_CRASH_ONCE": str(marker)})
     assert marker.exists(), "no worker died: the test did not test anything"
     assert local.returncode == ray.returncode == 1, ray.stderr[-3000:]
     assert "segmented 6," in ray.stdout and "broken.png" in ray.stderr
-    assert same_run(ray.stdout, tmp_path / "ray") == same_run(local.stdout, tmp_path / "local")
-    assert same_run(ray.stderr, tmp_path / "ray") == same_run(local.stderr, tmp_path / "local")
+    assert same_run(ray.stdout, out) == same_run(local.stdout, tmp_path / "local")
+    assert same_run(ray.stderr, out) == same_run(local.stderr, tmp_path / "local")
+    keys = [r["key"] for r in json.loads((out / "results.json").read_text())["images"]]
+    assert len(keys) == len(set(keys)) == 6
+    assert not list(out.rglob("*.dsd.tmp"))                     # nothing half-written
+    assert len(list(out.rglob("*_mask.png"))) == 6
 
 
 def test_ray_run_prints_only_its_own_lines_and_one_line_warnings(run_inputs, tmp_path):
