@@ -3,8 +3,8 @@ cup maps): per-class Dice against the majority, and how the ensemble's probabili
 compares with the experts' agreement map, against a single sample (MODEL_CARD.md).
 
     python bench/eval_experts.py --checkpoint PATH [--data ../shared/data/drishti_gs]
-        [--ensemble 25] [--steps S] [--spacing trailing] [--crop zoom] [--limit N]
-        [--out FILE.json] [--figure FILE.png]
+        [--ensemble 25] [--steps S] [--spacing trailing] [--crop zoom]
+        [--zoom-outside pass1|background] [--limit N] [--out FILE.json] [--figure FILE.png]
     python bench/eval_experts.py --checkpoint PATH --crop zoom --steps 3,5 --ensemble 10,25
         --spacing trailing --frontier FRONTIER.json
 
@@ -39,6 +39,7 @@ from PIL import Image
 
 from dsd_fast import load
 from dsd_fast.metrics import dice
+from dsd_fast.options import ZOOM_OUTSIDE
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "drishti_gs"
 BINS = 10
@@ -173,6 +174,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--spacing", choices=("leading", "trailing"), default=None)
     ap.add_argument("--crop", choices=("full", "zoom"), default=None)
+    ap.add_argument("--zoom-outside", choices=ZOOM_OUTSIDE, default=None,
+                    help="with --crop zoom: segment()'s zoom_outside (default: the file's own)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--figure", default=None, help="PNG of the first val image's maps")
     ap.add_argument("--frontier", default=None,
@@ -189,15 +192,16 @@ def main() -> None:
         grid = list(itertools.product(steps_list or [pipe.sampler_settings()[0]],
                                       members_list or [pipe.sampler_settings()[1]]))
         run = class_dice_frontier(pipe, items, args.data, grid, spacing=spacing,
-                                  crop=args.crop)
-        run.update(limit=args.limit, checkpoint=args.checkpoint, crop=args.crop)
+                                  crop=args.crop, zoom_outside=args.zoom_outside)
+        run.update(limit=args.limit, checkpoint=args.checkpoint, crop=args.crop,
+                   zoom_outside=args.zoom_outside)
         Path(args.frontier).write_text(json.dumps(run))
         return
     if (steps_list and len(steps_list) > 1) or (members_list and len(members_list) > 1):
         raise SystemExit("several --steps or --ensemble values need --frontier FILE")
     steps, ensemble, spacing = pipe.sampler_settings(
         steps_list and steps_list[0], members_list and members_list[0], args.spacing)
-    options = {"spacing": spacing, "crop": args.crop}
+    options = {"spacing": spacing, "crop": args.crop, "zoom_outside": args.zoom_outside}
     result = score(pipe, items, args.data, steps, ensemble, **options)
     result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble, **options)
     print(json.dumps(result["summary"], indent=1))

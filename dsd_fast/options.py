@@ -25,6 +25,10 @@ BACKENDS = ("auto", "fast", "reference")
 REFINES = ("crf", "crf-published")             # None: no refinement
 # "zoom": the coarse-to-fine crop of the mask-diffusion families (zoom.py, segmenter.py)
 CROPS = ("full", "center", "zoom")
+# What crop="zoom"'s result holds outside its finest box (zoom.py): "pass1", the first pass's
+# coarse maps (a second object it found is kept), or "background" (a task with one object
+# per image by anatomy: one optic disc per fundus photo)
+ZOOM_OUTSIDE = ("pass1", "background")
 POSTPROCESS_CHOICES = ("auto", "none", *POSTPROCESS_METHODS)
 # What a call runs where a model states no sampler setting of its own (and for the values a
 # call does not give when it gives some): the published DermoSegDiff evaluation's DDIM 25 x 5.
@@ -54,6 +58,10 @@ class SegmentOptions:
         "zoom" (mask-diffusion models: a cheap pass on the whole image finds the object,
         a second pass at this call's setting segments the box around it, a third the
         box around what the second found; zoom.py).
+    zoom_outside: with crop="zoom", what the result holds outside the finest pass's box:
+        "pass1" (the first pass's maps) or "background" (mask background, probability,
+        std and entropy 0); None: the model file's own ("zoom_outside" metadata), else
+        "pass1". "background" with another crop is an error.
     backend: "auto" (fast when its kernels are there), "fast" or "reference".
     precision: "fp32" or "bf16" (autocast network, float32 sampler).
     tta: ensemble member e sees the image under symmetry e mod 8.
@@ -71,6 +79,7 @@ class SegmentOptions:
     fusion: str = "mean"
     refine: str | None = None
     crop: str | None = None
+    zoom_outside: str | None = None
     backend: str = "auto"
     precision: str = "fp32"
     tta: bool = False
@@ -90,7 +99,8 @@ class SegmentOptions:
                 or not math.isfinite(self.eta) or self.eta < 0:
             raise ValueError(f"eta must be a finite number >= 0, got {self.eta!r}")
         for name, allowed in (("spacing", SPACINGS), ("sampler", SAMPLERS),
-                              ("refine", REFINES), ("crop", CROPS)):
+                              ("refine", REFINES), ("crop", CROPS),
+                              ("zoom_outside", ZOOM_OUTSIDE)):
             v = getattr(self, name)
             if v is not None and v not in allowed:
                 raise ValueError(f"{name} must be None or one of {allowed}, got {v!r}")
@@ -151,6 +161,7 @@ class Choices:
     T: int = 1000
     sampler_defaults: dict | None = None
     postprocess: str | None = None
+    zoom_outside: str | None = None            # the file's own (ZOOM_OUTSIDE); None: "pass1"
     default_ensemble: int | None = None        # None: CLASSIC_SAMPLING's
 
 
@@ -178,13 +189,14 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
         if v not in allowed:
             raise ValueError(f"{name}={v!r} is not available for this model; it accepts "
                              f"{', '.join(repr(a) for a in allowed)}")
+    zoom_outside = _zoom_outside(o.zoom_outside, crop, choices)
     if not choices.samplers:                 # no sampling loop (DiffSeg: once at t = 0)
         for name in ("sampler", "steps", "spacing"):
             if getattr(o, name) is not None:
                 raise ValueError(f"{name} does not apply to this model: it has no sampling "
                                  f"loop (its networks run once at t = 0)")
         ensemble = o.ensemble or choices.default_ensemble or CLASSIC_SAMPLING["ensemble"]
-        return dataclasses.replace(o, ensemble=ensemble, crop=crop,
+        return dataclasses.replace(o, ensemble=ensemble, crop=crop, zoom_outside=zoom_outside,
                                    postprocess=_postprocess(o.postprocess, choices))
     sampler = o.sampler or choices.samplers[0]
     if sampler not in choices.samplers:
@@ -215,8 +227,21 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
     if spacing != "leading" and sampler != "ddim":
         raise ValueError(f"spacing applies to the DDIM sampler, not {sampler!r}")
     return dataclasses.replace(o, steps=steps, ensemble=ensemble, spacing=spacing,
-                               sampler=sampler, crop=crop,
+                               sampler=sampler, crop=crop, zoom_outside=zoom_outside,
                                postprocess=_postprocess(o.postprocess, choices))
+
+
+def _zoom_outside(value: str | None, crop: str, choices: Choices) -> str:
+    """zoom_outside resolved for the call's `crop`: the call's, else the model file's own,
+    else "pass1". Only crop="zoom" has a box to be outside of: there the file's own applies;
+    with another crop it is "pass1" (nothing changes), and "background" asked for by the
+    call is an error, as refine with a fusion other than "mean" is (it would do nothing)."""
+    if crop != "zoom":
+        if value == "background":
+            raise ValueError(f"zoom_outside='background' applies to crop='zoom' (outside "
+                             f"its finest box); this call's crop is {crop!r}")
+        return "pass1"
+    return value or choices.zoom_outside or ZOOM_OUTSIDE[0]
 
 
 def _postprocess(value: str | None, choices: Choices) -> str:

@@ -24,7 +24,7 @@ from torch import nn
 from .allocator import tune_malloc
 from .diffusion import SPACINGS, Schedule, as_eps_model, sample_ensemble
 from .errors import CheckpointError
-from .options import BACKENDS, CROPS, Choices, SegmentOptions
+from .options import BACKENDS, CROPS, ZOOM_OUTSIDE, Choices, SegmentOptions
 from .postprocess import METHODS as POSTPROCESS_METHODS
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, to_model_input
@@ -52,6 +52,10 @@ class Pipeline(Segmenter):
     # The crop segment() runs without crop= (options.CROPS; "zoom": zoom.py's passes),
     # from the file's metadata ("crop"); None: "full", the whole image.
     crop_default: str | None = None
+    # What crop="zoom" leaves outside its finest box without zoom_outside= (options.
+    # ZOOM_OUTSIDE; "background": a task of one object per image), from the file's
+    # metadata ("zoom_outside"); None: "pass1", the first pass's maps.
+    zoom_outside_default: str | None = None
 
     def __post_init__(self):
         if self.class_names is not None:
@@ -60,6 +64,9 @@ class Pipeline(Segmenter):
         if self.crop_default is not None and self.crop_default not in own:
             raise ValueError(f"crop_default={self.crop_default!r} is not a crop this model "
                              f"accepts ({', '.join(map(repr, own))})")
+        if self.zoom_outside_default not in (None, *ZOOM_OUTSIDE):
+            raise ValueError(f"zoom_outside_default must be None or one of {ZOOM_OUTSIDE}, "
+                             f"got {self.zoom_outside_default!r}")
 
     @property
     def config(self):
@@ -126,6 +133,7 @@ class Pipeline(Segmenter):
         return dataclasses.replace(
             base, T=self.schedule.T, crops=(first, *(c for c in base.crops if c != first)),
             sampler_defaults=self.sampler_defaults, postprocess=self.postprocess_default,
+            zoom_outside=self.zoom_outside_default,
             # a family whose DDIM walks its original code's own grid has only that one
             spacings=("leading",) if own_grid is not None else SPACINGS)
 
@@ -155,6 +163,8 @@ class Pipeline(Segmenter):
             meta["postprocess"] = self.postprocess_default
         if self.crop_default:
             meta["crop"] = self.crop_default
+        if self.zoom_outside_default:
+            meta["zoom_outside"] = self.zoom_outside_default
         if self.class_names is not None or self.mask_channels > 1:
             meta.update(class_metadata(self.classes, self.nested))
         return dict(self.model.state_dict()), meta
@@ -197,6 +207,17 @@ def crop_from(meta: dict, accepted: tuple[str, ...] = CROPS) -> str | None:
     if raw is not None and raw not in accepted:
         raise CheckpointError(f"the file's crop metadata {raw!r} is not a crop this model "
                               f"accepts ({', '.join(map(repr, accepted))})")
+    return raw
+
+
+def zoom_outside_from(meta: dict) -> str | None:
+    """A file's "zoom_outside" metadata (options.ZOOM_OUTSIDE: what crop="zoom" leaves
+    outside its finest box by default; "background" for a task of one object per image),
+    checked."""
+    raw = meta.get("zoom_outside")
+    if raw is not None and raw not in ZOOM_OUTSIDE:
+        raise CheckpointError(f"the file's zoom_outside metadata {raw!r} is not one of "
+                              f"{', '.join(map(repr, ZOOM_OUTSIDE))}")
     return raw
 
 

@@ -33,7 +33,7 @@ from .postprocess import postprocessed
 from .preprocess import content_key
 from .classes import default_classes
 from .results import SegmentationResult, samples_to_class_result, samples_to_result
-from .zoom import ZOOM_PASS1, Box, crop_limit, paste, refined_box, zoom_box
+from .zoom import ZOOM_PASS1, Box, clear_outside, crop_limit, paste, refined_box, zoom_box
 
 
 class SegmentNote(UserWarning):
@@ -235,7 +235,9 @@ class Segmenter:
         top of pass 1's maps of the chunk). Where pass 1 found nothing, pass 2 runs on the
         image's whole view with its own key: the result is crop="full"'s (the call's
         members, its CRF), with a note in `zoom`. Where pass 2 found nothing inside A, or B
-        is A, pass 2's result stands (a note says which)."""
+        is A, pass 2's result stands (a note says which). With opts.zoom_outside
+        "background", everything outside the finest box (B where pass 3 ran, else A) is
+        background (`clear_outside`); a whole-image pass is left as it is."""
         coarse_opts = self.zoom_pass1(opts)
         coarse = self._segmented(views, sizes, keys, coarse_opts, None)
         side = views[0].shape[-1]               # the model's input: no box smaller than it
@@ -270,6 +272,10 @@ class Segmenter:
         # pass 3: the crops of the boxes B, pasted over pass 2's results
         for i, res, seen in self._boxed_pass(finer, {}, side, sizes, keys, opts, images, 3):
             out[i] = None if res is None else paste(out[i], res, finer[i], seen)
+        if opts.zoom_outside == "background":
+            for i, res in enumerate(out):
+                if res is not None and boxes[i] is not None:
+                    clear_outside(res, finer[i] or boxes[i])
         return out
 
     def _boxed_pass(self, boxes: list, whole: dict, side: int, sizes: list, keys: list,

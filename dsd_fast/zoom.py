@@ -18,7 +18,8 @@ boundary. Zoom segments up to three times (segmenter.py runs the passes):
              found nothing inside A (its result stands) and where B is A (the same view
              again would only draw other noise at the cost of a whole pass)
     paste    pass 3's mask and maps inside B, pass 2's inside A outside B, pass 1's
-             outside both (`paste`, applied twice)
+             outside both (`paste`, applied twice); with zoom_outside="background",
+             background outside the finest box instead (`clear_outside`)
 
 Why a third pass: pass 1 sees the structure at ~10 px, so box A is often too large or off
 centre (on fundus photos it sometimes holds a bright artefact too); pass 2 sees it several
@@ -31,7 +32,11 @@ Pass 1's maps stand outside the boxes rather than zeros: they are a measurement 
 pixels (the coarse ensemble's), so a second lesion that pass 1 found is kept and the
 uncertainty there is what the coarse ensemble showed, not a certainty nobody measured. Each
 box holds its pass's largest component with a 30% margin, so the pass beneath is mostly
-background at its edge and the seam is rarely visible. The training side (`dsd-fast train
+background at its edge and the seam is rarely visible. A task with one object per image by
+anatomy (one optic disc per fundus photo) has nothing to keep there: zoom_outside=
+"background" (a model file's "zoom_outside" metadata) makes everything outside the finest
+box background, which drops pass 1's false regions away from the object (docs/usage.md
+gives what it changed on Drishti-GS val). The training side (`dsd-fast train
 --roi-crops P`, train/augment.py) draws boxes with the same `square_box` around the true
 mask.
 """
@@ -227,6 +232,26 @@ def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
         std=put(coarse.std, fine.std), entropy=put(coarse.entropy, fine.entropy),
         samples=samples, fusion=fine.fusion, classes=fine.classes, nested=fine.nested,
         zoom=record)
+
+
+def clear_outside(result: SegmentationResult, box: Box) -> SegmentationResult:
+    """zoom_outside="background": `result` (at the image's size, its finest pass pasted
+    into `box`) with background outside the box, in place: mask False (label 0 for
+    several classes), probability, std and entropy 0, every sample's mask (class regions)
+    False; its `zoom` record gains "outside": "background". Written as the four strips
+    around the box, so no image-sized index is made."""
+    top, left = box.top, box.left
+    bottom, right = top + box.height, left + box.width
+    arrays = [result.mask, result.probability, result.std, result.entropy]
+    if result.samples is not None:
+        arrays.append(result.samples)
+    for a in arrays:
+        a[..., :top, :] = 0
+        a[..., bottom:, :] = 0
+        a[..., top:bottom, :left] = 0
+        a[..., top:bottom, right:] = 0
+    result.zoom["outside"] = "background"
+    return result
 
 
 def zoom_record(zoom: dict, model_input: str) -> dict:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..diffusion import SAMPLERS, SPACINGS
-from ..options import CROPS, POSTPROCESS_CHOICES, REFINES
+from ..options import CROPS, POSTPROCESS_CHOICES, REFINES, ZOOM_OUTSIDE
 from ..precision import PRECISIONS
 from ..results import FUSIONS
 
@@ -25,7 +25,7 @@ def cmd_segment(args) -> int:
             max_pixels=args.max_pixels, quiet=args.quiet, clip_x0=not args.no_clip,
             precision=args.precision, spacing=args.spacing, tta=args.tta,
             postprocess=args.postprocess, sampler=args.sampler, fusion=args.fusion,
-            refine=args.refine, crop=args.crop,
+            refine=args.refine, crop=args.crop, zoom_outside=args.zoom_outside,
             model_settings=_parse_settings(args.model_setting),
             ray=args.ray, workers=args.workers, axis=args.axis)
     except UsageError as e:
@@ -35,8 +35,8 @@ def cmd_segment(args) -> int:
 
 
 def _family_options(parser) -> None:
-    """--sampler, --fusion, --refine, --crop: choices from options.py (what segment() takes),
-    and in the help what each registered family accepts (its Choices)."""
+    """--sampler, --fusion, --refine, --crop, --zoom-outside: choices from options.py (what
+    segment() takes), and in the help what each registered family accepts (its Choices)."""
     from ..families import FAMILIES
     accepts = {}
     for fam in FAMILIES.values():
@@ -69,6 +69,11 @@ def _family_options(parser) -> None:
                         "segments the box around it, a third the box around what the second "
                         "found); default: the model file's own. Per "
                         "family: " + per_family("crops"))
+    parser.add_argument("--zoom-outside", choices=ZOOM_OUTSIDE, default=None,
+                        help="with --crop zoom, what the mask and maps hold outside the finest "
+                        "pass's box: pass1 (the first pass's; a second object it found is "
+                        "kept) or background (for one object per image, e.g. an optic disc); "
+                        "default: the model file's own, else pass1")
 
 
 def _batch_size(text: str):

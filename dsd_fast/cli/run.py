@@ -347,6 +347,8 @@ def _settings(opts: BatchOptions, model) -> dict:
                           ("crop", None)):
         if getattr(opts, name) != default:
             out[name] = getattr(opts, name)
+    if opts.zoom_outside == "background":      # resolved by now; "pass1" is what ran before
+        out["zoom_outside"] = opts.zoom_outside
     return out
 
 

@@ -1,7 +1,8 @@
 """What a `dsd-fast segment` run resolves from its model before any worker loads it: the
 sampling defaults not given (steps, ensemble, spacing, the mask's clean-up, a file's
-crop="zoom"), capped at the model's T, and the class names of a model of several classes,
-so the run's settings and output names hold numbers and names, not "auto".
+crop="zoom" and what it leaves outside its box), capped at the model's T, and the class
+names of a model of several classes, so the run's settings and output names hold numbers
+and names, not "auto".
 
 It reads the model file's metadata (its header only) and loads the model here only for a
 file of the original code, which carries none.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..options import ZOOM_OUTSIDE
 from ..postprocess import resolve_postprocess
 from .errors import UsageError
 from .worker import BatchOptions, load_pipeline
@@ -65,6 +67,7 @@ def resolve_run_classes(opts: BatchOptions, model) -> None:
 def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
     if opts.crop is None:
         opts.crop = _file_zoom(model, opts)
+    _resolve_zoom_outside(opts, model)
     if None not in (opts.steps, opts.ensemble, opts.spacing) and opts.postprocess != "auto":
         opts.postprocess = resolve_postprocess(opts.postprocess, None)
         return
@@ -105,6 +108,41 @@ def _file_zoom(model, opts: BatchOptions) -> str | None:
         except (CheckpointError, OSError, ValueError):    # the model's load says what
             return None
         return "zoom" if meta.get("crop") == "zoom" else None
+    return None
+
+
+def _resolve_zoom_outside(opts: BatchOptions, model) -> None:
+    """opts.zoom_outside under --crop zoom: the flag's, else the model's own (its file's
+    "zoom_outside" metadata), else "pass1", so the run's settings record "background"
+    wherever it runs. Without zoom --zoom-outside background is a usage error (segment()'s
+    check, before the run starts) and the file's own does not apply."""
+    if opts.crop != "zoom":
+        if opts.zoom_outside == "background":
+            crop = opts.crop or "the model's own (not zoom)"
+            raise UsageError("--zoom-outside background applies to --crop zoom (outside its "
+                             f"finest box); this run's crop is {crop}")
+        return
+    if opts.zoom_outside is None:
+        opts.zoom_outside = _file_zoom_outside(model, opts) or ZOOM_OUTSIDE[0]
+
+
+def _file_zoom_outside(model, opts: BatchOptions) -> str | None:
+    """The model's own zoom_outside: the object's, else its file's metadata (checked;
+    None where the file has none or cannot be read: the model's load says what)."""
+    from ..api import Pipeline, model_path
+    from ..checkpoint import CheckpointError, read_metadata
+    from ..pipeline import zoom_outside_from
+    if isinstance(model, Pipeline):
+        return model.zoom_outside_default
+    if model is None or isinstance(model, (str, os.PathLike)):
+        try:
+            meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
+        except (CheckpointError, OSError, ValueError):
+            return None
+        try:
+            return zoom_outside_from(meta)
+        except CheckpointError as e:
+            raise UsageError(f"cannot load the model: {e}") from None
     return None
 
 

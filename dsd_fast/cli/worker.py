@@ -73,6 +73,9 @@ class BatchOptions:
     fusion: str = "mean"
     refine: str | None = None
     crop: str | None = None
+    # with crop "zoom": "pass1" | "background" outside the finest box (options.ZOOM_OUTSIDE);
+    # None: the model file's own, resolved before the run (resolve_run_sampling)
+    zoom_outside: str | None = None
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
@@ -125,7 +128,8 @@ class BatchOptions:
         return SegmentOptions(
             steps=self.steps, ensemble=self.ensemble, spacing=self.spacing, seed=self.seed,
             sampler=self.sampler, clip_x0=self.clip_x0, fusion=self.fusion,
-            refine=self.refine, crop=self.crop, precision=self.precision, tta=self.tta,
+            refine=self.refine, crop=self.crop, zoom_outside=self.zoom_outside,
+            precision=self.precision, tta=self.tta,
             postprocess=self.postprocess)
 
     def kinds(self) -> list[str]:
