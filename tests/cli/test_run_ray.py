@@ -27,15 +27,27 @@ from dsd_fast import save_model  # noqa: E402
 ARGS = ["--steps", "2", "--ensemble", "2", "--threads", "1", "-q"]
 
 
-@pytest.fixture
-def folder(tmp_path, tiny_model):
-    src = tmp_path / "in"
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """11 images (3 in sub/) and a broken one, and the tiny model's file: read, never
+    written, by every test here (their outputs go to their own tmp_path)."""
+    from conftest import make_model
+    root = tmp_path_factory.mktemp("ray_inputs")
+    src = root / "in"
     (src / "sub").mkdir(parents=True)
     for i in range(11):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (18, 26, 3), dtype=np.uint8)
                         ).save(src / ("sub" if i % 3 == 0 else "") / f"im{i}.png")
     (src / "broken.png").write_bytes(b"\x89PNG not really")
-    return src, str(save_model(tiny_model, tmp_path / "tiny.safetensors"))
+    return src, str(save_model(make_model("tiny"), root / "tiny.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def local_run(folder, tmp_path_factory):
+    """The local command's run of the folder (ARGS): what the Ray runs are compared with."""
+    src, ckpt = folder
+    out = tmp_path_factory.mktemp("ray_local") / "local"
+    return cli(str(src), "-r", "-o", str(out), "--checkpoint", ckpt, *ARGS), out
 
 
 def cli(*args, env=None, **kw):
@@ -55,16 +67,16 @@ def comparable(out: Path) -> dict:
     return doc
 
 
-def test_ray_outputs_equal_the_local_command(folder, tmp_path):
+def test_ray_outputs_equal_the_local_command(folder, local_run, tmp_path):
     src, ckpt = folder
-    local = cli(str(src), "-r", "-o", str(tmp_path / "local"), "--checkpoint", ckpt, *ARGS)
+    local, local_out = local_run
     ray = cli(str(src), "-r", "-o", str(tmp_path / "ray"), "--checkpoint", ckpt, *ARGS,
               "--ray", "--workers", "2")
     assert local.returncode == ray.returncode == 1, ray.stderr     # the broken image
     assert "broken.png" in ray.stderr and "segmented 11" in ray.stdout
-    assert outputs(tmp_path / "local") == outputs(tmp_path / "ray")
+    assert outputs(local_out) == outputs(tmp_path / "ray")
     assert len(outputs(tmp_path / "ray")) == 4 * 11
-    assert comparable(tmp_path / "local") == comparable(tmp_path / "ray")
+    assert comparable(local_out) == comparable(tmp_path / "ray")
 
 
 def test_an_interrupted_driver_resumes(folder, tmp_path):
@@ -93,16 +105,16 @@ def test_an_interrupted_driver_resumes(folder, tmp_path):
     assert len(list(out.rglob("*_mask.png"))) == 11
 
 
-def test_segment_files_runs_the_same_way_in_python(folder, tmp_path):
+def test_segment_files_runs_the_same_way_in_python(folder, local_run, tmp_path):
     import dsd_fast
     src, ckpt = folder
     summary = dsd_fast.segment_files([str(src)], tmp_path / "py", checkpoint=ckpt, steps=2,
                                      ensemble=2, threads=1, recursive=True, ray="local",
                                      workers=2)
     assert summary.segmented == 11 and len(summary.failures) == 1
-    local = cli(str(src), "-r", "-o", str(tmp_path / "local"), "--checkpoint", ckpt, *ARGS)
+    local, local_out = local_run
     assert local.returncode == 1
-    assert outputs(tmp_path / "py") == outputs(tmp_path / "local")
+    assert outputs(tmp_path / "py") == outputs(local_out)
 
 
 @pytest.fixture
