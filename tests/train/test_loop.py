@@ -97,11 +97,20 @@ def test_unmatched_pairs_are_errors(tmp_path):
         Trainer(options(root, tmp_path / "run", total_steps=1))
 
 
-def test_warm_start_takes_weights_and_step_and_refuses_another_config(tmp_path):
-    root = make_disc_dataset(tmp_path / "data")
-    first = Trainer(options(root, tmp_path / "a", total_steps=20), log=lambda *_: None)
-    first.run(progress=False)
-    best = tmp_path / "a" / "best.safetensors"
+@pytest.fixture(scope="module")
+def run_of_20_steps(tmp_path_factory):
+    """make_disc_dataset's data and the best.safetensors of a finished 20-step run of
+    options() on it (validated at step 20): the warm starts' source, read and never
+    written by the tests that share it."""
+    root = make_disc_dataset(tmp_path_factory.mktemp("run20") / "data")
+    Trainer(options(root, root.parent / "a", total_steps=20), log=lambda *_: None).run(
+        progress=False)
+    return root, root.parent / "a" / "best.safetensors"
+
+
+def test_warm_start_takes_weights_and_step_and_refuses_another_config(tmp_path,
+                                                                      run_of_20_steps):
+    root, best = run_of_20_steps
     source = load_model(best)
     warm = Trainer(options(root, tmp_path / "b", total_steps=30, init_from=str(best)),
                    log=lambda *_: None)
@@ -139,7 +148,7 @@ def test_warm_start_from_another_input_size_moves_the_ff_parser_gates(tmp_path):
     assert warm.step == 3
 
 
-def test_cosine_lr_anneals_over_the_runs_own_steps(tmp_path):
+def test_cosine_lr_anneals_over_the_runs_own_steps(tmp_path, run_of_20_steps):
     # formula: full lr at the run's first step, half at its middle, 0 at its end
     assert scheduled_lr(1e-3, "cosine", 100, 100, 200) == pytest.approx(1e-3)
     assert scheduled_lr(1e-3, "cosine", 150, 100, 200) == pytest.approx(5e-4)
@@ -149,10 +158,9 @@ def test_cosine_lr_anneals_over_the_runs_own_steps(tmp_path):
         options(tmp_path, tmp_path / "x", lr_schedule="linear")
     # a warm-started run counts from the file's step: at step 25 of 20..30 the optimizer's
     # last update used lr(24) = lr * (1 + cos(0.4 pi)) / 2
-    root = make_disc_dataset(tmp_path / "data")
-    Trainer(options(root, tmp_path / "a", total_steps=20), log=lambda *_: None).run(progress=False)
+    root, best = run_of_20_steps
     warm = Trainer(options(root, tmp_path / "b", total_steps=30, lr_schedule="cosine",
-                           init_from=str(tmp_path / "a" / "best.safetensors")),
+                           init_from=str(best)),
                    log=lambda *_: None)
     for _ in range(5):
         warm.train_step()
