@@ -115,8 +115,8 @@ def segment(images, model=None, options: SegmentOptions | None = None, *,
     images: a path, PIL image, numpy array (H x W, H x W x 3|4; uint8, uint16 or float in
         [0, 1]), tensor (3 x H x W or B x 3 x H x W), or a list of these.
     options / keyword changes: SegmentOptions fields (options.py): steps, ensemble,
-        spacing, seed, sampler, eta, clip_x0, batch_size, fusion, refine, crop, backend,
-        precision, tta, postprocess, return_samples. Not given: the model's own settings
+        spacing, seed, sampler, eta, clip_x0, batch_size, fusion, refine, crop,
+        zoom_outside, backend, precision, tta, postprocess, return_samples. Not given: the model's own settings
         (the bundled default: 25 members x 5 trailing DDIM steps, largest component).
     noise_keys: one int or string per image that, with `seed`, fixes its initial noise.
         Default: a digest of the image's pixels, so an image gets the same mask whatever
