@@ -29,6 +29,10 @@ CROPS = ("full", "center", "zoom")
 # coarse maps (a second object it found is kept), or "background" (a task with one object
 # per image by anatomy: one optic disc per fundus photo)
 ZOOM_OUTSIDE = ("pass1", "background")
+# How many passes crop="zoom" runs (zoom.py): 2 (pass 2 on the box around pass 1's object,
+# the default) or 3 (a third on the box around pass 2's result: better boxes on fundus
+# photos, worse Dice on BUSI; docs/usage.md)
+ZOOM_PASSES = (2, 3)
 POSTPROCESS_CHOICES = ("auto", "none", *POSTPROCESS_METHODS)
 # What a call runs where a model states no sampler setting of its own (and for the values a
 # call does not give when it gives some): the published DermoSegDiff evaluation's DDIM 25 x 5.
@@ -56,8 +60,10 @@ class SegmentOptions:
     refine: None, "crf" (DenseCRF, DiffSeg's protocol) or "crf-published" (DiffSeg only).
     crop: None (the model's own), "full", "center" (DiffSeg's published centre crop) or
         "zoom" (mask-diffusion models: a cheap pass on the whole image finds the object,
-        a second pass at this call's setting segments the box around it, a third the
-        box around what the second found; zoom.py).
+        a second pass at this call's setting segments the box around it; zoom.py).
+    zoom_passes: with crop="zoom", 2 or 3 (a third pass at this call's setting on the box
+        around what the second found); None: the model file's own ("zoom_passes"
+        metadata), else 2. 3 with another crop is an error.
     zoom_outside: with crop="zoom", what the result holds outside the finest pass's box:
         "pass1" (the first pass's maps) or "background" (mask background, probability,
         std and entropy 0); None: the model file's own ("zoom_outside" metadata), else
@@ -80,6 +86,7 @@ class SegmentOptions:
     refine: str | None = None
     crop: str | None = None
     zoom_outside: str | None = None
+    zoom_passes: int | None = None
     backend: str = "auto"
     precision: str = "fp32"
     tta: bool = False
@@ -104,6 +111,10 @@ class SegmentOptions:
             v = getattr(self, name)
             if v is not None and v not in allowed:
                 raise ValueError(f"{name} must be None or one of {allowed}, got {v!r}")
+        if self.zoom_passes is not None and (not is_int(self.zoom_passes)
+                                             or self.zoom_passes not in ZOOM_PASSES):
+            raise ValueError(f"zoom_passes must be None or one of {ZOOM_PASSES}, "
+                             f"got {self.zoom_passes!r}")
         for name, allowed in (("fusion", FUSIONS), ("backend", BACKENDS),
                               ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
@@ -114,7 +125,7 @@ class SegmentOptions:
         for name in ("clip_x0", "tta", "return_samples"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("steps", "ensemble", "batch_size", "seed"):   # numpy integers -> int
+        for name in ("steps", "ensemble", "batch_size", "seed", "zoom_passes"):   # numpy ints
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, int(v))
@@ -162,6 +173,7 @@ class Choices:
     sampler_defaults: dict | None = None
     postprocess: str | None = None
     zoom_outside: str | None = None            # the file's own (ZOOM_OUTSIDE); None: "pass1"
+    zoom_passes: int | None = None             # the file's own (ZOOM_PASSES); None: 2
     default_ensemble: int | None = None        # None: CLASSIC_SAMPLING's
 
 
@@ -189,7 +201,7 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
         if v not in allowed:
             raise ValueError(f"{name}={v!r} is not available for this model; it accepts "
                              f"{', '.join(repr(a) for a in allowed)}")
-    zoom_outside = _zoom_outside(o.zoom_outside, crop, choices)
+    zoom_outside, zoom_passes = _zoom_settings(o, crop, choices)
     if not choices.samplers:                 # no sampling loop (DiffSeg: once at t = 0)
         for name in ("sampler", "steps", "spacing"):
             if getattr(o, name) is not None:
@@ -197,6 +209,7 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
                                  f"loop (its networks run once at t = 0)")
         ensemble = o.ensemble or choices.default_ensemble or CLASSIC_SAMPLING["ensemble"]
         return dataclasses.replace(o, ensemble=ensemble, crop=crop, zoom_outside=zoom_outside,
+                                   zoom_passes=zoom_passes,
                                    postprocess=_postprocess(o.postprocess, choices))
     sampler = o.sampler or choices.samplers[0]
     if sampler not in choices.samplers:
@@ -228,20 +241,40 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
         raise ValueError(f"spacing applies to the DDIM sampler, not {sampler!r}")
     return dataclasses.replace(o, steps=steps, ensemble=ensemble, spacing=spacing,
                                sampler=sampler, crop=crop, zoom_outside=zoom_outside,
+                               zoom_passes=zoom_passes,
                                postprocess=_postprocess(o.postprocess, choices))
 
 
-def _zoom_outside(value: str | None, crop: str, choices: Choices) -> str:
-    """zoom_outside resolved for the call's `crop`: the call's, else the model file's own,
-    else "pass1". Only crop="zoom" has a box to be outside of: there the file's own applies;
-    with another crop it is "pass1" (nothing changes), and "background" asked for by the
-    call is an error, as refine with a fusion other than "mean" is (it would do nothing)."""
+def _zoom_settings(o: SegmentOptions, crop: str, choices: Choices) -> tuple[str, int]:
+    """(zoom_outside, zoom_passes) resolved for the call's `crop`: each the call's, else
+    the model file's own, else the default ("pass1", 2). Only crop="zoom" has passes and a
+    box to be outside of: there the file's own apply; with another crop they are the
+    defaults (nothing changes), and a non-default value asked for by the call is an error,
+    as refine with a fusion other than "mean" is (it would do nothing)."""
+    check_zoom_settings(crop, o.zoom_outside, o.zoom_passes)
     if crop != "zoom":
-        if value == "background":
-            raise ValueError(f"zoom_outside='background' applies to crop='zoom' (outside "
-                             f"its finest box); this call's crop is {crop!r}")
-        return "pass1"
-    return value or choices.zoom_outside or ZOOM_OUTSIDE[0]
+        return ZOOM_OUTSIDE[0], ZOOM_PASSES[0]
+    return (o.zoom_outside or choices.zoom_outside or ZOOM_OUTSIDE[0],
+            o.zoom_passes or choices.zoom_passes or ZOOM_PASSES[0])
+
+
+def check_zoom_settings(crop: str | None, zoom_outside: str | None,
+                        zoom_passes: int | None, flags: bool = False) -> None:
+    """The one check that zoom_outside / zoom_passes other than their defaults come with
+    crop="zoom" (`crop`: the resolved crop, or words saying what it is); a ValueError
+    naming them as segment()'s arguments, or with `flags` as the command line's
+    --zoom-outside / --zoom-passes / --crop."""
+    if crop == "zoom":
+        return
+    for name, value, default in (("zoom_outside", zoom_outside, ZOOM_OUTSIDE[0]),
+                                 ("zoom_passes", zoom_passes, ZOOM_PASSES[0])):
+        if value is None or value == default:
+            continue
+        if flags:
+            raise ValueError(f"--{name.replace('_', '-')} {value} applies to --crop zoom "
+                             f"(its passes and finest box); this run's crop is {crop}")
+        raise ValueError(f"{name}={value!r} applies to crop='zoom' (its passes and finest "
+                         f"box); this call's crop is {crop!r}")
 
 
 def _postprocess(value: str | None, choices: Choices) -> str:

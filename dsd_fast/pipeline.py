@@ -24,7 +24,7 @@ from torch import nn
 from .allocator import tune_malloc
 from .diffusion import SPACINGS, Schedule, as_eps_model, sample_ensemble
 from .errors import CheckpointError
-from .options import BACKENDS, CROPS, ZOOM_OUTSIDE, Choices, SegmentOptions
+from .options import BACKENDS, CROPS, ZOOM_OUTSIDE, ZOOM_PASSES, Choices, SegmentOptions
 from .postprocess import METHODS as POSTPROCESS_METHODS
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, to_model_input
@@ -56,6 +56,9 @@ class Pipeline(Segmenter):
     # ZOOM_OUTSIDE; "background": a task of one object per image), from the file's
     # metadata ("zoom_outside"); None: "pass1", the first pass's maps.
     zoom_outside_default: str | None = None
+    # How many passes crop="zoom" runs without zoom_passes= (options.ZOOM_PASSES), from the
+    # file's metadata ("zoom_passes"); None: 2.
+    zoom_passes_default: int | None = None
 
     def __post_init__(self):
         if self.class_names is not None:
@@ -67,6 +70,9 @@ class Pipeline(Segmenter):
         if self.zoom_outside_default not in (None, *ZOOM_OUTSIDE):
             raise ValueError(f"zoom_outside_default must be None or one of {ZOOM_OUTSIDE}, "
                              f"got {self.zoom_outside_default!r}")
+        if self.zoom_passes_default not in (None, *ZOOM_PASSES):
+            raise ValueError(f"zoom_passes_default must be None or one of {ZOOM_PASSES}, "
+                             f"got {self.zoom_passes_default!r}")
 
     @property
     def config(self):
@@ -133,7 +139,7 @@ class Pipeline(Segmenter):
         return dataclasses.replace(
             base, T=self.schedule.T, crops=(first, *(c for c in base.crops if c != first)),
             sampler_defaults=self.sampler_defaults, postprocess=self.postprocess_default,
-            zoom_outside=self.zoom_outside_default,
+            zoom_outside=self.zoom_outside_default, zoom_passes=self.zoom_passes_default,
             # a family whose DDIM walks its original code's own grid has only that one
             spacings=("leading",) if own_grid is not None else SPACINGS)
 
@@ -165,6 +171,8 @@ class Pipeline(Segmenter):
             meta["crop"] = self.crop_default
         if self.zoom_outside_default:
             meta["zoom_outside"] = self.zoom_outside_default
+        if self.zoom_passes_default:
+            meta["zoom_passes"] = str(self.zoom_passes_default)
         if self.class_names is not None or self.mask_channels > 1:
             meta.update(class_metadata(self.classes, self.nested))
         return dict(self.model.state_dict()), meta
@@ -219,6 +227,26 @@ def zoom_outside_from(meta: dict) -> str | None:
         raise CheckpointError(f"the file's zoom_outside metadata {raw!r} is not one of "
                               f"{', '.join(map(repr, ZOOM_OUTSIDE))}")
     return raw
+
+
+def zoom_passes_from(meta: dict) -> int | None:
+    """A file's "zoom_passes" metadata (options.ZOOM_PASSES, as text: how many passes
+    crop="zoom" runs by default), checked."""
+    raw = meta.get("zoom_passes")
+    if raw is None:
+        return None
+    if str(raw).strip() not in tuple(map(str, ZOOM_PASSES)):
+        raise CheckpointError(f"the file's zoom_passes metadata {raw!r} is not one of "
+                              f"{', '.join(map(str, ZOOM_PASSES))}")
+    return int(raw)
+
+
+def zoom_defaults_from(meta: dict, accepted: tuple[str, ...] = CROPS) -> dict:
+    """A file's crop="zoom" defaults, checked: {"crop": crop_from, "zoom_outside":
+    zoom_outside_from, "zoom_passes": zoom_passes_from} (each None where the file has
+    none)."""
+    return {"crop": crop_from(meta, accepted), "zoom_outside": zoom_outside_from(meta),
+            "zoom_passes": zoom_passes_from(meta)}
 
 
 def classes_from(meta: dict, mask_channels: int) -> tuple[tuple[str, ...] | None, bool | None]:

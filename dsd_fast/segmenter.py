@@ -226,18 +226,20 @@ class Segmenter:
                 opts: SegmentOptions, images: list) -> list[SegmentationResult | None]:
         """crop="zoom" on one chunk (zoom.py): pass 1 on the whole views at `zoom_pass1`'s
         setting; each image's box A around pass 1's foreground; pass 2 at `opts` on the
-        crops of A, pasted into pass 1; box B around pass 2's foreground inside A
-        (`refined_box`); pass 3 at `opts` on the crops of B, pasted over that. Each finer
-        pass runs all its crops in one batch, its noise keyed by `zoom_key` of the image's
-        key (an image's result does not depend on the others); crops are cut from `images`
-        one image at a time (a source decodes only then), reduced to `crop_limit` pixels,
-        and each result is pasted as it is made (one image's crop-sized maps at a time on
-        top of pass 1's maps of the chunk). Where pass 1 found nothing, pass 2 runs on the
-        image's whole view with its own key: the result is crop="full"'s (the call's
-        members, its CRF), with a note in `zoom`. Where pass 2 found nothing inside A, or B
-        is A, pass 2's result stands (a note says which). With opts.zoom_outside
-        "background", everything outside the finest box (B where pass 3 ran, else A) is
-        background (`clear_outside`); a whole-image pass is left as it is."""
+        crops of A, pasted into pass 1. With opts.zoom_passes 3: box B around pass 2's
+        foreground inside A (`refined_box`); pass 3 at `opts` on the crops of B, pasted over
+        that; where pass 2 found nothing inside A, or B is A, pass 2's result stands (a
+        note says which). Each finer pass runs all its crops in one batch, its noise keyed
+        by `zoom_key` of the image's key (an image's result does not depend on the others);
+        crops are cut from `images` one image at a time (a source decodes only then),
+        reduced to `crop_limit` pixels, and each result is pasted as it is made (one
+        image's crop-sized maps at a time on top of pass 1's maps of the chunk). Where pass
+        1 found nothing, pass 2 runs on the image's whole view with its own key: the result
+        is crop="full"'s (the call's members, its CRF), with a note in `zoom`. With
+        opts.zoom_outside "background", everything outside the finest box (B where pass 3
+        ran, else A) is background (`clear_outside`); a whole-image pass is left as it is.
+        The `zoom` record of 2 passes is paste's {"box", "input"}; of 3 it adds pass 2's
+        box as "pass2_box" / "pass2_input" (the finest box's where no third pass ran)."""
         coarse_opts = self.zoom_pass1(opts)
         coarse = self._segmented(views, sizes, keys, coarse_opts, None)
         side = views[0].shape[-1]               # the model's input: no box smaller than it
@@ -259,16 +261,10 @@ class Segmenter:
                     "at the call's setting (as crop='full')")}
                 out[i] = res
                 continue
-            # pass 2's result is at A's size: its regions are what it found inside A
-            box = refined_box(res.class_regions(), boxes[i], sizes[i], min_side=side)
             out[i] = paste(coarse[i], res, boxes[i], seen)
             coarse[i] = None                    # given up to the pasted result
-            if box is None or box == boxes[i]:
-                why = ("pass 2 found no foreground inside its box" if box is None
-                       else "the box around pass 2's result is its own box")
-                out[i].zoom["note"] = why + ": pass 2's result stands (no third pass)"
-            else:
-                finer[i] = box
+            if opts.zoom_passes == 3:
+                finer[i] = _third_box(out[i], res, boxes[i], sizes[i], side)
         # pass 3: the crops of the boxes B, pasted over pass 2's results
         for i, res, seen in self._boxed_pass(finer, {}, side, sizes, keys, opts, images, 3):
             out[i] = None if res is None else paste(out[i], res, finer[i], seen)
@@ -312,6 +308,23 @@ class Segmenter:
                                      [images[i] for i in todo], pass_boxes)
             for i, res in zip(todo, made):
                 yield i, res, seen.get(i)
+
+
+def _third_box(pasted: SegmentationResult, res: SegmentationResult, box: Box,
+               size: tuple[int, int], side: int) -> Box | None:
+    """Pass 3's box B for one image (zoom_passes=3), or None where pass 2's result stands:
+    `res` is pass 2's result at box A's size (`box`), so its regions are what it found
+    inside A. Records A in `pasted`'s zoom as "pass2_box" / "pass2_input", and a note
+    where no third pass runs (pass 2 found nothing inside A, or B is A)."""
+    record = pasted.zoom
+    record.update(pass2_box=list(record["box"]), pass2_input=list(record["input"]))
+    finer = refined_box(res.class_regions(), box, size, min_side=side)
+    if finer is None or finer == box:
+        why = ("pass 2 found no foreground inside its box" if finer is None
+               else "the box around pass 2's result is its own box")
+        record["note"] = why + ": pass 2's result stands (no third pass)"
+        return None
+    return finer
 
 
 def zoom_key(key, number: int = 2) -> str:

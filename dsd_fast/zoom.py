@@ -205,8 +205,8 @@ def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
     classes; pass 1 keeps no samples).
     The result's `zoom`: {"box": [top, left, height, width], "input": [h, w]} of this box,
     input the size of the crop the pass's view was made from (`seen_hw`; the box's unless
-    reduced), and "pass2_box" / "pass2_input" of pass 2's box (this box itself when
-    `coarse` is pass 1's).
+    reduced), and `coarse`'s "pass2_box" / "pass2_input" where it has them (pass 3
+    pasted into pass 2's result: the segmenter records pass 2's box there).
     `coarse`'s maps (and samples) are written in place and become the result's: the
     segmenter gives the coarser result up here, and a large image's maps are not held
     twice."""
@@ -225,8 +225,9 @@ def paste(coarse: SegmentationResult, fine: SegmentationResult, box: Box,
             samples = np.broadcast_to(outside, (fine.samples.shape[0], *outside.shape)).copy()
         samples[..., rows, cols] = fine.samples
     record = {"box": box.as_list(), "input": list(seen_hw or (box.height, box.width))}
-    earlier = coarse.zoom if coarse.zoom and coarse.zoom.get("box") is not None else record
-    record.update(pass2_box=list(earlier["box"]), pass2_input=list(earlier["input"]))
+    for name in ("pass2_box", "pass2_input"):
+        if coarse.zoom and name in coarse.zoom:
+            record[name] = list(coarse.zoom[name])
     return SegmentationResult(
         mask=put(coarse.mask, fine.mask), probability=put(coarse.probability, fine.probability),
         std=put(coarse.std, fine.std), entropy=put(coarse.entropy, fine.entropy),

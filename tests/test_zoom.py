@@ -116,11 +116,8 @@ def test_pass_2_lands_in_the_box_and_pass_1_stays_outside(monkeypatch):
     coarse[:, 4:8, 10:14] = 1.0
     want1 = samples_to_result(coarse, (64, 96))
     box = zoom_box(want1.mask, min_side=16)
-    # pass 2's members average 0.35: it finds nothing inside the box, no third pass
-    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width],
-                        "pass2_box": box.as_list(), "pass2_input": [box.height, box.width],
-                        "note": "pass 2 found no foreground inside its box: pass 2's "
-                                "result stands (no third pass)"}
+    # two passes (the default): the record of the box pass 2 ran on
+    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width]}
     # view rows 4..7 of 16 -> image rows 16..31; columns 10..13 -> 60..83 (about)
     assert box.contains((16, 60, 32, 84)) and box.height == box.width
     # pass 2 saw the crop of the image under the box, as any image's view
@@ -146,8 +143,8 @@ def test_samples_are_the_finer_passes_inside_and_pass_1_s_mask_outside(monkeypat
     pipe = _pipe()
     calls = _patched(pipe, monkeypatch)
     img = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0))
-    res = pipe.segment(img, crop="zoom", steps=10, ensemble=7, noise_keys=["im"],
-                       return_samples=True)[0]
+    res = pipe.segment(img, crop="zoom", zoom_passes=3, steps=10, ensemble=7,
+                       noise_keys=["im"], return_samples=True)[0]
     box = Box(*res.zoom["box"])
     assert [c["keys"] for c in calls][-1] == ["im#zoom2"]
     a = Box(*res.zoom["pass2_box"])
@@ -173,8 +170,7 @@ def test_several_classes_are_pasted_class_by_class(monkeypatch):
     coarse[:, 0, 4:8, 10:14] = 1.0
     want1 = samples_to_class_result(coarse, (64, 96), pipe.classes)
     box = zoom_box(want1.class_regions(), min_side=16)
-    assert res.zoom["box"] == res.zoom["pass2_box"] == box.as_list()     # no third pass
-    assert res.zoom["input"] == [box.height, box.width] and "note" in res.zoom
+    assert res.zoom == {"box": box.as_list(), "input": [box.height, box.width]}
     assert len(calls) == 2
     assert res.probability.shape == res.std.shape == (2, 64, 96)
     inside = np.zeros((64, 96), bool)

@@ -184,7 +184,7 @@ def test_a_file_s_zoom_outside_is_the_default_and_a_call_overrides_it(tmp_path,
     plain = dsd_fast.load(_file(tmp_path, "plain", crop="zoom"))
     own = dsd_fast.load(_file(tmp_path, "own", crop="zoom", zoom_outside="background"))
     assert own.zoom_outside_default == "background" and plain.zoom_outside_default is None
-    kw = dict(steps=2, ensemble=3, noise_keys=["case"], postprocess="none")
+    kw = dict(steps=2, ensemble=3, noise_keys=["case"], postprocess="none", zoom_passes=3)
     cleared, kept = own.segment(image, **kw)[0], plain.segment(image, **kw)[0]
     asked = plain.segment(image, zoom_outside="background", **kw)[0]
     assert cleared.zoom == asked.zoom == {**kept.zoom, "outside": "background"}
@@ -194,6 +194,7 @@ def test_a_file_s_zoom_outside_is_the_default_and_a_call_overrides_it(tmp_path,
     back = own.segment(image, zoom_outside="pass1", **kw)[0]
     assert back.zoom == kept.zoom
     np.testing.assert_array_equal(back.probability, kept.probability)
+    kw.pop("zoom_passes")                     # (3 with another crop is an error)
     full = own.segment(image, crop="full", **kw)[0]
     base = plain.segment(image, crop="full", **kw)[0]
     assert full.zoom is None
@@ -220,9 +221,11 @@ def test_the_command_line_clears_outside_as_the_api_and_records_it(tmp_path, mon
     monkeypatch.setattr(segmenter, "zoom_box", lambda mask, **kw: Box(0, 0, 24, 30))
     monkeypatch.setattr(segmenter, "refined_box", lambda *a, **kw: Box(0, 0, 20, 20))
     image, model = _image(tmp_path), _file(tmp_path, crop="zoom")
-    assert _cli(tmp_path, image, model, "--zoom-outside", "background") == 0
+    assert _cli(tmp_path, image, model, "--zoom-outside", "background",
+                "--zoom-passes", "3") == 0
     res = dsd_fast.load(model).segment(image, steps=2, ensemble=3, noise_keys=["case"],
-                                       batch_size=1, zoom_outside="background")[0]
+                                       batch_size=1, zoom_outside="background",
+                                       zoom_passes=3)[0]
     cli = np.array(Image.open(tmp_path / "out" / "case_mask.png")) > 0
     np.testing.assert_array_equal(cli, res.mask)
     prob = np.array(Image.open(tmp_path / "out" / "case_prob.png")) / 65535

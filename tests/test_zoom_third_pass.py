@@ -1,7 +1,7 @@
-"""crop="zoom"'s third pass (zoom.py, segmenter.py `_zoomed`): box B around pass 2's
-foreground inside box A, pass 3 on B, pasted B over A over pass 1; the cases where no third
-pass runs; samples, several classes and the CRF's picture of each box; a batch's images
-independent of each other.
+"""crop="zoom"'s third pass (zoom_passes=3; zoom.py, segmenter.py `_zoomed`): box B around
+pass 2's foreground inside box A, pass 3 on B, pasted B over A over pass 1; the cases where
+no third pass runs; samples, several classes and the CRF's picture of each box; a batch's
+images independent of each other; with the default 2 passes, none of it.
 
 The stand-in segmenter's view is the picture itself (at its own size, so nothing is
 resized and every mask is exact) and each pass answers from its own channel: pass 1 (the
@@ -75,7 +75,8 @@ def _picture(pass1=(), pass2=(), pass3=()) -> torch.Tensor:
 
 
 def _zoom(seg, img, **kw):
-    kw = dict(steps=2, ensemble=3, noise_keys=["im"], postprocess="none", batch_size=1) | kw
+    kw = dict(steps=2, ensemble=3, noise_keys=["im"], postprocess="none", batch_size=1,
+              zoom_passes=3) | kw
     return seg.segment(img, crop="zoom", **kw)[0]
 
 
@@ -111,6 +112,29 @@ def test_pass_3_runs_on_the_box_around_pass_2_s_foreground_inside_box_a():
     pasted = (img[0] > 0.5).numpy()
     pasted[A.slices] = (img[1] > 0.5).numpy()[A.slices]
     assert foreground_bbox(pasted) == (10, 0, 25, 40)
+
+
+def test_two_passes_by_default_pass_2_s_result_and_the_old_record():
+    """Without zoom_passes (and with zoom_passes=2): no third pass on the same picture as
+    the test above, pass 2 pasted into pass 1 and the record {"box", "input"} of box A,
+    as before the third pass existed; zoom_passes=3 asked of a call with another crop is
+    an error, and a value outside (2, 3) too."""
+    img = _picture(PASS1, [(108, 112, 10, 20), (10, 30, 0, 40)], [(95, 125, 5, 35)])
+    for kw in ({}, {"zoom_passes": 2}):
+        seg = _stand_in()
+        res = seg.segment(img, crop="zoom", steps=2, ensemble=3, noise_keys=["im"],
+                          postprocess="none", **kw)[0]
+        assert seg.calls == [(["im"], (H, W)), (["im#zoom"], (64, 40))]
+        assert res.zoom == {"box": A.as_list(), "input": [64, 40]}
+        want = (img[0] > 0.5).numpy()
+        want[A.slices] = (img[1] > 0.5).numpy()[A.slices]
+        np.testing.assert_array_equal(res.mask, want)
+    with pytest.raises(ValueError, match=r"zoom_passes=3 applies to crop='zoom' .*"
+                                         r"this call's crop is 'full'"):
+        _stand_in().segment(img, crop="full", zoom_passes=3, steps=2)
+    for bad in (1, 4, "3", 3.0, True):
+        with pytest.raises(ValueError, match=r"zoom_passes must be None or one of \(2, 3\)"):
+            _stand_in().segment(img, crop="zoom", zoom_passes=bad, steps=2)
 
 
 def test_box_b_may_reach_beyond_box_a_and_pass_3_fills_all_of_it():
@@ -261,19 +285,19 @@ def test_a_batch_s_images_do_not_depend_on_each_other(monkeypatch):
     no_pass1[0] = 0.0                              # pass 1: nothing
     batch = [imgs[0], empty_a, no_pass1, imgs[1]]
     keys = ["a", "b", "c", "d"]
-    together = pipe.segment(batch, crop="zoom", steps=2, ensemble=2, noise_keys=keys,
-                            batch_size=4, postprocess="none")
+    together = pipe.segment(batch, crop="zoom", zoom_passes=3, steps=2, ensemble=2,
+                            noise_keys=keys, batch_size=4, postprocess="none")
     assert calls == [keys, ["a#zoom", "b#zoom", "c", "d#zoom"], ["a#zoom2", "d#zoom2"]]
     assert [r.zoom["box"] is None for r in together] == [False, False, True, False]
     assert "note" in together[1].zoom and "note" not in together[0].zoom
     for img, key, res in zip(batch, keys, together):
-        alone = pipe.segment(img, crop="zoom", steps=2, ensemble=2, noise_keys=[key],
-                             postprocess="none")[0]
+        alone = pipe.segment(img, crop="zoom", zoom_passes=3, steps=2, ensemble=2,
+                             noise_keys=[key], postprocess="none")[0]
         assert res.zoom == alone.zoom
         for name in ("mask", "probability", "std", "entropy"):
             np.testing.assert_array_equal(getattr(res, name), getattr(alone, name))
     # the batch in another order: the same results
-    again = pipe.segment(batch[::-1], crop="zoom", steps=2, ensemble=2,
+    again = pipe.segment(batch[::-1], crop="zoom", zoom_passes=3, steps=2, ensemble=2,
                          noise_keys=keys[::-1], batch_size=4, postprocess="none")[::-1]
     for res, other in zip(together, again):
         assert res.zoom == other.zoom
@@ -326,7 +350,8 @@ def test_a_file_gone_before_pass_3_is_a_failed_image(tmp_path, monkeypatch):
         return Box(0, 0, 20, 20)
     monkeypatch.setattr(segmenter, "refined_box", finer)
     summary = segment_files([str(folder / "a.png"), str(folder / "b.png")], tmp_path / "out",
-                            checkpoint=model, steps=2, ensemble=2, crop="zoom", batch_size=2,
+                            checkpoint=model, steps=2, ensemble=2, crop="zoom", zoom_passes=3,
+                            batch_size=2,
                             overlay=False, report=False)
     assert summary.segmented == 1 and [p for p, _ in summary.failures] == [str(folder / "b.png")]
     rec = json.loads((tmp_path / "out" / "results.json").read_text())["images"]

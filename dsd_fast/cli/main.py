@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..diffusion import SAMPLERS, SPACINGS
-from ..options import CROPS, POSTPROCESS_CHOICES, REFINES, ZOOM_OUTSIDE
+from ..options import CROPS, POSTPROCESS_CHOICES, REFINES, ZOOM_OUTSIDE, ZOOM_PASSES
 from ..precision import PRECISIONS
 from ..results import FUSIONS
 
@@ -26,6 +26,7 @@ def cmd_segment(args) -> int:
             precision=args.precision, spacing=args.spacing, tta=args.tta,
             postprocess=args.postprocess, sampler=args.sampler, fusion=args.fusion,
             refine=args.refine, crop=args.crop, zoom_outside=args.zoom_outside,
+            zoom_passes=args.zoom_passes,
             model_settings=_parse_settings(args.model_setting),
             ray=args.ray, workers=args.workers, axis=args.axis)
     except UsageError as e:
@@ -35,7 +36,7 @@ def cmd_segment(args) -> int:
 
 
 def _family_options(parser) -> None:
-    """--sampler, --fusion, --refine, --crop, --zoom-outside: choices from options.py (what
+    """--sampler, --fusion, --refine, --crop, --zoom-outside, --zoom-passes: choices from options.py (what
     segment() takes), and in the help what each registered family accepts (its Choices)."""
     from ..families import FAMILIES
     accepts = {}
@@ -66,14 +67,18 @@ def _family_options(parser) -> None:
                         help="where the mask covers the image: full (resized whole image), "
                         "center (DiffSeg's published centre crop; background outside) or zoom "
                         "(a cheap pass finds the object, a second at the run's setting "
-                        "segments the box around it, a third the box around what the second "
-                        "found); default: the model file's own. Per "
+                        "segments the box around it); default: the model file's own. Per "
                         "family: " + per_family("crops"))
     parser.add_argument("--zoom-outside", choices=ZOOM_OUTSIDE, default=None,
                         help="with --crop zoom, what the mask and maps hold outside the finest "
                         "pass's box: pass1 (the first pass's; a second object it found is "
                         "kept) or background (for one object per image, e.g. an optic disc); "
                         "default: the model file's own, else pass1")
+    parser.add_argument("--zoom-passes", type=int, choices=ZOOM_PASSES, default=None,
+                        help="with --crop zoom, 2 (default) or 3: a third pass at the run's "
+                        "setting on the box around what the second found (better on fundus "
+                        "discs, worse on BUSI lesions; docs/usage.md); default: the model "
+                        "file's own, else 2")
 
 
 def _batch_size(text: str):

@@ -210,12 +210,23 @@ def _plan(state: RunState, images: list[InputImage]) -> list[InputImage]:
         rec["status"] = "skipped"
         state.done[im.key] = rec
     if mismatched:
-        diff = ", ".join(f"{k} {example.get(k)} instead of {v}"
-                         for k, v in state.settings.items() if example.get(k) != v)
+        diff = settings_difference(example, state.settings)
         print(f"note: {mismatched} finished image(s) were made with other settings "
               f"({diff}); they are kept, pass --overwrite to redo them", file=state.err_s)
     state.skipped = len(state.done)
     return todo
+
+
+def settings_difference(earlier: dict, now: dict) -> str:
+    """What the resume note says differs between a finished image's settings (`earlier`)
+    and this run's (`now`), over the keys of both: an option is recorded only when not its
+    default, so a key only one side has is "the default" on the other."""
+    def shown(settings: dict, k: str) -> str:
+        return str(settings[k]) if k in settings else "the default"
+
+    keys = [*now, *(k for k in earlier if k not in now)]
+    return ", ".join(f"{k} {shown(earlier, k)} instead of {shown(now, k)}"
+                     for k in keys if (k in earlier, earlier.get(k)) != (k in now, now.get(k)))
 
 
 def _segment_all(state: RunState, todo: list[InputImage], model) -> None:
@@ -349,6 +360,8 @@ def _settings(opts: BatchOptions, model) -> dict:
             out[name] = getattr(opts, name)
     if opts.zoom_outside == "background":      # resolved by now; "pass1" is what ran before
         out["zoom_outside"] = opts.zoom_outside
+    if opts.zoom_passes == 3:                  # resolved by now; 2 is what ran before
+        out["zoom_passes"] = opts.zoom_passes
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..options import ZOOM_OUTSIDE
+from ..options import ZOOM_OUTSIDE, ZOOM_PASSES, check_zoom_settings
 from ..postprocess import resolve_postprocess
 from .errors import UsageError
 from .worker import BatchOptions, load_pipeline
@@ -65,85 +65,79 @@ def resolve_run_classes(opts: BatchOptions, model) -> None:
 
 
 def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
-    if opts.crop is None:
-        opts.crop = _file_zoom(model, opts)
-    _resolve_zoom_outside(opts, model)
+    own = _model_defaults(model, opts)
+    if opts.crop is None and own["crop"] == "zoom":
+        # recorded in the run's settings: it changes every mask. Other crops of the model's
+        # own stay unrecorded as before (a DiffSeg pair's), so earlier runs still match.
+        opts.crop = "zoom"
+    _resolve_zoom_settings(opts, own)
     if None not in (opts.steps, opts.ensemble, opts.spacing) and opts.postprocess != "auto":
         opts.postprocess = resolve_postprocess(opts.postprocess, None)
         return
-    from ..api import Pipeline, model_path
-    from ..checkpoint import CheckpointError, read_metadata
     from ..options import Choices, SegmentOptions, resolve
-    from ..pipeline import postprocess_from, sampler_defaults_from
-    defaults = clean_up = None
-    if isinstance(model, Pipeline):
-        defaults, clean_up = model.sampler_defaults, model.postprocess_default
-    elif model is None or isinstance(model, (str, os.PathLike)):
-        try:
-            meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
-            defaults, clean_up = sampler_defaults_from(meta), postprocess_from(meta)
-        except CheckpointError as e:
-            raise UsageError(f"cannot load the model: {e}") from None
-        except (OSError, ValueError):          # a missing file: the model's load says so
-            pass
+    if own["error"] is not None:
+        raise UsageError(f"cannot load the model: {own['error']}")
     # options.resolve's rule for what was not given (T is checked when the model loads)
     run = resolve(SegmentOptions(steps=opts.steps, ensemble=opts.ensemble,
                                  spacing=opts.spacing),
-                  Choices(T=2 ** 31, sampler_defaults=defaults))
+                  Choices(T=2 ** 31, sampler_defaults=own["sampler_defaults"]))
     opts.steps, opts.ensemble, opts.spacing = run.steps, run.ensemble, run.spacing
-    opts.postprocess = resolve_postprocess(opts.postprocess, clean_up)
+    opts.postprocess = resolve_postprocess(opts.postprocess, own["postprocess"])
 
 
-def _file_zoom(model, opts: BatchOptions) -> str | None:
-    """"zoom" where the model's own crop is (its file's "crop" metadata; segment() runs it
-    without --crop), so the run's settings record it: it changes every mask. Other crops
-    stay unrecorded as before (a DiffSeg pair's own), so earlier runs still match."""
+def _model_defaults(model, opts: BatchOptions) -> dict:
+    """The model's own settings, its file's header read once: {"sampler_defaults",
+    "postprocess", "crop", "zoom_outside", "zoom_passes"} (None where it has none) from the
+    object, else its file's metadata; "error": a CheckpointError of metadata that is not
+    valid (None otherwise). A file that cannot be read gives no defaults: the model's load
+    says what is wrong."""
     from ..api import Pipeline, model_path
     from ..checkpoint import CheckpointError, read_metadata
+    from ..pipeline import postprocess_from, sampler_defaults_from, zoom_defaults_from
+    own = dict.fromkeys(("sampler_defaults", "postprocess", "crop", "zoom_outside",
+                         "zoom_passes", "error"))
     if isinstance(model, Pipeline):
-        return "zoom" if model.crop_default == "zoom" else None
-    if model is None or isinstance(model, (str, os.PathLike)):
+        own.update(sampler_defaults=model.sampler_defaults,
+                   postprocess=model.postprocess_default, crop=model.crop_default,
+                   zoom_outside=model.zoom_outside_default,
+                   zoom_passes=model.zoom_passes_default)
+    elif model is None or isinstance(model, (str, os.PathLike)):
         try:
             meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
-        except (CheckpointError, OSError, ValueError):    # the model's load says what
-            return None
-        return "zoom" if meta.get("crop") == "zoom" else None
-    return None
+        except CheckpointError as e:
+            own["error"] = e
+            return own
+        except (OSError, ValueError):          # a missing file: the model's load says so
+            return own
+        try:
+            own.update(zoom_defaults_from(meta))
+        except CheckpointError as e:           # its zoom settings apply before any load
+            raise UsageError(f"cannot load the model: {e}") from None
+        try:
+            own.update(sampler_defaults=sampler_defaults_from(meta),
+                       postprocess=postprocess_from(meta))
+        except CheckpointError as e:
+            own["error"] = e
+    return own
 
 
-def _resolve_zoom_outside(opts: BatchOptions, model) -> None:
-    """opts.zoom_outside under --crop zoom: the flag's, else the model's own (its file's
-    "zoom_outside" metadata), else "pass1", so the run's settings record "background"
-    wherever it runs. Without zoom --zoom-outside background is a usage error (segment()'s
-    check, before the run starts) and the file's own does not apply."""
+def _resolve_zoom_settings(opts: BatchOptions, own: dict) -> None:
+    """opts.zoom_outside / opts.zoom_passes under --crop zoom: the flag's, else the model's
+    own (`own`: its file's "zoom_outside" / "zoom_passes" metadata), else the default
+    ("pass1", 2), so the run's settings record a non-default value wherever it runs.
+    Without zoom a non-default flag is a usage error (options.check_zoom_settings, before
+    the run starts) and the file's own do not apply."""
+    try:
+        check_zoom_settings(opts.crop or "the model's own (not zoom)", opts.zoom_outside,
+                            opts.zoom_passes, flags=True)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if opts.crop != "zoom":
-        if opts.zoom_outside == "background":
-            crop = opts.crop or "the model's own (not zoom)"
-            raise UsageError("--zoom-outside background applies to --crop zoom (outside its "
-                             f"finest box); this run's crop is {crop}")
         return
     if opts.zoom_outside is None:
-        opts.zoom_outside = _file_zoom_outside(model, opts) or ZOOM_OUTSIDE[0]
-
-
-def _file_zoom_outside(model, opts: BatchOptions) -> str | None:
-    """The model's own zoom_outside: the object's, else its file's metadata (checked;
-    None where the file has none or cannot be read: the model's load says what)."""
-    from ..api import Pipeline, model_path
-    from ..checkpoint import CheckpointError, read_metadata
-    from ..pipeline import zoom_outside_from
-    if isinstance(model, Pipeline):
-        return model.zoom_outside_default
-    if model is None or isinstance(model, (str, os.PathLike)):
-        try:
-            meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
-        except (CheckpointError, OSError, ValueError):
-            return None
-        try:
-            return zoom_outside_from(meta)
-        except CheckpointError as e:
-            raise UsageError(f"cannot load the model: {e}") from None
-    return None
+        opts.zoom_outside = own["zoom_outside"] or ZOOM_OUTSIDE[0]
+    if opts.zoom_passes is None:
+        opts.zoom_passes = own["zoom_passes"] or ZOOM_PASSES[0]
 
 
 def _diffusion_steps(model, opts: BatchOptions) -> int | None:

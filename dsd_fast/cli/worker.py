@@ -13,6 +13,7 @@ meet too (disk full, read-only folder) is raised (OutputError) for the driver to
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,9 @@ class BatchOptions:
     # with crop "zoom": "pass1" | "background" outside the finest box (options.ZOOM_OUTSIDE);
     # None: the model file's own, resolved before the run (resolve_run_sampling)
     zoom_outside: str | None = None
+    # with crop "zoom": 2 or 3 passes (options.ZOOM_PASSES); None: the model file's own,
+    # resolved before the run (resolve_run_sampling)
+    zoom_passes: int | None = None
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
@@ -119,8 +123,8 @@ class BatchOptions:
                                  f"got {v!r}")
         try:
             self.segment_options()                 # the segment options, checked once here
-        except ValueError as e:
-            raise UsageError(f"--{e}") from None
+        except ValueError as e:                    # "zoom_outside must ..." -> "--zoom-outside
+            raise UsageError(_as_flag(str(e))) from None   # must ...", the flag's spelling
 
     def segment_options(self) -> SegmentOptions:
         """What every image is segmented with, as `segment()` takes it (options.py);
@@ -129,6 +133,7 @@ class BatchOptions:
             steps=self.steps, ensemble=self.ensemble, spacing=self.spacing, seed=self.seed,
             sampler=self.sampler, clip_x0=self.clip_x0, fusion=self.fusion,
             refine=self.refine, crop=self.crop, zoom_outside=self.zoom_outside,
+            zoom_passes=self.zoom_passes,
             precision=self.precision, tta=self.tta,
             postprocess=self.postprocess)
 
@@ -138,6 +143,13 @@ class BatchOptions:
             return class_kinds(self.classes, self.maps, self.overlay)
         return ((["probability", "uncertainty"] if self.maps else [])
                 + (["overlay"] if self.overlay else []) + ["mask"])
+
+
+def _as_flag(message: str) -> str:
+    """segment()'s message about one of its arguments, the argument named as the command
+    line's flag: "zoom_outside must be ..." -> "--zoom-outside must be ..."."""
+    name = re.match(r"\w*", message).group(0)
+    return f"--{name.replace('_', '-')}{message[len(name):]}"
 
 
 @dataclass

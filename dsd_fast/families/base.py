@@ -98,16 +98,17 @@ class ModelFamily:
                   meta: dict | None = None):
         """The segmenter (segmenter.py) of one loaded network; `meta` is its file's metadata
         (own format; {} otherwise). Mask-diffusion families: a Pipeline with the file's
-        sampler defaults, mask clean-up, crop and what a zoom leaves outside its box."""
+        sampler defaults, mask clean-up, crop, and a zoom's passes and what it leaves
+        outside its box."""
         from ..pipeline import Pipeline, postprocess_from, sampler_defaults_from
-        from ..pipeline import classes_from, crop_from, zoom_outside_from
+        from ..pipeline import classes_from, zoom_defaults_from
         meta = meta or {}
         config = self.config_of(net)
         names, nested = classes_from(meta, self.mask_channels(config))
+        zoom = zoom_defaults_from(meta, self.choices(config).crops)
         return Pipeline(net, self, schedule, preprocessing, sampler_defaults_from(meta),
-                        postprocess_from(meta), names, nested,
-                        crop_from(meta, self.choices(config).crops),
-                        zoom_outside_from(meta))
+                        postprocess_from(meta), names, nested, zoom["crop"],
+                        zoom["zoom_outside"], zoom["zoom_passes"])
 
     def example_inputs(self, config, batch: int) -> tuple[tuple, tuple[str, ...]]:
         """(arguments, their names) of one network call at `batch` (ONNX export, tests):
