@@ -39,7 +39,7 @@ from PIL import Image
 
 from dsd_fast import load
 from dsd_fast.metrics import dice
-from dsd_fast.options import ZOOM_OUTSIDE
+from dsd_fast.options import ZOOM_OUTSIDE, ZOOM_PASSES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "drishti_gs"
 BINS = 10
@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--crop", choices=("full", "zoom"), default=None)
     ap.add_argument("--zoom-outside", choices=ZOOM_OUTSIDE, default=None,
                     help="with --crop zoom: segment()'s zoom_outside (default: the file's own)")
+    ap.add_argument("--zoom-passes", type=int, choices=ZOOM_PASSES, default=None,
+                    help="with --crop zoom: segment()'s zoom_passes (default: the file's own)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--figure", default=None, help="PNG of the first val image's maps")
     ap.add_argument("--frontier", default=None,
@@ -192,16 +194,18 @@ def main() -> None:
         grid = list(itertools.product(steps_list or [pipe.sampler_settings()[0]],
                                       members_list or [pipe.sampler_settings()[1]]))
         run = class_dice_frontier(pipe, items, args.data, grid, spacing=spacing,
-                                  crop=args.crop, zoom_outside=args.zoom_outside)
+                                  crop=args.crop, zoom_outside=args.zoom_outside,
+                                  zoom_passes=args.zoom_passes)
         run.update(limit=args.limit, checkpoint=args.checkpoint, crop=args.crop,
-                   zoom_outside=args.zoom_outside)
+                   zoom_outside=args.zoom_outside, zoom_passes=args.zoom_passes)
         Path(args.frontier).write_text(json.dumps(run))
         return
     if (steps_list and len(steps_list) > 1) or (members_list and len(members_list) > 1):
         raise SystemExit("several --steps or --ensemble values need --frontier FILE")
     steps, ensemble, spacing = pipe.sampler_settings(
         steps_list and steps_list[0], members_list and members_list[0], args.spacing)
-    options = {"spacing": spacing, "crop": args.crop, "zoom_outside": args.zoom_outside}
+    options = {"spacing": spacing, "crop": args.crop, "zoom_outside": args.zoom_outside,
+               "zoom_passes": args.zoom_passes}
     result = score(pipe, items, args.data, steps, ensemble, **options)
     result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble, **options)
     print(json.dumps(result["summary"], indent=1))

@@ -3,7 +3,8 @@
 
     python bench/eval_sources.py --checkpoint PATH [--sources ph2,ham10000] [--limit N]
         [--ham-limit N] [--steps 25]
-        [--ensemble 5] [--spacing leading|trailing] [--tta] [--crop zoom] [--shard K/N]
+        [--ensemble 5] [--spacing leading|trailing] [--tta]
+        [--crop zoom [--zoom-passes 2|3] [--zoom-outside pass1|background]] [--shard K/N]
         [--out FILE.json]
         [--save-prob DIR]
     python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
@@ -33,6 +34,7 @@ import numpy as np
 from dsd_fast import load
 from dsd_fast.images import load_mask
 from dsd_fast.metrics import score_image
+from dsd_fast.options import ZOOM_OUTSIDE, ZOOM_PASSES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -100,6 +102,10 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="members see flipped/rotated views")
     ap.add_argument("--crop", choices=("full", "zoom"), default=None,
                     help="zoom: a second pass on the box around the first's object")
+    ap.add_argument("--zoom-passes", type=int, choices=ZOOM_PASSES, default=None,
+                    help="with --crop zoom: segment()'s zoom_passes (default: the file's own)")
+    ap.add_argument("--zoom-outside", choices=ZOOM_OUTSIDE, default=None,
+                    help="with --crop zoom: segment()'s zoom_outside (default: the file's own)")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-prob", default=None, help="folder for the probability maps")
@@ -127,7 +133,8 @@ def main() -> None:
     for pos, (source, i, img, mask) in keyed:
         res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,
                            noise_keys=[pos], spacing=args.spacing, tta=args.tta,
-                           crop=args.crop)[0]
+                           crop=args.crop, zoom_passes=args.zoom_passes,
+                           zoom_outside=args.zoom_outside)[0]
         s = score_image(res.mask, load_mask(mask).numpy())
         if args.save_prob:
             np.savez_compressed(Path(args.save_prob) / f"{source}_{i}.npz",
@@ -137,6 +144,7 @@ def main() -> None:
     secs = (time.perf_counter() - t0) / max(len(rows), 1)
     result = {"checkpoint": args.checkpoint, "steps": args.steps, "ensemble": args.ensemble,
               "spacing": args.spacing, "tta": args.tta, "crop": args.crop,
+              "zoom_passes": args.zoom_passes, "zoom_outside": args.zoom_outside,
               "seconds_per_image": secs, "rows": rows, "summary": summary(rows)}
     print(json.dumps(result["summary"], indent=1))
     if args.out:
