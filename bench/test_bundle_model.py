@@ -72,3 +72,24 @@ def test_never_rewrites_its_source(model_file):
     with pytest.raises(SystemExit, match="differ"):
         main([str(model_file), str(model_file), "--half"])
     assert model_file.read_bytes() == before
+
+
+def test_frontier_keeps_the_run_s_zoom_settings(tmp_path):
+    """A frontier measured with --crop zoom (eval_experts.py --frontier records crop,
+    zoom_outside and zoom_passes with the run) keeps them in the metadata: its Dice are
+    zoom's, not the whole image's. None (the file's own, not given) is left out."""
+    from bundle_model import frontier_rows
+    rows = [{"steps": 3, "ensemble": 25, "spacing": "trailing", "disc": 0.89312,
+             "seconds_per_image": 2.5}]
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps({"sources": ["disc"], "limit": None, "rows": rows,
+                                "crop": "zoom", "zoom_outside": "background",
+                                "zoom_passes": 3, "checkpoint": "x.safetensors"}))
+    assert json.loads(frontier_rows(path)) == {
+        "sources": ["disc"], "limit": None, "crop": "zoom", "zoom_outside": "background",
+        "zoom_passes": 3, "rows": [{**rows[0], "disc": 0.8931}]}
+    path.write_text(json.dumps({"sources": ["disc"], "limit": None, "rows": rows,
+                                "crop": "zoom", "zoom_outside": None, "zoom_passes": None}))
+    assert json.loads(frontier_rows(path)) == {
+        "sources": ["disc"], "limit": None, "crop": "zoom",
+        "rows": [{**rows[0], "disc": 0.8931}]}
