@@ -116,8 +116,9 @@ def segment(images, model=None, options: SegmentOptions | None = None, *,
         [0, 1]), tensor (3 x H x W or B x 3 x H x W), or a list of these.
     options / keyword changes: SegmentOptions fields (options.py): steps, ensemble,
         spacing, seed, sampler, eta, clip_x0, batch_size, fusion, refine, crop,
-        zoom_outside, backend, precision, tta, postprocess, return_samples. Not given: the model's own settings
-        (the bundled default: 25 members x 5 trailing DDIM steps, largest component).
+        zoom_outside, zoom_passes, backend, precision, tta, postprocess, return_samples.
+        Not given: the model's own settings (the bundled default: 25 members x 5
+        trailing DDIM steps, largest component).
     noise_keys: one int or string per image that, with `seed`, fixes its initial noise.
         Default: a digest of the image's pixels, so an image gets the same mask whatever
         else is in the call and wherever it stands in the list.

@@ -1,5 +1,5 @@
 """What the segmenter's loop reads from an image beside its view (segmenter.py): the picture
-a CRF refines on, and crop="zoom"'s crop of pass 2's box.
+a CRF refines on, and crop="zoom"'s crop of a finer pass's box.
 
 An image is either
 
@@ -42,8 +42,8 @@ def crf_picture(image, box: Box | None = None) -> torch.Tensor | None:
 
 def zoom_crop(image, size_hw: tuple[int, int], box: Box, max_pixels: int
               ) -> torch.Tensor | None:
-    """(C, h, w) in [0, 1]: pass 2's crop of `box` (in the pixels of the image's result,
-    `size_hw`), reduced to at most `max_pixels`; None where a source can no longer read
+    """(C, h, w) in [0, 1]: a finer zoom pass's crop of `box` (in the pixels of the image's
+    result, `size_hw`), reduced to at most `max_pixels`; None where a source can no longer read
     its image."""
     if isinstance(image, torch.Tensor):
         return fit_pixels(crop_image(image, size_hw, box), max_pixels)

@@ -35,9 +35,12 @@ class SegmentationResult:
     #                               "+largest" etc. when post-processed (postprocess.py)
     classes: tuple[str, ...] | None = None   # K > 1: the class names; None: one class
     nested: bool = True           # K > 1: how labels were made from regions (classes.py)
-    zoom: dict | None = None      # crop="zoom" (zoom.py): {"box": [top, left, height, width]}
-    #                               pass 2 segmented, in original pixels; {"box": None,
-    #                               "note": why} where pass 1 found nothing to zoom on
+    zoom: dict | None = None      # crop="zoom" (zoom.py): {"box": [top, left, height, width]
+    #                               the finest pass segmented, in original pixels, "input":
+    #                               [h, w] of its crop}, with zoom_passes=3 also "pass2_box"
+    #                               / "pass2_input", with zoom_outside="background" also
+    #                               "outside"; {"box": None, "note": why} where pass 1 found
+    #                               nothing to zoom on
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -184,8 +184,8 @@ class Segmenter:
                    boxes: list | None = None) -> list[SegmentationResult | None]:
         """One network batch: `views` drawn together, each image's result at its size (not
         cleaned up yet). A CRF refines on each image's picture (of its box in `boxes`,
-        where given and not None: pass 2 of crop="zoom"), read one image at a time; None
-        for an image whose source can no longer be read."""
+        where given and not None: a finer pass of crop="zoom"), read one image at a time;
+        None for an image whose source can no longer be read."""
         return list(self._each_result(views, sizes, keys, opts, images, boxes))
 
     def _each_result(self, views, sizes, keys, opts, images, boxes=None):

@@ -2,7 +2,8 @@
 
 The networks see a 64 px view of the whole image, where a small structure (an optic disc at
 ~17% of a fundus photo's width, a small polyp or breast lesion) is ~10 px wide and loses its
-boundary. Zoom segments up to three times (segmenter.py runs the passes):
+boundary. Zoom segments two times, or three with zoom_passes=3 (segmenter.py runs the
+passes):
 
     pass 1   the whole image's view at a cheap setting (ZOOM_PASS1) -> a coarse mask
     box A    the square around pass 1's largest foreground component (all classes
@@ -12,21 +13,25 @@ boundary. Zoom segments up to three times (segmenter.py runs the passes):
              resolution (`crop_image`), reduced to at most (16 S)^2 pixels (`crop_limit`,
              `fit_pixels`) and resized to the model's input like any image. Where pass 1
              found nothing, pass 2 runs on the whole image: the result is crop="full"'s
+    paste    pass 2's mask and maps inside A, pass 1's outside (`paste`); with
+             zoom_outside="background", background outside the finest box instead
+             (`clear_outside`)
+  with zoom_passes=3, after pass 2:
     box B    the same square around pass 2's largest component, pass 2's mask taken only
              inside box A (`refined_box`); B may reach beyond A
     pass 3   the call's own setting on box B, cropped as pass 2's. Skipped where pass 2
              found nothing inside A (its result stands) and where B is A (the same view
              again would only draw other noise at the cost of a whole pass)
-    paste    pass 3's mask and maps inside B, pass 2's inside A outside B, pass 1's
-             outside both (`paste`, applied twice); with zoom_outside="background",
-             background outside the finest box instead (`clear_outside`)
+    paste    pass 3's mask and maps inside B, over pass 2's pasted result
 
-Why a third pass: pass 1 sees the structure at ~10 px, so box A is often too large or off
-centre (on fundus photos it sometimes holds a bright artefact too); pass 2 sees it several
-times larger, and the box around its mask is centred and sized on the structure itself. Only
-pass 2's mask inside A is used: outside A there is only pass 1's coarse view, whose artefacts
-would pull the box away. docs/usage.md gives what the third pass changed on Drishti-GS val
-and the command that measures it (bench/eval_experts.py --crop zoom).
+Why a third pass, and why only when asked: pass 1 sees the structure at ~10 px, so box A is
+often too large or off centre (on fundus photos it sometimes holds a bright artefact too);
+pass 2 sees it several times larger, and the box around its mask is centred and sized on
+the structure itself. Only pass 2's mask inside A is used: outside A there is only pass 1's
+coarse view, whose artefacts would pull the box away. That helps the optic disc and cup of
+fundus photos but lowered the Dice of BUSI's breast lesions (docs/usage.md gives both
+measurements and their commands), so two passes are the default and a model file may say
+3 ("zoom_passes" metadata).
 
 Pass 1's maps stand outside the boxes rather than zeros: they are a measurement of those
 pixels (the coarse ensemble's), so a second lesion that pass 1 found is kept and the
@@ -150,7 +155,7 @@ def refined_box(regions: np.ndarray, box: Box, size_hw: tuple[int, int],
 
 
 def crop_limit(side: int) -> int:
-    """The most pixels pass 2's crop is handed on with, for a model input of `side` (S):
+    """The most pixels a finer pass's crop is handed on with, for a model input of `side` (S):
     (CROP_SIDES * S)^2."""
     return (CROP_SIDES * side) ** 2
 

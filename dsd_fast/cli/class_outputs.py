@@ -141,7 +141,7 @@ def image_record(prep, stats: dict, rel: dict, settings: dict, thumb: str,
                  thumb_size, zoom: dict | None = None) -> dict:
     """One finished image's record in results.json (binary and several-class models alike):
     what it was, `stats` (areas, uncertainty), its outputs and the run's settings; under
-    crop="zoom" the result's `zoom` (zoom.zoom_record: the box, what pass 2 saw)."""
+    crop="zoom" the result's `zoom` (zoom.zoom_record: the finest box, what its pass saw)."""
     item = prep.item
     record = {"key": item.key, "input": str(item.path.resolve()), "width": prep.width,
               "height": prep.height,

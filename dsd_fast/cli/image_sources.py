@@ -1,6 +1,7 @@
 """The command line's images as sources (dsd_fast/image_sources.py): each input file read
 again, one image at a time, only when the segmenter asks for the picture a CRF refines on
-or for pass 2's crop under crop="zoom", so a batch never holds its images at full size.
+or for a finer pass's crop under crop="zoom", so a batch never holds its images at full
+size.
 
     picture(box)           (h, w, 3) uint8 of the box (None: the whole image) at the file's
                            resolution, the CRF's picture: channels.channel_picture of the

@@ -36,8 +36,9 @@ def cmd_segment(args) -> int:
 
 
 def _family_options(parser) -> None:
-    """--sampler, --fusion, --refine, --crop, --zoom-outside, --zoom-passes: choices from options.py (what
-    segment() takes), and in the help what each registered family accepts (its Choices)."""
+    """--sampler, --fusion, --refine, --crop, --zoom-outside, --zoom-passes: choices from
+    options.py (what segment() takes), and in the help what each registered family accepts
+    (its Choices)."""
     from ..families import FAMILIES
     accepts = {}
     for fam in FAMILIES.values():

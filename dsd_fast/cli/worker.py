@@ -287,9 +287,9 @@ def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
     """The segmenter's loop (`segment_views`, as `segment()` runs it) on the chunk's views,
     `batch` images per network batch; results at each image's size. When the network runs
     out of memory the batch is halved, for the rest of the run too. An image whose file
-    cannot be read again (the CRF's picture, pass 2's crop) is a failed image; a piece
-    that fails otherwise (a ValueError: something the CRF cannot take) is redone one image
-    at a time, so only the image that fails is recorded as failed.
+    cannot be read again (the CRF's picture, a finer zoom pass's crop) is a failed image;
+    a piece that fails otherwise (a ValueError: something the CRF cannot take) is redone
+    one image at a time, so only the image that fails is recorded as failed.
     Returns ([(prepared, result)], batch)."""
     done, i, alone_until = [], 0, 0
     while i < len(chunk):
@@ -333,7 +333,7 @@ def _segment_chunk(state: RunState, chunk, pipe, seg, batch, bar):
 
 def _sources_for(piece, pipe, seg, opts: BatchOptions) -> list | None:
     """What segment_views reads beside the views: each file as a source read again, one
-    image at a time, for the CRF's picture and pass 2's crop under crop="zoom"
+    image at a time, for the CRF's picture and the finer passes' crops under crop="zoom"
     (cli/image_sources.py); None when neither is asked for."""
     if seg.crop != "zoom" and not seg.refine:
         return None
