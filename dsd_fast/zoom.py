@@ -264,10 +264,11 @@ def zoom_record(zoom: dict, model_input: str) -> dict:
     """A zoomed image's fields in the command line's results.json, from its result's
     `zoom` and `model_input` (what pass 1's view was made from: "full" or "downscaled
     from WxH"). Where a finer pass ran on a box, "model_input" says what the view of the
-    finest pass (zoom["box"]'s: pass 3's, or pass 2's where no third pass ran) was made
-    from, the crop ("full": the box at the file's resolution; "downscaled from WxH": a
-    crop of W x H pixels); pass 1's moves to zoom["pass1_input"], pass 2's box and crop
-    size stay in zoom["pass2_box"] / zoom["pass2_input"]. Where pass 1 found nothing,
+    finest pass (zoom["box"]'s: pass 2's, or pass 3's where zoom_passes=3 ran one) was
+    made from, the crop ("full": the box at the file's resolution; "downscaled from WxH":
+    a crop of W x H pixels); pass 1's moves to zoom["pass1_input"]; with zoom_passes=3,
+    pass 2's box and crop size stay in zoom["pass2_box"] / zoom["pass2_input"]. Where
+    pass 1 found nothing,
     pass 2 saw pass 1's view and model_input stays."""
     if zoom.get("box") is None:
         return {"zoom": dict(zoom)}
