@@ -15,7 +15,6 @@ from PIL import Image
 
 import dsd_fast
 from dsd_fast.checkpoint import read_metadata
-from dsd_fast.cli import main
 from dsd_fast.cli.errors import UsageError
 from dsd_fast.cli.run import segment_files, settings_difference
 from dsd_fast.errors import CheckpointError
