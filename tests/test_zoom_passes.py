@@ -129,3 +129,22 @@ def test_the_resume_note_names_a_setting_recorded_on_one_side_only(tmp_path, cap
         == "steps 3 instead of 5, zoom_passes the default instead of 3"
     assert settings_difference({"a": None}, {}) == "a None instead of the default"
     assert settings_difference({"a": 1}, {"a": 1}) == ""
+
+
+def test_a_run_reads_its_model_file_s_defaults_once(tmp_path, monkeypatch):
+    """resolve_run_sampling takes crop, zoom_outside, zoom_passes, the sampler defaults
+    and the clean-up from one read of the file's header (it read it three times)."""
+    import dsd_fast.checkpoint as checkpoint
+    from dsd_fast.cli.run_settings import resolve_run_sampling
+    from dsd_fast.cli.worker import BatchOptions
+    model = _file(tmp_path, crop="zoom", zoom_outside="background", zoom_passes="3",
+                  postprocess="largest")
+    reads = []
+    real = checkpoint.read_metadata
+    monkeypatch.setattr(checkpoint, "read_metadata", lambda p: reads.append(p) or real(p))
+    opts = BatchOptions(output=tmp_path / "out", checkpoint=model, steps=2, ensemble=3,
+                        spacing="trailing")
+    resolve_run_sampling(opts, None)
+    assert len(reads) == 1
+    assert (opts.crop, opts.zoom_outside, opts.zoom_passes, opts.postprocess) \
+        == ("zoom", "background", 3, "largest")
