@@ -32,7 +32,8 @@ DEFAULT_MODEL_PATH = WEIGHTS_DIR / "default.safetensors"
 # kept so code that used them still runs; both models are now trained on PH2 + HAM10000.
 BUNDLED = {"default": "default.safetensors", "dermosegdiff-ph2": "default.safetensors",
            "medsegdiff": "medsegdiff.safetensors", "medsegdiff-ph2": "medsegdiff.safetensors",
-           "thyroid-ultrasound": "thyroid-ultrasound.safetensors"}
+           "thyroid-ultrasound": "thyroid-ultrasound.safetensors",
+           "fundus-disc-cup": "fundus-disc-cup.safetensors"}
 
 
 def model_path(path):
