@@ -56,19 +56,25 @@ class _KnownMaps:
         return [_Result(p)]
 
 
-def test_score_exact_on_known_maps(tmp_path):
+def _one_image_set(tmp_path, disc, cup):
+    """A set of one 20 x 20 black image "a" with the experts' maps `disc` and `cup` (uint8);
+    returns the folder and the agreement maps (2, 20, 20) in [0, 1]."""
     data = tmp_path / "set"
     (data / "images").mkdir(parents=True)
     (data / "masks").mkdir()
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "images" / "a.png")
+    Image.fromarray(disc).save(data / "masks" / "a_disc.png")
+    Image.fromarray(cup).save(data / "masks" / "a_cup.png")
+    (data / "val.txt").write_text("a\n")
+    return data, np.stack([disc, cup]).astype(np.float32) / 255
+
+
+def test_score_exact_on_known_maps(tmp_path):
     disc, cup = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
     disc[5:15, 5:15] = 255
     disc[5, 5:15] = 64                        # one expert only: the row the majority drops
     cup[8:12, 8:12] = 191                     # three experts
-    Image.fromarray(disc).save(data / "masks" / "a_disc.png")
-    Image.fromarray(cup).save(data / "masks" / "a_cup.png")
-    (data / "val.txt").write_text("a\n")
-    agreement = np.stack([disc, cup]).astype(np.float32) / 255
+    data, agreement = _one_image_set(tmp_path, disc, cup)
     out = score(_KnownMaps(agreement), val_items(data, None), data, steps=2, ensemble=5)
     disc_s, cup_s = out["summary"]["disc"], out["summary"]["cup"]
     # the box (disc 10 x 10, half its size each side) is the whole 20 x 20 image
@@ -109,16 +115,9 @@ def test_score_on_a_synthetic_set(tmp_path):
 def test_frontier_rows_per_class_in_the_bundle_format(tmp_path):
     from bundle_model import frontier_rows
     from eval_experts import class_dice_frontier
-    data = tmp_path / "set"
-    (data / "images").mkdir(parents=True)
-    (data / "masks").mkdir()
-    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "images" / "a.png")
     disc, cup = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
     disc[5:15, 5:15], cup[8:12, 8:12] = 255, 64          # the cup: one expert, not majority
-    Image.fromarray(disc).save(data / "masks" / "a_disc.png")
-    Image.fromarray(cup).save(data / "masks" / "a_cup.png")
-    (data / "val.txt").write_text("a\n")
-    agreement = np.stack([disc, cup]).astype(np.float32) / 255
+    data, agreement = _one_image_set(tmp_path, disc, cup)
     run = class_dice_frontier(_KnownMaps(agreement), val_items(data, None), data,
                               [(2, 1), (3, 5)], spacing="trailing", crop=None)
     assert run["sources"] == ["disc", "cup"]
