@@ -44,19 +44,47 @@ def supported(in_channels: int, out_channels: int) -> bool:
     return in_channels % 16 == 0 and out_channels % 16 == 0 and in_channels > 0 < out_channels
 
 
+# G = diag(1 / G_DEN) G_NUM: integer rows over their denominators. G w G^T is computed as
+# (G_NUM w G_NUM^T) / (G_DEN_i G_DEN_j): for float32 weights the numerator (products with
+# integers up to 16, sums of 3) is exact in float64 unless a kernel's nonzero weights span more
+# than ~2^16 in magnitude (then it is off by a float64 rounding, U by at most a float32 ulp),
+# and the one division is correctly rounded, so U is G w G^T rounded once to the nearest
+# float32 whatever order the matmuls sum in. Products with a float64 G (its thirds and
+# fifteenths inexact) put about 0.2 % of random kernels' entries, exact ties between two
+# float32s (numerator divisible by the denominator), on either side depending on that order.
+G_NUM = torch.tensor([[1, 0, 0], [1, 1, 1], [-1, 1, -1], [-16, -8, -4], [1, -2, 4], [0, 0, 1]],
+                     dtype=torch.float64)
+G_DEN = torch.tensor([1, 3, 3, 15, 15, 1], dtype=torch.float64)
+_CHUNK_BYTES = 1 << 21      # float64 temporaries per step: cache-sized, not layer-sized
+
+
 def winograd_weight(w: torch.Tensor) -> torch.Tensor:
     """(K, C, 3, 3) conv weight -> u (ceil(K / 32), 36, C, 32) float32: U = G w G^T per
-    (output, input) channel in float64, position xi = 6 i + j, output channels in panels of
-    32 (zero-padded), the layout csrc/winograd_conv3x3.cpp reads in every build."""
+    (output, input) channel (float64 math, rounded once), position xi = 6 i + j, output
+    channels in panels of 32 (zero-padded), the layout csrc/winograd_conv3x3.cpp reads in
+    every build. Computed panel by panel, a slice of input channels at a time, as two
+    matmuls over all the slice's kernels at once, written straight into u's layout."""
     if w.dim() != 4 or tuple(w.shape[2:]) != (3, 3):
         raise ValueError(f"winograd_weight: a (K, C, 3, 3) weight expected, got {tuple(w.shape)}")
     k, c = w.shape[:2]
-    g = G.to(w.device)
-    u = torch.einsum("ia,kcab,jb->ijck", g, w.detach().double(), g).reshape(36, c, k)
     panels = -(-k // PANEL)
-    u = F.pad(u, (0, panels * PANEL - k))
-    u = u.reshape(36, c, panels, PANEL).permute(2, 0, 1, 3)
-    return u.float().contiguous()
+    dev = w.device
+    g = G_NUM.to(dev)
+    den = torch.outer(G_DEN, G_DEN).reshape(36, 1).to(dev)
+    w = w.detach()
+    u = torch.empty(panels, 36, c, PANEL, dtype=torch.float32, device=dev)
+    step = max(1, min(c, _CHUNK_BYTES // (36 * PANEL * 8)))
+    for p in range(panels):
+        k0, k1 = p * PANEL, min(k, (p + 1) * PANEL)
+        for c0 in range(0, c, step):
+            c1 = min(c, c0 + step)
+            # (3a, 3b, C', 32): the panel's output channels innermost, as u has them
+            wp = torch.zeros(3, 3, c1 - c0, PANEL, dtype=torch.float64, device=dev)
+            wp[..., :k1 - k0] = w[k0:k1, c0:c1].permute(2, 3, 1, 0)
+            t = torch.matmul(g, wp.view(3, -1)).view(6, 3, -1)     # (6i, 3b, C' 32): G_NUM w
+            num = torch.matmul(g, t).view(36, -1)                   # (6i 6j, C' 32): ... G_NUM^T
+            u[p, :, c0:c1] = num.div_(den).view(36, c1 - c0, PANEL)
+    return u
 
 
 def winograd_weight_bf16(w: torch.Tensor) -> torch.Tensor:
