@@ -201,7 +201,8 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
         if v not in allowed:
             raise ValueError(f"{name}={v!r} is not available for this model; it accepts "
                              f"{', '.join(repr(a) for a in allowed)}")
-    zoom_outside, zoom_passes = _zoom_settings(o, crop, choices)
+    zoom_outside, zoom_passes = zoom_settings(crop, o.zoom_outside, o.zoom_passes,
+                                              choices.zoom_outside, choices.zoom_passes)
     if not choices.samplers:                 # no sampling loop (DiffSeg: once at t = 0)
         for name in ("sampler", "steps", "spacing"):
             if getattr(o, name) is not None:
@@ -245,17 +246,21 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
                                postprocess=_postprocess(o.postprocess, choices))
 
 
-def _zoom_settings(o: SegmentOptions, crop: str, choices: Choices) -> tuple[str, int]:
-    """(zoom_outside, zoom_passes) resolved for the call's `crop`: each the call's, else
-    the model file's own, else the default ("pass1", 2). Only crop="zoom" has passes and a
-    box to be outside of: there the file's own apply; with another crop they are the
-    defaults (nothing changes), and a non-default value asked for by the call is an error,
-    as refine with a fusion other than "mean" is (it would do nothing)."""
-    check_zoom_settings(crop, o.zoom_outside, o.zoom_passes)
+def zoom_settings(crop: str | None, zoom_outside: str | None, zoom_passes: int | None,
+                  own_outside: str | None = None, own_passes: int | None = None,
+                  flags: bool = False) -> tuple[str, int]:
+    """(zoom_outside, zoom_passes) for `crop`: each the one asked for, else the model
+    file's own (`own_outside`, `own_passes`), else the default ("pass1", 2). Only
+    crop="zoom" has passes and a box to be outside of: there the file's own apply; with
+    another crop they are the defaults (nothing changes), and a non-default value asked
+    for is an error (`check_zoom_settings`; `flags`: worded for the command line), as
+    refine with a fusion other than "mean" is (it would do nothing). segment() and the
+    command line resolve them here."""
+    check_zoom_settings(crop, zoom_outside, zoom_passes, flags)
     if crop != "zoom":
         return ZOOM_OUTSIDE[0], ZOOM_PASSES[0]
-    return (o.zoom_outside or choices.zoom_outside or ZOOM_OUTSIDE[0],
-            o.zoom_passes or choices.zoom_passes or ZOOM_PASSES[0])
+    return (zoom_outside or own_outside or ZOOM_OUTSIDE[0],
+            zoom_passes or own_passes or ZOOM_PASSES[0])
 
 
 def check_zoom_settings(crop: str | None, zoom_outside: str | None,

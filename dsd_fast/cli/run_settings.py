@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..options import ZOOM_OUTSIDE, ZOOM_PASSES, check_zoom_settings
+from ..options import zoom_settings
 from ..postprocess import resolve_postprocess
 from .errors import UsageError
 from .worker import BatchOptions, load_pipeline
@@ -122,22 +122,19 @@ def _model_defaults(model, opts: BatchOptions) -> dict:
 
 
 def _resolve_zoom_settings(opts: BatchOptions, own: dict) -> None:
-    """opts.zoom_outside / opts.zoom_passes under --crop zoom: the flag's, else the model's
-    own (`own`: its file's "zoom_outside" / "zoom_passes" metadata), else the default
-    ("pass1", 2), so the run's settings record a non-default value wherever it runs.
-    Without zoom a non-default flag is a usage error (options.check_zoom_settings, before
-    the run starts) and the file's own do not apply."""
+    """opts.zoom_outside / opts.zoom_passes under --crop zoom (options.zoom_settings: the
+    flag's, else the model's own from `own`, its file's metadata, else "pass1" / 2), so
+    the run's settings record a non-default value wherever it runs. Without zoom a
+    non-default flag is a usage error before the run starts and the file's own do not
+    apply."""
     try:
-        check_zoom_settings(opts.crop or "the model's own (not zoom)", opts.zoom_outside,
-                            opts.zoom_passes, flags=True)
+        outside, passes = zoom_settings(opts.crop or "the model's own (not zoom)",
+                                        opts.zoom_outside, opts.zoom_passes,
+                                        own["zoom_outside"], own["zoom_passes"], flags=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if opts.crop != "zoom":
-        return
-    if opts.zoom_outside is None:
-        opts.zoom_outside = own["zoom_outside"] or ZOOM_OUTSIDE[0]
-    if opts.zoom_passes is None:
-        opts.zoom_passes = own["zoom_passes"] or ZOOM_PASSES[0]
+    if opts.crop == "zoom":
+        opts.zoom_outside, opts.zoom_passes = outside, passes
 
 
 def _diffusion_steps(model, opts: BatchOptions) -> int | None:
