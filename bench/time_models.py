@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import dsd_fast
+from eval_experts import val_items
 from eval_sources import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +35,9 @@ def images_for(model: str, n: int) -> list[Path]:
     name = MODEL_TIMING_SETS.get(model)
     if name is None:
         return sorted(p for p in SAMPLES.iterdir() if p.suffix in (".png", ".jpg"))[:n]
-    # only the pictures: a set of several classes (Drishti-GS) has a mask file per class
-    root = DATA / name
-    ids = (root / "val.txt").read_text().split()[:n]
-    return [next((root / "images").glob(f"{i}.*")) for i in ids]
+    # only the pictures (eval_experts' lookup: a set of several classes, Drishti-GS, has a
+    # mask file per class, which eval_sources' pairs do not find)
+    return [img for _, img in val_items(DATA / name, n)]
 
 
 def main() -> None:
