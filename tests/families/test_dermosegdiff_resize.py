@@ -72,3 +72,4 @@ def test_family_moves_a_whole_state_dict_and_refuses_what_it_cannot():
     with pytest.raises(ValueError, match="cannot be moved"):
         MEDSEGDIFF.resized_state_dict({}, None, 64)
     assert get_config("default_80") == get_config("default").replace(image_size=80)
+    assert get_config("default_2class_128") == get_config("default_2class").replace(image_size=128)
