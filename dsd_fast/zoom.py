@@ -268,8 +268,7 @@ def zoom_record(zoom: dict, model_input: str) -> dict:
     made from, the crop ("full": the box at the file's resolution; "downscaled from WxH":
     a crop of W x H pixels); pass 1's moves to zoom["pass1_input"]; with zoom_passes=3,
     pass 2's box and crop size stay in zoom["pass2_box"] / zoom["pass2_input"]. Where
-    pass 1 found nothing,
-    pass 2 saw pass 1's view and model_input stays."""
+    pass 1 found nothing, pass 2 saw pass 1's view and model_input stays."""
     if zoom.get("box") is None:
         return {"zoom": dict(zoom)}
     h, w = zoom["input"]
