@@ -89,21 +89,32 @@ def test_a_four_channel_model_takes_tensors_arrays_npy_and_tiff_pages(tmp_path):
     assert read_channels(str(tmp_path / "s.tif"))[0].shape == (4, 18, 22)
 
 
-def test_rgb_weights_carry_over_to_a_grayscale_network_exactly():
+@pytest.mark.parametrize("config, gray_field, wider", [
+    ("tiny_ff", "channels_g", {"dim_x": 16}),
+    ("msd_tiny", "input_img_channels", {"dim": 16}),
+])
+def test_rgb_weights_carry_over_to_a_grayscale_network_exactly(config, gray_field, wider):
     """3 -> 1 channels sums the first image convolution over colours: the gray network on a
-    gray image computes what the RGB network computes on it replicated."""
-    fam, rgb_cfg = find_config("tiny_ff")
-    gray_cfg = rgb_cfg.replace(channels_g=1)
+    gray image computes what the RGB network computes on it replicated (DermoSegDiff's
+    1x1 image stem, MedSegDiff's 7x7 conditioning stem)."""
+    fam, rgb_cfg = find_config(config)
+    gray_cfg = rgb_cfg.replace(**{gray_field: 1})
+    size = rgb_cfg.image_size
     torch.manual_seed(0)
     rgb = fam.build_reference(rgb_cfg).eval()
     gray = fam.build_reference(gray_cfg).eval()
     gray.load_state_dict(fam.adapted_state_dict(rgb.state_dict(), rgb_cfg, gray_cfg))
-    x, g, t = torch.randn(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.tensor([3, 90])
+    x, g, t = torch.randn(2, 1, size, size), torch.rand(2, 1, size, size), torch.tensor([3, 90])
     with torch.no_grad():
         torch.testing.assert_close(gray(x, g, t), rgb(x, g.expand(-1, 3, -1, -1), t),
                                    atol=1e-5, rtol=1e-5)
+        # and back: the gray weights spread over three colours give the gray network again
+        back = fam.build_reference(rgb_cfg).eval()
+        back.load_state_dict(fam.adapted_state_dict(gray.state_dict(), gray_cfg, rgb_cfg))
+        torch.testing.assert_close(back(x, g.expand(-1, 3, -1, -1), t), gray(x, g, t),
+                                   atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="cannot start"):
-        fam.adapted_state_dict(rgb.state_dict(), rgb_cfg, rgb_cfg.replace(dim_x=16))
+        fam.adapted_state_dict(rgb.state_dict(), rgb_cfg, rgb_cfg.replace(**wider))
 
 
 def test_command_line_grayscale_model_and_failed_mismatch(tmp_path):

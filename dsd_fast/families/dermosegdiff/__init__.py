@@ -15,6 +15,7 @@ from __future__ import annotations
 from ...diffusion import Schedule
 from ...preprocess import Preprocessing
 from ..base import ModelFamily
+from ..shared.warm_start import image_conv_for_channels
 from . import checkpoint as _ckpt
 from .config import CONFIGS, ModelConfig, get_config
 from .layers import resize_ff_weight
@@ -105,15 +106,8 @@ class DermoSegDiffFamily(ModelFamily):
         if source.image_size != target.image_size:
             out = self.resized_state_dict(out, source, target.image_size)
         if source.channels_g != target.channels_g:
-            w = out["init_conv_g.weight"]                  # (dim_g, channels_g, 1, 1)
-            if target.channels_g == 1:
-                out["init_conv_g.weight"] = w.sum(dim=1, keepdim=True)
-            elif source.channels_g == 1:
-                out["init_conv_g.weight"] = w.expand(-1, target.channels_g, -1, -1) \
-                    / target.channels_g
-            else:
-                raise ValueError(f"image channels {source.channels_g} -> "
-                                 f"{target.channels_g}: only 1 <-> N carry over")
+            out["init_conv_g.weight"] = image_conv_for_channels(out["init_conv_g.weight"],
+                                                                target.channels_g)
         return out
 
     def resized_state_dict(self, state_dict, config: ModelConfig, image_size: int):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ...diffusion import Schedule
 from ...preprocess import Preprocessing
 from ..base import ModelFamily
+from ..shared.warm_start import image_conv_for_channels
 from . import checkpoint as _ckpt
 from .config import MSD_CONFIGS, OBJECTIVES, MedSegDiffConfig
 from .reference import MedSegDiffUnet, build_medsegdiff
@@ -78,6 +79,19 @@ class MedSegDiffFamily(ModelFamily):
 
     def infer_config(self, state_dict, **settings) -> MedSegDiffConfig:
         return _ckpt.infer_config(state_dict, **settings)
+
+    def adapted_state_dict(self, state_dict, source: MedSegDiffConfig,
+                           target: MedSegDiffConfig):
+        """Another image channel count (a grayscale model from a colour one, or back): the
+        conditioning stem's 7x7 convolution summed over colours or spread over them, so the
+        new network starts out computing what the old one computes on a replicated gray
+        image. Nothing else carries over: the FF-Parser maps fix the input size."""
+        if source.replace(input_img_channels=target.input_img_channels) != target:
+            return super().adapted_state_dict(state_dict, source, target)
+        out = dict(state_dict)
+        out["cond_init_conv.weight"] = image_conv_for_channels(out["cond_init_conv.weight"],
+                                                               target.input_img_channels)
+        return out
 
     def settings_from(self, obj) -> dict:
         return _ckpt.diffusion_settings(obj, {})

@@ -104,6 +104,10 @@ MSD_CONFIGS: dict[str, MedSegDiffConfig] = {
     "msd_ph2_64": MedSegDiffConfig(16, 64),
     # the same network trained to predict the clean mask (the package's objective="pred_x0")
     "msd_ph2_64_x0": MedSegDiffConfig(16, 64, objective="pred_x0"),
+    # the same for grayscale modalities (ultrasound): one image channel, warm-started from
+    # the colour model with its conditioning stem summed over colours (the family's
+    # adapted_state_dict)
+    "msd_gray_64_x0": MedSegDiffConfig(16, 64, objective="pred_x0", input_img_channels=1),
     # small configs for tests
     "msd_tiny": MedSegDiffConfig(8, 16, (1, 2), (False, True)),
     "msd_tiny_sc": MedSegDiffConfig(8, 16, (1, 2, 2), (False, False, True), self_condition=True,
