@@ -33,7 +33,9 @@ DEFAULT_MODEL_PATH = WEIGHTS_DIR / "default.safetensors"
 BUNDLED = {"default": "default.safetensors", "dermosegdiff-ph2": "default.safetensors",
            "medsegdiff": "medsegdiff.safetensors", "medsegdiff-ph2": "medsegdiff.safetensors",
            "thyroid-ultrasound": "thyroid-ultrasound.safetensors",
-           "fundus-disc-cup": "fundus-disc-cup.safetensors"}
+           "fundus-disc-cup": "fundus-disc-cup.safetensors",
+           "breast-ultrasound": "breast-ultrasound.safetensors",
+           "polyp": "polyp.safetensors"}
 
 
 def model_path(path):
