@@ -52,11 +52,16 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
-def test_loads_by_name_with_its_defaults_terms_and_frontier(model):
+def _bundled_file(model):
     file = WEIGHTS_DIR / f"{model.name}.safetensors"
     if not file.exists():
         pytest.skip(f"{model.name} not bundled")
+    return file
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+def test_loads_by_name_with_its_defaults_terms_and_frontier(model):
+    file = _bundled_file(model)
     pipe = dsd_fast.load(model.name)
     assert pipe.family.name == model.family and pipe.channels == model.channels
     assert pipe.sampler_settings() == model.defaults
@@ -69,8 +74,7 @@ def test_loads_by_name_with_its_defaults_terms_and_frontier(model):
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
 def test_segments_two_val_images(model):
-    if not (WEIGHTS_DIR / f"{model.name}.safetensors").exists():
-        pytest.skip(f"{model.name} not bundled")
+    _bundled_file(model)
     for folder in {folder for folder, _, _ in model.images}:
         if not (DATA / folder).is_dir():
             pytest.skip(f"../shared/data/{folder} is not beside this checkout")
