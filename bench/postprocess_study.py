@@ -24,10 +24,20 @@ from dsd_fast.postprocess import METHODS, postprocess_mask
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def split_stem(stem: str) -> tuple[str, str]:
+    """"kvasir_seg_cju0qkwl35piu0993l0dewei2" -> ("kvasir_seg", "cju0..."): the source is
+    the longest data set folder the stem starts with (set names hold underscores too)."""
+    names = sorted((d.name for d in DATA.iterdir() if d.is_dir()), key=len, reverse=True)
+    for name in names:
+        if stem.startswith(name + "_"):
+            return name, stem[len(name) + 1:]
+    raise ValueError(f"{stem!r} does not start with a data set of {DATA}")
+
+
 def study(folder: Path) -> None:
     rows = []
     for f in sorted(folder.glob("*.npz")):
-        source, ident = f.stem.split("_", 1)
+        source, ident = split_stem(f.stem)
         prob = np.load(f)["p"].astype(np.float32) / 65535
         gt = load_mask(next((DATA / source / "masks").glob(f"{ident}.*"))).numpy()
         raw = prob > 0.5
