@@ -24,14 +24,16 @@ from dsd_fast.postprocess import METHODS, postprocess_mask
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def split_stem(stem: str) -> tuple[str, str]:
+def split_stem(stem: str, sources=None) -> tuple[str, str]:
     """"kvasir_seg_cju0qkwl35piu0993l0dewei2" -> ("kvasir_seg", "cju0..."): the source is
-    the longest data set folder the stem starts with (set names hold underscores too)."""
-    names = sorted((d.name for d in DATA.iterdir() if d.is_dir()), key=len, reverse=True)
-    for name in names:
+    the longest of `sources` (default: the data set folders of DATA) the stem starts with,
+    then "_" (set names hold underscores too, ids may as well)."""
+    if sources is None:
+        sources = [d.name for d in DATA.iterdir() if d.is_dir()]
+    for name in sorted(sources, key=len, reverse=True):
         if stem.startswith(name + "_"):
             return name, stem[len(name) + 1:]
-    raise ValueError(f"{stem!r} does not start with a data set of {DATA}")
+    raise ValueError(f"{stem!r} does not start with a data set name of {sorted(sources)}")
 
 
 def study(folder: Path) -> None:
