@@ -45,7 +45,7 @@ MODELS = [
     # benign_100 0.932, benign_101 0.901 (the float16 file)
     Bundled("breast-ultrasound", "dermosegdiff", 1, (5, 25, "trailing"), "busi", "BUSI",
             (("busi", "benign_100", ".png"), ("busi", "benign_101", ".png")), 0.8),
-    # Kvasir-SEG cju13cgqmnhwn0988yrainhcp 0.970, CVC-ClinicDB 432 0.902 (the float16 file)
+    # Kvasir-SEG cju13cgqmnhwn0988yrainhcp 0.971, CVC-ClinicDB 432 0.911 (the float16 file)
     Bundled("polyp", "dermosegdiff", 3, (5, 25, "trailing"), "kvasir_seg", "Kvasir-SEG",
             (("kvasir_seg", "cju13cgqmnhwn0988yrainhcp", ".jpg"), ("cvc_clinicdb", "432", ".jpg")),
             0.8),
