@@ -327,3 +327,19 @@ def test_cuda_training_repeats_the_cpu_run(tmp_path, config):
                               config=config), log=lambda *_: None)
     assert resumed.step == 10
     resumed.run(progress=False)
+
+
+def test_export_ema_writes_the_runs_current_ema(tmp_path, run_of_20_steps):
+    from dsd_fast.checkpoint import read_metadata
+    from dsd_fast.train.export import export_ema
+    root, best = run_of_20_steps
+    run = best.parent
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    out = export_ema(run, tmp_path / "ema.safetensors")
+    model = load_model(out)
+    for k, v in state["ema"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert read_metadata(out)["step"] == str(state["step"]) == "20"
+    assert read_metadata(out)["preprocessing"] == read_metadata(best)["preprocessing"]
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        export_ema(tmp_path, tmp_path / "none.safetensors")
