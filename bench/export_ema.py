@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
+from dsd_fast.model_files import read_metadata
 from dsd_fast.train.export import export_ema
 
 
@@ -18,8 +17,7 @@ def main() -> None:
     ap.add_argument("out", help="the .safetensors file to write")
     args = ap.parse_args()
     path = export_ema(args.run, args.out)
-    step = torch.load(f"{args.run}/last.pt", map_location="cpu", weights_only=True)["step"]
-    print(f"{path}: the EMA at step {step}")
+    print(f"{path}: the EMA at step {read_metadata(path)['step']}")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model, load_segmenter, save_model
+from ..checkpoint import load_model, load_segmenter, read_metadata, save_model
+
+# What a run writes into best.safetensors beyond the network and its pipeline, and that
+# belongs to the weights whatever their step: the class names of a several-class run.
+CARRIED = ("classes", "classes_nested")
 
 
 def export_ema(run_dir, out) -> Path:
-    """RUN/last.pt's EMA weights -> `out` (.safetensors), with the family, config, schedule
-    and preprocessing of RUN/best.safetensors and metadata "step" = last.pt's step."""
+    """RUN/last.pt's EMA weights -> `out` (.safetensors), with the family, config, schedule,
+    preprocessing and class names (CARRIED) of RUN/best.safetensors and metadata "step" =
+    last.pt's step."""
     run_dir = Path(run_dir)
     last, best = run_dir / "last.pt", run_dir / "best.safetensors"
     for f in (last, best):
@@ -31,5 +36,7 @@ def export_ema(run_dir, out) -> Path:
     pipe = load_segmenter(best)
     network = load_model(best)
     network.load_state_dict(state["ema"])          # strict: a config mismatch is an error
+    meta = read_metadata(best)
+    carried = {k: meta[k] for k in CARRIED if k in meta}
     return save_model(network, out, pipe.schedule, pipe.preprocessing,
-                      extra_metadata={"step": int(state["step"])})
+                      extra_metadata={"step": int(state["step"]), **carried})

@@ -113,6 +113,10 @@ def test_two_class_training_writes_a_model_with_its_classes(tmp_path, capsys):
     assert pipe.classes == ("disc", "cup")
     res = pipe.segment([str(root / "images" / "eye0.png")], steps=2, ensemble=2)[0]
     assert res.mask.dtype == np.uint8 and res.probability.shape == (2, 40, 40)
+    # the run's current EMA, exported (bench/export_ema.py), keeps the class names
+    from dsd_fast.train.export import export_ema
+    exported = dsd_fast.load(export_ema(run, tmp_path / "ema.safetensors"))
+    assert exported.classes == ("disc", "cup") and exported.nested
 
 
 def test_two_class_training_from_folders_with_classes_option(tmp_path, capsys):
