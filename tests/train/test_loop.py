@@ -343,3 +343,21 @@ def test_export_ema_writes_the_runs_current_ema(tmp_path, run_of_20_steps):
     assert read_metadata(out)["preprocessing"] == read_metadata(best)["preprocessing"]
     with pytest.raises(FileNotFoundError, match="last.pt"):
         export_ema(tmp_path, tmp_path / "none.safetensors")
+
+
+def test_export_ema_of_a_run_stopped_before_its_first_validation(tmp_path, run_of_20_steps):
+    """No best.safetensors yet: the pipeline comes from the run's --init-from file."""
+    from dsd_fast.train.export import export_ema
+    root, best = run_of_20_steps
+    Trainer(options(root, tmp_path / "b", total_steps=25, init_from=str(best)),
+            log=lambda *_: None).run(progress=False)
+    (tmp_path / "b" / "best.safetensors").unlink()       # as if killed before validating
+    state = torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=True)
+    model = load_model(export_ema(tmp_path / "b", tmp_path / "ema.safetensors"))
+    for k, v in state["ema"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+    Trainer(options(root, tmp_path / "c", total_steps=3, val_ids=None),
+            log=lambda *_: None).run(progress=False)
+    (tmp_path / "c" / "best.safetensors").unlink()       # and no --init-from either
+    with pytest.raises(FileNotFoundError, match="init-from"):
+        export_ema(tmp_path / "c", tmp_path / "none.safetensors")
