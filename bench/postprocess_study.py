@@ -24,12 +24,10 @@ from dsd_fast.postprocess import METHODS, postprocess_mask
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def split_stem(stem: str, sources=None) -> tuple[str, str]:
+def split_stem(stem: str, sources) -> tuple[str, str]:
     """"kvasir_seg_cju0qkwl35piu0993l0dewei2" -> ("kvasir_seg", "cju0..."): the source is
-    the longest of `sources` (default: the data set folders of DATA) the stem starts with,
-    then "_" (set names hold underscores too, ids may as well)."""
-    if sources is None:
-        sources = [d.name for d in DATA.iterdir() if d.is_dir()]
+    the longest of `sources` (data set names) the stem starts with, then "_" (set names
+    hold underscores too, ids may as well)."""
     for name in sorted(sources, key=len, reverse=True):
         if stem.startswith(name + "_"):
             return name, stem[len(name) + 1:]
@@ -38,8 +36,9 @@ def split_stem(stem: str, sources=None) -> tuple[str, str]:
 
 def study(folder: Path) -> None:
     rows = []
+    sources = [d.name for d in DATA.iterdir() if d.is_dir()]       # listed once
     for f in sorted(folder.glob("*.npz")):
-        source, ident = split_stem(f.stem)
+        source, ident = split_stem(f.stem, sources)
         prob = np.load(f)["p"].astype(np.float32) / 65535
         gt = load_mask(next((DATA / source / "masks").glob(f"{ident}.*"))).numpy()
         raw = prob > 0.5

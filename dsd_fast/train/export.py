@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model, load_segmenter, read_metadata, save_model
+from ..checkpoint import load_segmenter, save_model
 
 # What a run writes into best.safetensors beyond the network and its pipeline, and that
 # belongs to the weights whatever their step: the class names of a several-class run.
@@ -52,9 +52,8 @@ def export_ema(run_dir, out) -> Path:
     if "config" in state and pipe.config.to_json() != state["config"]:
         raise ValueError(f"{template} has config {pipe.config.to_json()}, the run "
                          f"{state['config']}")
-    network = load_model(template)
-    network.load_state_dict(state["ema"])
-    meta = read_metadata(template)
+    pipe.model.load_state_dict(state["ema"])
+    _, meta = pipe.file_contents()              # the class names as every file writes them
     carried = {k: meta[k] for k in CARRIED if k in meta}
-    return save_model(network, out, pipe.schedule, pipe.preprocessing,
+    return save_model(pipe.model, out, pipe.schedule, pipe.preprocessing,
                       extra_metadata={"step": int(state["step"]), **carried})
