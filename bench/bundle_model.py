@@ -35,12 +35,13 @@ from dsd_fast.options import parse_setting
 def frontier_rows(path: Path) -> str:
     """bench/steps_frontier.py's (or eval_experts.py --frontier's) --out file -> the compact
     JSON kept as metadata "frontier": per setting its steps, members, spacing, val Dice per
-    set and seconds per image; and the run's crop / zoom_outside / zoom_passes where it
-    gave them (a zoomed frontier's Dice are zoom's, not the whole image's)."""
+    set and seconds per image; and the run's crop / zoom_outside / zoom_passes /
+    zoom_boxes where it gave them (a zoomed frontier's Dice are zoom's, not the whole
+    image's)."""
     run = json.loads(Path(path).read_text())
     keep = ("steps", "ensemble", "spacing", "tta", "seconds_per_image", *run["sources"])
     out = {"sources": run["sources"], "limit": run.get("limit")}
-    out.update({k: run[k] for k in ("crop", "zoom_outside", "zoom_passes")
+    out.update({k: run[k] for k in ("crop", "zoom_outside", "zoom_passes", "zoom_boxes")
                 if run.get(k) is not None})
     out["rows"] = [{k: (round(r[k], 4) if isinstance(r[k], float) else r[k])
                     for k in keep if k in r} for r in run["rows"]]

@@ -39,7 +39,7 @@ from PIL import Image
 
 from dsd_fast import load
 from dsd_fast.metrics import dice
-from dsd_fast.options import ZOOM_OUTSIDE, ZOOM_PASSES
+from dsd_fast.options import ZOOM_BOXES, ZOOM_OUTSIDE, ZOOM_PASSES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "drishti_gs"
 BINS = 10
@@ -77,21 +77,21 @@ def calibration(p: np.ndarray, a: np.ndarray, bins: int = BINS) -> dict:
     return {"ece": ece, "reliability": table}
 
 
-def val_items(data: Path, limit: int | None):
-    ids = (data / "val.txt").read_text().split()[:limit]
+def val_items(data: Path, limit: int | None, split: str = "val"):
+    ids = (data / f"{split}.txt").read_text().split()[:limit]
     return [(i, next((data / "images").glob(f"{i}.*"))) for i in ids]
 
 
-def score(pipe, items, data: Path, steps, ensemble, **options) -> dict:
+def score(pipe, items, data: Path, steps, ensemble, seed: int = 0, **options) -> dict:
     classes = pipe.classes
     rows, pool = [], {c: {"ens": ([], []), "one": ([], [])} for c in classes}
     for pos, (i, img) in enumerate(items):
         experts = {c: np.asarray(Image.open(data / "masks" / f"{i}_{c}.png").convert("L"),
                                  dtype=np.float32) / 255 for c in classes}
         box = experts_box(experts[classes[0]])
-        ens = pipe.segment([img], steps=steps, ensemble=ensemble, seed=0, noise_keys=[pos],
+        ens = pipe.segment([img], steps=steps, ensemble=ensemble, seed=seed, noise_keys=[pos],
                            **options)[0]
-        one = pipe.segment([img], steps=steps, ensemble=1, seed=0, noise_keys=[pos],
+        one = pipe.segment([img], steps=steps, ensemble=1, seed=seed, noise_keys=[pos],
                            **options)[0]
         row = {"id": i}
         for k, c in enumerate(classes):
@@ -178,6 +178,12 @@ def main() -> None:
                     help="with --crop zoom: segment()'s zoom_outside (default: the file's own)")
     ap.add_argument("--zoom-passes", type=int, choices=ZOOM_PASSES, default=None,
                     help="with --crop zoom: segment()'s zoom_passes (default: the file's own)")
+    ap.add_argument("--zoom-boxes", type=int, choices=ZOOM_BOXES, default=None,
+                    help="with --crop zoom: segment()'s zoom_boxes (default: the file's own)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="segment()'s seed (a zoom's boxes depend on its first pass's noise)")
+    ap.add_argument("--split", default="val",
+                    help="the data set's list to score (val; train to look at the fit)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--figure", default=None, help="PNG of the first val image's maps")
     ap.add_argument("--frontier", default=None,
@@ -188,16 +194,17 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: a binary model; this compares a model of "
                          "several classes with the experts' per-class maps")
     steps_list, members_list = int_list(args.steps), int_list(args.ensemble)
-    items = val_items(args.data, args.limit)
+    items = val_items(args.data, args.limit, args.split)
     if args.frontier:
         _, _, spacing = pipe.sampler_settings(None, None, args.spacing)
         grid = list(itertools.product(steps_list or [pipe.sampler_settings()[0]],
                                       members_list or [pipe.sampler_settings()[1]]))
         run = class_dice_frontier(pipe, items, args.data, grid, spacing=spacing,
                                   crop=args.crop, zoom_outside=args.zoom_outside,
-                                  zoom_passes=args.zoom_passes)
+                                  zoom_passes=args.zoom_passes, zoom_boxes=args.zoom_boxes)
         run.update(limit=args.limit, checkpoint=args.checkpoint, crop=args.crop,
-                   zoom_outside=args.zoom_outside, zoom_passes=args.zoom_passes)
+                   zoom_outside=args.zoom_outside, zoom_passes=args.zoom_passes,
+                   zoom_boxes=args.zoom_boxes)
         Path(args.frontier).write_text(json.dumps(run))
         return
     if (steps_list and len(steps_list) > 1) or (members_list and len(members_list) > 1):
@@ -205,9 +212,10 @@ def main() -> None:
     steps, ensemble, spacing = pipe.sampler_settings(
         steps_list and steps_list[0], members_list and members_list[0], args.spacing)
     options = {"spacing": spacing, "crop": args.crop, "zoom_outside": args.zoom_outside,
-               "zoom_passes": args.zoom_passes}
-    result = score(pipe, items, args.data, steps, ensemble, **options)
-    result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble, **options)
+               "zoom_passes": args.zoom_passes, "zoom_boxes": args.zoom_boxes}
+    result = score(pipe, items, args.data, steps, ensemble, args.seed, **options)
+    result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble, seed=args.seed,
+                  **options)
     print(json.dumps(result["summary"], indent=1))
     for c, s in result["summary"].items():
         print(f"{c}: Dice {s['dice_mean']:.3f}; MAD ensemble {s['mad_ens']:.4f} vs one "

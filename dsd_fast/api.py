@@ -119,7 +119,8 @@ def segment(images, model=None, options: SegmentOptions | None = None, *,
         [0, 1]), tensor (3 x H x W or B x 3 x H x W), or a list of these.
     options / keyword changes: SegmentOptions fields (options.py): steps, ensemble,
         spacing, seed, sampler, eta, clip_x0, batch_size, fusion, refine, crop,
-        zoom_outside, zoom_passes, backend, precision, tta, postprocess, return_samples.
+        zoom_outside, zoom_passes, zoom_boxes, backend, precision, tta, postprocess,
+        return_samples.
         Not given: the model's own settings (the bundled default: 25 members x 5
         trailing DDIM steps, largest component).
     noise_keys: one int or string per image that, with `seed`, fixes its initial noise.

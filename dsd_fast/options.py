@@ -33,6 +33,11 @@ ZOOM_OUTSIDE = ("pass1", "background")
 # the default) or 3 (a third on the box around pass 2's result: better boxes on fundus
 # photos, worse Dice on BUSI; docs/usage.md)
 ZOOM_PASSES = (2, 3)
+# How many boxes around pass 1's candidate objects crop="zoom"'s pass 2 tries (zoom.py,
+# `candidate_boxes`): 1 (the box around pass 1's largest object, the default) or up to 4,
+# keeping the box where pass 2 is surest of what it draws (fundus photos whose pass 1 drew
+# a bright artefact or half the photo as the disc; MODEL_CARD)
+ZOOM_BOXES = (1, 2, 3, 4)
 POSTPROCESS_CHOICES = ("auto", "none", *POSTPROCESS_METHODS)
 # What a call runs where a model states no sampler setting of its own (and for the values a
 # call does not give when it gives some): the published DermoSegDiff evaluation's DDIM 25 x 5.
@@ -64,6 +69,10 @@ class SegmentOptions:
     zoom_passes: with crop="zoom", 2 or 3 (a third pass at this call's setting on the box
         around what the second found); None: the model file's own ("zoom_passes"
         metadata), else 2. 3 with another crop is an error.
+    zoom_boxes: with crop="zoom", how many candidate boxes from pass 1 pass 2 tries, 1..4
+        (zoom.candidate_boxes); the one whose pass-2 maps are surest (lowest mean entropy
+        over what it draws) is kept. None: the model file's own ("zoom_boxes" metadata),
+        else 1. More than 1 with another crop is an error.
     zoom_outside: with crop="zoom", what the result holds outside the finest pass's box:
         "pass1" (the first pass's maps) or "background" (mask background, probability,
         std and entropy 0); None: the model file's own ("zoom_outside" metadata), else
@@ -87,6 +96,7 @@ class SegmentOptions:
     crop: str | None = None
     zoom_outside: str | None = None
     zoom_passes: int | None = None
+    zoom_boxes: int | None = None
     backend: str = "auto"
     precision: str = "fp32"
     tta: bool = False
@@ -115,6 +125,10 @@ class SegmentOptions:
                                              or self.zoom_passes not in ZOOM_PASSES):
             raise ValueError(f"zoom_passes must be None or one of {ZOOM_PASSES}, "
                              f"got {self.zoom_passes!r}")
+        if self.zoom_boxes is not None and (not is_int(self.zoom_boxes)
+                                            or self.zoom_boxes not in ZOOM_BOXES):
+            raise ValueError(f"zoom_boxes must be None or one of {ZOOM_BOXES}, "
+                             f"got {self.zoom_boxes!r}")
         for name, allowed in (("fusion", FUSIONS), ("backend", BACKENDS),
                               ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
@@ -125,7 +139,8 @@ class SegmentOptions:
         for name in ("clip_x0", "tta", "return_samples"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("steps", "ensemble", "batch_size", "seed", "zoom_passes"):   # numpy ints
+        for name in ("steps", "ensemble", "batch_size", "seed", "zoom_passes",   # numpy ints
+                     "zoom_boxes"):
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, int(v))
@@ -174,6 +189,7 @@ class Choices:
     postprocess: str | None = None
     zoom_outside: str | None = None            # the file's own (ZOOM_OUTSIDE); None: "pass1"
     zoom_passes: int | None = None             # the file's own (ZOOM_PASSES); None: 2
+    zoom_boxes: int | None = None              # the file's own (ZOOM_BOXES); None: 1
     default_ensemble: int | None = None        # None: CLASSIC_SAMPLING's
 
 
@@ -201,8 +217,9 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
         if v not in allowed:
             raise ValueError(f"{name}={v!r} is not available for this model; it accepts "
                              f"{', '.join(repr(a) for a in allowed)}")
-    zoom_outside, zoom_passes = zoom_settings(crop, o.zoom_outside, o.zoom_passes,
-                                              choices.zoom_outside, choices.zoom_passes)
+    zoom_outside, zoom_passes, zoom_boxes = zoom_settings(
+        crop, o.zoom_outside, o.zoom_passes, choices.zoom_outside, choices.zoom_passes,
+        zoom_boxes=o.zoom_boxes, own_boxes=choices.zoom_boxes)
     if not choices.samplers:                 # no sampling loop (DiffSeg: once at t = 0)
         for name in ("sampler", "steps", "spacing"):
             if getattr(o, name) is not None:
@@ -210,7 +227,7 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
                                  f"loop (its networks run once at t = 0)")
         ensemble = o.ensemble or choices.default_ensemble or CLASSIC_SAMPLING["ensemble"]
         return dataclasses.replace(o, ensemble=ensemble, crop=crop, zoom_outside=zoom_outside,
-                                   zoom_passes=zoom_passes,
+                                   zoom_passes=zoom_passes, zoom_boxes=zoom_boxes,
                                    postprocess=_postprocess(o.postprocess, choices))
     sampler = o.sampler or choices.samplers[0]
     if sampler not in choices.samplers:
@@ -242,37 +259,41 @@ def resolve(options: SegmentOptions, choices: Choices, note=None) -> SegmentOpti
         raise ValueError(f"spacing applies to the DDIM sampler, not {sampler!r}")
     return dataclasses.replace(o, steps=steps, ensemble=ensemble, spacing=spacing,
                                sampler=sampler, crop=crop, zoom_outside=zoom_outside,
-                               zoom_passes=zoom_passes,
+                               zoom_passes=zoom_passes, zoom_boxes=zoom_boxes,
                                postprocess=_postprocess(o.postprocess, choices))
 
 
 def zoom_settings(crop: str | None, zoom_outside: str | None, zoom_passes: int | None,
                   own_outside: str | None = None, own_passes: int | None = None,
-                  flags: bool = False) -> tuple[str, int]:
-    """(zoom_outside, zoom_passes) for `crop`: each the one asked for, else the model
-    file's own (`own_outside`, `own_passes`), else the default ("pass1", 2). Only
-    crop="zoom" has passes and a box to be outside of: there the file's own apply; with
-    another crop they are the defaults (nothing changes), and a non-default value asked
-    for is an error (`check_zoom_settings`; `flags`: worded for the command line), as
-    refine with a fusion other than "mean" is (it would do nothing). segment() and the
-    command line resolve them here."""
-    check_zoom_settings(crop, zoom_outside, zoom_passes, flags)
+                  flags: bool = False, zoom_boxes: int | None = None,
+                  own_boxes: int | None = None) -> tuple[str, int, int]:
+    """(zoom_outside, zoom_passes, zoom_boxes) for `crop`: each the one asked for, else the
+    model file's own (`own_outside`, `own_passes`, `own_boxes`), else the default
+    ("pass1", 2, 1). Only crop="zoom" has passes and a box to be outside of: there the
+    file's own apply; with another crop they are the defaults (nothing changes), and a
+    non-default value asked for is an error (`check_zoom_settings`; `flags`: worded for
+    the command line), as refine with a fusion other than "mean" is (it would do
+    nothing). segment() and the command line resolve them here."""
+    check_zoom_settings(crop, zoom_outside, zoom_passes, flags, zoom_boxes)
     if crop != "zoom":
-        return ZOOM_OUTSIDE[0], ZOOM_PASSES[0]
+        return ZOOM_OUTSIDE[0], ZOOM_PASSES[0], ZOOM_BOXES[0]
     return (zoom_outside or own_outside or ZOOM_OUTSIDE[0],
-            zoom_passes or own_passes or ZOOM_PASSES[0])
+            zoom_passes or own_passes or ZOOM_PASSES[0],
+            zoom_boxes or own_boxes or ZOOM_BOXES[0])
 
 
 def check_zoom_settings(crop: str | None, zoom_outside: str | None,
-                        zoom_passes: int | None, flags: bool = False) -> None:
-    """The one check that zoom_outside / zoom_passes other than their defaults come with
-    crop="zoom" (`crop`: the resolved crop, or words saying what it is); a ValueError
-    naming them as segment()'s arguments, or with `flags` as the command line's
-    --zoom-outside / --zoom-passes / --crop."""
+                        zoom_passes: int | None, flags: bool = False,
+                        zoom_boxes: int | None = None) -> None:
+    """The one check that zoom_outside / zoom_passes / zoom_boxes other than their defaults
+    come with crop="zoom" (`crop`: the resolved crop, or words saying what it is); a
+    ValueError naming them as segment()'s arguments, or with `flags` as the command line's
+    --zoom-outside / --zoom-passes / --zoom-boxes / --crop."""
     if crop == "zoom":
         return
     for name, value, default in (("zoom_outside", zoom_outside, ZOOM_OUTSIDE[0]),
-                                 ("zoom_passes", zoom_passes, ZOOM_PASSES[0])):
+                                 ("zoom_passes", zoom_passes, ZOOM_PASSES[0]),
+                                 ("zoom_boxes", zoom_boxes, ZOOM_BOXES[0])):
         if value is None or value == default:
             continue
         if flags:

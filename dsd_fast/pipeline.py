@@ -24,7 +24,8 @@ from torch import nn
 from .allocator import tune_malloc
 from .diffusion import SPACINGS, Schedule, as_eps_model, sample_ensemble
 from .errors import CheckpointError
-from .options import BACKENDS, CROPS, ZOOM_OUTSIDE, ZOOM_PASSES, Choices, SegmentOptions
+from .options import (BACKENDS, CROPS, ZOOM_BOXES, ZOOM_OUTSIDE, ZOOM_PASSES, Choices,
+                      SegmentOptions)
 from .postprocess import METHODS as POSTPROCESS_METHODS
 from .precision import resolve_precision, with_precision
 from .preprocess import Preprocessing, to_model_input
@@ -59,6 +60,9 @@ class Pipeline(Segmenter):
     # How many passes crop="zoom" runs without zoom_passes= (options.ZOOM_PASSES), from the
     # file's metadata ("zoom_passes"); None: 2.
     zoom_passes_default: int | None = None
+    # How many candidate boxes crop="zoom"'s pass 2 tries without zoom_boxes= (options.
+    # ZOOM_BOXES), from the file's metadata ("zoom_boxes"); None: 1.
+    zoom_boxes_default: int | None = None
 
     def __post_init__(self):
         if self.class_names is not None:
@@ -73,6 +77,9 @@ class Pipeline(Segmenter):
         if self.zoom_passes_default not in (None, *ZOOM_PASSES):
             raise ValueError(f"zoom_passes_default must be None or one of {ZOOM_PASSES}, "
                              f"got {self.zoom_passes_default!r}")
+        if self.zoom_boxes_default not in (None, *ZOOM_BOXES):
+            raise ValueError(f"zoom_boxes_default must be None or one of {ZOOM_BOXES}, "
+                             f"got {self.zoom_boxes_default!r}")
 
     @property
     def config(self):
@@ -140,6 +147,7 @@ class Pipeline(Segmenter):
             base, T=self.schedule.T, crops=(first, *(c for c in base.crops if c != first)),
             sampler_defaults=self.sampler_defaults, postprocess=self.postprocess_default,
             zoom_outside=self.zoom_outside_default, zoom_passes=self.zoom_passes_default,
+            zoom_boxes=self.zoom_boxes_default,
             # a family whose DDIM walks its original code's own grid has only that one
             spacings=("leading",) if own_grid is not None else SPACINGS)
 
@@ -173,6 +181,8 @@ class Pipeline(Segmenter):
             meta["zoom_outside"] = self.zoom_outside_default
         if self.zoom_passes_default:
             meta["zoom_passes"] = str(self.zoom_passes_default)
+        if self.zoom_boxes_default and self.zoom_boxes_default > 1:
+            meta["zoom_boxes"] = str(self.zoom_boxes_default)
         if self.class_names is not None or self.mask_channels > 1:
             meta.update(class_metadata(self.classes, self.nested))
         return dict(self.model.state_dict()), meta
@@ -229,24 +239,35 @@ def zoom_outside_from(meta: dict) -> str | None:
     return raw
 
 
+def _count_from(meta: dict, name: str, allowed: tuple[int, ...]) -> int | None:
+    """A file's integer zoom metadata `name` (stored as text), checked against `allowed`."""
+    raw = meta.get(name)
+    if raw is None:
+        return None
+    if str(raw).strip() not in tuple(map(str, allowed)):
+        raise CheckpointError(f"the file's {name} metadata {raw!r} is not one of "
+                              f"{', '.join(map(str, allowed))}")
+    return int(raw)
+
+
 def zoom_passes_from(meta: dict) -> int | None:
     """A file's "zoom_passes" metadata (options.ZOOM_PASSES, as text: how many passes
     crop="zoom" runs by default), checked."""
-    raw = meta.get("zoom_passes")
-    if raw is None:
-        return None
-    if str(raw).strip() not in tuple(map(str, ZOOM_PASSES)):
-        raise CheckpointError(f"the file's zoom_passes metadata {raw!r} is not one of "
-                              f"{', '.join(map(str, ZOOM_PASSES))}")
-    return int(raw)
+    return _count_from(meta, "zoom_passes", ZOOM_PASSES)
+
+
+def zoom_boxes_from(meta: dict) -> int | None:
+    """A file's "zoom_boxes" metadata (options.ZOOM_BOXES, as text: how many candidate
+    boxes crop="zoom"'s pass 2 tries by default), checked."""
+    return _count_from(meta, "zoom_boxes", ZOOM_BOXES)
 
 
 def zoom_defaults_from(meta: dict, accepted: tuple[str, ...] = CROPS) -> dict:
     """A file's crop="zoom" defaults, checked: {"crop": crop_from, "zoom_outside":
-    zoom_outside_from, "zoom_passes": zoom_passes_from} (each None where the file has
-    none)."""
+    zoom_outside_from, "zoom_passes": zoom_passes_from, "zoom_boxes": zoom_boxes_from}
+    (each None where the file has none)."""
     return {"crop": crop_from(meta, accepted), "zoom_outside": zoom_outside_from(meta),
-            "zoom_passes": zoom_passes_from(meta)}
+            "zoom_passes": zoom_passes_from(meta), "zoom_boxes": zoom_boxes_from(meta)}
 
 
 def classes_from(meta: dict, mask_channels: int) -> tuple[tuple[str, ...] | None, bool | None]:

@@ -33,6 +33,11 @@ fundus photos but lowered the Dice of BUSI's breast lesions (docs/usage.md gives
 measurements and their commands), so two passes are the default and a model file may say
 3 ("zoom_passes" metadata).
 
+With zoom_boxes=N > 1, box A is chosen among up to N candidates (`candidate_boxes`: the box
+above, then boxes around the surest parts of pass 1's foreground and its second objects):
+pass 2 runs on each and the box whose maps are surest (`drawn_entropy`) is kept, for the
+photos where pass 1 draws a glare or an oversized region as the object (docs/usage.md).
+
 Pass 1's maps stand outside the boxes rather than zeros: they are a measurement of those
 pixels (the coarse ensemble's), so a second lesion that pass 1 found is kept and the
 uncertainty there is what the coarse ensemble showed, not a certainty nobody measured. Each
@@ -138,6 +143,86 @@ def zoom_box(mask: np.ndarray, margin: float = ZOOM_MARGIN, min_side: int = 0) -
     if bbox is None:
         return None
     return square_box(bbox, np.shape(mask)[-2:], margin, min_side)
+
+
+# Where pass 1 is unsure what the object is (a bright artefact or half of a fundus photo
+# drawn as the disc beside the disc itself), zoom_boxes=N tries up to N boxes: around the
+# largest components of pass 1's mask and of its foreground probability above these
+# levels (the object is often the most certain part of an oversized region).
+CANDIDATE_LEVELS = (0.9, 0.75)
+CANDIDATE_RANKS = 2          # components taken from each mask, largest first
+CANDIDATE_SHARE = 0.25       # ... at least this share of that mask's largest component
+SAME_BOX_IOU = 0.7           # a box overlapping an earlier one this much is not tried
+
+
+def _components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) of `mask`'s 8-connected components, largest first (ties: first in
+    raster order, as `foreground_bbox`), at most CANDIDATE_RANKS, none smaller than
+    CANDIDATE_SHARE of the largest."""
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")[:CANDIDATE_RANKS]
+    found = []
+    for j in order:
+        if sizes[j] < CANDIDATE_SHARE * sizes[order[0]]:
+            break
+        rows, cols = np.nonzero(labels == j + 1)
+        found.append((int(rows.min()), int(cols.min()), int(rows.max()) + 1,
+                      int(cols.max()) + 1))
+    return found
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes' pixels."""
+    h = min(a.top + a.height, b.top + b.height) - max(a.top, b.top)
+    w = min(a.left + a.width, b.left + b.width) - max(a.left, b.left)
+    inter = max(h, 0) * max(w, 0)
+    return inter / (a.height * a.width + b.height * b.width - inter)
+
+
+def candidate_boxes(regions: np.ndarray, probability: np.ndarray, count: int,
+                    margin: float = ZOOM_MARGIN, min_side: int = 0) -> list[Box]:
+    """Up to `count` boxes for pass 2 (zoom_boxes) from pass 1's result at the image's size:
+    `regions` ((H, W) or (K, H, W) bool: its class regions, all classes together) and
+    `probability` ((H, W) or (K, H, W): the foreground's is the largest class's).
+    The first is `zoom_box(regions)`, the box a single pass 2 takes; then, in this order,
+    the boxes around the largest component of the foreground probability above each of
+    CANDIDATE_LEVELS, then the second components of each mask (CANDIDATE_RANKS,
+    CANDIDATE_SHARE), each `square_box` as `zoom_box`'s and skipped where it overlaps a box
+    already taken by SAME_BOX_IOU or more. [] where pass 1 drew nothing."""
+    regions = np.asarray(regions, dtype=bool)
+    if regions.ndim == 3:
+        regions = regions.any(axis=0)
+    probability = np.asarray(probability)
+    fg = probability.max(axis=0) if probability.ndim == 3 else probability
+    per_mask = [_components(regions)] + [_components(fg > level) for level in CANDIDATE_LEVELS]
+    if not per_mask[0]:
+        return []
+    boxes: list[Box] = []
+    for rank in range(CANDIDATE_RANKS):
+        for found in per_mask:
+            if rank >= len(found) or len(boxes) == count:
+                continue
+            box = square_box(found[rank], regions.shape, margin, min_side)
+            if all(box_iou(box, kept) < SAME_BOX_IOU for kept in boxes):
+                boxes.append(box)
+    return boxes
+
+
+def drawn_entropy(result: SegmentationResult) -> float:
+    """How unsure a pass is of what it draws: the mean entropy (bits) of `result`'s maps
+    over its foreground (all classes together; every class's entropy there); infinity where
+    it draws nothing. zoom_boxes keeps the candidate box whose pass 2 scores lowest: a view
+    that holds the object gives confident maps, a view of an artefact or of a region too
+    large for the object gives hesitant ones (MODEL_CARD, fundus-disc-cup)."""
+    regions = np.asarray(result.class_regions(), dtype=bool)
+    if regions.ndim == 3:
+        regions = regions.any(axis=0)
+    if not regions.any():
+        return math.inf
+    return float(np.asarray(result.entropy)[..., regions].mean())
 
 
 def refined_box(regions: np.ndarray, box: Box, size_hw: tuple[int, int],

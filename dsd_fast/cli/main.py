@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from ..diffusion import SAMPLERS, SPACINGS
-from ..options import CROPS, POSTPROCESS_CHOICES, REFINES, ZOOM_OUTSIDE, ZOOM_PASSES
+from ..options import (CROPS, POSTPROCESS_CHOICES, REFINES, ZOOM_BOXES, ZOOM_OUTSIDE,
+                       ZOOM_PASSES)
 from ..precision import PRECISIONS
 from ..results import FUSIONS
 
@@ -26,7 +27,7 @@ def cmd_segment(args) -> int:
             precision=args.precision, spacing=args.spacing, tta=args.tta,
             postprocess=args.postprocess, sampler=args.sampler, fusion=args.fusion,
             refine=args.refine, crop=args.crop, zoom_outside=args.zoom_outside,
-            zoom_passes=args.zoom_passes,
+            zoom_passes=args.zoom_passes, zoom_boxes=args.zoom_boxes,
             model_settings=_parse_settings(args.model_setting),
             ray=args.ray, workers=args.workers, axis=args.axis)
     except UsageError as e:
@@ -80,6 +81,11 @@ def _family_options(parser) -> None:
                         "setting on the box around what the second found (better on fundus "
                         "discs, worse on BUSI lesions; docs/usage.md); default: the model "
                         "file's own, else 2")
+    parser.add_argument("--zoom-boxes", type=int, choices=ZOOM_BOXES, default=None,
+                        help="with --crop zoom, how many candidate boxes from the first pass "
+                        "the second tries (1-4), keeping the one where it is surest of what "
+                        "it draws (fundus photos whose first pass drew a bright artefact as "
+                        "the disc; docs/usage.md); default: the model file's own, else 1")
 
 
 def _batch_size(text: str):

@@ -362,6 +362,8 @@ def _settings(opts: BatchOptions, model) -> dict:
         out["zoom_outside"] = opts.zoom_outside
     if opts.zoom_passes == 3:                  # resolved by now; 2 is what ran before
         out["zoom_passes"] = opts.zoom_passes
+    if opts.zoom_boxes and opts.zoom_boxes > 1:  # resolved by now; 1 is what ran before
+        out["zoom_boxes"] = opts.zoom_boxes
     return out
 
 

@@ -87,7 +87,8 @@ def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
 
 def _model_defaults(model, opts: BatchOptions) -> dict:
     """The model's own settings, its file's header read once: {"sampler_defaults",
-    "postprocess", "crop", "zoom_outside", "zoom_passes"} (None where it has none) from the
+    "postprocess", "crop", "zoom_outside", "zoom_passes", "zoom_boxes"} (None where it has
+    none) from the
     object, else its file's metadata; "error": a CheckpointError of metadata that is not
     valid (None otherwise). A file that cannot be read gives no defaults: the model's load
     says what is wrong."""
@@ -95,12 +96,13 @@ def _model_defaults(model, opts: BatchOptions) -> dict:
     from ..checkpoint import CheckpointError, read_metadata
     from ..pipeline import postprocess_from, sampler_defaults_from, zoom_defaults_from
     own = dict.fromkeys(("sampler_defaults", "postprocess", "crop", "zoom_outside",
-                         "zoom_passes", "error"))
+                         "zoom_passes", "zoom_boxes", "error"))
     if isinstance(model, Pipeline):
         own.update(sampler_defaults=model.sampler_defaults,
                    postprocess=model.postprocess_default, crop=model.crop_default,
                    zoom_outside=model.zoom_outside_default,
-                   zoom_passes=model.zoom_passes_default)
+                   zoom_passes=model.zoom_passes_default,
+                   zoom_boxes=model.zoom_boxes_default)
     elif model is None or isinstance(model, (str, os.PathLike)):
         try:
             meta = read_metadata(model_path(model if model is not None else opts.checkpoint))
@@ -122,19 +124,21 @@ def _model_defaults(model, opts: BatchOptions) -> dict:
 
 
 def _resolve_zoom_settings(opts: BatchOptions, own: dict) -> None:
-    """opts.zoom_outside / opts.zoom_passes under --crop zoom (options.zoom_settings: the
-    flag's, else the model's own from `own`, its file's metadata, else "pass1" / 2), so
+    """opts.zoom_outside / opts.zoom_passes / opts.zoom_boxes under --crop zoom
+    (options.zoom_settings: the flag's, else the model's own from `own`, its file's
+    metadata, else "pass1" / 2 / 1), so
     the run's settings record a non-default value wherever it runs. Without zoom a
     non-default flag is a usage error before the run starts and the file's own do not
     apply."""
     try:
-        outside, passes = zoom_settings(opts.crop or "the model's own (not zoom)",
-                                        opts.zoom_outside, opts.zoom_passes,
-                                        own["zoom_outside"], own["zoom_passes"], flags=True)
+        outside, passes, boxes = zoom_settings(
+            opts.crop or "the model's own (not zoom)", opts.zoom_outside, opts.zoom_passes,
+            own["zoom_outside"], own["zoom_passes"], flags=True, zoom_boxes=opts.zoom_boxes,
+            own_boxes=own["zoom_boxes"])
     except ValueError as e:
         raise UsageError(str(e)) from None
     if opts.crop == "zoom":
-        opts.zoom_outside, opts.zoom_passes = outside, passes
+        opts.zoom_outside, opts.zoom_passes, opts.zoom_boxes = outside, passes, boxes
 
 
 def _diffusion_steps(model, opts: BatchOptions) -> int | None:

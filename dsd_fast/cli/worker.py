@@ -80,6 +80,9 @@ class BatchOptions:
     # with crop "zoom": 2 or 3 passes (options.ZOOM_PASSES); None: the model file's own,
     # resolved before the run (resolve_run_sampling)
     zoom_passes: int | None = None
+    # with crop "zoom": 1..4 candidate boxes for pass 2 (options.ZOOM_BOXES); None: the
+    # model file's own, resolved before the run (resolve_run_sampling)
+    zoom_boxes: int | None = None
     # what a checkpoint of the original code does not say (checkpoint.load_parts), e.g.
     # {"objective": "pred_x0", "timesteps": 500} for a bare MedSegDiff Unet state dict
     model_settings: dict = field(default_factory=dict)
@@ -133,7 +136,7 @@ class BatchOptions:
             steps=self.steps, ensemble=self.ensemble, spacing=self.spacing, seed=self.seed,
             sampler=self.sampler, clip_x0=self.clip_x0, fusion=self.fusion,
             refine=self.refine, crop=self.crop, zoom_outside=self.zoom_outside,
-            zoom_passes=self.zoom_passes,
+            zoom_passes=self.zoom_passes, zoom_boxes=self.zoom_boxes,
             precision=self.precision, tta=self.tta,
             postprocess=self.postprocess)
 

@@ -108,7 +108,7 @@ class ModelFamily:
         zoom = zoom_defaults_from(meta, self.choices(config).crops)
         return Pipeline(net, self, schedule, preprocessing, sampler_defaults_from(meta),
                         postprocess_from(meta), names, nested, zoom["crop"],
-                        zoom["zoom_outside"], zoom["zoom_passes"])
+                        zoom["zoom_outside"], zoom["zoom_passes"], zoom["zoom_boxes"])
 
     def example_inputs(self, config, batch: int) -> tuple[tuple, tuple[str, ...]]:
         """(arguments, their names) of one network call at `batch` (ONNX export, tests):
