@@ -180,6 +180,8 @@ def main() -> None:
                     help="with --crop zoom: segment()'s zoom_passes (default: the file's own)")
     ap.add_argument("--zoom-boxes", type=int, choices=ZOOM_BOXES, default=None,
                     help="with --crop zoom: segment()'s zoom_boxes (default: the file's own)")
+    ap.add_argument("--tta", action="store_true",
+                    help="segment()'s tta (members see flipped/rotated views, every pass)")
     ap.add_argument("--seed", type=int, default=0,
                     help="segment()'s seed (a zoom's boxes depend on its first pass's noise)")
     ap.add_argument("--split", default="val",
@@ -212,7 +214,8 @@ def main() -> None:
     steps, ensemble, spacing = pipe.sampler_settings(
         steps_list and steps_list[0], members_list and members_list[0], args.spacing)
     options = {"spacing": spacing, "crop": args.crop, "zoom_outside": args.zoom_outside,
-               "zoom_passes": args.zoom_passes, "zoom_boxes": args.zoom_boxes}
+               "zoom_passes": args.zoom_passes, "zoom_boxes": args.zoom_boxes,
+               "tta": args.tta}
     result = score(pipe, items, args.data, steps, ensemble, args.seed, **options)
     result.update(checkpoint=args.checkpoint, steps=steps, ensemble=ensemble, seed=args.seed,
                   **options)

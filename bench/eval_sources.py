@@ -4,12 +4,13 @@
     python bench/eval_sources.py --checkpoint PATH [--sources ph2,ham10000] [--limit N]
         [--ham-limit N] [--steps 25]
         [--ensemble 5] [--spacing leading|trailing] [--tta]
-        [--crop zoom [--zoom-passes 2|3] [--zoom-outside pass1|background]] [--shard K/N]
+        [--crop zoom [--zoom-passes 2|3] [--zoom-outside pass1|background] [--zoom-boxes N]]
+        [--seed S] [--shard K/N]
         [--out FILE.json]
         [--save-prob DIR]
     python bench/eval_sources.py --merge A0.json A1.json [--versus B0.json B1.json]
 
-segment() defaults (the model's own sampler setting, else DDIM 25 x 5; seed 0; noise keyed
+segment() defaults (the model's own sampler setting, else DDIM 25 x 5; seed 0 or --seed; noise keyed
 by list position so runs compare), scored at each image's original resolution. Prints
 per-source mean per-image Dice, thresholded Jaccard, pooled Dice, the count of images below
 0.5 and the worst five, and the pooled mean over all images. --sources names the sets
@@ -34,7 +35,7 @@ import numpy as np
 from dsd_fast import load
 from dsd_fast.images import load_mask
 from dsd_fast.metrics import score_image
-from dsd_fast.options import ZOOM_OUTSIDE, ZOOM_PASSES
+from dsd_fast.options import ZOOM_BOXES, ZOOM_OUTSIDE, ZOOM_PASSES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -106,6 +107,9 @@ def main() -> None:
                     help="with --crop zoom: segment()'s zoom_passes (default: the file's own)")
     ap.add_argument("--zoom-outside", choices=ZOOM_OUTSIDE, default=None,
                     help="with --crop zoom: segment()'s zoom_outside (default: the file's own)")
+    ap.add_argument("--zoom-boxes", type=int, choices=ZOOM_BOXES, default=None,
+                    help="with --crop zoom: segment()'s zoom_boxes (default: the file's own)")
+    ap.add_argument("--seed", type=int, default=0, help="segment()'s seed (default 0)")
     ap.add_argument("--shard", default="0/1")
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-prob", default=None, help="folder for the probability maps")
@@ -131,10 +135,10 @@ def main() -> None:
         Path(args.save_prob).mkdir(parents=True, exist_ok=True)
     rows, t0 = [], time.perf_counter()
     for pos, (source, i, img, mask) in keyed:
-        res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=0,
+        res = pipe.segment([img], steps=args.steps, ensemble=args.ensemble, seed=args.seed,
                            noise_keys=[pos], spacing=args.spacing, tta=args.tta,
                            crop=args.crop, zoom_passes=args.zoom_passes,
-                           zoom_outside=args.zoom_outside)[0]
+                           zoom_outside=args.zoom_outside, zoom_boxes=args.zoom_boxes)[0]
         s = score_image(res.mask, load_mask(mask).numpy())
         if args.save_prob:
             np.savez_compressed(Path(args.save_prob) / f"{source}_{i}.npz",
@@ -145,7 +149,8 @@ def main() -> None:
     result = {"checkpoint": args.checkpoint, "steps": args.steps, "ensemble": args.ensemble,
               "spacing": args.spacing, "tta": args.tta, "crop": args.crop,
               "zoom_passes": args.zoom_passes, "zoom_outside": args.zoom_outside,
-              "seconds_per_image": secs, "rows": rows, "summary": summary(rows)}
+              "zoom_boxes": args.zoom_boxes, "seed": args.seed, "seconds_per_image": secs,
+              "rows": rows, "summary": summary(rows)}
     print(json.dumps(result["summary"], indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result))

@@ -209,9 +209,9 @@ class Segmenter:
     def zoom_pass1(self, opts: SegmentOptions) -> SegmentOptions:
         """Pass 1's options under crop="zoom" (zoom.py): at most ZOOM_PASS1's 5 members;
         the call's sampler, steps and spacing where it takes at most 5 steps (and tries one
-        box), else 5 DDIM steps on the trailing grid (leading for a family that walks its own grid); no CRF
-        (pass 1 only finds the box) and no samples kept (outside the boxes every member
-        carries pass 1's mask, zoom.paste)."""
+        box), else 5 DDIM steps on the trailing grid (leading for a family that walks its
+        own grid); no CRF (pass 1 only finds the box) and no samples kept (outside the
+        boxes every member carries pass 1's mask, zoom.paste)."""
         c, p = self.choices(), ZOOM_PASS1
         changes = {"refine": None, "ensemble": min(opts.ensemble, p["ensemble"]),
                    "return_samples": False}
@@ -252,7 +252,7 @@ class Segmenter:
         coarse_opts = self.zoom_pass1(opts)
         coarse = self._segmented(views, sizes, keys, coarse_opts, None)
         side = views[0].shape[-1]               # the model's input: no box smaller than it
-        if opts.zoom_boxes > 1:
+        if (opts.zoom_boxes or 1) > 1:
             tries = [candidate_boxes(r.class_regions(), r.probability, opts.zoom_boxes,
                                      min_side=side) for r in coarse]
         else:
