@@ -26,32 +26,20 @@ from dsd_fast.cli.errors import UsageError
 from dsd_fast.errors import CheckpointError
 from dsd_fast.options import Choices, SegmentOptions, resolve
 from dsd_fast.results import SegmentationResult
-from dsd_fast.segmenter import Segmenter
 from dsd_fast.zoom import Box, box_iou, candidate_boxes, drawn_entropy, zoom_box
 
 from test_zoom_outside import _cli, _file, _image
+from test_zoom_third_pass import _stand_in as _by_channel
 
 H, W = 200, 40
 
 
 def _stand_in():
-    class ByLevel(Segmenter):
-        device = torch.device("cpu")
+    """test_zoom_third_pass's stand-in (the picture is the view, one mask channel) whose
+    members read their pass's channel as a probability (module docstring)."""
+
+    class ByLevel(type(_by_channel())):
         calls: list = []
-
-        @property
-        def channels(self):
-            return 3
-
-        @property
-        def mask_channels(self):
-            return 1
-
-        def choices(self):
-            return Choices()
-
-        def view(self, chw, opts=None):
-            return chw
 
         def draw(self, views, keys, opts):
             self.calls.append((list(keys), tuple(views.shape[-2:]), opts.steps))
