@@ -4,7 +4,8 @@ compares with the experts' agreement map, against a single sample (MODEL_CARD.md
 
     python bench/eval_experts.py --checkpoint PATH [--data ../shared/data/drishti_gs]
         [--ensemble 25] [--steps S] [--spacing trailing] [--crop zoom]
-        [--zoom-outside pass1|background] [--limit N] [--out FILE.json] [--figure FILE.png]
+        [--zoom-outside pass1|background] [--zoom-passes 2|3] [--zoom-boxes N] [--tta]
+        [--seed S] [--split val|train] [--limit N] [--out FILE.json] [--figure FILE.png]
     python bench/eval_experts.py --checkpoint PATH --crop zoom --steps 3,5 --ensemble 10,25
         --spacing trailing --frontier FRONTIER.json
 
@@ -12,8 +13,9 @@ With --frontier, a grid of steps x members (comma lists): per setting the per-cl
 and the seconds per image of segment(), written in bench/steps_frontier.py's --out format
 (a set per class) for bench/bundle_model.py --frontier.
 
-Per image, with segment() at the model's defaults (or --steps/--ensemble), seed 0, noise
-keyed by the image's position:
+Per image, with segment() at the model's defaults (or --steps/--ensemble), seed 0 (or
+--seed: a zoomed model's box depends on its first pass's noise), noise keyed by the image's
+position:
 - Dice per class of the model's regions against the experts' majority (map > 127),
 - the experts' agreement map a = map / 255 (the fraction of the 4 experts who marked the
   pixel: 0, 1/4, ..., 1), compared inside the box around the experts' disc enlarged by half
