@@ -58,13 +58,14 @@ def test_segments_a_drishti_val_image():
                     reason="../shared/data/drishti_gs is not beside this checkout")
 def test_the_candidate_boxes_find_a_disc_beside_a_larger_bright_artefact():
     """drishtiGS_008 has a bright glare larger than its disc: the whole-photo pass draws
-    both, and the glare is the larger object at seeds 1 and 2 (MODEL_CARD.md), where one
-    box (zoom_boxes=1) segments the glare. The file's 3 candidate boxes keep the disc."""
+    both, and with the bundled weights the glare is the larger object at seeds 2 and 3
+    (MODEL_CARD.md), where one box (zoom_boxes=1) segments the glare. The file's 3
+    candidate boxes keep the disc."""
     pipe = dsd_fast.load("fundus-disc-cup")
     name = "drishtiGS_008"
     truth = np.asarray(Image.open(DRISHTI / "masks" / f"{name}_disc.png")) > 127
     image = DRISHTI / "images" / f"{name}.jpg"
-    for seed in (1, 2):
+    for seed in (2, 3):
         one = pipe.segment([image], seed=seed, noise_keys=[0], zoom_boxes=1)[0]
         res = pipe.segment([image], seed=seed, noise_keys=[0])[0]
         assert dice(one.class_regions()[0], truth) < 0.5       # the glare's box
