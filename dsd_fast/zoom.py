@@ -97,21 +97,38 @@ class Box:
                 and x1 <= self.left + self.width)
 
 
+def _union(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool of `mask` ((H, W), or (K, H, W): the union of the K classes)."""
+    mask = np.asarray(mask, dtype=bool)
+    return mask.any(axis=0) if mask.ndim == 3 else mask
+
+
+def _components(mask: np.ndarray, ranks: int, share: float = 0.0
+                ) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1), ends exclusive, of the (H, W) `mask`'s 8-connected components,
+    largest first (ties: the first in raster order), at most `ranks`, none smaller than
+    `share` of the largest."""
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")[:ranks]
+    found = []
+    for j in order:
+        if sizes[j] < share * sizes[order[0]]:
+            break
+        one = labels == j + 1 if n > 1 else mask
+        rows, cols = np.flatnonzero(one.any(axis=1)), np.flatnonzero(one.any(axis=0))
+        found.append((int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
+    return found
+
+
 def foreground_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(y0, x0, y1, x1), ends exclusive, of the largest 8-connected component of `mask`
     ((H, W) bool, or (K, H, W): the union of the K classes); None when it is empty. Ties
     go to the first component in raster order."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim == 3:
-        mask = mask.any(axis=0)
-    labels, n = ndimage.label(mask, structure=_EIGHT)
-    if n == 0:
-        return None
-    if n > 1:
-        largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-        mask = labels == largest
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    found = _components(_union(mask), ranks=1)
+    return found[0] if found else None
 
 
 def _round(x: float) -> int:
@@ -155,25 +172,6 @@ CANDIDATE_SHARE = 0.25       # ... at least this share of that mask's largest co
 SAME_BOX_IOU = 0.7           # a box overlapping an earlier one this much is not tried
 
 
-def _components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(y0, x0, y1, x1) of `mask`'s 8-connected components, largest first (ties: first in
-    raster order, as `foreground_bbox`), at most CANDIDATE_RANKS, none smaller than
-    CANDIDATE_SHARE of the largest."""
-    labels, n = ndimage.label(mask, structure=_EIGHT)
-    if n == 0:
-        return []
-    sizes = np.bincount(labels.ravel())[1:]
-    order = np.argsort(-sizes, kind="stable")[:CANDIDATE_RANKS]
-    found = []
-    for j in order:
-        if sizes[j] < CANDIDATE_SHARE * sizes[order[0]]:
-            break
-        rows, cols = np.nonzero(labels == j + 1)
-        found.append((int(rows.min()), int(cols.min()), int(rows.max()) + 1,
-                      int(cols.max()) + 1))
-    return found
-
-
 def box_iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes' pixels."""
     h = min(a.top + a.height, b.top + b.height) - max(a.top, b.top)
@@ -192,12 +190,11 @@ def candidate_boxes(regions: np.ndarray, probability: np.ndarray, count: int,
     CANDIDATE_LEVELS, then the second components of each mask (CANDIDATE_RANKS,
     CANDIDATE_SHARE), each `square_box` as `zoom_box`'s and skipped where it overlaps a box
     already taken by SAME_BOX_IOU or more. [] where pass 1 drew nothing."""
-    regions = np.asarray(regions, dtype=bool)
-    if regions.ndim == 3:
-        regions = regions.any(axis=0)
+    regions = _union(regions)
     probability = np.asarray(probability)
     fg = probability.max(axis=0) if probability.ndim == 3 else probability
-    per_mask = [_components(regions)] + [_components(fg > level) for level in CANDIDATE_LEVELS]
+    per_mask = [_components(m, CANDIDATE_RANKS, CANDIDATE_SHARE)
+                for m in (regions, *(fg > level for level in CANDIDATE_LEVELS))]
     if not per_mask[0]:
         return []
     boxes: list[Box] = []
@@ -217,9 +214,7 @@ def drawn_entropy(result: SegmentationResult) -> float:
     it draws nothing. zoom_boxes keeps the candidate box whose pass 2 scores lowest: a view
     that holds the object gives confident maps, a view of an artefact or of a region too
     large for the object gives hesitant ones (MODEL_CARD, fundus-disc-cup)."""
-    regions = np.asarray(result.class_regions(), dtype=bool)
-    if regions.ndim == 3:
-        regions = regions.any(axis=0)
+    regions = _union(result.class_regions())
     if not regions.any():
         return math.inf
     return float(np.asarray(result.entropy)[..., regions].mean())

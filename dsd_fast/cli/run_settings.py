@@ -88,10 +88,9 @@ def _resolve_sampling_defaults(opts: BatchOptions, model) -> None:
 def _model_defaults(model, opts: BatchOptions) -> dict:
     """The model's own settings, its file's header read once: {"sampler_defaults",
     "postprocess", "crop", "zoom_outside", "zoom_passes", "zoom_boxes"} (None where it has
-    none) from the
-    object, else its file's metadata; "error": a CheckpointError of metadata that is not
-    valid (None otherwise). A file that cannot be read gives no defaults: the model's load
-    says what is wrong."""
+    none) from the object, else its file's metadata; "error": a CheckpointError of metadata
+    that is not valid (None otherwise). A file that cannot be read gives no defaults: the
+    model's load says what is wrong."""
     from ..api import Pipeline, model_path
     from ..checkpoint import CheckpointError, read_metadata
     from ..pipeline import postprocess_from, sampler_defaults_from, zoom_defaults_from
@@ -126,10 +125,9 @@ def _model_defaults(model, opts: BatchOptions) -> dict:
 def _resolve_zoom_settings(opts: BatchOptions, own: dict) -> None:
     """opts.zoom_outside / opts.zoom_passes / opts.zoom_boxes under --crop zoom
     (options.zoom_settings: the flag's, else the model's own from `own`, its file's
-    metadata, else "pass1" / 2 / 1), so
-    the run's settings record a non-default value wherever it runs. Without zoom a
-    non-default flag is a usage error before the run starts and the file's own do not
-    apply."""
+    metadata, else "pass1" / 2 / 1), so the run's settings record a non-default value
+    wherever it runs. Without zoom a non-default flag is a usage error before the run
+    starts and the file's own do not apply."""
     try:
         outside, passes, boxes = zoom_settings(
             opts.crop or "the model's own (not zoom)", opts.zoom_outside, opts.zoom_passes,
